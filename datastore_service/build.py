@@ -1,0 +1,191 @@
+"""`crest build`: corpus -> tokens -> n-gram counts -> draft trees -> selection -> published store."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+
+from . import __version__
+from .build_params import BuildParams
+from .corpus import CorpusSpec
+from .draft_trees import build_candidate_trees
+from .errors import CrestError, StoreError
+from .ngram_counting import count_ngrams
+from .paths import cache_dir
+from .publishing import VersionedStore, remove_path
+from .selection import CostModel, rank_contexts
+from .store_reader import read_store_info
+from .store_writer import create_template, write_within_budget
+from .token_table import tokenize_corpus
+from .tokenizer import TargetTokenizer
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """DuckDB resources for the build; None leaves DuckDB's default."""
+
+    threads: int | None = None
+    memory_limit: str | None = None
+    max_temp_size: str | None = None
+
+
+@dataclass
+class BuildSummary:
+    store: Path
+    version_file: Path
+    documents: int
+    files_skipped: int
+    tokens: int
+    candidate_contexts: int
+    contexts_kept: int
+    nodes_kept: int
+    file_bytes: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def bytes_per_context(self) -> float:
+        return self.file_bytes / max(self.contexts_kept, 1)
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = time.perf_counter() - start
+
+
+@contextmanager
+def _duckdb_errors_as_user_errors(settings: EngineSettings) -> Iterator[None]:
+    try:
+        yield
+    except duckdb.OutOfMemoryException as exc:
+        raise CrestError(
+            f"DuckDB ran out of memory (memory limit {settings.memory_limit or 'default'}): "
+            "raise --memory-limit, lower --max-context/--max-depth, or raise --min-count"
+        ) from exc
+    except duckdb.IOException as exc:
+        if "space" in str(exc).lower() or "temp" in str(exc).lower():
+            raise CrestError(f"DuckDB ran out of disk or temp space: {str(exc).splitlines()[0]}") from exc
+        raise
+
+
+def _open_work_database(work_dir: Path, settings: EngineSettings) -> duckdb.DuckDBPyConnection:
+    connection = duckdb.connect()
+    connection.execute("SET preserve_insertion_order = false")
+    connection.execute("SET enable_progress_bar = false")
+    connection.execute("SET temp_directory = $dir", {"dir": str(work_dir)})
+    if settings.threads:
+        connection.execute(f"SET threads = {int(settings.threads)}")
+    if settings.memory_limit:
+        connection.execute("SET memory_limit = $limit", {"limit": settings.memory_limit})
+    if settings.max_temp_size:
+        connection.execute("SET max_temp_directory_size = $size", {"size": settings.max_temp_size})
+    return connection
+
+
+def _refuse_other_tokenizer(store: VersionedStore, tokenizer: TargetTokenizer, replace: bool) -> None:
+    published = store.published()
+    if published is None or replace:
+        return
+    try:
+        info = read_store_info(published)
+    except StoreError:
+        return  # an unreadable old version is simply replaced
+    if info["tokenizer_fingerprint"] != tokenizer.fingerprint:
+        raise CrestError(
+            f"{store.path} was built with tokenizer {info['tokenizer_name']!r} (another vocabulary than "
+            f"{tokenizer.name!r}); choose another --output or pass --replace"
+        )
+
+
+def rank_draft_trees(
+    connection: duckdb.DuckDBPyConnection, params: BuildParams, vocab_size: int, clock: _Stopwatch | None = None,
+    progress: bool = True,
+) -> int:
+    """From table `tokens` to ranked candidate trees (see selection.py); returns the candidate count."""
+    clock = clock or _Stopwatch()
+    with clock.phase("count"):
+        count_ngrams(connection, params, vocab_size, progress)
+    with clock.phase("trees"):
+        build_candidate_trees(connection, params, progress)
+        return rank_contexts(connection, params.policy, CostModel())
+
+
+def build_store(
+    corpus: CorpusSpec,
+    tokenizer_spec: str,
+    output: Path,
+    params: BuildParams,
+    settings: EngineSettings = EngineSettings(),
+    replace: bool = False,
+    progress: bool = True,
+) -> BuildSummary:
+    clock = _Stopwatch()
+    started = time.perf_counter()
+    store = VersionedStore(output)
+    tokenizer = TargetTokenizer.load(tokenizer_spec)
+    _refuse_other_tokenizer(store, tokenizer, replace)
+
+    with clock.phase("tokenize"):
+        tokenized = tokenize_corpus(corpus, tokenizer, progress=progress)
+
+    store.remove_stale_scratch()
+    version = store.new_version()
+    work_dir, template, partial = (store.scratch(version, kind) for kind in ("work", "template", "partial"))
+    work_dir.mkdir()
+    try:
+        with _duckdb_errors_as_user_errors(settings), _open_work_database(work_dir, settings) as connection:
+            connection.execute("CREATE TEMP TABLE tokens AS SELECT * FROM read_parquet($path)", {"path": str(tokenized.parquet)})
+            candidates = rank_draft_trees(connection, params, tokenizer.vocab_size, clock, progress)
+            with clock.phase("write"):
+                create_template(template, tokenizer.pieces())
+                info = {
+                    "store_version": version,
+                    "crest_version": __version__,
+                    "created_at": datetime.now(timezone.utc),
+                    "tokenizer_name": tokenizer.name,
+                    "tokenizer_fingerprint": tokenizer.fingerprint,
+                    "vocab_size": tokenizer.vocab_size,
+                    "corpus_name": corpus.display_name,
+                    "corpus_fingerprint": tokenized.report.fingerprint,
+                    "corpus_documents": tokenized.report.documents,
+                    "corpus_tokens": tokenized.tokens,
+                    "max_context": params.max_context,
+                    "max_depth": params.max_depth,
+                    "policy": params.policy,
+                    "build_params": params.as_dict(),
+                }
+                written = write_within_budget(connection, template, partial, params.budget, candidates, info)
+        final = store.publish(partial, version)
+    finally:
+        for scratch in (work_dir, template, partial):
+            remove_path(scratch)
+    clock.seconds["total"] = time.perf_counter() - started
+    return BuildSummary(
+        store=store.path,
+        version_file=final,
+        documents=tokenized.report.documents,
+        files_skipped=len(tokenized.report.skipped),
+        tokens=tokenized.tokens,
+        candidate_contexts=candidates,
+        contexts_kept=written.contexts,
+        nodes_kept=written.nodes,
+        file_bytes=written.file_bytes,
+        seconds=clock.seconds,
+    )
+
+
+def default_store_path(corpus_name: str) -> Path:
+    return cache_dir("stores") / f"{corpus_name}.duckdb"

@@ -1,0 +1,154 @@
+"""The `crest` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .build_params import POLICIES, BuildParams
+from .corpus import FORMATS, PRESETS as CORPUS_PRESETS
+from .errors import CrestError
+from .sizes import format_bytes, parse_budget
+from .tokenizer import DEFAULT_TOKENIZER, PRESETS as TOKENIZER_PRESETS
+
+DEFAULTS = BuildParams()
+POLICY_DEFAULT_MIN_PROBABILITY = {"frequency": 0.0, "benefit": 0.0}
+
+
+def _add_build(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "build",
+        help="build a datastore from a corpus and publish it",
+        description="Tokenize a corpus, count its n-grams in DuckDB, keep the best contexts with their "
+        "precomputed draft trees within a budget, and publish the store atomically.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    source = parser.add_argument_group("corpus")
+    source.add_argument("--corpus", default="stdlib",
+                        help=f"a preset ({', '.join(CORPUS_PRESETS)}) or a path (folder, .json, .jsonl, text file)")
+    source.add_argument("--format", choices=FORMATS, default=None, help="corpus format (auto: from the path)")
+    source.add_argument("--glob", default=None, help="file pattern inside a folder (default: * or the preset's)")
+    source.add_argument("--text-field", default=None, help="JSONL field holding the text (default: text)")
+    source.add_argument("--on-bad-file", choices=("skip", "fail"), default="skip",
+                        help="what to do with unreadable or non-UTF-8 files")
+    source.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
+                        help=f"target model tokenizer: {', '.join(TOKENIZER_PRESETS)}, a .gguf file or a tokenizer.json")
+
+    counting = parser.add_argument_group("counting and selection")
+    counting.add_argument("--max-context", type=int, default=DEFAULTS.max_context, help="longest context (tokens)")
+    counting.add_argument("--max-depth", type=int, default=DEFAULTS.max_depth, help="deepest draft node (tokens)")
+    counting.add_argument("--top-c", type=int, default=DEFAULTS.top_c, help="nodes per draft tree")
+    counting.add_argument("--min-count", type=int, default=DEFAULTS.min_count, help="drop n-grams seen fewer times")
+    counting.add_argument("--min-probability", type=float, default=None,
+                          help="prune nodes whose count / context count is below this (default: per policy)")
+    counting.add_argument("--policy", choices=POLICIES, default=DEFAULTS.policy,
+                          help="benefit: accepted tokens per byte first; frequency: the paper's top-t per length")
+    counting.add_argument("--budget", default=str(DEFAULTS.budget),
+                          help="size of the published file (e.g. 16MB, 512KiB) or contexts (e.g. 100000rows)")
+
+    output = parser.add_argument_group("output and resources")
+    output.add_argument("--output", type=Path, default=None,
+                        help="published store path (default: <cache>/stores/<corpus>.duckdb)")
+    output.add_argument("--replace", action="store_true", help="replace a store built with another tokenizer")
+    output.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all cores)")
+    output.add_argument("--memory-limit", default=None, help="DuckDB memory limit, e.g. 4GB (default: 80%% of RAM)")
+    output.add_argument("--max-temp-size", default=None, help="DuckDB spill limit on disk, e.g. 20GB")
+    output.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(run=_run_build)
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from .build import EngineSettings, build_store, default_store_path
+    from .corpus import corpus_spec
+
+    corpus = corpus_spec(args.corpus, format=args.format, glob=args.glob, text_field=args.text_field,
+                         skip_bad_files=args.on_bad_file == "skip")
+    try:
+        params = BuildParams(
+            max_context=args.max_context, max_depth=args.max_depth, top_c=args.top_c, min_count=args.min_count,
+            min_probability=args.min_probability if args.min_probability is not None
+            else POLICY_DEFAULT_MIN_PROBABILITY[args.policy],
+            policy=args.policy, budget=parse_budget(args.budget),
+        )
+    except ValueError as exc:
+        raise CrestError(str(exc)) from exc
+    output = args.output or default_store_path(corpus.display_name)
+    settings = EngineSettings(threads=args.threads, memory_limit=args.memory_limit, max_temp_size=args.max_temp_size)
+    summary = build_store(corpus, args.tokenizer, output, params, settings, replace=args.replace, progress=not args.quiet)
+    phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in summary.seconds.items())
+    print(f"published   {summary.store} -> {summary.version_file.name}")
+    print(f"corpus      {summary.documents:,} documents ({summary.files_skipped} files skipped), {summary.tokens:,} tokens")
+    print(f"contexts    {summary.contexts_kept:,} kept of {summary.candidate_contexts:,} candidates, "
+          f"{summary.nodes_kept:,} draft nodes")
+    print(f"size        {format_bytes(summary.file_bytes)} ({summary.bytes_per_context:.1f} bytes per context, "
+          f"{summary.file_bytes / max(summary.nodes_kept, 1):.2f} per node)")
+    print(f"time        {phases}")
+    return 0
+
+
+def _add_inspect(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("inspect", help="show a store's metadata and most common drafts",
+                                 description="Print a store's metadata and its most common contexts with their drafts.")
+    parser.add_argument("store", type=Path, help="published store path")
+    parser.add_argument("--top", type=int, default=10, help="contexts to show")
+    parser.add_argument("--sql", default=None, help="run this SQL on the store instead and print the result")
+    parser.set_defaults(run=_run_inspect)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    if args.sql:
+        from .store_reader import open_store
+
+        with open_store(args.store) as connection:
+            connection.sql(args.sql).show(max_width=160)
+        return 0
+    from .inspect_store import inspect_store
+
+    inspect_store(args.store, limit=args.top)
+    return 0
+
+
+def _add_migrate(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("migrate", help="upgrade a store file to this crest's schema",
+                                 description="Copy the store's current version, apply the schema migrations "
+                                 "and publish the result as a new version.")
+    parser.add_argument("store", type=Path, help="published store path")
+    parser.add_argument("--revision", default="head", help="target schema revision")
+    parser.set_defaults(run=_run_migrate)
+
+
+def _run_migrate(args: argparse.Namespace) -> int:
+    from .migrate_store import migrate_store
+
+    before, after = migrate_store(args.store, args.revision)
+    print(f"{args.store}: schema {before} -> {after}" if before != after else f"{args.store}: already at schema {after}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="crest",
+        description="CREST: compact n-gram draft datastore for retrieval-based speculative decoding.",
+    )
+    commands = root.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    _add_build(commands)
+    _add_inspect(commands)
+    _add_migrate(commands)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except CrestError as exc:
+        print(f"crest: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("crest: interrupted; nothing was published", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

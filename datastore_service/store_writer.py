@@ -1,0 +1,122 @@
+"""Write the published store file: schema by migration, vocab, the kept drafts, metadata.
+
+The byte budget is for the whole file (DuckDB compresses the draft arrays itself: bit-packing
+makes a node cost about its token's bits plus a few bits of parent and count). The writer keeps a
+prefix of the policy's order: it guesses the prefix from the cost model, writes, measures the real
+file, corrects the guess in proportion and rewrites, until the file is within the budget.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from . import store_schema
+from .errors import BudgetError
+from .publishing import fsync_file
+from .selection import contexts_within, estimated_bytes_of
+from .sizes import Budget, format_bytes
+from .sql_files import run_sql
+
+# Accept a file between these fractions of the byte budget (the published file may be at most
+# 10% above the budget; below 92% it wastes room that more contexts could use).
+BUDGET_LOW, BUDGET_HIGH = 0.92, 1.10
+MAX_WRITE_ATTEMPTS = 6
+
+INSERT_DRAFTS = "INSERT INTO store.drafts SELECT * FROM kept_drafts"
+
+
+# DuckDB's default 256 KiB blocks waste up to a block per table: small stores need small blocks.
+STORE_BLOCK_SIZE = 16_384
+
+
+def create_template(path: Path, pieces: list[str]) -> int:
+    """An empty store at `path` with the current schema and the vocab table; returns its size."""
+    with duckdb.connect() as connection:
+        connection.execute(f"ATTACH '{path}' AS store (BLOCK_SIZE {STORE_BLOCK_SIZE})")
+    store_schema.upgrade(path)
+    with duckdb.connect(str(path)) as connection:
+        pieces_table = pa.table(
+            {"token_id": pa.array(range(len(pieces)), pa.int32()), "piece": pa.array(pieces, pa.string())}
+        )
+        connection.execute("INSERT INTO vocab SELECT * FROM pieces_table")
+        connection.execute("CHECKPOINT")
+    return path.stat().st_size
+
+
+@dataclass(frozen=True)
+class WrittenStore:
+    path: Path
+    contexts: int
+    nodes: int
+    file_bytes: int
+
+
+def write_store(
+    connection: duckdb.DuckDBPyConnection, template: Path, target: Path, kept: int, info: dict[str, Any]
+) -> WrittenStore:
+    """Copy the template to `target`, fill it with the first `kept` ranked trees and `info`."""
+    run_sql(connection, "08_kept_drafts.sql", {"kept": kept})
+    shutil.copyfile(template, target)
+    connection.execute(f"ATTACH '{target}' AS store")
+    try:
+        connection.execute(INSERT_DRAFTS)
+        contexts, nodes = connection.execute(
+            "SELECT count(*), coalesce(sum(len(tokens)), 0) FROM store.drafts"
+        ).fetchall()[0]
+        row = {**info, "contexts_kept": contexts, "nodes_kept": nodes}
+        columns = ", ".join(row)
+        connection.execute(
+            f"INSERT INTO store.store_info ({columns}) VALUES ({', '.join('$' + key for key in row)})", row
+        )
+        connection.execute("CHECKPOINT store")
+    finally:
+        connection.execute("DETACH store")
+    fsync_file(target)
+    return WrittenStore(target, contexts, nodes, target.stat().st_size)
+
+
+def write_within_budget(
+    connection: duckdb.DuckDBPyConnection,
+    template: Path,
+    target: Path,
+    budget: Budget,
+    candidates: int,
+    info: dict[str, Any],
+) -> WrittenStore:
+    if candidates == 0:
+        raise BudgetError("no context has a draft tree (corpus too small or min_count too high)")
+    if budget.rows is not None:
+        return write_store(connection, template, target, min(budget.rows, candidates), info)
+
+    limit = budget.bytes or 0
+    fixed = template.stat().st_size
+    if limit <= fixed:
+        raise BudgetError(
+            f"budget {format_bytes(limit)} is below the empty store's size ({format_bytes(fixed)}: schema + vocab)"
+        )
+    allowance = float(limit - fixed)
+    best_fitting, written = 0, None
+    for _ in range(MAX_WRITE_ATTEMPTS):
+        kept = contexts_within(connection, allowance)
+        if kept == 0:
+            break
+        written = write_store(connection, template, target, kept, info)
+        fits = written.file_bytes <= BUDGET_HIGH * limit
+        if fits:
+            best_fitting = max(best_fitting, kept)
+            if written.file_bytes >= BUDGET_LOW * limit or kept == candidates:
+                return written
+        # Real bytes per estimated byte, measured on this very file, rescales the allowance.
+        real_per_estimated = max(written.file_bytes - fixed, 1) / max(estimated_bytes_of(connection, kept), 1.0)
+        allowance = (limit - fixed) / real_per_estimated
+    if best_fitting == 0:
+        raise BudgetError(f"budget {format_bytes(limit)} cannot hold a single draft tree beside schema and vocab")
+    if written is not None and written.contexts == best_fitting:
+        return written
+    return write_store(connection, template, target, best_fitting, info)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the CREST datastore file schema (DuckDB via duckdb-engine)."""
