@@ -1,0 +1,1 @@
+"""CREST decoder: speculative decoding with the target model, drafts from the datastore service."""
