@@ -36,7 +36,7 @@ def count_ngrams(connection: duckdb.DuckDBPyConnection, params: BuildParams, voc
     """Fill temp table `ngrams` from table `tokens(doc_id, pos, token)`."""
     bits, last = token_bits(vocab_size), params.levels - 1
     counts = {"min_count": params.min_count}
-    run_sql(connection, "01_level_rows_start.sql", counts, token_bits=bits,
+    run_sql(connection, "01_count_start.sql", counts, token_bits=bits,
             future_tokens=_carried_tokens(2, last, ", lead(token, {k}) OVER next_in_document AS t{k}"))
     for level in tqdm(range(2, params.levels + 1), desc="count n-grams", unit="level", disable=not progress):
         run_sql(connection, "02_level_extend.sql", counts, level=level, token_bits=bits, token_mask=(1 << bits) - 1)

@@ -1,6 +1,6 @@
 """Selection policies: which contexts a store keeps first when the budget can't hold them all.
 
-Each policy is an ORDER BY over `candidate_trees` (see sql/07_rank_contexts.sql):
+Each policy is an ORDER BY over `tree_stats` (see sql/08_rank_contexts.sql):
 
 - `frequency` (the CREST paper): the most frequent contexts of each length, taken in turn from
   every length, i.e. the same top-t per length.
@@ -34,7 +34,7 @@ def rank_contexts(connection: duckdb.DuckDBPyConnection, policy: str, cost: Cost
     """Create `ranked_contexts` (priority 1 = kept first); return how many candidate contexts there are."""
     run_sql(
         connection,
-        "07_rank_contexts.sql",
+        "08_rank_contexts.sql",
         {"bytes_per_context": cost.bytes_per_context, "bytes_per_node": cost.bytes_per_node},
         policy_order=POLICY_ORDER[policy],
     )

@@ -61,7 +61,7 @@ def write_store(
     connection: duckdb.DuckDBPyConnection, template: Path, target: Path, kept: int, info: dict[str, Any]
 ) -> WrittenStore:
     """Copy the template to `target`, fill it with the first `kept` ranked trees and `info`."""
-    run_sql(connection, "08_kept_drafts.sql", {"kept": kept})
+    run_sql(connection, "09_kept_drafts.sql", {"kept": kept})
     shutil.copyfile(template, target)
     connection.execute(f"ATTACH '{target}' AS store")
     try:

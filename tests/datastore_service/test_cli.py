@@ -114,3 +114,10 @@ def test_datastore_side_runs_without_torch(published: Path, code_corpus: Path, t
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+
+
+def test_duckdb_out_of_memory_is_a_clear_error(code_corpus: Path, tmp_path: Path):
+    result = crest("build", "--corpus", str(code_corpus / "email"), "--output", str(tmp_path / "s.duckdb"),
+                   "--memory-limit", "30MB", "--max-temp-size", "1MB", "--quiet")
+    assert result.returncode == 1 and "DuckDB ran out of" in result.stderr
+    assert not (tmp_path / "s.duckdb").exists()
