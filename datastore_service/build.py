@@ -21,7 +21,7 @@ from .paths import cache_dir
 from .publishing import VersionedStore, remove_path
 from .selection import CostModel, rank_contexts
 from .store_reader import read_store_info
-from .store_writer import create_template, write_within_budget
+from .store_writer import write_and_publish
 from .token_table import tokenize_corpus
 from .tokenizer import TargetTokenizer
 
@@ -143,14 +143,13 @@ def build_store(
 
     store.remove_stale_scratch()
     version = store.new_version()
-    work_dir, template, partial = (store.scratch(version, kind) for kind in ("work", "template", "partial"))
+    work_dir = store.scratch(version, "work")
     work_dir.mkdir()
     try:
         with _duckdb_errors_as_user_errors(settings), _open_work_database(work_dir, settings) as connection:
             connection.execute("CREATE TEMP TABLE tokens AS SELECT * FROM read_parquet($path)", {"path": str(tokenized.parquet)})
             candidates = rank_draft_trees(connection, params, tokenizer.vocab_size, clock, progress)
             with clock.phase("write"):
-                create_template(template, tokenizer.pieces())
                 info = {
                     "store_version": version,
                     "crest_version": __version__,
@@ -167,11 +166,9 @@ def build_store(
                     "policy": params.policy,
                     "build_params": params.as_dict(),
                 }
-                written = write_within_budget(connection, template, partial, params.budget, candidates, info)
-        final = store.publish(partial, version)
+                written, final = write_and_publish(connection, store, params.budget, candidates, tokenizer.pieces(), info)
     finally:
-        for scratch in (work_dir, template, partial):
-            remove_path(scratch)
+        remove_path(work_dir)
     clock.seconds["total"] = time.perf_counter() - started
     return BuildSummary(
         store=store.path,

@@ -126,6 +126,45 @@ def _run_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    from .server import ServerSettings
+
+    defaults = ServerSettings()
+    parser = commands.add_parser(
+        "serve", help="serve a store over gRPC (batched lookups, health, reflection, hot reload)",
+        description="Serve a published store to decoding workers over gRPC. The server hot-reloads new "
+        "versions published at the same path, refusing corrupt ones and ones of another tokenizer. "
+        "SIGTERM drains calls in flight, then exits.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("store", type=Path, help="published store path")
+    parser.add_argument("--host", default=defaults.host, help="address to bind (loopback unless told otherwise)")
+    parser.add_argument("--port", type=int, default=defaults.port, help="port (0: any free port, printed at start)")
+    parser.add_argument("--workers", type=int, default=defaults.workers, help="threads answering calls")
+    parser.add_argument("--max-message-mb", type=float, default=defaults.max_message_bytes / 2**20,
+                        help="largest request accepted")
+    parser.add_argument("--reload-interval", type=float, default=defaults.reload_interval,
+                        help="seconds between checks for a newly published version")
+    parser.add_argument("--grace", type=float, default=defaults.grace, help="seconds in-flight calls get at shutdown")
+    parser.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from .server import ServerSettings, serve_forever
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = ServerSettings(host=args.host, port=args.port, workers=args.workers,
+                              max_message_bytes=int(args.max_message_mb * 2**20),
+                              reload_interval=args.reload_interval, grace=args.grace)
+    try:
+        serve_forever(args.store, settings)
+    except RuntimeError as exc:  # grpc reports a port it cannot bind this way
+        raise CrestError(f"cannot serve on {args.host}:{args.port}: {exc}") from exc
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="crest",
@@ -135,6 +174,7 @@ def parser() -> argparse.ArgumentParser:
     _add_build(commands)
     _add_inspect(commands)
     _add_migrate(commands)
+    _add_serve(commands)
     return root
 
 

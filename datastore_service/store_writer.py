@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from . import store_schema
 from .errors import BudgetError
-from .publishing import fsync_file
+from .publishing import VersionedStore, fsync_file, remove_path
 from .selection import contexts_within, estimated_bytes_of
 from .sizes import Budget, format_bytes
 from .sql_files import run_sql
@@ -120,3 +120,23 @@ def write_within_budget(
     if written is not None and written.contexts == best_fitting:
         return written
     return write_store(connection, template, target, best_fitting, info)
+
+
+def write_and_publish(
+    connection: duckdb.DuckDBPyConnection,
+    store: VersionedStore,
+    budget: Budget,
+    candidates: int,
+    pieces: list[str],
+    info: dict[str, Any],
+) -> tuple[WrittenStore, Path]:
+    """Write the ranked trees into a new version of `store` within `budget` and publish it."""
+    version = info["store_version"]
+    template, partial = store.scratch(version, "template"), store.scratch(version, "partial")
+    try:
+        create_template(template, pieces)
+        written = write_within_budget(connection, template, partial, budget, candidates, info)
+        return written, store.publish(partial, version)
+    finally:
+        remove_path(template)
+        remove_path(partial)

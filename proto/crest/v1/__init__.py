@@ -1,0 +1,1 @@
+"""crest.v1: generated from datastore.proto; do not edit."""
