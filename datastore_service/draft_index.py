@@ -18,6 +18,7 @@ whichever tree expects more accepted tokens within the query's `max_nodes`.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,10 @@ class DraftIndex:
                  tree_offsets: np.ndarray) -> None:
         self.info, self.path = info, path
         width = max(info.max_context, 1)
-        matrix, lengths = _right_aligned(contexts, width)
+        lengths = np.fromiter((len(c) for c in contexts), np.int64, len(contexts))
+        if len(lengths) and lengths.max() > width:
+            raise StoreError(f"a stored context has {lengths.max()} tokens, more than max_context {width}")
+        matrix = _right_aligned(np.concatenate(contexts).astype(np.int64), lengths, width)
         seed, hashes = _collision_free_hashes(matrix, lengths)
         order = np.argsort(hashes, kind="stable")
         self.width, self.hash_seed = width, seed
@@ -143,23 +147,21 @@ class DraftIndex:
             raise QueryError("empty batch: send at least one sequence")
         if count > MAX_BATCH:
             raise QueryError(f"batch of {count} sequences exceeds the limit of {MAX_BATCH}")
-        tails = np.full((count, self.width), -1, np.int64)
-        lengths = np.empty(count, np.int64)
-        for i, tokens in enumerate(sequences):
-            length = len(tokens)
-            if length == 0:
-                raise QueryError(f"sequence {i}: no tokens")
-            if length > self.width:
-                raise QueryError(f"sequence {i}: {length} tokens; this store matches at most {self.width} "
-                                 "(send the last ones)")
-            tails[i, self.width - length:] = tokens
-            lengths[i] = length
-        padding = np.arange(self.width)[None, :] < (self.width - lengths)[:, None]
-        bad = ~padding & ((tails < 0) | (tails >= self.info.vocab_size))
+        lengths = np.fromiter(map(len, sequences), np.int64, count)
+        if (lengths == 0).any():
+            raise QueryError(f"sequence {int(np.argmax(lengths == 0))}: no tokens")
+        if (lengths > self.width).any():
+            row = int(np.argmax(lengths > self.width))
+            raise QueryError(f"sequence {row}: {lengths[row]} tokens; this store matches at most {self.width} "
+                             "(send the last ones)")
+        flat = np.fromiter(itertools.chain.from_iterable(sequences), np.int64, int(lengths.sum()))
+        bad = (flat < 0) | (flat >= self.info.vocab_size)
         if bad.any():
-            row, column = map(int, np.argwhere(bad)[0])
-            raise QueryError(f"sequence {row}: token id {tails[row, column]} is outside the vocabulary "
+            position = int(np.argmax(bad))
+            row = int(np.searchsorted(np.cumsum(lengths), position, side="right"))
+            raise QueryError(f"sequence {row}: token id {flat[position]} is outside the vocabulary "
                              f"[0, {self.info.vocab_size})")
+        tails = _right_aligned(flat, lengths, self.width)
         nodes = _limits(max_nodes, count, "max_nodes", MAX_NODES_LIMIT, default=max(self.info.max_nodes, 1))
         depth = _limits(max_depth, count, "max_depth", MAX_DEPTH_LIMIT, default=MAX_DEPTH_LIMIT)
         return QueryBatch(tails, lengths, nodes, depth)
@@ -223,16 +225,13 @@ class DraftIndex:
                           np.where(sizes > 0, context_lengths, 0).astype(np.int32), scores)
 
 
-def _right_aligned(contexts: list[np.ndarray], width: int) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.fromiter((len(c) for c in contexts), np.int64, len(contexts))
-    if len(lengths) and lengths.max() > width:
-        raise StoreError(f"a stored context has {lengths.max()} tokens, more than max_context {width}")
-    matrix = np.full((len(contexts), width), -1, np.int64)
-    flat = np.concatenate(contexts) if contexts else np.empty(0, np.int64)
-    rows = np.repeat(np.arange(len(contexts)), lengths)
-    columns = width - np.repeat(lengths, lengths) + (np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths))
-    matrix[rows, columns] = flat
-    return matrix, lengths
+def _right_aligned(flat: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
+    """Rows of `lengths[i]` tokens taken in turn from `flat`, right-aligned in a -1 padded matrix."""
+    matrix = np.full((len(lengths), width), -1, np.int64)
+    ends = np.cumsum(lengths)
+    position_in_row = np.arange(len(flat)) - np.repeat(ends - lengths, lengths)
+    matrix[np.repeat(np.arange(len(lengths)), lengths), np.repeat(width - lengths, lengths) + position_in_row] = flat
+    return matrix
 
 
 def _collision_free_hashes(matrix: np.ndarray, lengths: np.ndarray) -> tuple[int, np.ndarray]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import grpc
 import numpy as np
@@ -13,17 +14,19 @@ from crest.v1 import datastore_pb2_grpc as pb_grpc
 from .draft_index import MAX_BATCH, DraftBatch, QueryError
 from .index_holder import IndexHolder
 
+SERVER_TIME_KEY = "crest-server-us"
 SELECTION_NAMES = {pb.SELECTION_UNSPECIFIED: "scored", pb.SCORED: "scored", pb.LONGEST_MATCH: "longest"}
 
 
 def drafts_to_proto(batch: DraftBatch, store_version: str) -> pb.LookupResponse:
+    # Plain lists and extend() on each repeated field: the fastest way into upb messages measured.
     response = pb.LookupResponse(store_version=store_version)
     tokens, parents = batch.tokens.tolist(), batch.parents.tolist()
     probabilities, offsets = batch.probabilities.tolist(), batch.offsets.tolist()
     lengths, scores = batch.context_lengths.tolist(), batch.scores.tolist()
-    for i in range(len(lengths)):
+    for i, (length, score) in enumerate(zip(lengths, scores)):
         start, end = offsets[i], offsets[i + 1]
-        draft = response.drafts.add(context_length=lengths[i], score=scores[i])
+        draft = response.drafts.add(context_length=length, score=score)
         if end > start:
             draft.tokens.extend(tokens[start:end])
             draft.parents.extend(parents[start:end])
@@ -36,6 +39,7 @@ class DraftStoreService(pb_grpc.DraftStoreServicer):
         self.holder = holder
 
     def Lookup(self, request: pb.LookupRequest, context: grpc.ServicerContext) -> pb.LookupResponse:
+        started = time.perf_counter()
         index = self.holder.index  # one version for the whole request, even across a hot reload
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
@@ -52,7 +56,10 @@ class DraftStoreService(pb_grpc.DraftStoreServicer):
             )
         except QueryError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        return drafts_to_proto(index.lookup_batch(batch, selection), index.info.store_version)
+        response = drafts_to_proto(index.lookup_batch(batch, selection), index.info.store_version)
+        # Server-side time, so clients and benchmarks can split it from the network round trip.
+        context.set_trailing_metadata(((SERVER_TIME_KEY, str(round((time.perf_counter() - started) * 1e6))),))
+        return response
 
     def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoResponse:
         info = self.holder.index.info

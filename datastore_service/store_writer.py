@@ -31,8 +31,9 @@ MAX_WRITE_ATTEMPTS = 6
 INSERT_DRAFTS = "INSERT INTO store.drafts SELECT * FROM kept_drafts"
 
 
-# DuckDB's default 256 KiB blocks waste up to a block per table: small stores need small blocks.
-STORE_BLOCK_SIZE = 16_384
+# Block size trades fixed overhead (a partly used block per table) against compression (a segment
+# lives in one block; 16 KiB blocks halve bit-packing efficiency). 64 KiB measured best for stores.
+STORE_BLOCK_SIZE = 65_536
 
 
 def create_template(path: Path, pieces: list[str]) -> int:

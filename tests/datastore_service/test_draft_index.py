@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pytest
 
 from datastore_service.draft_index import DraftIndex, QueryError
-from datastore_service.store_reader import resolve_store
 
+from .sql_oracle import sql_answer
 from .store_factory import publish_token_store
 
 BIG_IDS = [0, 65_535, 65_536, 131_071, 200_000, 262_143, 7, 99_999]
@@ -28,36 +27,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def index(store: Path) -> DraftIndex:
     return DraftIndex.load(store)
-
-
-def sql_answer(store: Path, query: list[int], max_nodes: int, max_depth: int, selection: str):
-    """The answer spelled out in SQL over the store: matching suffixes, scores, first nodes."""
-    with duckdb.connect(str(resolve_store(store)), read_only=True) as connection:
-        rows = connection.execute(
-            """
-            SELECT context, tokens, parents, counts, context_count
-            FROM drafts
-            WHERE context IN (SELECT $query[-n:] FROM range(1, len($query) + 1) AS r(n))
-            """,
-            {"query": query},
-        ).fetchall()
-    best = None
-    for context, tokens, parents, counts, context_count in rows:
-        k = min(max_nodes, len(tokens))
-        score = sum(counts[:k]) / context_count
-        key = (len(context),) if selection == "longest" else (round(score, 5), len(context))
-        if best is None or key > best[0]:
-            best = (key, context, tokens[:k], parents[:k], counts[:k], context_count)
-    if best is None:
-        return 0, []
-    _, context, tokens, parents, counts, context_count = best
-    depth = []
-    for parent in parents:
-        depth.append(1 if parent < 0 else depth[parent] + 1)
-    kept = [i for i in range(len(tokens)) if depth[i] <= max_depth]
-    renumber = {old: new for new, old in enumerate(kept)}
-    nodes = [(tokens[i], renumber.get(parents[i], -1), counts[i] / context_count) for i in kept]
-    return len(context), nodes
 
 
 @pytest.mark.parametrize("selection", ["scored", "longest"])
