@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -116,12 +115,12 @@ def concurrent_throughput(address: str, queries: list[list[int]], clients: int, 
 
 def load_figures(store: Path) -> dict:
     code = (
-        "import resource, time, sys\n"
+        "import os, time, sys\n"
         "from datastore_service.draft_index import DraftIndex\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20\n"
+        "before = rss()\n"
         "t = time.perf_counter(); index = DraftIndex.load(sys.argv[1]); seconds = time.perf_counter() - t\n"
-        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "print(seconds, before / 1024, after / 1024)\n"
+        "print(seconds, before, rss())\n"
     )
     runs = [subprocess.run([sys.executable, "-c", code, str(store)], capture_output=True, text=True, check=True)
             for _ in range(3)]

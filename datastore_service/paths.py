@@ -1,5 +1,6 @@
 """Where CREST keeps caches: outside git, keyed by what produced them, rebuilt when missing."""
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -13,3 +14,11 @@ def cache_dir(*parts: str) -> Path:
     path = cache_root().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -18,7 +18,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from .errors import CrestError
-from .paths import cache_dir
+from .paths import cache_dir, file_sha256
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_TOKENIZER = "smollm2"
@@ -47,16 +47,8 @@ def gemma3_gguf_path() -> Path:
 PRESETS = {"smollm2": smollm2_gguf_path, "gemma3": gemma3_gguf_path}
 
 
-def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _tokenizer_json_from_gguf(gguf: Path) -> Path:
-    folder = cache_dir("tokenizers", _file_sha256(gguf)[:16])
+    folder = cache_dir("tokenizers", file_sha256(gguf)[:16])
     target = folder / "tokenizer.json"
     if not target.exists():
         from transformers import AutoTokenizer  # heavy; only for the one-time conversion

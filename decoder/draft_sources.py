@@ -1,0 +1,51 @@
+"""Where drafts come from, behind one small interface: the datastore service over gRPC, the
+same engine in process, or (evaluation) the REST baseline. The decode loop can't tell them apart."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from datastore_service.draft import DraftTree
+from datastore_service.draft_index import DraftIndex
+
+
+class DraftSource(Protocol):
+    max_context: int
+
+    def drafts(self, contexts: Sequence[Sequence[int]], max_nodes: int) -> list[DraftTree]:
+        """One draft tree per context (each the newest tokens of a sequence, oldest first)."""
+        ...
+
+
+class NoDrafts:
+    """Plain decoding through the same loop: every draft is empty."""
+
+    max_context = 1
+
+    def drafts(self, contexts: Sequence[Sequence[int]], max_nodes: int) -> list[DraftTree]:
+        return [DraftTree.empty() for _ in contexts]
+
+
+class IndexSource:
+    """The serving engine in this process (no network)."""
+
+    def __init__(self, index: DraftIndex, selection: str = "scored") -> None:
+        self.index, self.selection = index, selection
+        self.max_context = index.width
+
+    def drafts(self, contexts: Sequence[Sequence[int]], max_nodes: int) -> list[DraftTree]:
+        tails = [list(c[-self.max_context:]) for c in contexts]
+        return self.index.lookup(tails, max_nodes=max_nodes, selection=self.selection).trees()
+
+
+class ServiceSource:
+    """A `crest serve` replica set, through the gRPC client."""
+
+    def __init__(self, client, selection: str = "scored") -> None:
+        self.client, self.selection = client, selection
+        self.max_context = client.info().max_context
+
+    def drafts(self, contexts: Sequence[Sequence[int]], max_nodes: int) -> list[DraftTree]:
+        tails = [list(c[-self.max_context:]) for c in contexts]
+        return self.client.lookup(tails, max_nodes=max_nodes, selection=self.selection)

