@@ -165,6 +165,26 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_generate(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "generate", help="generate text with speculative decoding (drafts from a store or server)",
+        description="Stream a completion from the target model, verifying drafts from a store (in process) or "
+        "from `crest serve` replicas in one tree-attention pass per step. Greedy output equals plain greedy "
+        "decoding. Prints tokens, steps, accepted tokens per step and tokens/s at the end.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    from decoder.generate_args import add_arguments
+
+    add_arguments(parser)
+    parser.set_defaults(run=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from decoder.generate_cli import run
+
+    return run(args)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="crest",
@@ -175,6 +195,7 @@ def parser() -> argparse.ArgumentParser:
     _add_inspect(commands)
     _add_migrate(commands)
     _add_serve(commands)
+    _add_generate(commands)
     return root
 
 

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from datastore_service.errors import CrestError
 from datastore_service.paths import cache_dir, file_sha256
-from datastore_service.tokenizer import PRESETS
+from datastore_service.tokenizer import PRESETS, TargetTokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -24,6 +24,14 @@ class TargetModel:
     name: str
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase | None
+    folder: Path | None = None
+
+    @property
+    def tokenizer_fingerprint(self) -> str:
+        """The vocabulary fingerprint stores record, to refuse a store of another tokenizer."""
+        if self.folder is None:
+            raise CrestError(f"model {self.name} has no tokenizer.json to fingerprint")
+        return TargetTokenizer.load(str(self.folder / "tokenizer.json")).fingerprint
 
     @property
     def device(self) -> torch.device:
@@ -74,4 +82,4 @@ def load_target(spec: str = "smollm2", dtype: str = "float32", device: str = "cp
             raise CrestError(f"model {spec!r} not found (a preset, a .gguf file, or a folder with config.json)")
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=DTYPES[dtype]).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    return TargetModel(name=spec, model=model, tokenizer=tokenizer)
+    return TargetModel(name=spec, model=model, tokenizer=tokenizer, folder=folder)

@@ -1,0 +1,81 @@
+"""Drafts from the sequence itself (prompt lookup), merged with the datastore's tree.
+
+Models repeat their prompt and themselves (names, signatures, docstrings, list patterns). The
+sequence's newest n tokens (n = 4, 3, 2, longest first) are searched for earlier in the sequence;
+the tokens after the most recent matches become a small trie whose node probability is the share
+of matches that continue along it. The datastore's tree and this one are merged path by path; a
+path found by both gets 1 - (1 - p) * (1 - q). Ranking the merged nodes by probability keeps
+parents ahead of children, so the result is again a best-first tree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from datastore_service.draft import DraftTree
+
+from .draft_sources import DraftSource
+
+
+def prompt_lookup_tree(history: np.ndarray, ngram_sizes: Sequence[int] = (4, 3, 2), max_depth: int = 8,
+                       max_matches: int = 8) -> DraftTree:
+    for n in ngram_sizes:
+        if len(history) <= n:
+            continue
+        windows = sliding_window_view(history[:-1], n)
+        starts = np.flatnonzero((windows == history[-n:]).all(axis=1))[::-1][:max_matches] + n
+        if len(starts) == 0:
+            continue
+        counts: dict[tuple[int, ...], int] = {}
+        for start in starts.tolist():
+            continuation = tuple(history[start:start + max_depth].tolist())
+            for depth in range(1, len(continuation) + 1):
+                counts[continuation[:depth]] = counts.get(continuation[:depth], 0) + 1
+        return _tree_from_paths({path: count / len(starts) for path, count in counts.items()}, context_length=n)
+    return DraftTree.empty()
+
+
+def _paths(tree: DraftTree) -> dict[tuple[int, ...], float]:
+    paths: list[tuple[int, ...]] = []
+    result = {}
+    for token, parent, probability in zip(tree.tokens.tolist(), tree.parents.tolist(), tree.probabilities.tolist()):
+        path = (paths[parent] if parent >= 0 else ()) + (token,)
+        paths.append(path)
+        result[path] = probability
+    return result
+
+
+def _tree_from_paths(probabilities: dict[tuple[int, ...], float], context_length: int) -> DraftTree:
+    ordered = sorted(probabilities, key=lambda path: (-probabilities[path], len(path), path))
+    index = {path: i for i, path in enumerate(ordered)}
+    tokens = np.array([path[-1] for path in ordered], np.int32)
+    parents = np.array([index[path[:-1]] if len(path) > 1 else -1 for path in ordered], np.int32)
+    values = np.array([probabilities[path] for path in ordered], np.float32)
+    return DraftTree(tokens, parents, values, context_length if len(ordered) else 0, float(values.sum()))
+
+
+def merge_trees(first: DraftTree, second: DraftTree) -> DraftTree:
+    if len(first) == 0:
+        return second
+    if len(second) == 0:
+        return first
+    merged = _paths(first)
+    for path, q in _paths(second).items():
+        merged[path] = 1.0 - (1.0 - merged.get(path, 0.0)) * (1.0 - q)
+    return _tree_from_paths(merged, max(first.context_length, second.context_length))
+
+
+class WithPromptLookup:
+    """A draft source whose trees also carry what the sequence itself predicts."""
+
+    def __init__(self, source: DraftSource, history_tokens: int = 4096) -> None:
+        self.source, self.history_tokens = source, history_tokens
+        self.max_context = history_tokens
+
+    def drafts(self, contexts: Sequence[Sequence[int]], max_nodes: int) -> list[DraftTree]:
+        stored = self.source.drafts([c[-self.source.max_context:] for c in contexts], max_nodes)
+        return [merge_trees(tree, prompt_lookup_tree(np.asarray(context[-self.history_tokens:], np.int64)))
+                for tree, context in zip(stored, contexts)]
