@@ -75,6 +75,10 @@ def _duckdb_errors_as_user_errors(settings: EngineSettings) -> Iterator[None]:
             f"DuckDB ran out of memory (memory limit {settings.memory_limit or 'default'}): "
             "raise --memory-limit, lower --max-context/--max-depth, or raise --min-count"
         ) from exc
+    except RuntimeError as exc:
+        if "interrupted" in str(exc).lower():  # DuckDB turns Ctrl-C inside a query into this
+            raise KeyboardInterrupt from exc
+        raise
     except duckdb.IOException as exc:
         if "space" in str(exc).lower() or "temp" in str(exc).lower():
             raise CrestError(f"DuckDB ran out of disk or temp space: {str(exc).splitlines()[0]}") from exc

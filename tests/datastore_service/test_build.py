@@ -61,7 +61,7 @@ def test_drafts_read_as_text_with_plain_sql(built, smollm2):
 
 
 def test_byte_budget_is_honoured(code_corpus: Path, tmp_path: Path):
-    budget = 2_000_000
+    budget = 1_000_000
     summary = build(code_corpus, tmp_path / "small.duckdb", budget=Budget(bytes=budget))
     size = resolve_store(tmp_path / "small.duckdb").stat().st_size
     assert size == summary.file_bytes <= 1.10 * budget
