@@ -24,7 +24,7 @@ from datastore_service.draft import DraftTree
 from .acceptance import SamplingParams, accept_greedy, accept_sampling
 from .draft_sources import DraftSource
 from .kv_cache import keep_accepted
-from .node_budget import NodeBudget
+from .node_budget import AcceptanceCalibration, NodeBudget
 from .target_model import TargetModel
 from .tree_attention import tree_inputs
 
@@ -96,6 +96,7 @@ class SpeculativeDecoder:
         generation.tokens.append(first)
         yield [first]
         history = list(prompt_ids) + [first]
+        calibration = AcceptanceCalibration()
         if first in eos:
             generation.stopped_by = "eos"
             return generation
@@ -103,7 +104,7 @@ class SpeculativeDecoder:
             step_started = time.perf_counter()
             remaining = max_new_tokens - len(generation.tokens)
             tree = self.source.drafts([history[-self.source.max_context:]], self.budget.max_nodes)[0]
-            tree = self.budget.cut(limit_depth(tree, remaining - 1))
+            tree = self.budget.cut(limit_depth(tree, remaining - 1), calibration.scale)
             past = cache.get_seq_length()
             inputs = tree_inputs(history[-1], tree, past, model.dtype, device)
             forward_started = time.perf_counter()
@@ -116,6 +117,7 @@ class SpeculativeDecoder:
             else:
                 accepted = accept_sampling(fed_tokens, inputs.fed_parents, logits, self.sampling, self.generator)
             keep_accepted(cache, past, [0] + accepted.fed_path)
+            calibration.update(tree, len(accepted.fed_path))
             emitted = accepted.tokens
             stop = next((i for i, token in enumerate(emitted) if token in eos), None)
             if stop is not None:
