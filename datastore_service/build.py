@@ -40,7 +40,7 @@ class BuildSummary:
     store: Path
     version_file: Path
     documents: int
-    files_skipped: int
+    skipped: list[tuple[str, str]]  # (file, reason) for every file the readers skipped
     tokens: int
     candidate_contexts: int
     contexts_kept: int
@@ -178,7 +178,7 @@ def build_store(
         store=store.path,
         version_file=final,
         documents=tokenized.report.documents,
-        files_skipped=len(tokenized.report.skipped),
+        skipped=tokenized.report.skipped,
         tokens=tokenized.tokens,
         candidate_contexts=candidates,
         contexts_kept=written.contexts,

@@ -78,7 +78,11 @@ def _run_build(args: argparse.Namespace) -> int:
     summary = build_store(corpus, args.tokenizer, output, params, settings, replace=args.replace, progress=not args.quiet)
     phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in summary.seconds.items())
     print(f"published   {summary.store} -> {summary.version_file.name}")
-    print(f"corpus      {summary.documents:,} documents ({summary.files_skipped} files skipped), {summary.tokens:,} tokens")
+    print(f"corpus      {summary.documents:,} documents ({len(summary.skipped)} files skipped), {summary.tokens:,} tokens")
+    for path, reason in summary.skipped[:5]:
+        print(f"  skipped   {path}: {reason}")
+    if len(summary.skipped) > 5:
+        print(f"  skipped   ... and {len(summary.skipped) - 5} more")
     print(f"contexts    {summary.contexts_kept:,} kept of {summary.candidate_contexts:,} candidates, "
           f"{summary.nodes_kept:,} draft nodes")
     print(f"size        {format_bytes(summary.file_bytes)} ({summary.bytes_per_context:.1f} bytes per context, "

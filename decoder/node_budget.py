@@ -70,42 +70,18 @@ class NodeBudget:
     max_nodes: int = 32
     curve: CostCurve | None = None
 
-    def best_count(self, probabilities: np.ndarray, scale: float = 1.0) -> int:
+    def best_count(self, probabilities: np.ndarray) -> int:
         if self.curve is None or len(probabilities) == 0:
             return min(len(probabilities), self.max_nodes)
         k = np.arange(min(len(probabilities), self.max_nodes) + 1)
-        believed = np.minimum(probabilities[: k[-1]] * scale, 1.0)
-        expected = 1.0 + np.concatenate([[0.0], np.cumsum(believed)])
+        expected = 1.0 + np.concatenate([[0.0], np.cumsum(probabilities[: k[-1]])])
         return int(np.argmax(expected / self.curve.cost(1 + k)))
 
-    def cut(self, tree: DraftTree, scale: float = 1.0) -> DraftTree:
-        """The best `k` nodes, believing each node's probability times `scale` (see AcceptanceCalibration)."""
-        keep = self.best_count(tree.probabilities, scale)
+    def cut(self, tree: DraftTree) -> DraftTree:
+        keep = self.best_count(tree.probabilities)
         if keep == len(tree):
             return tree
         probabilities = tree.probabilities[:keep]
         return DraftTree(tree.tokens[:keep], tree.parents[:keep], probabilities,
                          tree.context_length if keep else 0, float(probabilities.sum()))
 
-
-class AcceptanceCalibration:
-    """How far to believe draft probabilities, learned from this sequence's own steps.
-
-    Corpus probabilities say how often a continuation followed the context in the corpus, not how
-    often this model will produce it. The scale is (accepted + prior) / (expected + prior) over
-    the steps so far, where expected is the sum of the verified nodes' probabilities; it starts at
-    1 and moves to what this model actually accepts.
-    """
-
-    PRIOR = 2.0
-
-    def __init__(self) -> None:
-        self.accepted, self.expected = 0.0, 0.0
-
-    @property
-    def scale(self) -> float:
-        return (self.accepted + self.PRIOR) / (self.expected + self.PRIOR)
-
-    def update(self, verified: DraftTree, accepted: int) -> None:
-        self.expected += float(verified.probabilities.sum())
-        self.accepted += accepted

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datastore_service.draft import DraftTree
 
 from .draft_sources import DraftSource
-from .node_budget import AcceptanceCalibration, NodeBudget
+from .node_budget import NodeBudget
 from .speculative import limit_depth
 
 
@@ -50,12 +50,10 @@ def replay(source: DraftSource, budget: NodeBudget, prompt: Sequence[int], refer
     reference = list(reference[:max_new_tokens])
     history = list(prompt) + reference[:1]
     emitted, steps, drafted = min(1, len(reference)), 0, 0
-    calibration = AcceptanceCalibration()
     while emitted < len(reference):
         tree = source.drafts([history[-source.max_context:]], budget.max_nodes)[0]
-        tree = budget.cut(limit_depth(tree, max_new_tokens - emitted - 1), calibration.scale)
+        tree = budget.cut(limit_depth(tree, max_new_tokens - emitted - 1))
         accepted = matched_path_length(tree, reference[emitted:])
-        calibration.update(tree, accepted)
         advance = min(accepted + 1, len(reference) - emitted)
         history.extend(reference[emitted:emitted + advance])
         emitted += advance

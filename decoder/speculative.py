@@ -24,7 +24,7 @@ from datastore_service.draft import DraftTree
 from .acceptance import SamplingParams, accept_greedy, accept_sampling
 from .draft_sources import DraftSource
 from .kv_cache import keep_accepted
-from .node_budget import AcceptanceCalibration, NodeBudget
+from .node_budget import NodeBudget
 from .target_model import TargetModel
 from .tree_attention import tree_inputs
 
@@ -96,7 +96,6 @@ class SpeculativeDecoder:
         generation.tokens.append(first)
         yield [first]
         history = list(prompt_ids) + [first]
-        calibration = AcceptanceCalibration()
         if first in eos:
             generation.stopped_by = "eos"
             return generation
@@ -104,7 +103,7 @@ class SpeculativeDecoder:
             step_started = time.perf_counter()
             remaining = max_new_tokens - len(generation.tokens)
             tree = self.source.drafts([history[-self.source.max_context:]], self.budget.max_nodes)[0]
-            tree = self.budget.cut(limit_depth(tree, remaining - 1), calibration.scale)
+            tree = self.budget.cut(limit_depth(tree, remaining - 1))
             past = cache.get_seq_length()
             inputs = tree_inputs(history[-1], tree, past, model.dtype, device)
             forward_started = time.perf_counter()
@@ -117,11 +116,16 @@ class SpeculativeDecoder:
             else:
                 accepted = accept_sampling(fed_tokens, inputs.fed_parents, logits, self.sampling, self.generator)
             keep_accepted(cache, past, [0] + accepted.fed_path)
-            calibration.update(tree, len(accepted.fed_path))
-            emitted = accepted.tokens
-            stop = next((i for i, token in enumerate(emitted) if token in eos), None)
-            if stop is not None:
-                emitted, generation.stopped_by = emitted[: stop + 1], "eos"
+            emitted = []
+            for token in accepted.tokens:  # stop exactly where plain decoding would
+                emitted.append(token)
+                if token in eos:
+                    generation.stopped_by = "eos"
+                elif self._hit_stop_string(generation.tokens + emitted, stop_strings):
+                    generation.stopped_by = "stop_string"
+                else:
+                    continue
+                break
             generation.tokens.extend(emitted)
             history.extend(emitted)
             record = StepRecord(len(tree), len(accepted.fed_path), emitted, time.perf_counter() - step_started,
@@ -130,9 +134,7 @@ class SpeculativeDecoder:
             if on_step is not None:
                 on_step(record)
             yield emitted
-            if generation.stopped_by == "eos" or self._hit_stop_string(generation.tokens, stop_strings):
-                if generation.stopped_by != "eos":
-                    generation.stopped_by = "stop_string"
+            if generation.stopped_by != "max_tokens":
                 break
         return generation
 

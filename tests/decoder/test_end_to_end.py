@@ -77,3 +77,15 @@ def test_generate_command_compares_with_plain_decoding(server: RunningServer):
     )
     assert result.returncode == 0, result.stderr
     assert "identical output: True" in result.stderr and "tokens/step" in result.stderr
+
+
+def test_stop_string_stops_where_plain_generate_stops(smollm2_target, server: RunningServer):
+    ids = smollm2_target.encode_prompt(humaneval_prompts(3)[2], chat=False)
+    with DraftClient(server.address) as client:
+        decoder = SpeculativeDecoder(smollm2_target, WithPromptLookup(ServiceSource(client)), NodeBudget(16))
+        generation = decoder.generate(ids, 64, stop_strings=["return"])
+    with torch.inference_mode():
+        plain = smollm2_target.model.generate(torch.tensor([ids]), max_new_tokens=64, do_sample=False,
+                                              stop_strings=["return"], tokenizer=smollm2_target.tokenizer)
+    assert generation.tokens == plain[0, len(ids):].tolist()
+    assert generation.stopped_by == "stop_string"
