@@ -39,7 +39,7 @@ def run_build(corpus: str, extra: list[str], cache: Path, output: Path) -> dict:
     stdout, stderr = process.stdout.read(), process.stderr.read()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"build failed: {stderr}")
-    phases = dict((k, float(v)) for k, v in re.findall(r"(\w+) ([0-9.]+)s", stdout.split("time", 1)[1]))
+    phases = dict((k, float(v)) for k, v in re.findall(r"(\w+) ([0-9.]+)s", stdout.split("\ntime ", 1)[1]))
     tokens = int(re.search(r"([0-9,]+) tokens", stdout).group(1).replace(",", ""))
     size = re.search(r"size +([0-9.]+ [KMG]?B) \(([0-9.]+) bytes per context", stdout)
     return {"wall": wall, "rss_gb": usage.ru_maxrss / 2**20, "tokens": tokens, "phases": phases,

@@ -13,7 +13,6 @@ from .sizes import format_bytes, parse_budget
 from .tokenizer import DEFAULT_TOKENIZER, PRESETS as TOKENIZER_PRESETS
 
 DEFAULTS = BuildParams()
-POLICY_DEFAULT_MIN_PROBABILITY = {"frequency": 0.0, "benefit": 0.0}
 
 
 def _add_build(commands: argparse._SubParsersAction) -> None:
@@ -40,8 +39,8 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
     counting.add_argument("--max-depth", type=int, default=DEFAULTS.max_depth, help="deepest draft node (tokens)")
     counting.add_argument("--top-c", type=int, default=DEFAULTS.top_c, help="nodes per draft tree")
     counting.add_argument("--min-count", type=int, default=DEFAULTS.min_count, help="drop n-grams seen fewer times")
-    counting.add_argument("--min-probability", type=float, default=None,
-                          help="prune nodes whose count / context count is below this (default: per policy)")
+    counting.add_argument("--min-probability", type=float, default=DEFAULTS.min_probability,
+                          help="prune nodes whose count / context count is below this")
     counting.add_argument("--policy", choices=POLICIES, default=DEFAULTS.policy,
                           help="benefit: accepted tokens per byte first; frequency: the paper's top-t per length")
     counting.add_argument("--budget", default=str(DEFAULTS.budget),
@@ -67,8 +66,7 @@ def _run_build(args: argparse.Namespace) -> int:
     try:
         params = BuildParams(
             max_context=args.max_context, max_depth=args.max_depth, top_c=args.top_c, min_count=args.min_count,
-            min_probability=args.min_probability if args.min_probability is not None
-            else POLICY_DEFAULT_MIN_PROBABILITY[args.policy],
+            min_probability=args.min_probability,
             policy=args.policy, budget=parse_budget(args.budget),
         )
     except ValueError as exc:

@@ -6,10 +6,6 @@ import torch
 from transformers import DynamicCache
 
 
-def cache_length(cache: DynamicCache) -> int:
-    return cache.get_seq_length()
-
-
 def keep_accepted(cache: DynamicCache, past_length: int, fed_kept: list[int]) -> None:
     """Drop the fed tokens not in `fed_kept` (fed indices, root = 0) from every layer.
 
