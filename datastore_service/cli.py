@@ -162,7 +162,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                               reload_interval=args.reload_interval, grace=args.grace)
     try:
         serve_forever(args.store, settings)
-    except RuntimeError as exc:  # grpc reports a port it cannot bind this way
+    except (RuntimeError, OSError) as exc:  # grpc, or our own check, reports a port it cannot bind
         raise CrestError(f"cannot serve on {args.host}:{args.port}: {exc}") from exc
     return 0
 
