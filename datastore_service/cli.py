@@ -148,18 +148,30 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--reload-interval", type=float, default=defaults.reload_interval,
                         help="seconds between checks for a newly published version")
     parser.add_argument("--grace", type=float, default=defaults.grace, help="seconds in-flight calls get at shutdown")
+    security = parser.add_argument_group(
+        "security", "TLS and a shared token, so a store shared across hosts answers only its clients. "
+        "Health checks stay open without a token.")
+    security.add_argument("--tls-cert", type=Path, default=None, help="server certificate chain (PEM): serve TLS")
+    security.add_argument("--tls-key", type=Path, default=None, help="private key of --tls-cert (PEM)")
+    security.add_argument("--tls-client-ca", type=Path, default=None,
+                          help="CA (PEM) that signs client certificates: clients without one are refused (mutual TLS)")
+    security.add_argument("--token-file", type=Path, default=None,
+                          help="file holding the shared token every call must send (default: $CREST_TOKEN, if set)")
     parser.set_defaults(run=_run_serve)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
     import logging
 
+    from .security import ServerSecurity, load_token
     from .server import ServerSettings, serve_forever
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    security = ServerSecurity(tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+                              token=load_token(args.token_file))
     settings = ServerSettings(host=args.host, port=args.port, workers=args.workers,
                               max_message_bytes=int(args.max_message_mb * 2**20),
-                              reload_interval=args.reload_interval, grace=args.grace)
+                              reload_interval=args.reload_interval, grace=args.grace, security=security)
     try:
         serve_forever(args.store, settings)
     except (RuntimeError, OSError) as exc:  # grpc, or our own check, reports a port it cannot bind

@@ -1,7 +1,9 @@
 """Client of the DraftStore service: batched lookups, deadlines, retries, several replicas.
 
 With several addresses the channel balances calls over them (gRPC `round_robin`) and skips a
-replica that went away; a call that still fails with UNAVAILABLE is retried with backoff.
+replica that went away; a call that still fails with UNAVAILABLE is retried with backoff, all
+within one deadline (`timeout`). A call that fails for good raises `ServiceError`: one line that
+says what went wrong and what to check, with the gRPC status code kept in `.code`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from crest.v1 import datastore_pb2_grpc as pb_grpc
 
 from .draft import DraftTree
 from .errors import CrestError
+from .security import ClientSecurity
 
 SELECTIONS = {"scored": pb.SCORED, "longest": pb.LONGEST_MATCH}
 _RETRY_POLICY = {
@@ -46,17 +49,50 @@ def channel_target(addresses: Sequence[str]) -> str:
     return f"{scheme}:" + ",".join(resolved)
 
 
+class ServiceError(CrestError):
+    """A call the draft server did not answer; `code` is the gRPC status."""
+
+    def __init__(self, message: str, code: grpc.StatusCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def service_error(error: grpc.RpcError, servers: str, timeout: float, unavailable: str | None) -> ServiceError:
+    """One line for a failed call; `unavailable` is the details of an earlier UNAVAILABLE attempt."""
+    code, details = error.code(), error.details()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED and unavailable is not None:
+        code, details = grpc.StatusCode.UNAVAILABLE, unavailable  # it waited for a server that never came back
+    if code == grpc.StatusCode.UNAVAILABLE:
+        message = (f"draft server {servers} unavailable: {details} (is it running? does it want TLS, "
+                   "--tls-ca, or a client certificate, --tls-cert/--tls-key?)")
+    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        message = f"draft server {servers} did not answer within {timeout:g} s (deadline exceeded); raise the timeout"
+    elif code == grpc.StatusCode.UNAUTHENTICATED:
+        message = f"draft server {servers} refused the call: {details}"
+    else:
+        message = f"draft server {servers} failed the call ({code.name}): {details}"
+    return ServiceError(message, code)
+
+
 class DraftClient:
-    def __init__(self, addresses: Sequence[str] | str, timeout: float = 1.0, retries: int = 3) -> None:
+    def __init__(self, addresses: Sequence[str] | str, timeout: float = 1.0, retries: int = 3,
+                 security: ClientSecurity = ClientSecurity()) -> None:
         addresses = [addresses] if isinstance(addresses, str) else list(addresses)
         if not addresses:
             raise CrestError("no server address given")
         self.timeout, self.retries = timeout, retries
-        self.channel = grpc.insecure_channel(channel_target(addresses), options=[
+        self.servers = ", ".join(addresses)
+        self.metadata = security.call_metadata()
+        target, options = channel_target(addresses), [
             ("grpc.service_config", json.dumps(_RETRY_POLICY)),
             ("grpc.enable_retries", 1),
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-        ])
+            *security.channel_options(),
+        ]
+        if security.tls:
+            self.channel = grpc.secure_channel(target, security.credentials(), options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
         self.stub = pb_grpc.DraftStoreStub(self.channel)
 
     def close(self) -> None:
@@ -69,13 +105,19 @@ class DraftClient:
         self.close()
 
     def _call(self, method, request):
+        deadline = time.monotonic() + self.timeout
+        unavailable = None
         for attempt in range(self.retries + 1):
             try:
-                return method(request, timeout=self.timeout, wait_for_ready=attempt > 0)
+                # Later attempts wait for a replica to be ready, but never past the call's deadline.
+                return method(request, timeout=max(deadline - time.monotonic(), 0.0), wait_for_ready=attempt > 0,
+                              metadata=self.metadata)
             except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
-                    raise
-                time.sleep(0.02 * 2**attempt)
+                retry = error.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries
+                if not retry or time.monotonic() >= deadline:
+                    raise service_error(error, self.servers, self.timeout, unavailable) from error
+                unavailable = unavailable or error.details()
+                time.sleep(min(0.02 * 2**attempt, max(deadline - time.monotonic(), 0.0)))
         raise AssertionError("unreachable")
 
     def info(self) -> pb.InfoResponse:

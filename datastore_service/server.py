@@ -1,11 +1,14 @@
 """`crest serve`: the DraftStore service over gRPC, with health checking, reflection and hot reload.
 
-Binds to loopback unless told otherwise. SIGTERM or SIGINT stop accepting calls, let the calls
-in flight finish (up to `grace` seconds), then exit.
+Binds to loopback unless told otherwise; with `ServerSecurity` it speaks TLS (mutual TLS when a
+client CA is given) and asks every call but health checks for the shared token (security.py).
+SIGTERM or SIGINT stop accepting calls, let the calls in flight finish (up to `grace` seconds),
+then exit.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
 import threading
@@ -21,6 +24,8 @@ from crest.v1 import datastore_pb2 as pb
 from crest.v1 import datastore_pb2_grpc as pb_grpc
 
 from .index_holder import IndexHolder, ReloadWatcher
+from .request_decoding import DecodeInHandler
+from .security import ServerSecurity
 from .service import DraftStoreService
 
 log = logging.getLogger("crest.serve")
@@ -35,6 +40,16 @@ class ServerSettings:
     max_message_bytes: int = 4 * 1024 * 1024
     reload_interval: float = 1.0  # seconds between checks for a newly published version
     grace: float = 10.0           # seconds in-flight calls get at shutdown
+    security: ServerSecurity = ServerSecurity()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class RunningServer:
@@ -43,8 +58,10 @@ class RunningServer:
     def __init__(self, store: Path, settings: ServerSettings) -> None:
         self.holder = IndexHolder(store)
         self.settings = settings
+        security = settings.security
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="crest-rpc"),
+            interceptors=[*security.interceptors(), DecodeInHandler()],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", 16 * settings.max_message_bytes),
@@ -55,9 +72,19 @@ class RunningServer:
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
+        bind = f"{settings.host}:{settings.port}"
+        if security.tls:
+            self.port = self.server.add_secure_port(bind, security.credentials())
+        else:
+            self.port = self.server.add_insecure_port(bind)
         if self.port == 0:
             raise OSError(f"cannot bind {settings.host}:{settings.port}")
+        if not is_loopback(settings.host):
+            if not (security.token or security.tls_client_ca):
+                log.warning("serving on %s with neither a token nor client certificates: any host that reaches "
+                            "this port can call it", settings.host)
+            elif security.token and not security.tls:
+                log.warning("serving on %s without TLS: the token crosses the network in clear text", settings.host)
         self.watcher = ReloadWatcher(self.holder, settings.reload_interval)
 
     @property
@@ -81,7 +108,10 @@ class RunningServer:
 def serve_forever(store: Path, settings: ServerSettings) -> None:
     running = RunningServer(store, settings).start()
     info = running.holder.index.info
-    print(f"serving {store} version {info.store_version} on {running.address}", flush=True)
+    security = settings.security
+    mode = ("mutual TLS" if security.tls_client_ca else "TLS") if security.tls else "plain TCP"
+    mode += ", token required" if security.token else ""
+    print(f"serving {store} version {info.store_version} ({mode}) on {running.address}", flush=True)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

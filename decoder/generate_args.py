@@ -11,6 +11,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--store", type=Path, help="draft from this store, in process")
     source.add_argument("--server", action="append", metavar="HOST:PORT",
                         help="draft from `crest serve` replicas (repeat for several)")
+    secure = parser.add_argument_group("server security", "for --server replicas that serve TLS or want a token")
+    secure.add_argument("--tls-ca", type=Path, default=None, help="CA (PEM) that signed the servers' certificates")
+    secure.add_argument("--tls-cert", type=Path, default=None, help="client certificate (PEM), for mutual TLS")
+    secure.add_argument("--tls-key", type=Path, default=None, help="private key of --tls-cert (PEM)")
+    secure.add_argument("--tls-server-name", default=None, help="name in the server certificate, if not the address")
+    secure.add_argument("--token-file", type=Path, default=None,
+                        help="file holding the servers' shared token (default: $CREST_TOKEN, if set)")
     parser.add_argument("--prompt", required=True, help="the prompt text")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     parser.add_argument("--model", default="smollm2", help="target model: smollm2, gemma3, a .gguf or a HF folder")

@@ -21,8 +21,11 @@ def draft_source(args: argparse.Namespace, target: TargetModel) -> DraftSource:
     """The source the flags ask for, refusing a store built for another tokenizer than the model's."""
     if args.server:
         from datastore_service.client import DraftClient
+        from datastore_service.security import ClientSecurity, load_token
 
-        client = DraftClient(args.server)
+        client = DraftClient(args.server, security=ClientSecurity(
+            tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key, server_name=args.tls_server_name,
+            token=load_token(args.token_file)))
         client.check_tokenizer(target.tokenizer_fingerprint)
         source: DraftSource = ServiceSource(client, args.selection)
     elif args.store:

@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from crest.v1 import datastore_pb2 as pb
 from crest.v1 import datastore_pb2_grpc as pb_grpc
-from datastore_service.client import DraftClient
+from datastore_service.client import DraftClient, ServiceError
 from datastore_service.publishing import VersionedStore
 from datastore_service.server import RunningServer, ServerSettings
 
@@ -152,9 +152,9 @@ class Load:
                         self.calls += 1
                         if not self.versions or self.versions[-1] != response.store_version:
                             self.versions.append(response.store_version)
-                except grpc.RpcError as error:
+                except ServiceError as error:
                     with self.lock:
-                        self.failures.append(f"{error.code()}: {error.details()}")
+                        self.failures.append(str(error))
 
     def __enter__(self) -> "Load":
         for thread in self.threads:
