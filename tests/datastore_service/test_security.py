@@ -20,6 +20,7 @@ from datastore_service.security import ClientSecurity, ServerSecurity
 from datastore_service.server import RunningServer, ServerSettings
 
 from .certificates import CertificateAuthority
+from .server_process import start_server, stop_server
 from .store_factory import publish_token_store
 
 VOCAB = 1000
@@ -120,40 +121,28 @@ def test_half_given_tls_settings_are_one_clear_error(pki):
 def test_crest_serve_with_mutual_tls_and_a_token_file(store: Path, pki, tmp_path: Path):
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "datastore_service.cli", "serve", str(store), "--port", "0", "--grace", "0",
-         "--tls-cert", str(pki["server"].cert), "--tls-key", str(pki["server"].key),
-         "--tls-client-ca", str(pki["ca"]), "--token-file", str(token_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
+    process, address, line = start_server(
+        store, "--tls-cert", str(pki["server"].cert), "--tls-key", str(pki["server"].key),
+        "--tls-client-ca", str(pki["ca"]), "--token-file", str(token_file))
     try:
-        line = process.stdout.readline()
         assert "(mutual TLS, token required)" in line, line
-        address = line.rsplit(" ", 1)[1].strip()
         client = pki["client"]
         full = ClientSecurity(tls_ca=pki["ca"], tls_cert=client.cert, tls_key=client.key, token=TOKEN)
         assert answers(address, full)
         no_token = ClientSecurity(tls_ca=pki["ca"], tls_cert=client.cert, tls_key=client.key)
         assert refusal(address, no_token).code == grpc.StatusCode.UNAUTHENTICATED
     finally:
-        process.kill()
-        process.wait()
+        stop_server(process)
 
 
 def test_crest_serve_takes_the_token_from_the_environment(store: Path):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "datastore_service.cli", "serve", str(store), "--port", "0", "--grace", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "CREST_TOKEN": TOKEN},
-    )
+    process, address, line = start_server(store, env={**os.environ, "CREST_TOKEN": TOKEN})
     try:
-        line = process.stdout.readline()
         assert "(plain TCP, token required)" in line, line
-        address = line.rsplit(" ", 1)[1].strip()
         assert answers(address, ClientSecurity(token=TOKEN))
         assert refusal(address).code == grpc.StatusCode.UNAUTHENTICATED
     finally:
-        process.kill()
-        process.wait()
+        stop_server(process)
 
 
 @pytest.mark.parametrize(("flags", "message"), [

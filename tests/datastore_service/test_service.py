@@ -24,6 +24,7 @@ from datastore_service.publishing import VersionedStore
 from datastore_service.server import RunningServer, ServerSettings
 
 from .sql_oracle import sql_answer
+from .server_process import start_server
 from .store_factory import publish_token_store
 
 VOCAB = 262_144
@@ -214,13 +215,8 @@ def test_corrupt_or_foreign_versions_are_refused_and_the_old_one_serves(store: P
 
 
 def start_replica(store: Path) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "datastore_service.cli", "serve", str(store), "--port", "0", "--grace", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    line = process.stdout.readline()
-    assert "serving" in line, line
-    return process, line.rsplit(" ", 1)[1].strip()
+    process, address, _ = start_server(store)
+    return process, address
 
 
 def test_killed_replica_loses_no_call(store: Path):
