@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -64,6 +65,30 @@ class _Stopwatch:
             yield
         finally:
             self.seconds[name] = time.perf_counter() - start
+
+
+# How a full disk, a quota or a file-size limit reads in DuckDB's and the OS's messages.
+_DISK_FULL = ("no space left", "file too large", "disk quota")
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def _disk_full(exc: OSError | duckdb.Error) -> bool:
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+        return True
+    return any(sign in str(exc).lower() for sign in _DISK_FULL)  # DuckDB and Arrow keep only the text
+
+
+@contextmanager
+def _disk_full_as_user_error(store: Path) -> Iterator[None]:
+    """Whatever was writing (tokens, spill files, the new version), say so in one line."""
+    try:
+        yield
+    except (OSError, duckdb.Error) as exc:
+        if not _disk_full(exc):
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CrestError(f"out of disk space (or over a file-size limit) while building: {first}; "
+                         f"nothing was published, {store} is unchanged") from exc
 
 
 @contextmanager
@@ -136,9 +161,15 @@ def build_store(
     replace: bool = False,
     progress: bool = True,
 ) -> BuildSummary:
+    store = VersionedStore(output)
+    with _disk_full_as_user_error(store.path):
+        return _build(corpus, tokenizer_spec, store, params, settings, replace, progress)
+
+
+def _build(corpus: CorpusSpec, tokenizer_spec: str, store: VersionedStore, params: BuildParams,
+           settings: EngineSettings, replace: bool, progress: bool) -> BuildSummary:
     clock = _Stopwatch()
     started = time.perf_counter()
-    store = VersionedStore(output)
     tokenizer = TargetTokenizer.load(tokenizer_spec)
     _refuse_other_tokenizer(store, tokenizer, replace)
 

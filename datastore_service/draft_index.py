@@ -28,7 +28,7 @@ import numpy as np
 from .draft import DraftTree
 from .errors import StoreError
 from .store_info import StoreInfo
-from .store_reader import open_store, resolve_store
+from .store_reader import open_store, reading, resolve_store
 
 SELECTIONS = ("scored", "longest")
 MAX_BATCH = 4096
@@ -121,7 +121,7 @@ class DraftIndex:
     def load(cls, path: Path) -> "DraftIndex":
         """Read a published store (its current version) into memory."""
         resolved = resolve_store(path)
-        with open_store(resolved) as connection:
+        with open_store(resolved) as connection, reading(resolved):
             info = StoreInfo.read(connection, resolved)
             table = connection.sql(FETCH_DRAFTS).to_arrow_table()
         if table.num_rows == 0:

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .sizes import format_bytes
-from .store_reader import open_store, resolve_store, store_info
+from .store_reader import open_store, reading, resolve_store, store_info
 
 # The most common contexts and the text of their `branches` most likely draft nodes.
 TOP_CONTEXTS = """
@@ -33,7 +33,7 @@ ORDER BY context_count DESC, context
 def inspect_store(path: Path, limit: int = 10, branches: int = 3, console: Console | None = None) -> None:
     console = console or Console()
     resolved = resolve_store(path)
-    with open_store(path) as connection:
+    with open_store(path) as connection, reading(path):
         info = store_info(connection, path)
         size = resolved.stat().st_size
         table = Table(title=f"{path} -> {resolved.name}", show_header=False)

@@ -60,7 +60,7 @@ class VersionedStore:
         if not self.versions.exists():
             return
         for entry in self.versions.iterdir():
-            _, _, pid = entry.name.rpartition("-")
+            _, _, pid = entry.name.removesuffix(".wal").rpartition("-")  # DuckDB's log of a scratch file too
             if "." in entry.name and pid.isdigit() and not entry.name.endswith(".duckdb") and not _pid_alive(int(pid)):
                 remove_path(entry)
 
@@ -88,7 +88,9 @@ class VersionedStore:
 
 
 def remove_path(path: Path) -> None:
+    """Remove a file or folder, and the write-ahead log DuckDB may have left beside a file."""
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+        path.with_name(path.name + ".wal").unlink(missing_ok=True)

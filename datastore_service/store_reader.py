@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +22,26 @@ def resolve_store(path: Path) -> Path:
     return path.resolve()
 
 
+@contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """DuckDB failing while it reads a store means a damaged file (checksums, short reads): one line."""
+    try:
+        yield
+    except duckdb.Error as exc:
+        raise StoreError(f"{path} is damaged (corrupt or truncated): {str(exc).splitlines()[0]}") from exc
+
+
 def open_store(path: Path) -> duckdb.DuckDBPyConnection:
     """A read-only connection to the store's current version, schema checked."""
     resolved = resolve_store(path)
     try:
         connection = duckdb.connect(str(resolved), read_only=True)
-    except (duckdb.IOException, duckdb.InvalidInputException, duckdb.SerializationException) as exc:
-        raise StoreError(f"{path} is not a readable DuckDB file: {str(exc).splitlines()[0]}") from exc
+    except duckdb.Error as exc:  # not DuckDB at all, cut short, or a corrupt header block
+        raise StoreError(f"{path} is not a readable DuckDB file (damaged, truncated or not DuckDB at all): "
+                         f"{str(exc).splitlines()[0]}") from exc
     try:
-        check_schema(connection, path)
+        with reading(path):
+            check_schema(connection, path)
     except BaseException:
         connection.close()
         raise
@@ -46,5 +59,5 @@ def store_info(connection: duckdb.DuckDBPyConnection, path: Path) -> dict[str, A
 
 
 def read_store_info(path: Path) -> dict[str, Any]:
-    with open_store(path) as connection:
+    with open_store(path) as connection, reading(path):
         return store_info(connection, path)
