@@ -97,6 +97,8 @@ def test_token_is_required_checked_and_accepted(store: Path):
             # The `crest-token` key works too, for clients that can't set `authorization`.
             info = pb_grpc.DraftStoreStub(channel).Info(pb.InfoRequest(), metadata=(("crest-token", TOKEN),), timeout=5)
             assert info.vocab_size == VOCAB
+            lowercase = (("authorization", f"bearer {TOKEN}"),)  # the scheme is case-insensitive
+            assert pb_grpc.DraftStoreStub(channel).Info(pb.InfoRequest(), metadata=lowercase, timeout=5).vocab_size
             # Health stays open (probes carry no secrets); reflection does not.
             check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
             assert check.status == health_pb2.HealthCheckResponse.SERVING
@@ -149,10 +151,12 @@ def test_crest_serve_takes_the_token_from_the_environment(store: Path):
     (["--tls-cert", "{cert}"], "needs both --tls-cert and --tls-key"),
     (["--tls-cert", "/no/such.crt", "--tls-key", "{key}"], "cannot read TLS certificate /no/such.crt"),
     (["--token-file", "{empty}"], "is empty"),
+    (["--tls-cert", "{ca}", "--tls-key", "{key}"], "are not a usable pair"),
+    (["--tls-cert", "{empty}", "--tls-key", "{empty}"], "are not a usable pair"),
 ])
 def test_crest_serve_bad_security_flags_are_one_line(store: Path, pki, tmp_path: Path, flags, message):
     (tmp_path / "empty").write_text("\n")
-    values = {"cert": pki["server"].cert, "key": pki["server"].key, "empty": tmp_path / "empty"}
+    values = {"cert": pki["server"].cert, "key": pki["server"].key, "ca": pki["ca"], "empty": tmp_path / "empty"}
     result = subprocess.run(
         [sys.executable, "-m", "datastore_service.cli", "serve", str(store), "--port", "0",
          *[flag.format(**values) for flag in flags]], capture_output=True, text=True, timeout=60,
