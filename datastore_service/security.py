@@ -39,7 +39,9 @@ def check_tls_files(cert: Path | None, key: Path | None, ca: Path | None) -> Non
     """Refuse unusable PEM files here, in one line, before grpc reports them as a bind failure."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if cert is not None and key is not None:
-        read_file(cert, "TLS certificate"), read_file(key, "TLS key")
+        # A missing file says so, rather than as an SSL error.
+        read_file(cert, "TLS certificate")
+        read_file(key, "TLS key")
         try:
             context.load_cert_chain(cert, key)
         except ssl.SSLError as exc:
