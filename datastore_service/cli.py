@@ -209,6 +209,26 @@ def _run_generate(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _add_eval(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "eval", help="REST vs CREST: accepted length across storage sizes (HumanEval, MT-Bench)",
+        description="Build REST stores over corpus fractions and CREST stores over byte budgets, replay the "
+        "target's cached greedy outputs against each (exact, no model forward), check the replay against real "
+        "decoding on a few prompts, and write a table (Markdown + CSV) and a plot into the output folder.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    from decoder.evaluation.args import add_arguments
+
+    add_arguments(parser)
+    parser.set_defaults(run=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from decoder.evaluation.run import run
+
+    return run(args)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="crest",
@@ -220,6 +240,7 @@ def parser() -> argparse.ArgumentParser:
     _add_migrate(commands)
     _add_serve(commands)
     _add_generate(commands)
+    _add_eval(commands)
     return root
 
 
