@@ -6,9 +6,10 @@ import errno
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from dataclasses import replace as replace_params
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import duckdb
 
@@ -21,6 +22,7 @@ from .ngram_counting import count_ngrams
 from .paths import cache_dir
 from .publishing import VersionedStore, remove_path
 from .selection import CostModel, rank_contexts
+from .sizes import Budget
 from .store_reader import read_store_info
 from .store_writer import write_and_publish
 from .token_table import tokenize_corpus
@@ -79,7 +81,7 @@ def _disk_full(exc: OSError | duckdb.Error) -> bool:
 
 
 @contextmanager
-def _disk_full_as_user_error(store: Path) -> Iterator[None]:
+def _disk_full_as_user_error() -> Iterator[None]:
     """Whatever was writing (tokens, spill files, the new version), say so in one line."""
     try:
         yield
@@ -88,7 +90,7 @@ def _disk_full_as_user_error(store: Path) -> Iterator[None]:
             raise
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CrestError(f"out of disk space (or over a file-size limit) while building: {first}; "
-                         f"nothing was published, {store} is unchanged") from exc
+                         "the version being written was not published, the last published one stays") from exc
 
 
 @contextmanager
@@ -152,6 +154,15 @@ def rank_draft_trees(
         return rank_contexts(connection, params.policy, CostModel())
 
 
+@dataclass(frozen=True)
+class StoreTarget:
+    """One store to publish from a build's ranked trees: where, within which budget, by which policy."""
+
+    output: Path
+    budget: Budget
+    policy: str
+
+
 def build_store(
     corpus: CorpusSpec,
     tokenizer_spec: str,
@@ -161,62 +172,95 @@ def build_store(
     replace: bool = False,
     progress: bool = True,
 ) -> BuildSummary:
-    store = VersionedStore(output)
-    with _disk_full_as_user_error(store.path):
-        return _build(corpus, tokenizer_spec, store, params, settings, replace, progress)
+    target = StoreTarget(output, params.budget, params.policy)
+    return build_stores(corpus, tokenizer_spec, params, [target], settings, replace, progress)[0]
 
 
-def _build(corpus: CorpusSpec, tokenizer_spec: str, store: VersionedStore, params: BuildParams,
-           settings: EngineSettings, replace: bool, progress: bool) -> BuildSummary:
+def build_stores(
+    corpus: CorpusSpec,
+    tokenizer_spec: str,
+    params: BuildParams,
+    targets: Sequence[StoreTarget],
+    settings: EngineSettings = EngineSettings(),
+    replace: bool = False,
+    progress: bool = True,
+) -> list[BuildSummary]:
+    """Count once, then publish one store per target (budgets and policies only change the selection).
+
+    Each summary's seconds hold the shared phases (tokenize, count, trees with the first ranking)
+    plus its own re-ranking and write: about what building that store alone would take."""
+    with _disk_full_as_user_error():
+        return _build_stores(corpus, tokenizer_spec, params, targets, settings, replace, progress)
+
+
+def _build_stores(corpus: CorpusSpec, tokenizer_spec: str, params: BuildParams, targets: Sequence[StoreTarget],
+                  settings: EngineSettings, replace: bool, progress: bool) -> list[BuildSummary]:
     clock = _Stopwatch()
     started = time.perf_counter()
+    stores = [VersionedStore(target.output) for target in targets]
     tokenizer = TargetTokenizer.load(tokenizer_spec)
-    _refuse_other_tokenizer(store, tokenizer, replace)
+    for store in stores:
+        _refuse_other_tokenizer(store, tokenizer, replace)
 
     with clock.phase("tokenize"):
         tokenized = tokenize_corpus(corpus, tokenizer, progress=progress)
 
-    store.remove_stale_scratch()
-    version = store.new_version()
-    work_dir = store.scratch(version, "work")
+    for store in stores:
+        store.remove_stale_scratch()
+    work_dir = stores[0].scratch(stores[0].new_version(), "work")
     work_dir.mkdir()
+    summaries = []
     try:
         with _duckdb_errors_as_user_errors(settings), _open_work_database(work_dir, settings) as connection:
             connection.execute("CREATE TEMP TABLE tokens AS SELECT * FROM read_parquet($path)", {"path": str(tokenized.parquet)})
             candidates = rank_draft_trees(connection, params, tokenizer.vocab_size, clock, progress)
-            with clock.phase("write"):
-                info = {
-                    "store_version": version,
-                    "crest_version": __version__,
-                    "created_at": datetime.now(timezone.utc),
-                    "tokenizer_name": tokenizer.name,
-                    "tokenizer_fingerprint": tokenizer.fingerprint,
-                    "vocab_size": tokenizer.vocab_size,
-                    "corpus_name": corpus.display_name,
-                    "corpus_fingerprint": tokenized.report.fingerprint,
-                    "corpus_documents": tokenized.report.documents,
-                    "corpus_tokens": tokenized.tokens,
-                    "max_context": params.max_context,
-                    "max_depth": params.max_depth,
-                    "policy": params.policy,
-                    "build_params": params.as_dict(),
-                }
-                written, final = write_and_publish(connection, store, params.budget, candidates, tokenizer.pieces(), info)
+            ranked_policy = params.policy
+            for store, target in zip(stores, targets):
+                own = _Stopwatch()
+                if target.policy != ranked_policy:
+                    with own.phase("rank"):
+                        rank_contexts(connection, target.policy, CostModel())
+                    ranked_policy = target.policy
+                store_params = replace_params(params, budget=target.budget, policy=target.policy)
+                version = store.new_version()
+                with own.phase("write"):
+                    info = {
+                        "store_version": version,
+                        "crest_version": __version__,
+                        "created_at": datetime.now(timezone.utc),
+                        "tokenizer_name": tokenizer.name,
+                        "tokenizer_fingerprint": tokenizer.fingerprint,
+                        "vocab_size": tokenizer.vocab_size,
+                        "corpus_name": corpus.display_name,
+                        "corpus_fingerprint": tokenized.report.fingerprint,
+                        "corpus_documents": tokenized.report.documents,
+                        "corpus_tokens": tokenized.tokens,
+                        "max_context": store_params.max_context,
+                        "max_depth": store_params.max_depth,
+                        "policy": store_params.policy,
+                        "build_params": store_params.as_dict(),
+                    }
+                    written, final = write_and_publish(connection, store, target.budget, candidates,
+                                                       tokenizer.pieces(), info)
+                seconds = {**clock.seconds, **own.seconds}
+                seconds["total"] = sum(seconds.values())
+                summaries.append(BuildSummary(
+                    store=store.path,
+                    version_file=final,
+                    documents=tokenized.report.documents,
+                    skipped=tokenized.report.skipped,
+                    tokens=tokenized.tokens,
+                    candidate_contexts=candidates,
+                    contexts_kept=written.contexts,
+                    nodes_kept=written.nodes,
+                    file_bytes=written.file_bytes,
+                    seconds=seconds,
+                ))
     finally:
         remove_path(work_dir)
-    clock.seconds["total"] = time.perf_counter() - started
-    return BuildSummary(
-        store=store.path,
-        version_file=final,
-        documents=tokenized.report.documents,
-        skipped=tokenized.report.skipped,
-        tokens=tokenized.tokens,
-        candidate_contexts=candidates,
-        contexts_kept=written.contexts,
-        nodes_kept=written.nodes,
-        file_bytes=written.file_bytes,
-        seconds=clock.seconds,
-    )
+    if len(summaries) == 1:  # one store: its total is simply the wall time
+        summaries[0].seconds["total"] = time.perf_counter() - started
+    return summaries
 
 
 def default_store_path(corpus_name: str) -> Path:

@@ -143,7 +143,7 @@ def test_disk_full_build_is_one_line_and_the_published_store_stays(code_corpus: 
     result = subprocess.run([*cli, "--budget", "400rows"], capture_output=True, text=True, timeout=300,
                             preexec_fn=_file_size_limit(100_000))
     assert result.returncode == 1
-    assert result.stderr.startswith("crest: error: out of disk space") and "nothing was published" in result.stderr
+    assert result.stderr.startswith("crest: error: out of disk space") and "was not published" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert resolve_store(output) == old_file and old_file.read_bytes() == old_bytes
     assert read_store_info(output) == old_info
