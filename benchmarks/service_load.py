@@ -109,8 +109,9 @@ def report(store: Path, args: argparse.Namespace, figures: dict) -> str:
         f"Command: `{COMMAND}`. Server: `crest serve` as its own process on 127.0.0.1 (8 worker threads), store "
         f"`{store.name}`. {args.clients} client processes, each with its own `DraftClient`, send lookups back to back "
         f"for {seconds:g} s: batches of {args.batch} stored contexts drawn in proportion to their corpus counts, up "
-        f"to {args.max_nodes} nodes each. Clients and server share this machine's {os.cpu_count()} cores, and other "
-        "work was running on it at the time, so these are floor figures for a dedicated host.",
+        f"to {args.max_nodes} nodes each. Clients and server share this machine's {os.cpu_count()} cores with other "
+        f"engineers' work (1-minute load average {figures['load_before']:.1f} before the run), so these are floor "
+        "figures for a dedicated host.",
         "",
         f"- Throughput: **{len(latencies) / seconds:,.0f} calls/s** ({figures['sequences'] / seconds:,.0f} sequences/s), "
         f"{len(latencies):,} calls in all.",
@@ -139,9 +140,10 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "datastore_service.cli", "build", "--output", str(args.store), "--quiet"],
                        check=True)
     contexts = weighted_contexts(args.store, 200_000)
+    load_before = os.getloadavg()[0]
     server, address = start_server(args.store)
     try:
-        figures = run_load(address, server.pid, args, contexts)
+        figures = {**run_load(address, server.pid, args, contexts), "load_before": load_before}
     finally:
         server.terminate()
         server.wait(timeout=60)
