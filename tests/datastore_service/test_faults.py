@@ -218,8 +218,9 @@ def test_deadline_shorter_than_the_lookup_is_a_clear_error_and_the_server_serves
         heavy = pb.LookupRequest(sequences=[pb.SequenceQuery(tokens=[i % 300, (i * 7) % 300, 1], max_nodes=4096)
                                             for i in range(MAX_BATCH)])
         with grpc.insecure_channel(server.address) as channel:
-            _, call = pb_grpc.DraftStoreStub(channel).Lookup.with_call(heavy, timeout=30)
-        lookup_seconds = int(dict(call.trailing_metadata())[SERVER_TIME_KEY]) / 1e6
+            calls = [pb_grpc.DraftStoreStub(channel).Lookup.with_call(heavy, timeout=30)[1] for _ in range(3)]
+        # The fastest the server ever did it: a client allowing a quarter of that cannot be answered.
+        lookup_seconds = min(int(dict(call.trailing_metadata())[SERVER_TIME_KEY]) for call in calls) / 1e6
         sequences = [list(q.tokens) for q in heavy.sequences]
         with DraftClient(server.address, timeout=lookup_seconds / 4) as hurried, pytest.raises(ServiceError) as error:
             hurried.lookup(sequences, max_nodes=4096)
