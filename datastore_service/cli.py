@@ -241,6 +241,27 @@ def _run_eval(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _add_demo(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "demo", help="build, serve and decode end to end on this machine (the README's first command)",
+        description="Build the default code datastore if it is not cached, serve it from a `crest serve` process on "
+        "a free loopback port, decode a few HumanEval and MT-Bench prompts with SmolLM2 through it (accepted drafts "
+        "in green), then compare with plain decoding in a table. The server is stopped on exit, Ctrl-C included.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--humaneval", type=int, default=2, help="HumanEval prompts to decode")
+    parser.add_argument("--mtbench", type=int, default=1, help="MT-Bench questions to decode (chat template)")
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--no-color", action="store_true", help="do not mark accepted draft tokens")
+    parser.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from decoder.demo import run
+
+    return run(args)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="crest",
@@ -253,6 +274,7 @@ def parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_generate(commands)
     _add_eval(commands)
+    _add_demo(commands)
     return root
 
 

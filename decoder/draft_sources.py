@@ -3,11 +3,12 @@ same engine in process, or (evaluation) the REST baseline. The decode loop can't
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
 from datastore_service.draft import DraftTree
-from datastore_service.draft_index import DraftIndex
+from datastore_service.index_loader import LookupIndex
 
 
 class DraftSource(Protocol):
@@ -30,7 +31,7 @@ class NoDrafts:
 class IndexSource:
     """The serving engine in this process (no network)."""
 
-    def __init__(self, index: DraftIndex, selection: str = "scored") -> None:
+    def __init__(self, index: LookupIndex, selection: str = "scored") -> None:
         self.index, self.selection = index, selection
         self.max_context = index.width
 
@@ -49,3 +50,17 @@ class ServiceSource:
     def drafts(self, contexts: Sequence[Sequence[int]], max_nodes: int) -> list[DraftTree]:
         tails = [list(c[-self.max_context:]) for c in contexts]
         return self.client.lookup(tails, max_nodes=max_nodes, selection=self.selection)
+
+
+class TimedSource:
+    """Any source, with the wall time of each lookup recorded (latency reports)."""
+
+    def __init__(self, inner: DraftSource) -> None:
+        self.inner, self.max_context = inner, inner.max_context
+        self.seconds: list[float] = []
+
+    def drafts(self, contexts: Sequence[Sequence[int]], max_nodes: int) -> list[DraftTree]:
+        started = time.perf_counter()
+        trees = self.inner.drafts(contexts, max_nodes)
+        self.seconds.append(time.perf_counter() - started)
+        return trees

@@ -29,9 +29,9 @@ def draft_source(args: argparse.Namespace, target: TargetModel) -> DraftSource:
         client.check_tokenizer(target.tokenizer_fingerprint)
         source: DraftSource = ServiceSource(client, args.selection)
     elif args.store:
-        from datastore_service.draft_index import DraftIndex
+        from datastore_service.index_loader import load_index
 
-        index = DraftIndex.load(args.store)
+        index = load_index(args.store)
         if index.info.tokenizer_fingerprint != target.tokenizer_fingerprint:
             raise CrestError(f"store {args.store} was built for tokenizer {index.info.tokenizer_name!r}, "
                              f"not the one of model {target.name!r}")
@@ -41,9 +41,11 @@ def draft_source(args: argparse.Namespace, target: TargetModel) -> DraftSource:
     return source if args.no_prompt_lookup else WithPromptLookup(source)
 
 
-def _stream(decoder: SpeculativeDecoder, target: TargetModel, prompt_ids: list[int], args, color: bool) -> Generation:
+def stream_to_terminal(decoder: SpeculativeDecoder, target: TargetModel, prompt_ids: list[int], max_new_tokens: int,
+                       stop: list[str], color: bool) -> Generation:
+    """Print the completion as it is verified, accepted draft tokens in green when `color`."""
     tokenizer, shown, tokens = target.tokenizer, "", []
-    stream = decoder.stream(prompt_ids, args.max_new_tokens, args.stop)
+    stream = decoder.stream(prompt_ids, max_new_tokens, stop)
     while True:
         try:
             emitted = next(stream)
@@ -73,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     sampling = SamplingParams(args.temperature, args.top_p) if args.temperature > 0 else None
     curve = None if args.fixed_nodes else CostCurve.measure(target)
     decoder = SpeculativeDecoder(target, draft_source(args, target), NodeBudget(args.max_nodes, curve), sampling)
-    generation = _stream(decoder, target, prompt_ids, args, args.color or sys.stdout.isatty())
+    generation = stream_to_terminal(decoder, target, prompt_ids, args.max_new_tokens, args.stop,
+                                    args.color or sys.stdout.isatty())
     lines = [_report("drafted", generation)]
     if args.compare:
         plain = SpeculativeDecoder(target, NoDrafts(), NodeBudget(0), sampling).generate(

@@ -3,30 +3,14 @@
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from datastore_service.draft import DraftTree
 from datastore_service.index_loader import LookupIndex
 
-from ..draft_sources import IndexSource
+from ..draft_sources import IndexSource, TimedSource
 from ..node_budget import NodeBudget
 from ..replay import Replay, replay
-
-
-class TimedSource(IndexSource):
-    """An in-process source that records how long each lookup takes."""
-
-    def __init__(self, index: LookupIndex) -> None:
-        super().__init__(index)
-        self.seconds: list[float] = []
-
-    def drafts(self, contexts: Sequence[Sequence[int]], max_nodes: int) -> list[DraftTree]:
-        started = time.perf_counter()
-        trees = super().drafts(contexts, max_nodes)
-        self.seconds.append(time.perf_counter() - started)
-        return trees
 
 
 @dataclass(frozen=True)
@@ -40,7 +24,7 @@ class Acceptance:
 
 def replay_suite(index: LookupIndex, prompts: Sequence[Sequence[int]], references: Sequence[Sequence[int]],
                  max_nodes: int, max_new_tokens: int) -> Acceptance:
-    source = TimedSource(index)
+    source = TimedSource(IndexSource(index))
     budget = NodeBudget(max_nodes)
     replays = [replay(source, budget, prompt, reference, max_new_tokens)
                for prompt, reference in zip(prompts, references)]

@@ -33,12 +33,14 @@ class CrestVariant:
 
 
 VARIANTS = {
-    "ours": CrestVariant("CREST, ours (benefit per byte)", BuildParams()),
-    "paper": CrestVariant("CREST, paper's rule (top-t per length)", BuildParams(policy="frequency")),
-    "ours-n1": CrestVariant("CREST, ours, 1-token contexts", BuildParams(max_context=1)),
+    "ours": CrestVariant("CREST, ours: benefit per byte, N<=3", BuildParams(policy="benefit")),
+    "paper": CrestVariant("CREST, paper's rule: top-t per length, N<=3", BuildParams(policy="frequency")),
+    "ours-n2": CrestVariant("CREST, ours: benefit per byte, N<=2", BuildParams(policy="benefit", max_context=2)),
+    "paper-n2": CrestVariant("CREST, paper's rule: top-t per length, N<=2",
+                             BuildParams(policy="frequency", max_context=2)),
 }
 DEFAULT_FRACTIONS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-DEFAULT_BUDGETS_MB = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+DEFAULT_BUDGETS_MB = (1.0, 1.5, 2.0, 4.0, 8.0, 16.0, 32.0)
 REST_LINE = "REST (corpus fraction)"
 
 
