@@ -9,7 +9,9 @@ import ctypes
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import CrestError
@@ -27,14 +29,17 @@ def _stop_with_parent() -> None:
 
 
 class ServerProcess:
-    def __init__(self, store: Path, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, store: Path, extra_args: Sequence[str] = (), env: dict[str, str] | None = None) -> None:
         self.command = [sys.executable, "-m", "datastore_service.cli", "serve", str(store), "--port", "0",
                         "--grace", "1", *extra_args]
+        self.env = env
         self.process: subprocess.Popen | None = None
-        self.address = ""
+        self.address = self.first_line = ""
+        # The server logs to stderr for as long as it runs: a file, since an unread pipe fills and blocks it.
+        self.log = tempfile.TemporaryFile(mode="w+")
 
     def __enter__(self) -> "ServerProcess":
-        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=self.log, text=True, env=self.env,
                                         start_new_session=True, preexec_fn=_stop_with_parent)
         first_line: list[str] = []
         reader = threading.Thread(target=lambda: first_line.append(self.process.stdout.readline()), daemon=True)
@@ -43,9 +48,10 @@ class ServerProcess:
         line = first_line[0] if first_line else ""
         if not line.startswith("serving "):
             self.stop()
-            errors = self.process.stderr.read().strip().splitlines()
+            self.log.seek(0)
+            errors = self.log.read().strip().splitlines()
             raise CrestError(f"crest serve did not start: {errors[-1] if errors else line or 'no output'}")
-        self.address = line.rsplit(" ", 1)[1].strip()
+        self.first_line, self.address = line, line.rsplit(" ", 1)[1].strip()
         return self
 
     def __exit__(self, *_: object) -> None:
