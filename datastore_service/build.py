@@ -13,13 +13,12 @@ import duckdb
 
 from . import __version__
 from .build_params import BuildParams
+from .compact_table import Stopwatch, rank_draft_trees
 from .corpus import CorpusSpec
-from .draft_trees import build_candidate_trees
 from .errors import CrestError, StoreError
-from .ngram_counting import count_ngrams
 from .paths import cache_dir
 from .publishing import VersionedStore, remove_path
-from .selection import CostModel, rank_contexts
+from .spark_build import SparkSettings
 from .store_reader import read_store_info
 from .store_writer import write_and_publish
 from .token_table import tokenize_corpus
@@ -51,19 +50,6 @@ class BuildSummary:
     @property
     def bytes_per_context(self) -> float:
         return self.file_bytes / max(self.contexts_kept, 1)
-
-
-class _Stopwatch:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = time.perf_counter() - start
 
 
 @contextmanager
@@ -114,17 +100,20 @@ def _refuse_other_tokenizer(store: VersionedStore, tokenizer: TargetTokenizer, r
         )
 
 
-def rank_draft_trees(
-    connection: duckdb.DuckDBPyConnection, params: BuildParams, vocab_size: int, clock: _Stopwatch | None = None,
-    progress: bool = True,
+def _compact_table_on_spark(
+    connection: duckdb.DuckDBPyConnection, spark: SparkSettings, tokens: Path, params: BuildParams, vocab_size: int,
+    work_dir: Path, clock: Stopwatch, progress: bool,
 ) -> int:
-    """From table `tokens` to ranked candidate trees (see selection.py); returns the candidate count."""
-    clock = clock or _Stopwatch()
-    with clock.phase("count"):
-        count_ngrams(connection, params, vocab_size, progress)
-    with clock.phase("trees"):
-        build_candidate_trees(connection, params, progress)
-        return rank_contexts(connection, params.policy, CostModel())
+    """Run the SQL on Spark, then load its compact table (Parquet) into the work database."""
+    from .spark_build import build_compact_table, spark_session
+
+    exported = work_dir / "compact_drafts"
+    with spark_session(spark) as session:
+        candidates = build_compact_table(session, tokens, params, vocab_size, exported, clock, progress)
+    with clock.phase("load"):
+        connection.execute("CREATE TEMP TABLE compact_drafts AS SELECT * FROM read_parquet($files)",
+                           {"files": str(exported / "*.parquet")})
+    return candidates
 
 
 def build_store(
@@ -135,8 +124,10 @@ def build_store(
     settings: EngineSettings = EngineSettings(),
     replace: bool = False,
     progress: bool = True,
+    spark: SparkSettings | None = None,
 ) -> BuildSummary:
-    clock = _Stopwatch()
+    """Build and publish a store; `spark` runs counting and ranking on Spark instead of in DuckDB."""
+    clock = Stopwatch()
     started = time.perf_counter()
     store = VersionedStore(output)
     tokenizer = TargetTokenizer.load(tokenizer_spec)
@@ -151,8 +142,13 @@ def build_store(
     work_dir.mkdir()
     try:
         with _duckdb_errors_as_user_errors(settings), _open_work_database(work_dir, settings) as connection:
-            connection.execute("CREATE TEMP TABLE tokens AS SELECT * FROM read_parquet($path)", {"path": str(tokenized.parquet)})
-            candidates = rank_draft_trees(connection, params, tokenizer.vocab_size, clock, progress)
+            if spark is None:
+                connection.execute("CREATE TEMP TABLE tokens AS SELECT * FROM read_parquet($path)",
+                                   {"path": str(tokenized.parquet)})
+                candidates = rank_draft_trees(connection, params, tokenizer.vocab_size, clock, progress)
+            else:
+                candidates = _compact_table_on_spark(connection, spark, tokenized.parquet, params,
+                                                     tokenizer.vocab_size, work_dir, clock, progress)
             with clock.phase("write"):
                 info = {
                     "store_version": version,

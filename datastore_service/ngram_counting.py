@@ -14,12 +14,11 @@ Result: temp table `ngrams(level, gid, parent, token, count)`, the prefix tree o
 
 from __future__ import annotations
 
-import duckdb
 from tqdm import tqdm
 
 from .build_params import BuildParams
 from .errors import CrestError
-from .sql_files import run_sql
+from .sql_files import SqlConnection, run_sql
 
 
 def token_bits(vocab_size: int) -> int:
@@ -32,7 +31,7 @@ def _carried_tokens(first: int, last: int, template: str) -> str:
     return "".join(template.format(k=k) for k in range(first, last + 1))
 
 
-def count_ngrams(connection: duckdb.DuckDBPyConnection, params: BuildParams, vocab_size: int, progress: bool = True) -> None:
+def count_ngrams(connection: SqlConnection, params: BuildParams, vocab_size: int, progress: bool = True) -> None:
     """Fill temp table `ngrams` from table `tokens(doc_id, pos, token)`."""
     bits, last = token_bits(vocab_size), params.levels - 1
     counts = {"min_count": params.min_count}
