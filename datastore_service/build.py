@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -13,11 +14,12 @@ import duckdb
 
 from . import __version__
 from .build_params import BuildParams
-from .compact_table import Stopwatch, rank_draft_trees
+from .compact_table import Stopwatch, rank_counted_trees, rank_draft_trees
 from .corpus import CorpusSpec
 from .errors import CrestError, StoreError
 from .paths import cache_dir
 from .publishing import VersionedStore, remove_path
+from .shard_counts import merge_shard_counts
 from .spark_build import SparkSettings
 from .store_reader import read_store_info
 from .store_writer import write_and_publish
@@ -125,8 +127,15 @@ def build_store(
     replace: bool = False,
     progress: bool = True,
     spark: SparkSettings | None = None,
+    shards: tuple[CorpusSpec, ...] = (),
 ) -> BuildSummary:
-    """Build and publish a store; `spark` runs counting and ranking on Spark instead of in DuckDB."""
+    """Build and publish a store; `spark` runs counting and ranking on Spark instead of in DuckDB.
+
+    With `shards`, `corpus` and each shard are counted apart (cached per shard) and the counts
+    summed: the store equals one built from the union of their documents.
+    """
+    if shards and spark is not None:
+        raise CrestError("sharded builds (--add-shard) run on --engine duckdb only")
     clock = Stopwatch()
     started = time.perf_counter()
     store = VersionedStore(output)
@@ -134,7 +143,12 @@ def build_store(
     _refuse_other_tokenizer(store, tokenizer, replace)
 
     with clock.phase("tokenize"):
-        tokenized = tokenize_corpus(corpus, tokenizer, progress=progress)
+        parts = [tokenize_corpus(spec, tokenizer, progress=progress) for spec in (corpus, *shards)]
+    documents = sum(part.report.documents for part in parts)
+    tokens = sum(part.tokens for part in parts)
+    # order-free, so the same set of shards is the same corpus
+    fingerprint = parts[0].report.fingerprint if not shards else hashlib.sha256(
+        ":".join(sorted(part.report.fingerprint for part in parts)).encode()).hexdigest()
 
     store.remove_stale_scratch()
     version = store.new_version()
@@ -142,12 +156,16 @@ def build_store(
     work_dir.mkdir()
     try:
         with _duckdb_errors_as_user_errors(settings), _open_work_database(work_dir, settings) as connection:
-            if spark is None:
+            if shards:
+                with clock.phase("count"):
+                    merge_shard_counts(connection, parts, params.levels, params.min_count, tokenizer.vocab_size, progress)
+                candidates = rank_counted_trees(connection, params, clock, progress)
+            elif spark is None:
                 connection.execute("CREATE TEMP TABLE tokens AS SELECT * FROM read_parquet($path)",
-                                   {"path": str(tokenized.parquet)})
+                                   {"path": str(parts[0].parquet)})
                 candidates = rank_draft_trees(connection, params, tokenizer.vocab_size, clock, progress)
             else:
-                candidates = _compact_table_on_spark(connection, spark, tokenized.parquet, params,
+                candidates = _compact_table_on_spark(connection, spark, parts[0].parquet, params,
                                                      tokenizer.vocab_size, work_dir, clock, progress)
             with clock.phase("write"):
                 info = {
@@ -157,10 +175,10 @@ def build_store(
                     "tokenizer_name": tokenizer.name,
                     "tokenizer_fingerprint": tokenizer.fingerprint,
                     "vocab_size": tokenizer.vocab_size,
-                    "corpus_name": corpus.display_name,
-                    "corpus_fingerprint": tokenized.report.fingerprint,
-                    "corpus_documents": tokenized.report.documents,
-                    "corpus_tokens": tokenized.tokens,
+                    "corpus_name": "+".join(spec.display_name for spec in (corpus, *shards)),
+                    "corpus_fingerprint": fingerprint,
+                    "corpus_documents": documents,
+                    "corpus_tokens": tokens,
                     "max_context": params.max_context,
                     "max_depth": params.max_depth,
                     "policy": params.policy,
@@ -173,9 +191,9 @@ def build_store(
     return BuildSummary(
         store=store.path,
         version_file=final,
-        documents=tokenized.report.documents,
-        skipped=tokenized.report.skipped,
-        tokens=tokenized.tokens,
+        documents=documents,
+        skipped=[skip for part in parts for skip in part.report.skipped],
+        tokens=tokens,
         candidate_contexts=candidates,
         contexts_kept=written.contexts,
         nodes_kept=written.nodes,

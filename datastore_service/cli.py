@@ -35,6 +35,10 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
     source.add_argument("--text-field", default=None, help="JSONL field holding the text (default: text)")
     source.add_argument("--on-bad-file", choices=("skip", "fail"), default="skip",
                         help="what to do with unreadable or non-UTF-8 files")
+    source.add_argument("--add-shard", action="append", default=[], metavar="PATH",
+                        help="another corpus counted as its own shard (repeatable; same --format/--glob/--text-field): "
+                        "shard counts are cached by content and summed, so the store equals one build over all "
+                        "shards, and re-running with one more --add-shard counts only the new shard")
     source.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
                         help=f"target model tokenizer: {', '.join(TOKENIZER_PRESETS)}, a .gguf file or a tokenizer.json")
 
@@ -100,11 +104,13 @@ def _run_build(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise CrestError(str(exc)) from exc
+    shards = tuple(corpus_spec(path, format=args.format, glob=args.glob, text_field=args.text_field,
+                               skip_bad_files=args.on_bad_file == "skip") for path in args.add_shard)
     spark = _spark_settings(args)
     output = args.output or default_store_path(corpus.display_name)
     settings = EngineSettings(threads=args.threads, memory_limit=args.memory_limit, max_temp_size=args.max_temp_size)
     summary = build_store(corpus, args.tokenizer, output, params, settings, replace=args.replace, progress=not args.quiet,
-                          spark=spark)
+                          spark=spark, shards=shards)
     phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in summary.seconds.items())
     print(f"published   {summary.store} -> {summary.version_file.name}")
     print(f"corpus      {summary.documents:,} documents ({len(summary.skipped)} files skipped), {summary.tokens:,} tokens")
