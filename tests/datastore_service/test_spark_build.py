@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -18,15 +19,14 @@ from datastore_service.spark_build import SparkSettings, build_compact_table, re
 from datastore_service.store_reader import open_store
 from datastore_service.token_table import tokenize_corpus
 
-pytest.importorskip("pyspark")
-pytest.importorskip("sqlglot")
-
 PARAMS = BuildParams(max_context=3, max_depth=6, top_c=16, min_probability=0.05, budget=Budget(rows=10**9))
 
 
 @pytest.fixture(scope="module")
 def spark():
     """One local Spark session for the module; builds reuse it instead of starting their own."""
+    pytest.importorskip("pyspark")
+    pytest.importorskip("sqlglot")
     from pyspark.sql import SparkSession
 
     session = (SparkSession.builder.master("local[2]").config("spark.driver.memory", "1g")
@@ -69,6 +69,13 @@ def test_spark_build_publishes_the_same_store_within_a_budget(spark, code_corpus
             stores[engine] = connection.execute("SELECT * FROM drafts ORDER BY context").fetchall()
     assert stores["spark"] == stores["duckdb"]
     assert spark.getActiveSession() is not None  # the build reused the module's session and left it running
+
+
+def test_spark_needs_pyspark(monkeypatch: pytest.MonkeyPatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "pyspark" else real_find_spec(name))
+    with pytest.raises(CrestError, match=r"needs pyspark.*: pip install 'crest\[spark\]'"):
+        require_spark()
 
 
 def test_spark_needs_java(monkeypatch: pytest.MonkeyPatch):
