@@ -6,24 +6,26 @@ import hashlib
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from dataclasses import replace as replace_params
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import duckdb
 
 from . import __version__
 from .build_params import BuildParams
-from .compact_table import Stopwatch, rank_counted_trees, rank_draft_trees
+from .compact_table import Stopwatch, rank_counted_trees, rank_draft_trees, rerank_compact_table
 from .corpus import CorpusSpec
 from .errors import CrestError, StoreError
 from .paths import cache_dir
 from .publishing import VersionedStore, remove_path
 from .shard_counts import merge_shard_counts
+from .sizes import Budget
 from .spark_build import SparkSettings
 from .store_reader import read_store_info
 from .store_writer import write_and_publish
-from .token_table import tokenize_corpus
+from .token_table import TokenizedCorpus, tokenize_corpus
 from .tokenizer import TargetTokenizer
 
 
@@ -118,6 +120,30 @@ def _compact_table_on_spark(
     return candidates
 
 
+def _compact_table(
+    connection: duckdb.DuckDBPyConnection, parts: list[TokenizedCorpus], params: BuildParams, vocab_size: int,
+    spark: SparkSettings | None, work_dir: Path, clock: Stopwatch, progress: bool,
+) -> int:
+    """Fill `compact_drafts` in the work database by the chosen engine; returns the candidate count."""
+    if len(parts) > 1:  # shards: counts summed in DuckDB
+        with clock.phase("count"):
+            merge_shard_counts(connection, parts, params.levels, params.min_count, vocab_size, progress)
+        return rank_counted_trees(connection, params, clock, progress)
+    if spark is not None:
+        return _compact_table_on_spark(connection, spark, parts[0].parquet, params, vocab_size, work_dir, clock, progress)
+    connection.execute("CREATE TEMP TABLE tokens AS SELECT * FROM read_parquet($path)", {"path": str(parts[0].parquet)})
+    return rank_draft_trees(connection, params, vocab_size, clock, progress)
+
+
+@dataclass(frozen=True)
+class StoreTarget:
+    """One store to publish from a build's ranked trees: where, within which budget, by which policy."""
+
+    output: Path
+    budget: Budget
+    policy: str
+
+
 def build_store(
     corpus: CorpusSpec,
     tokenizer_spec: str,
@@ -129,18 +155,39 @@ def build_store(
     spark: SparkSettings | None = None,
     shards: tuple[CorpusSpec, ...] = (),
 ) -> BuildSummary:
-    """Build and publish a store; `spark` runs counting and ranking on Spark instead of in DuckDB.
+    target = StoreTarget(output, params.budget, params.policy)
+    return build_stores(corpus, tokenizer_spec, params, [target], settings, replace, progress, spark, shards)[0]
 
-    With `shards`, `corpus` and each shard are counted apart (cached per shard) and the counts
-    summed: the store equals one built from the union of their documents.
-    """
+
+def build_stores(
+    corpus: CorpusSpec,
+    tokenizer_spec: str,
+    params: BuildParams,
+    targets: Sequence[StoreTarget],
+    settings: EngineSettings = EngineSettings(),
+    replace: bool = False,
+    progress: bool = True,
+    spark: SparkSettings | None = None,
+    shards: tuple[CorpusSpec, ...] = (),
+) -> list[BuildSummary]:
+    """Count once, then publish one store per target (budgets and policies only change the selection).
+
+    Each summary's seconds hold the shared phases (tokenize, count, trees with the first ranking)
+    plus its own re-ranking and write: about what building that store alone would take.
+
+    `spark` runs counting and ranking on Spark instead of in DuckDB. With `shards`, `corpus` and
+    each shard are counted apart (cached per shard) and the counts summed: the stores equal those
+    built from the union of their documents."""
     if shards and spark is not None:
         raise CrestError("sharded builds (--add-shard) run on --engine duckdb only")
+    if spark is not None and any(target.policy != params.policy for target in targets):
+        raise CrestError("a Spark build ranks by one policy; build other policies separately")
     clock = Stopwatch()
     started = time.perf_counter()
-    store = VersionedStore(output)
+    stores = [VersionedStore(target.output) for target in targets]
     tokenizer = TargetTokenizer.load(tokenizer_spec)
-    _refuse_other_tokenizer(store, tokenizer, replace)
+    for store in stores:
+        _refuse_other_tokenizer(store, tokenizer, replace)
 
     with clock.phase("tokenize"):
         parts = [tokenize_corpus(spec, tokenizer, progress=progress) for spec in (corpus, *shards)]
@@ -150,56 +197,61 @@ def build_store(
     fingerprint = parts[0].report.fingerprint if not shards else hashlib.sha256(
         ":".join(sorted(part.report.fingerprint for part in parts)).encode()).hexdigest()
 
-    store.remove_stale_scratch()
-    version = store.new_version()
-    work_dir = store.scratch(version, "work")
+    for store in stores:
+        store.remove_stale_scratch()
+    work_dir = stores[0].scratch(stores[0].new_version(), "work")
     work_dir.mkdir()
+    summaries = []
     try:
         with _duckdb_errors_as_user_errors(settings), _open_work_database(work_dir, settings) as connection:
-            if shards:
-                with clock.phase("count"):
-                    merge_shard_counts(connection, parts, params.levels, params.min_count, tokenizer.vocab_size, progress)
-                candidates = rank_counted_trees(connection, params, clock, progress)
-            elif spark is None:
-                connection.execute("CREATE TEMP TABLE tokens AS SELECT * FROM read_parquet($path)",
-                                   {"path": str(parts[0].parquet)})
-                candidates = rank_draft_trees(connection, params, tokenizer.vocab_size, clock, progress)
-            else:
-                candidates = _compact_table_on_spark(connection, spark, parts[0].parquet, params,
-                                                     tokenizer.vocab_size, work_dir, clock, progress)
-            with clock.phase("write"):
-                info = {
-                    "store_version": version,
-                    "crest_version": __version__,
-                    "created_at": datetime.now(timezone.utc),
-                    "tokenizer_name": tokenizer.name,
-                    "tokenizer_fingerprint": tokenizer.fingerprint,
-                    "vocab_size": tokenizer.vocab_size,
-                    "corpus_name": "+".join(spec.display_name for spec in (corpus, *shards)),
-                    "corpus_fingerprint": fingerprint,
-                    "corpus_documents": documents,
-                    "corpus_tokens": tokens,
-                    "max_context": params.max_context,
-                    "max_depth": params.max_depth,
-                    "policy": params.policy,
-                    "build_params": params.as_dict(),
-                }
-                written, final = write_and_publish(connection, store, params.budget, candidates, tokenizer.pieces(), info)
+            candidates = _compact_table(connection, parts, params, tokenizer.vocab_size, spark, work_dir, clock, progress)
+            ranked_policy = params.policy
+            for store, target in zip(stores, targets):
+                own = Stopwatch()
+                if target.policy != ranked_policy:
+                    with own.phase("rank"):
+                        rerank_compact_table(connection, target.policy)
+                    ranked_policy = target.policy
+                store_params = replace_params(params, budget=target.budget, policy=target.policy)
+                version = store.new_version()
+                with own.phase("write"):
+                    info = {
+                        "store_version": version,
+                        "crest_version": __version__,
+                        "created_at": datetime.now(timezone.utc),
+                        "tokenizer_name": tokenizer.name,
+                        "tokenizer_fingerprint": tokenizer.fingerprint,
+                        "vocab_size": tokenizer.vocab_size,
+                        "corpus_name": "+".join(spec.display_name for spec in (corpus, *shards)),
+                        "corpus_fingerprint": fingerprint,
+                        "corpus_documents": documents,
+                        "corpus_tokens": tokens,
+                        "max_context": store_params.max_context,
+                        "max_depth": store_params.max_depth,
+                        "policy": store_params.policy,
+                        "build_params": store_params.as_dict(),
+                    }
+                    written, final = write_and_publish(connection, store, target.budget, candidates,
+                                                       tokenizer.pieces(), info)
+                seconds = {**clock.seconds, **own.seconds}
+                seconds["total"] = sum(seconds.values())
+                summaries.append(BuildSummary(
+                    store=store.path,
+                    version_file=final,
+                    documents=documents,
+                    skipped=[skip for part in parts for skip in part.report.skipped],
+                    tokens=tokens,
+                    candidate_contexts=candidates,
+                    contexts_kept=written.contexts,
+                    nodes_kept=written.nodes,
+                    file_bytes=written.file_bytes,
+                    seconds=seconds,
+                ))
     finally:
         remove_path(work_dir)
-    clock.seconds["total"] = time.perf_counter() - started
-    return BuildSummary(
-        store=store.path,
-        version_file=final,
-        documents=documents,
-        skipped=[skip for part in parts for skip in part.report.skipped],
-        tokens=tokens,
-        candidate_contexts=candidates,
-        contexts_kept=written.contexts,
-        nodes_kept=written.nodes,
-        file_bytes=written.file_bytes,
-        seconds=clock.seconds,
-    )
+    if len(summaries) == 1:  # one store: its total is simply the wall time
+        summaries[0].seconds["total"] = time.perf_counter() - started
+    return summaries
 
 
 def default_store_path(corpus_name: str) -> Path:

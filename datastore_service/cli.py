@@ -42,7 +42,13 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
     source.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
                         help=f"target model tokenizer: {', '.join(TOKENIZER_PRESETS)}, a .gguf file or a tokenizer.json")
 
-    counting = parser.add_argument_group("counting and selection")
+    kind = parser.add_argument_group("store kind")
+    kind.add_argument("--kind", choices=("crest", "rest"), default="crest",
+                      help="crest: the compact n-gram table; rest: the REST baseline (whole corpus + suffix array)")
+    kind.add_argument("--fraction", type=float, default=1.0,
+                      help="rest only: index this fraction of the corpus's tokens (whole documents, seeded draw)")
+
+    counting = parser.add_argument_group("counting and selection (crest)")
     counting.add_argument("--max-context", type=int, default=DEFAULTS.max_context, help="longest context (tokens)")
     counting.add_argument("--max-depth", type=int, default=DEFAULTS.max_depth, help="deepest draft node (tokens)")
     counting.add_argument("--top-c", type=int, default=DEFAULTS.top_c, help="nodes per draft tree")
@@ -96,6 +102,8 @@ def _run_build(args: argparse.Namespace) -> int:
 
     corpus = corpus_spec(args.corpus, format=args.format, glob=args.glob, text_field=args.text_field,
                          skip_bad_files=args.on_bad_file == "skip")
+    if args.kind == "rest":
+        return _run_rest_build(args, corpus)
     try:
         params = BuildParams(
             max_context=args.max_context, max_depth=args.max_depth, top_c=args.top_c, min_count=args.min_count,
@@ -122,6 +130,20 @@ def _run_build(args: argparse.Namespace) -> int:
           f"{summary.nodes_kept:,} draft nodes")
     print(f"size        {format_bytes(summary.file_bytes)} ({summary.bytes_per_context:.1f} bytes per context, "
           f"{summary.file_bytes / max(summary.nodes_kept, 1):.2f} per node)")
+    print(f"time        {phases}")
+    return 0
+
+
+def _run_rest_build(args: argparse.Namespace, corpus) -> int:
+    from .rest_build import build_rest_store, default_rest_path
+
+    output = args.output or default_rest_path(corpus.display_name, args.fraction)
+    summary = build_rest_store(corpus, args.tokenizer, output, args.fraction, progress=not args.quiet)
+    phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in summary.seconds.items())
+    print(f"published   {summary.store} -> {summary.version_file.name}")
+    print(f"corpus      {summary.documents:,} documents, {summary.tokens:,} of {summary.corpus_tokens:,} tokens")
+    print(f"size        {format_bytes(summary.file_bytes)} (tokens + suffix array, "
+          f"{summary.file_bytes / max(summary.tokens, 1):.2f} bytes per token)")
     print(f"time        {phases}")
     return 0
 
@@ -224,6 +246,26 @@ def _run_generate(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _add_eval(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "eval", help="REST vs CREST: accepted length across storage sizes (HumanEval, MT-Bench)",
+        description="Build REST stores over corpus fractions and CREST stores over byte budgets, replay the "
+        "target's cached greedy outputs against each (exact, no model forward), check the replay against real "
+        "decoding on a few prompts, and write a table (Markdown + CSV) and a plot into the output folder.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    from decoder.evaluation.args import add_arguments
+
+    add_arguments(parser)
+    parser.set_defaults(run=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from decoder.evaluation.run import run
+
+    return run(args)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="crest",
@@ -235,6 +277,7 @@ def parser() -> argparse.ArgumentParser:
     _add_migrate(commands)
     _add_serve(commands)
     _add_generate(commands)
+    _add_eval(commands)
     return root
 
 

@@ -50,3 +50,9 @@ def rank_counted_trees(connection: SqlConnection, params: BuildParams, clock: St
         candidates = rank_contexts(connection, params.policy, CostModel())
         run_sql(connection, "09_compact_drafts.sql")
     return candidates
+
+
+def rerank_compact_table(connection: SqlConnection, policy: str) -> None:
+    """Rebuild `compact_drafts` in another policy's order from the trees already ranked (no recount)."""
+    rank_contexts(connection, policy, CostModel())
+    run_sql(connection, "09_compact_drafts.sql")

@@ -90,6 +90,33 @@ class QueryBatch:
     max_depth: np.ndarray    # int64 [B], > 0
 
 
+def prepare_queries(sequences: Sequence[Sequence[int]], max_nodes: Sequence[int] | int, max_depth: Sequence[int] | int,
+                    width: int, vocab_size: int, default_nodes: int) -> QueryBatch:
+    """Validate a batch of queries against an index's limits (QueryError says which and why)."""
+    count = len(sequences)
+    if count == 0:
+        raise QueryError("empty batch: send at least one sequence")
+    if count > MAX_BATCH:
+        raise QueryError(f"batch of {count} sequences exceeds the limit of {MAX_BATCH}")
+    lengths = np.fromiter(map(len, sequences), np.int64, count)
+    if (lengths == 0).any():
+        raise QueryError(f"sequence {int(np.argmax(lengths == 0))}: no tokens")
+    if (lengths > width).any():
+        row = int(np.argmax(lengths > width))
+        raise QueryError(f"sequence {row}: {lengths[row]} tokens; this store matches at most {width} "
+                         "(send the last ones)")
+    flat = np.fromiter(itertools.chain.from_iterable(sequences), np.int64, int(lengths.sum()))
+    bad = (flat < 0) | (flat >= vocab_size)
+    if bad.any():
+        position = int(np.argmax(bad))
+        row = int(np.searchsorted(np.cumsum(lengths), position, side="right"))
+        raise QueryError(f"sequence {row}: token id {flat[position]} is outside the vocabulary [0, {vocab_size})")
+    tails = _right_aligned(flat, lengths, width)
+    nodes = _limits(max_nodes, count, "max_nodes", MAX_NODES_LIMIT, default=default_nodes)
+    depth = _limits(max_depth, count, "max_depth", MAX_DEPTH_LIMIT, default=MAX_DEPTH_LIMIT)
+    return QueryBatch(tails, lengths, nodes, depth)
+
+
 class DraftIndex:
     def __init__(self, info: StoreInfo, path: Path, contexts: list[np.ndarray], context_counts: np.ndarray,
                  node_tokens: np.ndarray, node_parents: np.ndarray, node_counts: np.ndarray,
@@ -142,29 +169,8 @@ class DraftIndex:
     def prepare(self, sequences: Sequence[Sequence[int]], max_nodes: Sequence[int] | int = 0,
                 max_depth: Sequence[int] | int = 0) -> QueryBatch:
         """Validate queries (QueryError says which and why) and lay them out for `lookup_batch`."""
-        count = len(sequences)
-        if count == 0:
-            raise QueryError("empty batch: send at least one sequence")
-        if count > MAX_BATCH:
-            raise QueryError(f"batch of {count} sequences exceeds the limit of {MAX_BATCH}")
-        lengths = np.fromiter(map(len, sequences), np.int64, count)
-        if (lengths == 0).any():
-            raise QueryError(f"sequence {int(np.argmax(lengths == 0))}: no tokens")
-        if (lengths > self.width).any():
-            row = int(np.argmax(lengths > self.width))
-            raise QueryError(f"sequence {row}: {lengths[row]} tokens; this store matches at most {self.width} "
-                             "(send the last ones)")
-        flat = np.fromiter(itertools.chain.from_iterable(sequences), np.int64, int(lengths.sum()))
-        bad = (flat < 0) | (flat >= self.info.vocab_size)
-        if bad.any():
-            position = int(np.argmax(bad))
-            row = int(np.searchsorted(np.cumsum(lengths), position, side="right"))
-            raise QueryError(f"sequence {row}: token id {flat[position]} is outside the vocabulary "
-                             f"[0, {self.info.vocab_size})")
-        tails = _right_aligned(flat, lengths, self.width)
-        nodes = _limits(max_nodes, count, "max_nodes", MAX_NODES_LIMIT, default=max(self.info.max_nodes, 1))
-        depth = _limits(max_depth, count, "max_depth", MAX_DEPTH_LIMIT, default=MAX_DEPTH_LIMIT)
-        return QueryBatch(tails, lengths, nodes, depth)
+        return prepare_queries(sequences, max_nodes, max_depth, self.width, self.info.vocab_size,
+                               default_nodes=max(self.info.max_nodes, 1))
 
     def lookup(self, sequences: Sequence[Sequence[int]], max_nodes: Sequence[int] | int = 0,
                max_depth: Sequence[int] | int = 0, selection: str = "scored") -> DraftBatch:

@@ -12,7 +12,7 @@ import logging
 import threading
 from pathlib import Path
 
-from .draft_index import DraftIndex
+from .index_loader import load_index
 from .errors import CrestError
 from .store_reader import resolve_store
 
@@ -22,7 +22,7 @@ log = logging.getLogger("crest.serve")
 class IndexHolder:
     def __init__(self, store: Path) -> None:
         self.store = store
-        self.index = DraftIndex.load(store)
+        self.index = load_index(store)
         self._refused: Path | None = None
         self._lock = threading.Lock()
 
@@ -37,7 +37,7 @@ class IndexHolder:
             if target in (self.index.path, self._refused):
                 return False
             try:
-                candidate = DraftIndex.load(target)
+                candidate = load_index(target)
             except Exception as exc:  # any failure to load means: keep serving the old version
                 self._refused = target
                 log.error("refusing %s, keeping version %s: %s", target.name, self.index.info.store_version, exc)

@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .rest_format import is_rest_file, open_rest_file
 from .sizes import format_bytes
 from .store_reader import open_store, resolve_store, store_info
 
@@ -33,6 +34,9 @@ ORDER BY context_count DESC, context
 def inspect_store(path: Path, limit: int = 10, branches: int = 3, console: Console | None = None) -> None:
     console = console or Console()
     resolved = resolve_store(path)
+    if resolved.is_file() and is_rest_file(resolved):
+        _inspect_rest(path, resolved, console)
+        return
     with open_store(path) as connection:
         info = store_info(connection, path)
         size = resolved.stat().st_size
@@ -51,3 +55,16 @@ def inspect_store(path: Path, limit: int = 10, branches: int = 3, console: Conso
         for text, count, expected, nodes, best in rows:
             contexts.add_row(repr(text), f"{count:,}", f"{expected:.2f}", str(nodes), "  ".join(map(repr, best)))
         console.print(contexts)
+
+
+def _inspect_rest(path: Path, resolved: Path, console: Console) -> None:
+    """A REST baseline store has no draft table to show: its metadata and what its bytes hold."""
+    rest = open_rest_file(resolved)
+    table = Table(title=f"{path} -> {resolved.name} (REST baseline)", show_header=False)
+    for key, value in rest.metadata.items():
+        if key != "arrays":
+            table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+    for name, array in (("tokens", rest.tokens), ("suffix_array", rest.suffix_array)):
+        table.add_row(name, f"{len(array):,} x {array.dtype.itemsize} bytes = {format_bytes(array.nbytes)}")
+    table.add_row("file size", format_bytes(resolved.stat().st_size))
+    console.print(table)

@@ -43,9 +43,10 @@ def _pid_alive(pid: int) -> bool:
 class VersionedStore:
     """The published path of a store and the folder holding its versions."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, suffix: str = ".duckdb") -> None:
         self.path = path.expanduser().absolute()
         self.versions = self.path.with_name(self.path.name + ".versions")
+        self.suffix = suffix  # of published version files: .duckdb (CREST) or .rest (the REST baseline)
 
     def new_version(self) -> str:
         return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(3)
@@ -61,7 +62,7 @@ class VersionedStore:
             return
         for entry in self.versions.iterdir():
             _, _, pid = entry.name.rpartition("-")
-            if "." in entry.name and pid.isdigit() and not entry.name.endswith(".duckdb") and not _pid_alive(int(pid)):
+            if "." in entry.name and pid.isdigit() and not entry.name.endswith(self.suffix) and not _pid_alive(int(pid)):
                 remove_path(entry)
 
     def published(self) -> Path | None:
@@ -70,7 +71,7 @@ class VersionedStore:
 
     def publish(self, partial: Path, version: str) -> Path:
         fsync_file(partial)
-        final = self.versions / f"{version}.duckdb"
+        final = self.versions / f"{version}{self.suffix}"
         os.replace(partial, final)
         _fsync_dir(self.versions)
         link = self.path.with_name(f".{self.path.name}.link-{os.getpid()}")
@@ -82,7 +83,7 @@ class VersionedStore:
         return final
 
     def _prune_old(self, current: Path) -> None:
-        older = sorted(p for p in self.versions.glob("*.duckdb") if p != current)
+        older = sorted(p for p in self.versions.glob(f"*{self.suffix}") if p != current)
         for stale in older[: max(0, len(older) - KEEP_OLD_VERSIONS)]:
             stale.unlink(missing_ok=True)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from datastore_service.build import build_store
+from datastore_service.build import StoreTarget, build_store, build_stores
 from datastore_service.build_params import BuildParams
 from datastore_service.corpus import corpus_spec
 from datastore_service.errors import BudgetError, CorpusError, CrestError
@@ -113,3 +113,17 @@ def test_empty_corpus_is_refused(tmp_path: Path):
     (tmp_path / "corpus" / "blank.txt").write_text("  \n")
     with pytest.raises(CorpusError, match="no non-empty document"):
         build(tmp_path / "corpus", tmp_path / "s.duckdb")
+
+
+def test_one_count_many_stores_equal_separate_builds(code_corpus: Path, tmp_path: Path):
+    spec = corpus_spec(str(code_corpus), glob="*.py")
+    targets = [StoreTarget(tmp_path / "small-benefit.duckdb", Budget(rows=300), "benefit"),
+               StoreTarget(tmp_path / "large-frequency.duckdb", Budget(rows=3000), "frequency")]
+    summaries = build_stores(spec, "smollm2", BuildParams(), targets, progress=False)
+    query = "SELECT context, context_count, tokens, parents, counts FROM drafts ORDER BY context"
+    for target, summary in zip(targets, summaries):
+        alone = build(code_corpus, tmp_path / f"alone-{target.output.name}", budget=target.budget, policy=target.policy)
+        assert summary.contexts_kept == alone.contexts_kept == target.budget.rows
+        with open_store(target.output) as together, open_store(alone.store) as separate:
+            assert together.execute(query).fetchall() == separate.execute(query).fetchall()
+        assert read_store_info(target.output)["policy"] == target.policy
