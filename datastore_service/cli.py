@@ -103,6 +103,8 @@ def _run_build(args: argparse.Namespace) -> int:
     corpus = corpus_spec(args.corpus, format=args.format, glob=args.glob, text_field=args.text_field,
                          skip_bad_files=args.on_bad_file == "skip")
     if args.kind == "rest":
+        if args.engine != "duckdb" or args.add_shard:
+            raise CrestError("--engine spark and --add-shard build crest stores, not --kind rest")
         return _run_rest_build(args, corpus)
     try:
         params = BuildParams(
