@@ -51,15 +51,15 @@ def spark_compact_table(tokens: Path, params: BuildParams, vocab_size: int, outp
     started = time.perf_counter()
     with spark_session(settings) as session:
         clock.seconds["start"] = time.perf_counter() - started  # JVM and session
-        candidates = build_compact_table(session, tokens, params, vocab_size, output, clock, progress=False)
+        candidates = build_compact_table(session, tokens, params, vocab_size, output, clock, progress=True)
     return {"seconds": time.perf_counter() - started, "phases": clock.seconds, "candidates": candidates}
 
 
 def compare(duckdb_file: Path, spark_folder: Path) -> dict:
     """Row counts and rows found in one table but not the other (both must be 0 for identical tables)."""
     with duckdb.connect() as connection:
-        connection.execute("CREATE VIEW a AS SELECT * FROM read_parquet($f)", {"f": str(duckdb_file)})
-        connection.execute("CREATE VIEW b AS SELECT * FROM read_parquet($f)", {"f": str(spark_folder / "*.parquet")})
+        connection.execute("CREATE TABLE a AS SELECT * FROM read_parquet($f)", {"f": str(duckdb_file)})
+        connection.execute("CREATE TABLE b AS SELECT * FROM read_parquet($f)", {"f": str(spark_folder / "*.parquet")})
         rows_a, rows_b = (connection.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in ("a", "b"))
         only_a = connection.execute("SELECT count(*) FROM (SELECT * FROM a EXCEPT ALL SELECT * FROM b)").fetchall()[0][0]
         only_b = connection.execute("SELECT count(*) FROM (SELECT * FROM b EXCEPT ALL SELECT * FROM a)").fetchall()[0][0]

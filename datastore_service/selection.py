@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from .sql_files import SqlConnection, run_sql
 
 POLICY_ORDER = {
