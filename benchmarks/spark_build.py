@@ -105,9 +105,9 @@ compact table (every candidate context with its draft tree, in priority order) f
 | Spark ({args.master}) | {spark['seconds']:.1f} | {phases(spark)} |
 
 Compact tables: DuckDB **{result['rows_duckdb']:,}** rows, Spark **{result['rows_spark']:,}** rows
-({result['nodes']:,} draft nodes); rows only in DuckDB's: {result['only_duckdb']}, only in Spark's:
-{result['only_spark']}: **{'identical' if identical else 'DIFFERENT'}**, row by row. On one small machine Spark pays
-for its per-statement jobs and checkpoints; it is there for corpora that outgrow one machine.
+({result['nodes']:,} draft nodes); rows in DuckDB's but not Spark's: {result['only_duckdb']}, in Spark's but not
+DuckDB's: {result['only_spark']}. The tables are **{'identical' if identical else 'DIFFERENT'}**, row by row. On one
+small machine Spark pays for a job and a checkpoint per SQL statement; it is there for corpora that outgrow one machine.
 """
     print(markdown)
     if args.write:
