@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,17 +16,17 @@ import duckdb
 
 from . import __version__
 from .build_params import BuildParams
+from .compact_table import Stopwatch, rank_counted_trees, rank_draft_trees, rerank_compact_table
 from .corpus import CorpusSpec
-from .draft_trees import build_candidate_trees
 from .errors import CrestError, StoreError
-from .ngram_counting import count_ngrams
 from .paths import cache_dir
 from .publishing import VersionedStore, remove_path
-from .selection import CostModel, rank_contexts
+from .shard_counts import merge_shard_counts
 from .sizes import Budget
+from .spark_build import SparkSettings
 from .store_reader import read_store_info
 from .store_writer import write_and_publish
-from .token_table import tokenize_corpus
+from .token_table import TokenizedCorpus, tokenize_corpus
 from .tokenizer import TargetTokenizer
 
 
@@ -54,19 +55,6 @@ class BuildSummary:
     @property
     def bytes_per_context(self) -> float:
         return self.file_bytes / max(self.contexts_kept, 1)
-
-
-class _Stopwatch:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = time.perf_counter() - start
 
 
 # How a full disk, a quota or a file-size limit reads in DuckDB's and the OS's messages.
@@ -141,17 +129,35 @@ def _refuse_other_tokenizer(store: VersionedStore, tokenizer: TargetTokenizer, r
         )
 
 
-def rank_draft_trees(
-    connection: duckdb.DuckDBPyConnection, params: BuildParams, vocab_size: int, clock: _Stopwatch | None = None,
-    progress: bool = True,
+def _compact_table_on_spark(
+    connection: duckdb.DuckDBPyConnection, spark: SparkSettings, tokens: Path, params: BuildParams, vocab_size: int,
+    work_dir: Path, clock: Stopwatch, progress: bool,
 ) -> int:
-    """From table `tokens` to ranked candidate trees (see selection.py); returns the candidate count."""
-    clock = clock or _Stopwatch()
-    with clock.phase("count"):
-        count_ngrams(connection, params, vocab_size, progress)
-    with clock.phase("trees"):
-        build_candidate_trees(connection, params, progress)
-        return rank_contexts(connection, params.policy, CostModel())
+    """Run the SQL on Spark, then load its compact table (Parquet) into the work database."""
+    from .spark_build import build_compact_table, spark_session
+
+    exported = work_dir / "compact_drafts"
+    with spark_session(spark) as session:
+        candidates = build_compact_table(session, tokens, params, vocab_size, exported, clock, progress)
+    with clock.phase("load"):
+        connection.execute("CREATE TEMP TABLE compact_drafts AS SELECT * FROM read_parquet($files)",
+                           {"files": str(exported / "*.parquet")})
+    return candidates
+
+
+def _compact_table(
+    connection: duckdb.DuckDBPyConnection, parts: list[TokenizedCorpus], params: BuildParams, vocab_size: int,
+    spark: SparkSettings | None, work_dir: Path, clock: Stopwatch, progress: bool,
+) -> int:
+    """Fill `compact_drafts` in the work database by the chosen engine; returns the candidate count."""
+    if len(parts) > 1:  # shards: counts summed in DuckDB
+        with clock.phase("count"):
+            merge_shard_counts(connection, parts, params.levels, params.min_count, vocab_size, progress)
+        return rank_counted_trees(connection, params, clock, progress)
+    if spark is not None:
+        return _compact_table_on_spark(connection, spark, parts[0].parquet, params, vocab_size, work_dir, clock, progress)
+    connection.execute("CREATE TEMP TABLE tokens AS SELECT * FROM read_parquet($path)", {"path": str(parts[0].parquet)})
+    return rank_draft_trees(connection, params, vocab_size, clock, progress)
 
 
 @dataclass(frozen=True)
@@ -171,9 +177,11 @@ def build_store(
     settings: EngineSettings = EngineSettings(),
     replace: bool = False,
     progress: bool = True,
+    spark: SparkSettings | None = None,
+    shards: tuple[CorpusSpec, ...] = (),
 ) -> BuildSummary:
     target = StoreTarget(output, params.budget, params.policy)
-    return build_stores(corpus, tokenizer_spec, params, [target], settings, replace, progress)[0]
+    return build_stores(corpus, tokenizer_spec, params, [target], settings, replace, progress, spark, shards)[0]
 
 
 def build_stores(
@@ -184,18 +192,29 @@ def build_stores(
     settings: EngineSettings = EngineSettings(),
     replace: bool = False,
     progress: bool = True,
+    spark: SparkSettings | None = None,
+    shards: tuple[CorpusSpec, ...] = (),
 ) -> list[BuildSummary]:
     """Count once, then publish one store per target (budgets and policies only change the selection).
 
     Each summary's seconds hold the shared phases (tokenize, count, trees with the first ranking)
-    plus its own re-ranking and write: about what building that store alone would take."""
+    plus its own re-ranking and write: about what building that store alone would take.
+
+    `spark` runs counting and ranking on Spark instead of in DuckDB. With `shards`, `corpus` and
+    each shard are counted apart (cached per shard) and the counts summed: the stores equal those
+    built from the union of their documents."""
+    if shards and spark is not None:
+        raise CrestError("sharded builds (--add-shard) run on --engine duckdb only")
+    if spark is not None and any(target.policy != params.policy for target in targets):
+        raise CrestError("a Spark build ranks by one policy; build other policies separately")
     with _disk_full_as_user_error():
-        return _build_stores(corpus, tokenizer_spec, params, targets, settings, replace, progress)
+        return _build_stores(corpus, tokenizer_spec, params, targets, settings, replace, progress, spark, shards)
 
 
 def _build_stores(corpus: CorpusSpec, tokenizer_spec: str, params: BuildParams, targets: Sequence[StoreTarget],
-                  settings: EngineSettings, replace: bool, progress: bool) -> list[BuildSummary]:
-    clock = _Stopwatch()
+                  settings: EngineSettings, replace: bool, progress: bool, spark: SparkSettings | None,
+                  shards: tuple[CorpusSpec, ...]) -> list[BuildSummary]:
+    clock = Stopwatch()
     started = time.perf_counter()
     stores = [VersionedStore(target.output) for target in targets]
     tokenizer = TargetTokenizer.load(tokenizer_spec)
@@ -203,7 +222,12 @@ def _build_stores(corpus: CorpusSpec, tokenizer_spec: str, params: BuildParams, 
         _refuse_other_tokenizer(store, tokenizer, replace)
 
     with clock.phase("tokenize"):
-        tokenized = tokenize_corpus(corpus, tokenizer, progress=progress)
+        parts = [tokenize_corpus(spec, tokenizer, progress=progress) for spec in (corpus, *shards)]
+    documents = sum(part.report.documents for part in parts)
+    tokens = sum(part.tokens for part in parts)
+    # order-free, so the same set of shards is the same corpus
+    fingerprint = parts[0].report.fingerprint if not shards else hashlib.sha256(
+        ":".join(sorted(part.report.fingerprint for part in parts)).encode()).hexdigest()
 
     for store in stores:
         store.remove_stale_scratch()
@@ -212,14 +236,13 @@ def _build_stores(corpus: CorpusSpec, tokenizer_spec: str, params: BuildParams, 
     summaries = []
     try:
         with _duckdb_errors_as_user_errors(settings), _open_work_database(work_dir, settings) as connection:
-            connection.execute("CREATE TEMP TABLE tokens AS SELECT * FROM read_parquet($path)", {"path": str(tokenized.parquet)})
-            candidates = rank_draft_trees(connection, params, tokenizer.vocab_size, clock, progress)
+            candidates = _compact_table(connection, parts, params, tokenizer.vocab_size, spark, work_dir, clock, progress)
             ranked_policy = params.policy
             for store, target in zip(stores, targets):
-                own = _Stopwatch()
+                own = Stopwatch()
                 if target.policy != ranked_policy:
                     with own.phase("rank"):
-                        rank_contexts(connection, target.policy, CostModel())
+                        rerank_compact_table(connection, target.policy)
                     ranked_policy = target.policy
                 store_params = replace_params(params, budget=target.budget, policy=target.policy)
                 version = store.new_version()
@@ -231,10 +254,10 @@ def _build_stores(corpus: CorpusSpec, tokenizer_spec: str, params: BuildParams, 
                         "tokenizer_name": tokenizer.name,
                         "tokenizer_fingerprint": tokenizer.fingerprint,
                         "vocab_size": tokenizer.vocab_size,
-                        "corpus_name": corpus.display_name,
-                        "corpus_fingerprint": tokenized.report.fingerprint,
-                        "corpus_documents": tokenized.report.documents,
-                        "corpus_tokens": tokenized.tokens,
+                        "corpus_name": "+".join(spec.display_name for spec in (corpus, *shards)),
+                        "corpus_fingerprint": fingerprint,
+                        "corpus_documents": documents,
+                        "corpus_tokens": tokens,
                         "max_context": store_params.max_context,
                         "max_depth": store_params.max_depth,
                         "policy": store_params.policy,
@@ -247,9 +270,9 @@ def _build_stores(corpus: CorpusSpec, tokenizer_spec: str, params: BuildParams, 
                 summaries.append(BuildSummary(
                     store=store.path,
                     version_file=final,
-                    documents=tokenized.report.documents,
-                    skipped=tokenized.report.skipped,
-                    tokens=tokenized.tokens,
+                    documents=documents,
+                    skipped=[skip for part in parts for skip in part.report.skipped],
+                    tokens=tokens,
                     candidate_contexts=candidates,
                     contexts_kept=written.contexts,
                     nodes_kept=written.nodes,

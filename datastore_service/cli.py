@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .build_params import POLICIES, BuildParams
 from .corpus import FORMATS, PRESETS as CORPUS_PRESETS
 from .errors import CrestError
 from .sizes import format_bytes, parse_budget
 from .tokenizer import DEFAULT_TOKENIZER, PRESETS as TOKENIZER_PRESETS
+
+if TYPE_CHECKING:
+    from .spark_build import SparkSettings
 
 DEFAULTS = BuildParams()
 
@@ -31,6 +35,10 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
     source.add_argument("--text-field", default=None, help="JSONL field holding the text (default: text)")
     source.add_argument("--on-bad-file", choices=("skip", "fail"), default="skip",
                         help="what to do with unreadable or non-UTF-8 files")
+    source.add_argument("--add-shard", action="append", default=[], metavar="PATH",
+                        help="another corpus counted as its own shard (repeatable; same --format/--glob/--text-field): "
+                        "shard counts are cached by content and summed, so the store equals one build over all "
+                        "shards, and re-running with one more --add-shard counts only the new shard")
     source.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
                         help=f"target model tokenizer: {', '.join(TOKENIZER_PRESETS)}, a .gguf file or a tokenizer.json")
 
@@ -60,7 +68,32 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
     output.add_argument("--memory-limit", default=None, help="DuckDB memory limit, e.g. 4GB (default: 80%% of RAM)")
     output.add_argument("--max-temp-size", default=None, help="DuckDB spill limit on disk, e.g. 20GB")
     output.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    engine = parser.add_argument_group(
+        "engine", "Where counting, tree ranking and selection run. `spark` runs the same SQL (transpiled) on "
+        "Apache Spark from the tokenized Parquet and loads its compact table (Parquet) into the store; it needs "
+        "pip install 'crest[spark]' and Java 17+.")
+    engine.add_argument("--engine", choices=("duckdb", "spark"), default="duckdb", help="build engine")
+    engine.add_argument("--master", default=None,
+                        help="Spark master URL, e.g. spark://host:7077 (default: local[*]); only with --engine spark")
+    engine.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra Spark setting, repeatable (e.g. spark.driver.memory=8g); only with --engine spark")
     parser.set_defaults(run=_run_build)
+
+
+def _spark_settings(args: argparse.Namespace) -> SparkSettings | None:
+    from .spark_build import SparkSettings
+
+    if args.engine != "spark":
+        if args.master or args.spark_conf:
+            raise CrestError("--master and --spark-conf need --engine spark")
+        return None
+    pairs = [item.partition("=") for item in args.spark_conf]
+    for item, (key, _, value) in zip(args.spark_conf, pairs):
+        if not (key and value):
+            raise CrestError(f"--spark-conf takes KEY=VALUE, got {item!r}")
+    return SparkSettings(master=args.master or SparkSettings.master,
+                         conf=tuple((key, value) for key, _, value in pairs))
 
 
 def _run_build(args: argparse.Namespace) -> int:
@@ -70,6 +103,8 @@ def _run_build(args: argparse.Namespace) -> int:
     corpus = corpus_spec(args.corpus, format=args.format, glob=args.glob, text_field=args.text_field,
                          skip_bad_files=args.on_bad_file == "skip")
     if args.kind == "rest":
+        if args.engine != "duckdb" or args.add_shard:
+            raise CrestError("--engine spark and --add-shard build crest stores, not --kind rest")
         return _run_rest_build(args, corpus)
     try:
         params = BuildParams(
@@ -79,9 +114,13 @@ def _run_build(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise CrestError(str(exc)) from exc
+    shards = tuple(corpus_spec(path, format=args.format, glob=args.glob, text_field=args.text_field,
+                               skip_bad_files=args.on_bad_file == "skip") for path in args.add_shard)
+    spark = _spark_settings(args)
     output = args.output or default_store_path(corpus.display_name)
     settings = EngineSettings(threads=args.threads, memory_limit=args.memory_limit, max_temp_size=args.max_temp_size)
-    summary = build_store(corpus, args.tokenizer, output, params, settings, replace=args.replace, progress=not args.quiet)
+    summary = build_store(corpus, args.tokenizer, output, params, settings, replace=args.replace, progress=not args.quiet,
+                          spark=spark, shards=shards)
     phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in summary.seconds.items())
     print(f"published   {summary.store} -> {summary.version_file.name}")
     print(f"corpus      {summary.documents:,} documents ({len(summary.skipped)} files skipped), {summary.tokens:,} tokens")

@@ -6,16 +6,15 @@ tree (see sql/06_rank_nodes.sql for the ranking that keeps it prefix-closed).
 
 Result: temp tables `ranked_nodes` (the kept nodes of every tree, ranked), `tree_stats` (one row
 per context with a non-empty tree) and `context_tokens` (the token list of every context). The
-trees are assembled into arrays only for the contexts a store keeps (sql/09_kept_drafts.sql).
+trees become arrays in the compact table (sql/09_compact_drafts.sql).
 """
 
 from __future__ import annotations
 
-import duckdb
 from tqdm import tqdm
 
 from .build_params import BuildParams
-from .sql_files import run_sql
+from .sql_files import SqlConnection, run_sql
 
 CREATE_TREE_CANDIDATES = """
 CREATE OR REPLACE TEMP TABLE tree_candidates (
@@ -26,7 +25,7 @@ CREATE OR REPLACE TEMP TABLE tree_candidates (
 CREATE_CONTEXT_TOKENS = "CREATE OR REPLACE TEMP TABLE context_tokens (level TINYINT, context_key BIGINT, context INTEGER[])"
 
 
-def build_candidate_trees(connection: duckdb.DuckDBPyConnection, params: BuildParams, progress: bool = True) -> None:
+def build_candidate_trees(connection: SqlConnection, params: BuildParams, progress: bool = True) -> None:
     run_sql(connection, "04_context_floors.sql", {"max_context": params.max_context, "top_c": params.top_c})
     connection.execute(CREATE_TREE_CANDIDATES)
     for level in tqdm(range(1, params.levels + 1), desc="draft trees", unit="level", disable=not progress):

@@ -14,12 +14,11 @@ Result: temp table `ngrams(level, gid, parent, token, count)`, the prefix tree o
 
 from __future__ import annotations
 
-import duckdb
 from tqdm import tqdm
 
 from .build_params import BuildParams
 from .errors import CrestError
-from .sql_files import run_sql
+from .sql_files import SqlConnection, run_sql
 
 
 def token_bits(vocab_size: int) -> int:
@@ -32,18 +31,25 @@ def _carried_tokens(first: int, last: int, template: str) -> str:
     return "".join(template.format(k=k) for k in range(first, last + 1))
 
 
-def count_ngrams(connection: duckdb.DuckDBPyConnection, params: BuildParams, vocab_size: int, progress: bool = True) -> None:
+def count_ngrams(connection: SqlConnection, params: BuildParams, vocab_size: int, progress: bool = True) -> None:
     """Fill temp table `ngrams` from table `tokens(doc_id, pos, token)`."""
-    bits, last = token_bits(vocab_size), params.levels - 1
-    counts = {"min_count": params.min_count}
+    count_ngrams_up_to(connection, params.levels, params.min_count, vocab_size, progress)
+
+
+def count_ngrams_up_to(
+    connection: SqlConnection, levels: int, min_count: int, vocab_size: int, progress: bool = True
+) -> None:
+    """`ngrams` of lengths 1..levels seen at least `min_count` times (1: every n-gram, for shards)."""
+    bits, last = token_bits(vocab_size), levels - 1
+    counts = {"min_count": min_count}
     run_sql(connection, "01_count_start.sql", counts, token_bits=bits,
             future_tokens=_carried_tokens(2, last, ", lead(token, {k}) OVER next_in_document AS t{k}"))
-    for level in tqdm(range(2, params.levels + 1), desc="count n-grams", unit="level", disable=not progress):
+    for level in tqdm(range(2, levels + 1), desc="count n-grams", unit="level", disable=not progress):
         run_sql(connection, "02_level_extend.sql", counts, level=level, token_bits=bits, token_mask=(1 << bits) - 1)
         distinct = connection.execute("SELECT count(*) FROM level_grams").fetchall()[0][0]
         if distinct >= 1 << (63 - bits):
             raise CrestError(f"level {level} has {distinct} distinct n-grams: too many to pack with {bits}-bit tokens")
-        if level < params.levels:
+        if level < levels:
             run_sql(connection, "03_level_advance.sql", level=level, token_bits=bits,
                     future_tokens=_carried_tokens(level + 1, last, ", keys.t{k}"))
     connection.execute("DROP TABLE level_keys; DROP TABLE level_grams")

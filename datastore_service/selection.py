@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import duckdb
-
-from .sql_files import run_sql
+from .sql_files import SqlConnection, run_sql
 
 POLICY_ORDER = {
     "frequency": "frequency_rank, context_level",
-    "benefit": "context_count * expected_accepted / estimated_bytes DESC",
+    # exact integer over integer-valued double: equal benefits tie exactly on every engine
+    "benefit": "accepted_count / estimated_bytes DESC",
 }
 
 
@@ -30,7 +29,7 @@ class CostModel:
     bytes_per_node: float = 4.0
 
 
-def rank_contexts(connection: duckdb.DuckDBPyConnection, policy: str, cost: CostModel) -> int:
+def rank_contexts(connection: SqlConnection, policy: str, cost: CostModel) -> int:
     """Create `ranked_contexts` (priority 1 = kept first); return how many candidate contexts there are."""
     run_sql(
         connection,
@@ -41,16 +40,16 @@ def rank_contexts(connection: duckdb.DuckDBPyConnection, policy: str, cost: Cost
     return connection.execute("SELECT count(*) FROM ranked_contexts").fetchall()[0][0]
 
 
-def contexts_within(connection: duckdb.DuckDBPyConnection, estimated_bytes: float) -> int:
+def contexts_within(connection: SqlConnection, estimated_bytes: float) -> int:
     """How many contexts, in priority order, fit in `estimated_bytes` by the cost model."""
     rows = connection.execute(
-        "SELECT count(*) FROM ranked_contexts WHERE cumulative_bytes <= $allowance", {"allowance": estimated_bytes}
+        "SELECT count(*) FROM compact_drafts WHERE cumulative_bytes <= $allowance", {"allowance": estimated_bytes}
     ).fetchall()
     return rows[0][0]
 
 
-def estimated_bytes_of(connection: duckdb.DuckDBPyConnection, kept: int) -> float:
+def estimated_bytes_of(connection: SqlConnection, kept: int) -> float:
     rows = connection.execute(
-        "SELECT coalesce(max(cumulative_bytes), 0) FROM ranked_contexts WHERE priority <= $kept", {"kept": kept}
+        "SELECT coalesce(max(cumulative_bytes), 0) FROM compact_drafts WHERE priority <= $kept", {"kept": kept}
     ).fetchall()
     return float(rows[0][0])

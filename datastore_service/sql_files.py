@@ -9,9 +9,14 @@ from __future__ import annotations
 
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
-import duckdb
+
+
+class SqlConnection(Protocol):
+    """What the build needs of an engine: DuckDB's connection, or spark_sql.SparkConnection."""
+
+    def execute(self, query: str, parameters: dict[str, Any] | None = None) -> Any: ...
 
 
 @cache
@@ -25,7 +30,7 @@ def statements(name: str, **fragments: Any) -> list[str]:
     return [statement.strip() for statement in code.split(";") if statement.strip()]
 
 
-def run_sql(connection: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any] | None = None, **fragments: Any) -> None:
+def run_sql(connection: SqlConnection, name: str, params: dict[str, Any] | None = None, **fragments: Any) -> None:
     """Execute every statement of `sql/<name>`, passing only the parameters each one uses."""
     for statement in statements(name, **fragments):
         used = {key: value for key, value in (params or {}).items() if f"${key}" in statement}

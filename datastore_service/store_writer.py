@@ -21,14 +21,17 @@ from .errors import BudgetError
 from .publishing import VersionedStore, fsync_file, remove_path
 from .selection import contexts_within, estimated_bytes_of
 from .sizes import Budget, format_bytes
-from .sql_files import run_sql
 
 # Accept a file between these fractions of the byte budget (the published file may be at most
 # 10% above the budget; below 92% it wastes room that more contexts could use).
 BUDGET_LOW, BUDGET_HIGH = 0.92, 1.10
 MAX_WRITE_ATTEMPTS = 6
 
-INSERT_DRAFTS = "INSERT INTO store.drafts SELECT * FROM kept_drafts"
+INSERT_DRAFTS = """
+INSERT INTO store.drafts
+SELECT context, context_count, expected_accepted, tokens, parents, counts
+FROM compact_drafts WHERE priority <= $kept ORDER BY context
+"""
 
 
 # Block size trades fixed overhead (a partly used block per table) against compression (a segment
@@ -61,12 +64,11 @@ class WrittenStore:
 def write_store(
     connection: duckdb.DuckDBPyConnection, template: Path, target: Path, kept: int, info: dict[str, Any]
 ) -> WrittenStore:
-    """Copy the template to `target`, fill it with the first `kept` ranked trees and `info`."""
-    run_sql(connection, "09_kept_drafts.sql", {"kept": kept})
+    """Copy the template to `target`, fill it with the first `kept` trees of `compact_drafts` and `info`."""
     shutil.copyfile(template, target)
     connection.execute(f"ATTACH '{target}' AS store")
     try:
-        connection.execute(INSERT_DRAFTS)
+        connection.execute(INSERT_DRAFTS, {"kept": kept})
         contexts, nodes = connection.execute(
             "SELECT count(*), coalesce(sum(len(tokens)), 0) FROM store.drafts"
         ).fetchall()[0]

@@ -4,7 +4,7 @@
 --         in key order, i.e. in lexicographic order of the token sequence
 --         ngrams                        gains those rows as level {level}
 CREATE OR REPLACE TEMP TABLE level_grams AS
-SELECT key, count, row_number() OVER (ORDER BY key) - 1 AS gid
+SELECT key, count, (row_number() OVER (ORDER BY key) - 1)::BIGINT AS gid  -- BIGINT: Spark's is INT
 FROM (
     SELECT key, count(*) AS count
     FROM level_keys

@@ -4,7 +4,8 @@
 -- reproducible tie-break.
 -- Input : tree_candidates
 -- Output: ranked_nodes(context_key, node_key, parent_key, token, count, node)   node = rank, from 0
---         tree_stats(context_key, context_count, nodes, expected_accepted)       one row per tree
+--         tree_stats(context_key, context_count, nodes, expected_accepted, accepted_count)
+--                    one row per tree; accepted_count = context_count * expected_accepted, exactly
 CREATE OR REPLACE TEMP TABLE ranked_nodes AS
 SELECT
     context_key, context_count, node_key, parent_key, token, count,
@@ -19,6 +20,7 @@ SELECT
     any_value(context_count)                               AS context_count,
     count(*)                                               AS nodes,
     -- expected accepted draft tokens = sum over nodes of P(the path to the node matches)
-    (sum(count) / any_value(context_count))::FLOAT         AS expected_accepted
+    (sum(count) / any_value(context_count))::FLOAT         AS expected_accepted,
+    sum(count)::BIGINT                                     AS accepted_count
 FROM ranked_nodes
 GROUP BY context_key;

@@ -59,6 +59,10 @@ def test_inspect_prints_metadata_and_drafts(published: Path):
         (["build", "--budget", "lots"], "cannot read budget"),
         (["build", "--max-depth", "0"], "max_depth must be"),
         (["inspect", "/no/such/store.duckdb"], "datastore not found"),
+        (["build", "--master", "local[1]"], "need --engine spark"),
+        (["build", "--engine", "spark", "--spark-conf", "no-value"], "takes KEY=VALUE"),
+        (["build", "--engine", "spark", "--add-shard", "/no/such/shard"], "on --engine duckdb only"),
+        (["build", "--kind", "rest", "--add-shard", "/no/such/shard"], "not --kind rest"),
     ],
 )
 def test_bad_input_is_one_clear_line(args: list[str], message: str):

@@ -28,9 +28,10 @@ def sql_trees(documents: list[list[int]], params: BuildParams, vocab_size: int) 
     })
     connection.execute("CREATE TABLE tokens AS SELECT * FROM tokens")
     candidates = rank_draft_trees(connection, params, vocab_size, progress=False)
-    run_sql(connection, "09_kept_drafts.sql", {"kept": candidates})
-    rows = connection.execute("SELECT * FROM kept_drafts").fetchall()
-    assert [row[0] for row in rows] == sorted(row[0] for row in rows), "store rows must be sorted by context"
+    rows = connection.execute(
+        "SELECT context, context_count, expected_accepted, tokens, parents, counts FROM compact_drafts"
+    ).fetchall()
+    assert len(rows) == candidates
     return {tuple(context): (count, expected, tokens, parents, counts)
             for context, count, expected, tokens, parents, counts in rows}
 
