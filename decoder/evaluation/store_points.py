@@ -1,19 +1,23 @@
 """The stores of a sweep: REST over corpus fractions, CREST variants over byte budgets; built once, cached.
 
-Stores live under `<cache>/eval/<corpus tokens key>/`, a folder named by the cached tokenization
-(corpus content + tokenizer), so another corpus or tokenizer never reuses them. `points.json`
+Stores live under `<cache>/eval/<corpus tokens key>-<build code key>/`: a folder named by the cached
+tokenization (corpus content + tokenizer) and by the datastore code and SQL that build stores, so
+another corpus, tokenizer or build code never reuses them. `points.json`
 there records each store's size and build time, so a rerun reports them without rebuilding.
 CREST variants that differ only in policy share one count (build_stores).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
+
+import datastore_service
 
 from datastore_service.build import StoreTarget, build_stores
 from datastore_service.build_params import BuildParams
@@ -80,6 +84,15 @@ class PointCache:
         partial.replace(self.index)
 
 
+def build_code_key() -> str:
+    """A digest of the datastore package's code and SQL: what builds every store of the sweep."""
+    package = Path(datastore_service.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted([*package.glob("*.py"), *package.glob("sql/*.sql")]):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def vocabulary_bytes(pieces: list[str], folder: Path) -> int:
     """Bytes the vocabulary table adds to a store file: an empty store with it minus one without."""
     with_vocabulary, without = folder / "template-vocab.duckdb", folder / "template-empty.duckdb"
@@ -95,7 +108,7 @@ def prepare_points(corpus: CorpusSpec, tokenizer_spec: str, fractions: Sequence[
                    ) -> list[StorePoint]:
     tokenizer = TargetTokenizer.load(tokenizer_spec)
     tokenized = tokenize_corpus(corpus, tokenizer, progress=progress)
-    cache = PointCache(cache_dir("eval", tokenized.parquet.stem))
+    cache = PointCache(cache_dir("eval", f"{tokenized.parquet.stem}-{build_code_key()}"))
     points: list[StorePoint] = []
     work = [("rest", fraction) for fraction in fractions]
     # Variants equal but for the policy share one count: group them.
