@@ -94,6 +94,7 @@ class DraftClient:
         else:
             self.channel = grpc.insecure_channel(target, options=options)
         self.stub = pb_grpc.DraftStoreStub(self.channel)
+        self.last_store_version = ""  # of the replica that answered the last lookup (watching a rollout)
 
     def close(self) -> None:
         self.channel.close()
@@ -137,6 +138,7 @@ class DraftClient:
         for tokens in sequences:
             request.sequences.add(tokens=list(tokens), max_nodes=max_nodes, max_depth=max_depth)
         response = self._call(self.stub.Lookup, request)
+        self.last_store_version = response.store_version
         return [
             DraftTree(np.array(d.tokens, np.int32), np.array(d.parents, np.int32),
                       np.array(d.probabilities, np.float32), d.context_length, d.score)
