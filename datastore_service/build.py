@@ -19,6 +19,7 @@ from .build_params import BuildParams
 from .compact_table import Stopwatch, rank_counted_trees, rank_draft_trees, rerank_compact_table
 from .corpus import CorpusSpec
 from .errors import CrestError, StoreError
+from .interrupts import InterruptGuard
 from .paths import cache_dir
 from .publishing import VersionedStore, remove_path
 from .shard_counts import merge_shard_counts
@@ -207,13 +208,14 @@ def build_stores(
         raise CrestError("sharded builds (--add-shard) run on --engine duckdb only")
     if spark is not None and any(target.policy != params.policy for target in targets):
         raise CrestError("a Spark build ranks by one policy; build other policies separately")
-    with _disk_full_as_user_error():
-        return _build_stores(corpus, tokenizer_spec, params, targets, settings, replace, progress, spark, shards)
+    with _disk_full_as_user_error(), InterruptGuard() as interrupts:
+        return _build_stores(corpus, tokenizer_spec, params, targets, settings, replace, progress, spark, shards,
+                             interrupts)
 
 
 def _build_stores(corpus: CorpusSpec, tokenizer_spec: str, params: BuildParams, targets: Sequence[StoreTarget],
                   settings: EngineSettings, replace: bool, progress: bool, spark: SparkSettings | None,
-                  shards: tuple[CorpusSpec, ...]) -> list[BuildSummary]:
+                  shards: tuple[CorpusSpec, ...], interrupts: InterruptGuard) -> list[BuildSummary]:
     clock = Stopwatch()
     started = time.perf_counter()
     stores = [VersionedStore(target.output) for target in targets]
@@ -264,7 +266,7 @@ def _build_stores(corpus: CorpusSpec, tokenizer_spec: str, params: BuildParams, 
                         "build_params": store_params.as_dict(),
                     }
                     written, final = write_and_publish(connection, store, target.budget, candidates,
-                                                       tokenizer.pieces(), info)
+                                                       tokenizer.pieces(), info, interrupts.check)
                 seconds = {**clock.seconds, **own.seconds}
                 seconds["total"] = sum(seconds.values())
                 summaries.append(BuildSummary(

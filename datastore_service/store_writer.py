@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import duckdb
 import pyarrow as pa
@@ -132,13 +132,16 @@ def write_and_publish(
     candidates: int,
     pieces: list[str],
     info: dict[str, Any],
+    before_publish: Callable[[], None] = lambda: None,
 ) -> tuple[WrittenStore, Path]:
-    """Write the ranked trees into a new version of `store` within `budget` and publish it."""
+    """Write the ranked trees into a new version of `store` within `budget` and publish it
+    (unless `before_publish` raises)."""
     version = info["store_version"]
     template, partial = store.scratch(version, "template"), store.scratch(version, "partial")
     try:
         create_template(template, pieces)
         written = write_within_budget(connection, template, partial, budget, candidates, info)
+        before_publish()
         return written, store.publish(partial, version)
     finally:
         remove_path(template)
