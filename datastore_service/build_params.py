@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from .sizes import Budget
 
-POLICIES = ("benefit", "frequency")
+POLICIES = ("frequency", "benefit")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,9 @@ class BuildParams:
     top_c: int = 32
     min_count: int = 2
     min_probability: float = 0.0
-    policy: str = "benefit"
+    # frequency is the default because it drafted better in `crest eval` on both benchmarks and at
+    # nearly every budget (docs/RESULTS.md): corpus-estimated benefit overrates boilerplate.
+    policy: str = "frequency"
     budget: Budget = Budget(bytes=16_000_000)
 
     def __post_init__(self) -> None:

@@ -56,7 +56,8 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
     counting.add_argument("--min-probability", type=float, default=DEFAULTS.min_probability,
                           help="prune nodes whose count / context count is below this")
     counting.add_argument("--policy", choices=POLICIES, default=DEFAULTS.policy,
-                          help="benefit: accepted tokens per byte first; frequency: the paper's top-t per length")
+                          help="frequency: the paper's top-t per length (drafts better, docs/RESULTS.md); "
+                          "benefit: corpus-accepted tokens per byte first")
     counting.add_argument("--budget", default=str(DEFAULTS.budget),
                           help="size of the published file (e.g. 16MB, 512KiB) or contexts (e.g. 100000rows)")
 
