@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         reference_started = time.perf_counter()
         references = greedy_references(target, prompts, args.max_new_tokens, progress)
         reference_seconds += time.perf_counter() - reference_started
-        corpus = corpus_spec(args.code_corpus if name == "humaneval" else args.chat_corpus)
+        corpus = corpus_spec(_corpus_label(args, suite))
         points = prepare_points(corpus, args.model, args.fractions, args.budgets,
                                 [VARIANTS[v] for v in args.variants], progress)
         checked = _checked_stores(points)
@@ -107,4 +107,5 @@ def _write_outputs(args: argparse.Namespace, rows: list[ResultRow], checks: list
 
 
 def _corpus_label(args: argparse.Namespace, suite: Suite) -> str:
+    """The corpus (preset or path) this suite's stores are built from."""
     return args.code_corpus if suite.name == "humaneval" else args.chat_corpus

@@ -120,7 +120,7 @@ def prepare_points(corpus: CorpusSpec, tokenizer_spec: str, fractions: Sequence[
         if kind == "rest":
             points.append(_rest_point(cache, corpus, tokenizer_spec, item))
         else:
-            points.extend(_crest_points(cache, corpus, tokenizer_spec, item, budgets_mb))
+            points.extend(_crest_points(cache, corpus, tokenizer, tokenizer_spec, item, budgets_mb))
     return points
 
 
@@ -136,7 +136,8 @@ def _rest_point(cache: PointCache, corpus: CorpusSpec, tokenizer_spec: str, frac
     return point
 
 
-def _crest_points(cache: PointCache, corpus: CorpusSpec, tokenizer_spec: str, variants: list[CrestVariant],
+def _crest_points(cache: PointCache, corpus: CorpusSpec, tokenizer: TargetTokenizer, tokenizer_spec: str,
+                  variants: list[CrestVariant],
                   budgets_mb: Sequence[float]) -> list[StorePoint]:
     wanted = [(variant, mb, _crest_name(variant.params, mb)) for variant in variants for mb in budgets_mb]
     missing = [(variant, mb, name) for variant, mb, name in wanted if cache.get(name) is None]
@@ -144,7 +145,7 @@ def _crest_points(cache: PointCache, corpus: CorpusSpec, tokenizer_spec: str, va
         targets = [StoreTarget(cache.folder / name, Budget(bytes=int(mb * 1e6)), variant.params.policy)
                    for variant, mb, name in missing]
         summaries = build_stores(corpus, tokenizer_spec, missing[0][0].params, targets, replace=True, progress=False)
-        vocabulary = vocabulary_bytes(TargetTokenizer.load(tokenizer_spec).pieces(), cache.folder)
+        vocabulary = vocabulary_bytes(tokenizer.pieces(), cache.folder)
         for (variant, mb, name), summary in zip(missing, summaries):
             cache.put(name, StorePoint("CREST", variant.line, format_bytes(mb * 1e6), summary.store,
                                        summary.file_bytes, summary.file_bytes - vocabulary, summary.seconds["total"]))
