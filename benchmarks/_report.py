@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from decoder.evaluation.doc_sections import write_section as write_doc_section
+from crest_cli.evaluation.doc_sections import write_section as write_doc_section
 
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 

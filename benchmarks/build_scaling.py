@@ -21,8 +21,8 @@ from pathlib import Path
 
 from _report import write_section
 
-from datastore_service.corpus import CorpusReport, read_documents, stdlib_corpus
-from datastore_service.tokenizer import TargetTokenizer
+from datastore_service.build.corpus import CorpusReport, read_documents, stdlib_corpus
+from datastore_service.build.tokenizer import TargetTokenizer
 
 COMMAND = "python benchmarks/build_scaling.py " + " ".join(sys.argv[1:])
 
@@ -30,7 +30,7 @@ COMMAND = "python benchmarks/build_scaling.py " + " ".join(sys.argv[1:])
 def run_build(corpus: str, extra: list[str], cache: Path, output: Path) -> dict:
     env = {**os.environ, "CREST_CACHE": str(cache)}
     shutil.rmtree(cache / "tokens", ignore_errors=True)
-    command = [sys.executable, "-m", "datastore_service.cli", "build", "--corpus", corpus, "--output", str(output),
+    command = [sys.executable, "-m", "crest_cli", "build", "--corpus", corpus, "--output", str(output),
                "--quiet", *extra]
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -20,12 +20,11 @@ import time
 
 import numpy as np
 import torch
-
 from _report import write_section
 
-from datastore_service.build import default_store_path
-from datastore_service.draft_index import DraftIndex
-from decoder.benchmark_prompts import humaneval_prompts, mtbench_questions
+from crest_cli.benchmark_prompts import humaneval_prompts, mtbench_questions
+from datastore_service.build.pipeline import default_store_path
+from datastore_service.lookup.draft_index import DraftIndex
 from decoder.draft_sources import IndexSource, NoDrafts
 from decoder.node_budget import CostCurve, NodeBudget
 from decoder.prompt_lookup import WithPromptLookup
@@ -38,7 +37,7 @@ COMMAND = "python benchmarks/decode_speed.py " + " ".join(sys.argv[1:])
 def store_index(corpus: str) -> DraftIndex:
     path = default_store_path(corpus)
     if not path.exists():
-        subprocess.run([sys.executable, "-m", "datastore_service.cli", "build", "--corpus", corpus, "--quiet"], check=True)
+        subprocess.run([sys.executable, "-m", "crest_cli", "build", "--corpus", corpus, "--quiet"], check=True)
     return DraftIndex.load(path)
 
 

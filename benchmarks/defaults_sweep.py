@@ -19,12 +19,12 @@ from pathlib import Path
 
 from _report import write_section
 
-from datastore_service.build import build_store
-from datastore_service.build_params import BuildParams
-from datastore_service.corpus import stdlib_corpus
-from datastore_service.draft_index import DraftIndex
+from crest_cli.benchmark_prompts import humaneval_prompts
+from datastore_service.build.corpus import stdlib_corpus
+from datastore_service.build.params import BuildParams
+from datastore_service.build.pipeline import build_store
+from datastore_service.lookup.draft_index import DraftIndex
 from datastore_service.sizes import format_bytes, parse_budget
-from decoder.benchmark_prompts import humaneval_prompts
 from decoder.draft_sources import IndexSource
 from decoder.node_budget import NodeBudget
 from decoder.references import greedy_references

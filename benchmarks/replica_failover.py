@@ -22,17 +22,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _report import write_section
 
-from datastore_service.build import build_store
-from datastore_service.build_params import BuildParams
-from datastore_service.client import DraftClient, ServiceError
-from datastore_service.corpus import corpus_spec
-from datastore_service.server_process import ServerProcess
+from crest_cli.server_process import ServerProcess
+from datastore_service.build.corpus import corpus_spec
+from datastore_service.build.params import BuildParams
+from datastore_service.build.pipeline import build_store
+from datastore_service.serve.client import DraftClient, ServiceError
 from datastore_service.sizes import Budget
-from datastore_service.publishing import VersionedStore
-from datastore_service.store_reader import open_store, resolve_store
+from datastore_service.store.publishing import VersionedStore
+from datastore_service.store.reader import open_store, resolve_store
 
 COMMAND = "python benchmarks/replica_failover.py " + " ".join(sys.argv[1:])
 CORPUS = Path(sysconfig.get_paths()["stdlib"]) / "email"

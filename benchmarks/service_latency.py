@@ -20,16 +20,15 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-
 from _report import write_section
 
 from crest.v1 import datastore_pb2 as pb
 from crest.v1 import datastore_pb2_grpc as pb_grpc
-from datastore_service.build import default_store_path
-from datastore_service.corpus import stdlib_corpus
-from datastore_service.draft_index import DraftIndex
-from datastore_service.service import SERVER_TIME_KEY
-from datastore_service.tokenizer import TargetTokenizer
+from datastore_service.build.corpus import stdlib_corpus
+from datastore_service.build.pipeline import default_store_path
+from datastore_service.build.tokenizer import TargetTokenizer
+from datastore_service.lookup.draft_index import DraftIndex
+from datastore_service.serve.service import SERVER_TIME_KEY
 
 COMMAND = "python benchmarks/service_latency.py " + " ".join(sys.argv[1:])
 DECODE_STEP_MS = 36.0  # SmolLM2 on this CPU, one decode step (shared/RESOURCES.md)
@@ -116,7 +115,7 @@ def concurrent_throughput(address: str, queries: list[list[int]], clients: int, 
 def load_figures(store: Path) -> dict:
     code = (
         "import os, time, sys\n"
-        "from datastore_service.draft_index import DraftIndex\n"
+        "from datastore_service.lookup.draft_index import DraftIndex\n"
         "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20\n"
         "before = rss()\n"
         "t = time.perf_counter(); index = DraftIndex.load(sys.argv[1]); seconds = time.perf_counter() - t\n"
@@ -136,7 +135,7 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="write the section into docs/BENCHMARKS.md")
     args = parser.parse_args()
     if not args.store.exists():
-        subprocess.run([sys.executable, "-m", "datastore_service.cli", "build", "--output", str(args.store), "--quiet"],
+        subprocess.run([sys.executable, "-m", "crest_cli", "build", "--output", str(args.store), "--quiet"],
                        check=True)
 
     index = DraftIndex.load(args.store)
@@ -146,7 +145,7 @@ def main() -> None:
     os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     loading = load_figures(args.store)
 
-    server = subprocess.Popen([sys.executable, "-m", "datastore_service.cli", "serve", str(args.store), "--port", "0"],
+    server = subprocess.Popen([sys.executable, "-m", "crest_cli", "serve", str(args.store), "--port", "0"],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         address = server.stdout.readline().rsplit(" ", 1)[1].strip()

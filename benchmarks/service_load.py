@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _report import write_section
 
-from datastore_service.build import default_store_path
-from datastore_service.client import DraftClient, ServiceError
-from datastore_service.store_reader import open_store
+from datastore_service.build.pipeline import default_store_path
+from datastore_service.serve.client import DraftClient, ServiceError
+from datastore_service.store.reader import open_store
 
 COMMAND = "python benchmarks/service_load.py " + " ".join(sys.argv[1:])
 
@@ -65,7 +64,7 @@ def client(address: str, batches: list[list[list[int]]], max_nodes: int, stop_at
 
 
 def start_server(store: Path) -> tuple[subprocess.Popen, str]:
-    server = subprocess.Popen([sys.executable, "-m", "datastore_service.cli", "serve", str(store), "--host", "127.0.0.1",
+    server = subprocess.Popen([sys.executable, "-m", "crest_cli", "serve", str(store), "--host", "127.0.0.1",
                                "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = server.stdout.readline()
     if "serving" not in line:
@@ -137,7 +136,7 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="write the section into docs/BENCHMARKS.md")
     args = parser.parse_args()
     if not args.store.exists():
-        subprocess.run([sys.executable, "-m", "datastore_service.cli", "build", "--output", str(args.store), "--quiet"],
+        subprocess.run([sys.executable, "-m", "crest_cli", "build", "--output", str(args.store), "--quiet"],
                        check=True)
     contexts = weighted_contexts(args.store, 200_000)
     load_before = os.getloadavg()[0]

@@ -21,12 +21,12 @@ from pathlib import Path
 import duckdb
 from _report import write_section
 
-from datastore_service.build_params import BuildParams
-from datastore_service.compact_table import Stopwatch, rank_draft_trees
-from datastore_service.corpus import stdlib_corpus
-from datastore_service.spark_build import SparkSettings, build_compact_table, spark_session
-from datastore_service.token_table import tokenize_corpus
-from datastore_service.tokenizer import TargetTokenizer
+from datastore_service.build.compact_table import Stopwatch, rank_draft_trees
+from datastore_service.build.corpus import stdlib_corpus
+from datastore_service.build.params import BuildParams
+from datastore_service.build.spark.engine import SparkSettings, build_compact_table, spark_session
+from datastore_service.build.token_table import tokenize_corpus
+from datastore_service.build.tokenizer import TargetTokenizer
 
 COMMAND = "python benchmarks/spark_build.py " + " ".join(sys.argv[1:])
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from datastore_service.draft import DraftTree
-from datastore_service.index_loader import LookupIndex
+from datastore_service.lookup.index_loader import LookupIndex
 
 
 class DraftSource(Protocol):

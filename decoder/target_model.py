@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from datastore_service.build.tokenizer import PRESETS, TargetTokenizer
 from datastore_service.errors import CrestError
 from datastore_service.paths import cache_dir, file_sha256
-from datastore_service.tokenizer import PRESETS, TargetTokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

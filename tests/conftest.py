@@ -27,7 +27,7 @@ def crest_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2(crest_cache: Path):
-    from datastore_service.tokenizer import TargetTokenizer
+    from datastore_service.build.tokenizer import TargetTokenizer
 
     return TargetTokenizer.load("smollm2")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from datastore_service.server_process import ServerProcess
+from crest_cli.server_process import ServerProcess
 
 
 def start_server(store: Path, *flags: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str, str]:

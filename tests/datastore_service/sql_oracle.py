@@ -6,7 +6,7 @@ from pathlib import Path
 
 import duckdb
 
-from datastore_service.store_reader import resolve_store
+from datastore_service.store.reader import resolve_store
 
 
 def sql_answer(store: Path, query: list[int], max_nodes: int, max_depth: int, selection: str):

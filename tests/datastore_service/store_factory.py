@@ -10,11 +10,11 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from datastore_service.build import rank_draft_trees
-from datastore_service.build_params import BuildParams
-from datastore_service.publishing import VersionedStore
+from datastore_service.build.params import BuildParams
+from datastore_service.build.pipeline import rank_draft_trees
+from datastore_service.build.store_writer import write_and_publish
 from datastore_service.sizes import Budget
-from datastore_service.store_writer import write_and_publish
+from datastore_service.store.publishing import VersionedStore
 
 
 def publish_token_store(path: Path, documents: list[list[int]], vocab_size: int,

@@ -8,8 +8,7 @@ from decoder.batch_decoding import BatchDecoder
 from decoder.draft_sources import NoDrafts
 from decoder.node_budget import NodeBudget
 from decoder.prompt_lookup import WithPromptLookup
-
-from .tiny_models import plain_greedy, tiny_gpt2, tiny_llama, tree
+from tests.decoder.tiny_models import plain_greedy, tiny_gpt2, tiny_llama, tree
 
 PROMPTS = [[5, 9, 2, 33, 17, 8, 40, 1], [3, 3, 3], [10, 20, 30, 40, 50, 60, 10, 20, 30, 40, 50], [7]]
 

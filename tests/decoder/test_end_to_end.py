@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from datastore_service.build import build_store
-from datastore_service.build_params import BuildParams
-from datastore_service.client import DraftClient
-from datastore_service.corpus import corpus_spec
-from datastore_service.server import RunningServer, ServerSettings
+from crest_cli.benchmark_prompts import humaneval_prompts, mtbench_questions
+from datastore_service.build.corpus import corpus_spec
+from datastore_service.build.params import BuildParams
+from datastore_service.build.pipeline import build_store
+from datastore_service.serve.client import DraftClient
+from datastore_service.serve.server import RunningServer, ServerSettings
 from datastore_service.sizes import Budget
-from decoder.benchmark_prompts import humaneval_prompts, mtbench_questions
 from decoder.draft_sources import ServiceSource
 from decoder.node_budget import NodeBudget
 from decoder.prompt_lookup import WithPromptLookup
@@ -71,7 +71,7 @@ def test_chat_prompt_uses_the_chat_template(smollm2_target):
 
 def test_generate_command_compares_with_plain_decoding(server: RunningServer):
     result = subprocess.run(
-        [sys.executable, "-m", "datastore_service.cli", "generate", "--server", server.address,
+        [sys.executable, "-m", "crest_cli", "generate", "--server", server.address,
          "--prompt", humaneval_prompts(1)[0], "--max-new-tokens", "24", "--compare", "--fixed-nodes"],
         capture_output=True, text=True, timeout=600,
     )

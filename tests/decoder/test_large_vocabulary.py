@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from datastore_service.build import build_store
-from datastore_service.build_params import BuildParams
-from datastore_service.corpus import corpus_spec
-from datastore_service.draft_index import DraftIndex
+from crest_cli.benchmark_prompts import humaneval_prompts
+from datastore_service.build.corpus import corpus_spec
+from datastore_service.build.params import BuildParams
+from datastore_service.build.pipeline import build_store
+from datastore_service.lookup.draft_index import DraftIndex
 from datastore_service.sizes import Budget
-from decoder.benchmark_prompts import humaneval_prompts
 from decoder.draft_sources import IndexSource
 from decoder.node_budget import NodeBudget
 from decoder.prompt_lookup import WithPromptLookup

@@ -11,8 +11,7 @@ from decoder.node_budget import CostCurve, NodeBudget
 from decoder.prompt_lookup import WithPromptLookup
 from decoder.replay import matched_path_length, replay
 from decoder.speculative import SpeculativeDecoder
-
-from .tiny_models import OracleSource, plain_greedy, tiny_llama, tree
+from tests.decoder.tiny_models import OracleSource, plain_greedy, tiny_llama, tree
 
 PROMPTS = [[5, 9, 2, 33, 17, 8, 40, 1], [3, 3, 3, 3], [10, 20, 30, 10, 20, 30, 10]]
 CURVE = CostCurve([1, 8, 64], [1.0, 1.6, 3.5])

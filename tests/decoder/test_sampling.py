@@ -12,8 +12,7 @@ from decoder.acceptance import SamplingParams
 from decoder.node_budget import NodeBudget
 from decoder.speculative import SpeculativeDecoder
 from decoder.target_model import TargetModel
-
-from .tiny_models import tree
+from tests.decoder.tiny_models import tree
 
 SMALL_VOCAB = 6
 PROMPT = [1, 4, 2]

@@ -11,8 +11,7 @@ from decoder.draft_sources import NoDrafts
 from decoder.node_budget import NodeBudget
 from decoder.speculative import SpeculativeDecoder, limit_depth
 from decoder.tree_attention import tree_inputs
-
-from .tiny_models import OracleSource, plain_greedy, tiny_gpt2, tiny_llama, tree
+from tests.decoder.tiny_models import OracleSource, plain_greedy, tiny_gpt2, tiny_llama, tree
 
 SHAPES = ["empty", "chain", "wide", "deep", "branchy", "long"]
 PROMPT = [5, 9, 2, 33, 17, 8, 40, 1]

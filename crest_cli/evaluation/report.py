@@ -1,0 +1,148 @@
+"""The sweep's results as a table (Markdown + CSV), a plot (PNG), and the paper's two claims restated.
+
+Claim 1 (storage): the smallest CREST store whose accepted length reaches REST's on the whole
+corpus, as a ratio of REST's bytes to it. Claim 2 (equal storage): CREST's accepted length at each
+REST store's size (interpolated in log size between CREST points; never extrapolated) over REST's.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from crest_cli.evaluation.real_check import RealCheck
+from crest_cli.evaluation.store_points import REST_LINE
+from datastore_service.sizes import format_bytes
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    suite: str
+    system: str
+    line: str
+    setting: str
+    storage_bytes: int          # what lookups need on disk (see StorePoint.lookup_bytes)
+    file_bytes: int
+    accepted_length: float
+    lookup_us_median: float
+    build_seconds: float
+
+
+@dataclass(frozen=True)
+class LineClaims:
+    line: str
+    matching_bytes: int | None          # smallest store reaching REST's full-corpus accepted length
+    best_at_thirtieth: float | None     # best accepted length within 1/30 of REST's full-corpus bytes
+    equal_storage_gains: list[tuple[int, float]]   # (REST bytes, CREST / REST accepted length - 1)
+
+
+def claims_for(rows: Sequence[ResultRow]) -> tuple[ResultRow, list[LineClaims]]:
+    rest = sorted((r for r in rows if r.system == "REST"), key=lambda r: r.storage_bytes)
+    full = rest[-1]
+    claims = []
+    for line in dict.fromkeys(r.line for r in rows if r.system == "CREST"):
+        points = sorted((r for r in rows if r.line == line), key=lambda r: r.storage_bytes)
+        reaching = [p.storage_bytes for p in points if p.accepted_length >= full.accepted_length]
+        within = [p.accepted_length for p in points if p.storage_bytes <= full.storage_bytes / 30]
+        sizes = np.log([p.storage_bytes for p in points])
+        gains = []
+        for r in rest:
+            if sizes[0] <= math.log(r.storage_bytes) <= sizes[-1]:
+                crest = float(np.interp(math.log(r.storage_bytes), sizes, [p.accepted_length for p in points]))
+                gains.append((r.storage_bytes, crest / r.accepted_length - 1))
+        claims.append(LineClaims(line, min(reaching) if reaching else None, max(within) if within else None, gains))
+    return full, claims
+
+
+def write_csv(rows: Sequence[ResultRow], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(asdict(rows[0])))
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+
+
+def write_plot(rows: Sequence[ResultRow], titles: dict[str, str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    suites = list(dict.fromkeys(r.suite for r in rows))
+    figure, axes = pyplot.subplots(1, len(suites), figsize=(6.5 * len(suites), 4.6), squeeze=False)
+    for axis, suite in zip(axes[0], suites):
+        for line in dict.fromkeys(r.line for r in rows if r.suite == suite):
+            points = sorted((r for r in rows if r.suite == suite and r.line == line), key=lambda r: r.storage_bytes)
+            style = "s--" if line == REST_LINE else "o-"
+            axis.plot([p.storage_bytes / 1e6 for p in points], [p.accepted_length for p in points], style, label=line)
+        full, _ = claims_for([r for r in rows if r.suite == suite])
+        axis.axhline(full.accepted_length, color="grey", linewidth=0.8, linestyle=":")
+        axis.set_xscale("log")
+        axis.set_xlabel("storage read by lookups (MB, log scale)")
+        axis.set_ylabel("accepted length (tokens per target forward)")
+        axis.set_title(titles.get(suite, suite))
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    pyplot.close(figure)
+
+
+def markdown_report(rows: Sequence[ResultRow], checks: Sequence[RealCheck], titles: dict[str, str],
+                    setup: str, plot_name: str, csv_name: str) -> str:
+    out = [setup, "", f"![accepted length vs storage]({plot_name})", "", f"All rows: [{csv_name}]({csv_name}).", ""]
+    for suite in dict.fromkeys(r.suite for r in rows):
+        suite_rows = [r for r in rows if r.suite == suite]
+        out += [f"### {titles.get(suite, suite)}", "",
+                "| system | setting | storage | file | accepted length | lookup p50 (µs) | build (s) |",
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        for r in sorted(suite_rows, key=lambda r: (r.line, r.storage_bytes)):
+            out.append(f"| {r.line} | {r.setting} | {format_bytes(r.storage_bytes)} | {format_bytes(r.file_bytes)} "
+                       f"| {r.accepted_length:.3f} "
+                       f"| {r.lookup_us_median:.0f} | {r.build_seconds:.1f} |")
+        full, claims = claims_for(suite_rows)
+        out += ["", f"REST on the whole corpus: accepted length {full.accepted_length:.3f} "
+                f"in {format_bytes(full.storage_bytes)}.", ""]
+        for claim in claims:
+            out.append(f"- **{claim.line}**: " + _describe(claim, full))
+        out.append("")
+    if checks:
+        agreeing = sum(c.agrees for c in checks)
+        out += ["### Replay vs real decoding", "",
+                f"{agreeing} of {len(checks)} checked decodings took exactly the replayed number of target "
+                "forwards and produced the plain greedy output.", "",
+                "| suite | store | prompt | same output | forwards (real / replay) | accepted length (real / replay) |",
+                "| --- | --- | ---: | --- | ---: | ---: |"]
+        for c in checks:
+            out.append(f"| {c.suite} | {c.store} | {c.prompt} | {'yes' if c.same_tokens else 'NO'} "
+                       f"| {c.real_forwards} / {c.replay_forwards} "
+                       f"| {c.real_accepted_length:.3f} / {c.replay_accepted_length:.3f} |")
+    return "\n".join(out)
+
+
+def _describe(claim: LineClaims, full: ResultRow) -> str:
+    parts = []
+    if claim.matching_bytes is None:
+        parts.append("never reaches REST's whole-corpus accepted length in this sweep")
+    else:
+        parts.append(f"reaches REST's whole-corpus accepted length at {format_bytes(claim.matching_bytes)}, "
+                     f"{full.storage_bytes / claim.matching_bytes:.1f}x less storage")
+    if claim.best_at_thirtieth is None:
+        parts.append("no point within 1/30 of REST's storage")
+    else:
+        verdict = "at or above" if claim.best_at_thirtieth >= full.accepted_length else "below"
+        parts.append(f"within 1/30 of REST's storage ({format_bytes(full.storage_bytes / 30)}) its best is "
+                     f"{claim.best_at_thirtieth:.3f}, {verdict} REST's {full.accepted_length:.3f}")
+    if claim.equal_storage_gains:
+        gains = ", ".join(f"{g:+.1%} at {format_bytes(b)}" for b, g in claim.equal_storage_gains)
+        mean = sum(g for _, g in claim.equal_storage_gains) / len(claim.equal_storage_gains)
+        parts.append(f"at equal storage vs REST: {gains} (mean {mean:+.1%})")
+    else:
+        parts.append("no REST store falls inside its storage range")
+    return "; ".join(parts) + "."

@@ -1,0 +1,178 @@
+"""Who may call a server: TLS (optionally mutual) and a shared token, on both sides of the wire.
+
+A datastore shared across model hosts should answer only its own clients. TLS proves the server
+to the client (and, with a client CA, the client to the server); the shared token, sent as
+`authorization: Bearer <token>` metadata on every call, is checked by `TokenCheck` in constant
+time. Health checks stay open without a token: load balancers and orchestrators probe them with
+no secrets, and they reveal nothing but SERVING. A token over plain TCP is readable on the wire:
+without TLS it only suits loopback or a trusted network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health
+
+from datastore_service.errors import CrestError
+
+TOKEN_ENV = "CREST_TOKEN"
+TOKEN_KEYS = ("authorization", "crest-token")
+OPEN_PREFIXES = (f"/{health.SERVICE_NAME}/",)
+
+
+def read_file(path: Path, what: str) -> bytes:
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as exc:
+        raise CrestError(f"cannot read {what} {path}: {exc.strerror}") from exc
+
+
+def check_tls_files(cert: Path | None, key: Path | None, ca: Path | None) -> None:
+    """Refuse unusable PEM files here, in one line, before grpc reports them as a bind failure."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if cert is not None and key is not None:
+        # A missing file says so, rather than as an SSL error.
+        read_file(cert, "TLS certificate")
+        read_file(key, "TLS key")
+        try:
+            context.load_cert_chain(cert, key)
+        except ssl.SSLError as exc:
+            raise CrestError(f"TLS certificate {cert} and key {key} are not a usable pair: {exc.reason or exc}") from exc
+    if ca is not None:
+        read_file(ca, "TLS CA")
+        try:
+            context.load_verify_locations(cafile=str(ca))
+        except ssl.SSLError as exc:
+            raise CrestError(f"TLS CA {ca} holds no usable certificate: {exc.reason or exc}") from exc
+
+
+def load_token(token_file: Path | None) -> str | None:
+    """The shared token from `token_file`, else from $CREST_TOKEN, else None (no token)."""
+    if token_file is not None:
+        token = read_file(token_file, "token file").decode("utf-8", "replace").strip()
+        if not token:
+            raise CrestError(f"token file {token_file} is empty")
+        return token
+    return os.environ.get(TOKEN_ENV, "").strip() or None
+
+
+@dataclass(frozen=True)
+class ServerSecurity:
+    """TLS files and the shared token of a server; all None = plain TCP, no token."""
+
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # given: clients must present a certificate it signed
+    token: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise CrestError("TLS needs both --tls-cert and --tls-key")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise CrestError("--tls-client-ca needs --tls-cert and --tls-key (client certificates need TLS)")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        assert self.tls_cert is not None and self.tls_key is not None
+        check_tls_files(self.tls_cert, self.tls_key, self.tls_client_ca)
+        ca = read_file(self.tls_client_ca, "client CA") if self.tls_client_ca else None
+        pair = (read_file(self.tls_key, "TLS key"), read_file(self.tls_cert, "TLS certificate"))
+        return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
+
+    def interceptors(self) -> list[grpc.ServerInterceptor]:
+        return [TokenCheck(self.token)] if self.token else []
+
+
+def _token_in(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+    for key, value in metadata or ():
+        if key in TOKEN_KEYS:
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+            scheme, _, rest = text.strip().partition(" ")
+            return rest.strip() if scheme.lower() == "bearer" and rest else text.strip()
+    return None
+
+
+def _digest(token: str) -> bytes:
+    # Equal-length digests: the comparison time says nothing about the token's length either.
+    return hashlib.sha256(token.encode()).digest()
+
+
+def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` that answers UNAUTHENTICATED and reads nothing."""
+
+    def refuse(_request: object, context: grpc.ServicerContext) -> None:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    make: Callable[..., grpc.RpcMethodHandler] = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(handler.request_streaming, handler.response_streaming)]
+    return make(refuse)  # no deserializer: a refused call's payload is never parsed
+
+
+class TokenCheck(grpc.ServerInterceptor):
+    """Refuses every call but health checks unless it carries the shared token."""
+
+    def __init__(self, token: str) -> None:
+        self._digest = _digest(token)
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(OPEN_PREFIXES):
+            return handler
+        sent = _token_in(handler_call_details.invocation_metadata)
+        if sent is None:
+            return _refusal(handler, "this server needs a token: send metadata 'authorization: Bearer <token>' "
+                                     f"(crest: --token-file or ${TOKEN_ENV})")
+        if not hmac.compare_digest(_digest(sent), self._digest):
+            return _refusal(handler, "wrong token")
+        return handler
+
+
+@dataclass(frozen=True)
+class ClientSecurity:
+    """What a client presents: the CA that signed the server, its own certificate, the token."""
+
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    server_name: str | None = None  # the name to expect in the server certificate, if not the address
+    token: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise CrestError("a client certificate needs both --tls-cert and --tls-key")
+        if self.tls_cert is not None and self.tls_ca is None:
+            raise CrestError("a client certificate needs TLS: give --tls-ca too")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_ca is not None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        assert self.tls_ca is not None
+        check_tls_files(self.tls_cert, self.tls_key, self.tls_ca)
+        return grpc.ssl_channel_credentials(
+            root_certificates=read_file(self.tls_ca, "TLS CA"),
+            private_key=read_file(self.tls_key, "TLS key") if self.tls_key else None,
+            certificate_chain=read_file(self.tls_cert, "TLS certificate") if self.tls_cert else None,
+        )
+
+    def channel_options(self) -> list[tuple[str, str]]:
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+    def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()

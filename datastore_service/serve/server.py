@@ -1,0 +1,120 @@
+"""`crest serve`: the DraftStore service over gRPC, with health checking, reflection and hot reload.
+
+Binds to loopback unless told otherwise; with `ServerSecurity` it speaks TLS (mutual TLS when a
+client CA is given) and asks every call but health checks for the shared token (security.py).
+SIGTERM or SIGINT stop accepting calls, let the calls in flight finish (up to `grace` seconds),
+then exit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from crest.v1 import datastore_pb2 as pb
+from crest.v1 import datastore_pb2_grpc as pb_grpc
+from datastore_service.serve.index_holder import IndexHolder, ReloadWatcher
+from datastore_service.serve.request_decoding import DecodeInHandler
+from datastore_service.serve.security import ServerSecurity
+from datastore_service.serve.service import DraftStoreService
+
+log = logging.getLogger("crest.serve")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DraftStore"].full_name
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 50051            # 0 = any free port
+    workers: int = 8
+    max_message_bytes: int = 4 * 1024 * 1024
+    reload_interval: float = 1.0  # seconds between checks for a newly published version
+    grace: float = 10.0           # seconds in-flight calls get at shutdown
+    security: ServerSecurity = ServerSecurity()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class RunningServer:
+    """A started server: its port, its index holder, and a clean stop."""
+
+    def __init__(self, store: Path, settings: ServerSettings) -> None:
+        self.holder = IndexHolder(store)
+        self.settings = settings
+        security = settings.security
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="crest-rpc"),
+            interceptors=[*security.interceptors(), DecodeInHandler()],
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", 16 * settings.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        pb_grpc.add_DraftStoreServicer_to_server(DraftStoreService(self.holder), self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        bind = f"{settings.host}:{settings.port}"
+        if security.tls:
+            self.port = self.server.add_secure_port(bind, security.credentials())
+        else:
+            self.port = self.server.add_insecure_port(bind)
+        if self.port == 0:
+            raise OSError(f"cannot bind {settings.host}:{settings.port}")
+        if not is_loopback(settings.host):
+            if not (security.token or security.tls_client_ca):
+                log.warning("serving on %s with neither a token nor client certificates: any host that reaches "
+                            "this port can call it", settings.host)
+            elif security.token and not security.tls:
+                log.warning("serving on %s without TLS: the token crosses the network in clear text", settings.host)
+        self.watcher = ReloadWatcher(self.holder, settings.reload_interval)
+
+    @property
+    def address(self) -> str:
+        host = self.settings.host
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    def start(self) -> "RunningServer":
+        self.server.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.watcher.start()
+        return self
+
+    def stop(self, grace: float | None = None) -> None:
+        self.health.enter_graceful_shutdown()
+        self.watcher.stop()
+        self.server.stop(self.settings.grace if grace is None else grace).wait()
+
+
+def serve_forever(store: Path, settings: ServerSettings) -> None:
+    running = RunningServer(store, settings).start()
+    info = running.holder.index.info
+    security = settings.security
+    mode = ("mutual TLS" if security.tls_client_ca else "TLS") if security.tls else "plain TCP"
+    mode += ", token required" if security.token else ""
+    print(f"serving {store} version {info.store_version} ({mode}) on {running.address}", flush=True)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    log.info("stopping: draining calls in flight (up to %.0f s)", settings.grace)
+    running.stop()
+    print("stopped", flush=True)
