@@ -21,7 +21,7 @@ from pathlib import Path
 
 from _report import write_section
 
-from datastore_service.build.corpus import CorpusReport, read_documents, stdlib_corpus
+from datastore_service.build.corpus import stdlib_corpus
 from datastore_service.build.tokenizer import TargetTokenizer
 
 COMMAND = "python benchmarks/build_scaling.py " + " ".join(sys.argv[1:])
@@ -30,8 +30,18 @@ COMMAND = "python benchmarks/build_scaling.py " + " ".join(sys.argv[1:])
 def run_build(corpus: str, extra: list[str], cache: Path, output: Path) -> dict:
     env = {**os.environ, "CREST_CACHE": str(cache)}
     shutil.rmtree(cache / "tokens", ignore_errors=True)
-    command = [sys.executable, "-m", "crest_cli", "build", "--corpus", corpus, "--output", str(output),
-               "--quiet", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "crest_cli",
+        "build",
+        "--corpus",
+        corpus,
+        "--output",
+        str(output),
+        "--quiet",
+        *extra,
+    ]
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(process.pid, 0)
@@ -42,8 +52,14 @@ def run_build(corpus: str, extra: list[str], cache: Path, output: Path) -> dict:
     phases = dict((k, float(v)) for k, v in re.findall(r"(\w+) ([0-9.]+)s", stdout.split("\ntime ", 1)[1]))
     tokens = int(re.search(r"([0-9,]+) tokens", stdout).group(1).replace(",", ""))
     size = re.search(r"size +([0-9.]+ [KMG]?B) \(([0-9.]+) bytes per context", stdout)
-    return {"wall": wall, "rss_gb": usage.ru_maxrss / 2**20, "tokens": tokens, "phases": phases,
-            "size": size.group(1), "bytes_per_context": float(size.group(2))}
+    return {
+        "wall": wall,
+        "rss_gb": usage.ru_maxrss / 2**20,
+        "tokens": tokens,
+        "phases": phases,
+        "size": size.group(1),
+        "bytes_per_context": float(size.group(2)),
+    }
 
 
 def stdlib_subset(target_tokens: int, folder: Path, tokenizer: TargetTokenizer) -> Path:
@@ -75,14 +91,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
         cache = scratch / "cache"
-        shutil.copytree(Path(os.environ.get("CREST_CACHE", Path.home() / ".cache/crest")) / "tokenizers",
-                        cache / "tokenizers")
+        shutil.copytree(
+            Path(os.environ.get("CREST_CACHE", Path.home() / ".cache/crest")) / "tokenizers", cache / "tokenizers"
+        )
         tokenizer = TargetTokenizer.load("smollm2")
         rows = []
         whole = [run_build("stdlib", [], cache, scratch / "stdlib.duckdb") for _ in range(args.runs)]
         for label, size in (("1M", 1_000_000), ("3M", 3_000_000)):
             folder = stdlib_subset(size, scratch / f"stdlib-{label}", tokenizer)
-            rows.append((f"stdlib first {label}", run_build(str(folder), ["--glob", "*.py"], cache, scratch / f"{label}.duckdb")))
+            rows.append(
+                (
+                    f"stdlib first {label}",
+                    run_build(str(folder), ["--glob", "*.py"], cache, scratch / f"{label}.duckdb"),
+                )
+            )
         rows.append(("stdlib (all), median run", sorted(whole, key=lambda run: run["wall"])[len(whole) // 2]))
         if args.sharegpt:
             rows.append(("ShareGPT assistant turns", run_build("sharegpt", [], cache, scratch / "sharegpt.duckdb")))
@@ -103,8 +125,10 @@ def main() -> None:
     ]
     for label, run in rows:
         p = run["phases"]
-        lines.append(f"| {label} | {run['tokens']:,} | {run['wall']:.1f} | {p['tokenize']:.1f} | {p['count']:.1f} | "
-                     f"{p['trees']:.1f} | {p['write']:.1f} | {run['rss_gb']:.2f} | {run['size']} | {run['bytes_per_context']:.0f} |")
+        lines.append(
+            f"| {label} | {run['tokens']:,} | {run['wall']:.1f} | {p['tokenize']:.1f} | {p['count']:.1f} | "
+            f"{p['trees']:.1f} | {p['write']:.1f} | {run['rss_gb']:.2f} | {run['size']} | {run['bytes_per_context']:.0f} |"
+        )
     markdown = "\n".join(lines)
     print(markdown)
     if args.write:

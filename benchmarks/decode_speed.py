@@ -45,11 +45,15 @@ def store_index(corpus: str) -> DraftIndex:
 def plain_greedy(target, ids: list[int], max_new_tokens: int) -> tuple[list[int], float]:
     device = target.device
     started = time.perf_counter()
-    output = target.model.generate(torch.tensor([ids], device=device), max_new_tokens=max_new_tokens, do_sample=False,
-                                   attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device))
+    output = target.model.generate(
+        torch.tensor([ids], device=device),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
+    )
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return output[0, len(ids):].tolist(), time.perf_counter() - started
+    return output[0, len(ids) :].tolist(), time.perf_counter() - started
 
 
 def run_benchmark(target, prompts: list[list[int]], index: DraftIndex, budget: NodeBudget, max_new_tokens: int) -> dict:
@@ -64,8 +68,15 @@ def run_benchmark(target, prompts: list[list[int]], index: DraftIndex, budget: N
         references.append((tokens, seconds))
         plain_tokens += len(tokens)
         plain_seconds += seconds
-    rows = {"plain greedy (generate)": {"tokens_per_second": plain_tokens / plain_seconds, "speedup": 1.0,
-                                        "accepted": 1.0, "overhead": 0.0, "identical": len(prompts)}}
+    rows = {
+        "plain greedy (generate)": {
+            "tokens_per_second": plain_tokens / plain_seconds,
+            "speedup": 1.0,
+            "accepted": 1.0,
+            "overhead": 0.0,
+            "identical": len(prompts),
+        }
+    }
     for name, source in configurations.items():
         decoder = SpeculativeDecoder(target, source, budget)
         tokens, seconds, speedups, accepted, overheads, identical = 0, 0.0, [], [], [], 0
@@ -79,9 +90,13 @@ def run_benchmark(target, prompts: list[list[int]], index: DraftIndex, budget: N
             speedups.append((len(generation.tokens) / elapsed) / (len(reference) / reference_seconds))
             accepted.append(generation.mean_accepted_length)
             overheads.extend(1 - step.forward_seconds / step.seconds for step in generation.steps)
-        rows[name] = {"tokens_per_second": tokens / seconds, "speedup": statistics.median(speedups),
-                      "accepted": float(np.mean(accepted)), "overhead": statistics.median(overheads),
-                      "identical": identical}
+        rows[name] = {
+            "tokens_per_second": tokens / seconds,
+            "speedup": statistics.median(speedups),
+            "accepted": float(np.mean(accepted)),
+            "overhead": statistics.median(overheads),
+            "identical": identical,
+        }
     return rows
 
 
@@ -98,10 +113,14 @@ def main() -> None:
     target = load_target(args.model, args.dtype, args.device)
     budget = NodeBudget(32, CostCurve.measure(target))
     benchmarks = {
-        "HumanEval (stdlib store)": ([target.encode_prompt(p, chat=False) for p in humaneval_prompts(args.prompts)],
-                                     store_index("stdlib")),
-        "MT-Bench (ShareGPT store)": ([target.encode_prompt(q, chat=True) for q in mtbench_questions(args.prompts)],
-                                      store_index("sharegpt")),
+        "HumanEval (stdlib store)": (
+            [target.encode_prompt(p, chat=False) for p in humaneval_prompts(args.prompts)],
+            store_index("stdlib"),
+        ),
+        "MT-Bench (ShareGPT store)": (
+            [target.encode_prompt(q, chat=True) for q in mtbench_questions(args.prompts)],
+            store_index("sharegpt"),
+        ),
     }
     curve = ", ".join(f"{n}: {s * 1e3:.0f} ms" for n, s in zip(budget.curve.fed_tokens, budget.curve.seconds))
     lines = [
@@ -116,8 +135,10 @@ def main() -> None:
     ]
     for benchmark, (prompts, index) in benchmarks.items():
         for name, row in run_benchmark(target, prompts, index, budget, args.max_new_tokens).items():
-            lines.append(f"| {benchmark} | {name} | {row['tokens_per_second']:.1f} | {row['speedup']:.2f}x | "
-                         f"{row['accepted']:.2f} | {100 * row['overhead']:.1f}% | {row['identical']}/{len(prompts)} |")
+            lines.append(
+                f"| {benchmark} | {name} | {row['tokens_per_second']:.1f} | {row['speedup']:.2f}x | "
+                f"{row['accepted']:.2f} | {100 * row['overhead']:.1f}% | {row['identical']}/{len(prompts)} |"
+            )
             print(lines[-1], flush=True)
     markdown = "\n".join(lines)
     print(markdown)

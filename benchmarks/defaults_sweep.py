@@ -55,7 +55,9 @@ def main() -> None:
     default = replace(BuildParams(), budget=parse_budget(args.budget))
     settings = [("defaults", default)] + [
         (f"{knob} = {value}", replace(default, **{knob: value}))
-        for knob, values in KNOBS.items() for value in values if getattr(default, knob) != value
+        for knob, values in KNOBS.items()
+        for value in values
+        if getattr(default, knob) != value
     ]
     lines = [
         "## Build defaults, by replayed acceptance",
@@ -76,8 +78,10 @@ def main() -> None:
             source = IndexSource(DraftIndex.load(summary.store))
             replays = [replay(source, NodeBudget(16), p, r, args.max_new_tokens) for p, r in zip(prompts, references)]
             accepted = sum(r.tokens for r in replays) / sum(r.steps + 1 for r in replays)
-            lines.append(f"| {label} | {accepted:.3f} | {summary.contexts_kept:,} | {format_bytes(summary.file_bytes)} "
-                         f"| {seconds:.0f} |")
+            lines.append(
+                f"| {label} | {accepted:.3f} | {summary.contexts_kept:,} | {format_bytes(summary.file_bytes)} "
+                f"| {seconds:.0f} |"
+            )
             print(lines[-1], flush=True)
     markdown = "\n".join(lines)
     print(markdown)

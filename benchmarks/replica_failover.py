@@ -38,8 +38,9 @@ CORPUS = Path(sysconfig.get_paths()["stdlib"]) / "email"
 
 
 def publish_version(store: Path, rows: int) -> str:
-    summary = build_store(corpus_spec(str(CORPUS), glob="*.py"), "smollm2", store, BuildParams(budget=Budget(rows=rows)),
-                          progress=False)
+    summary = build_store(
+        corpus_spec(str(CORPUS), glob="*.py"), "smollm2", store, BuildParams(budget=Budget(rows=rows)), progress=False
+    )
     return summary.version_file.stem
 
 
@@ -55,7 +56,7 @@ class Clients:
 
     def __init__(self, addresses: list[str], threads: int, contexts: list[list[int]]) -> None:
         self.addresses, self.contexts = addresses, contexts
-        self.successes: list[tuple[float, str]] = []   # (time, store version answered)
+        self.successes: list[tuple[float, str]] = []  # (time, store version answered)
         self.failures: list[str] = []
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -116,8 +117,8 @@ def main() -> int:
     per_second = np.bincount(times.astype(int), minlength=int(duration) + 1)[: int(duration)]
     phases = {
         "all replicas up": per_second[: int(killed_at)],
-        "one replica killed": per_second[int(killed_at) + 1: int(published_at)],
-        "new version on every surviving replica": per_second[int(reached_at) + 1:],
+        "one replica killed": per_second[int(killed_at) + 1 : int(published_at)],
+        "new version on every surviving replica": per_second[int(reached_at) + 1 :],
     }
     lines = [
         "## Replicas sharing one store: failover and publishing (issue 6)",

@@ -40,7 +40,7 @@ def query_contexts(width: int, count: int = 20_000) -> list[list[int]]:
     ids = tokenizer.encode_batch([text])[0]
     rng = np.random.default_rng(0)
     ends = rng.integers(width, len(ids), count)
-    return [ids[end - width:end] for end in ends]
+    return [ids[end - width : end] for end in ends]
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -72,7 +72,7 @@ def grpc_figures(address: str, queries: list[list[int]], batch_sizes: list[int],
             requests = []
             for i in range(calls):
                 request = pb.LookupRequest(selection=pb.SCORED)
-                for tokens in queries[(i * size) % (len(queries) - size):][:size]:
+                for tokens in queries[(i * size) % (len(queries) - size) :][:size]:
                     request.sequences.add(tokens=tokens, max_nodes=32)
                 requests.append(request)
             stub.Lookup(requests[0])  # warm
@@ -102,8 +102,12 @@ def _client_process(address: str, queries: list[list[int]], size: int, seconds: 
 
 def concurrent_throughput(address: str, queries: list[list[int]], clients: int, size: int, seconds: float) -> float:
     results = multiprocessing.get_context("fork").Queue()
-    processes = [multiprocessing.get_context("fork").Process(
-        target=_client_process, args=(address, queries, size, seconds, results)) for _ in range(clients)]
+    processes = [
+        multiprocessing.get_context("fork").Process(
+            target=_client_process, args=(address, queries, size, seconds, results)
+        )
+        for _ in range(clients)
+    ]
     for process in processes:
         process.start()
     rates = [results.get(timeout=seconds * 10 + 60) for _ in processes]
@@ -121,8 +125,10 @@ def load_figures(store: Path) -> dict:
         "t = time.perf_counter(); index = DraftIndex.load(sys.argv[1]); seconds = time.perf_counter() - t\n"
         "print(seconds, before, rss())\n"
     )
-    runs = [subprocess.run([sys.executable, "-c", code, str(store)], capture_output=True, text=True, check=True)
-            for _ in range(3)]
+    runs = [
+        subprocess.run([sys.executable, "-c", code, str(store)], capture_output=True, text=True, check=True)
+        for _ in range(3)
+    ]
     values = [list(map(float, run.stdout.split())) for run in runs]
     return {"seconds": statistics.median(v[0] for v in values), "rss_before": values[0][1], "rss_after": values[0][2]}
 
@@ -135,8 +141,7 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="write the section into docs/BENCHMARKS.md")
     args = parser.parse_args()
     if not args.store.exists():
-        subprocess.run([sys.executable, "-m", "crest_cli", "build", "--output", str(args.store), "--quiet"],
-                       check=True)
+        subprocess.run([sys.executable, "-m", "crest_cli", "build", "--output", str(args.store), "--quiet"], check=True)
 
     index = DraftIndex.load(args.store)
     queries = query_contexts(index.width)
@@ -145,8 +150,12 @@ def main() -> None:
     os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     loading = load_figures(args.store)
 
-    server = subprocess.Popen([sys.executable, "-m", "crest_cli", "serve", str(args.store), "--port", "0"],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "crest_cli", "serve", str(args.store), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         address = server.stdout.readline().rsplit(" ", 1)[1].strip()
         sizes = [1, 8, 64, 256]
@@ -176,7 +185,9 @@ def main() -> None:
     ]
     for size in sizes:
         (rt50, rt99), (sv50, sv99) = latency[size]["round_trip"], latency[size]["server"]
-        lines.append(f"| {size} | {rt50:.2f} | {rt99:.2f} | {sv50:.2f} | {sv99:.2f} | {100 * rt50 / DECODE_STEP_MS:.1f}% |")
+        lines.append(
+            f"| {size} | {rt50:.2f} | {rt99:.2f} | {sv50:.2f} | {sv99:.2f} | {100 * rt50 / DECODE_STEP_MS:.1f}% |"
+        )
     markdown = "\n".join(lines)
     print(markdown)
     if args.write:

@@ -64,8 +64,12 @@ def client(address: str, batches: list[list[list[int]]], max_nodes: int, stop_at
 
 
 def start_server(store: Path) -> tuple[subprocess.Popen, str]:
-    server = subprocess.Popen([sys.executable, "-m", "crest_cli", "serve", str(store), "--host", "127.0.0.1",
-                               "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "crest_cli", "serve", str(store), "--host", "127.0.0.1", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     line = server.stdout.readline()
     if "serving" not in line:
         server.kill()
@@ -74,13 +78,17 @@ def start_server(store: Path) -> tuple[subprocess.Popen, str]:
 
 
 def run_load(address: str, server_pid: int, args: argparse.Namespace, contexts: list[list[int]]) -> dict:
-    batches = [contexts[i:i + args.batch] for i in range(0, len(contexts) - args.batch + 1, args.batch)]
+    batches = [contexts[i : i + args.batch] for i in range(0, len(contexts) - args.batch + 1, args.batch)]
     context = multiprocessing.get_context("fork")
     results = context.Queue()
     start_at = time.time() + 3.0  # every client connected and warmed before the clock starts
     stop_at = start_at + args.seconds
-    processes = [context.Process(target=client, args=(address, batches[k::args.clients], args.max_nodes, stop_at,
-                                                      results), daemon=True) for k in range(args.clients)]
+    processes = [
+        context.Process(
+            target=client, args=(address, batches[k :: args.clients], args.max_nodes, stop_at, results), daemon=True
+        )
+        for k in range(args.clients)
+    ]
     for process in processes:
         process.start()
     while time.time() < start_at:
@@ -136,8 +144,7 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="write the section into docs/BENCHMARKS.md")
     args = parser.parse_args()
     if not args.store.exists():
-        subprocess.run([sys.executable, "-m", "crest_cli", "build", "--output", str(args.store), "--quiet"],
-                       check=True)
+        subprocess.run([sys.executable, "-m", "crest_cli", "build", "--output", str(args.store), "--quiet"], check=True)
     contexts = weighted_contexts(args.store, 200_000)
     load_before = os.getloadavg()[0]
     server, address = start_server(args.store)

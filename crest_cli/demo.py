@@ -65,22 +65,37 @@ def _decode_through(address: str, store, args: argparse.Namespace, console: Cons
         prompts = [(f"HumanEval {i}", text, False) for i, text in enumerate(humaneval_prompts(args.humaneval))]
         prompts += [(f"MT-Bench {i}", text, True) for i, text in enumerate(mtbench_questions(args.mtbench))]
         table = Table(title="Speculative decoding through the datastore service vs plain greedy decoding")
-        for column in ("prompt", "tokens", "accepted tokens/step", "tokens/s drafted", "tokens/s plain", "speedup",
-                       "same output"):
+        for column in (
+            "prompt",
+            "tokens",
+            "accepted tokens/step",
+            "tokens/s drafted",
+            "tokens/s plain",
+            "speedup",
+            "same output",
+        ):
             table.add_column(column, justify="left" if column == "prompt" else "right")
         for title, text, chat in prompts:
             console.rule(title)
             ids = target.encode_prompt(text, chat)
             print(text if not chat else f"[chat] {text}", flush=True)
-            generation = stream_to_terminal(drafted, target, ids, args.max_new_tokens, [],
-                                            color=not args.no_color and sys.stdout.isatty())
+            generation = stream_to_terminal(
+                drafted, target, ids, args.max_new_tokens, [], color=not args.no_color and sys.stdout.isatty()
+            )
             reference = plain.generate(ids, args.max_new_tokens)
-            table.add_row(title, str(len(generation.tokens)), f"{generation.mean_accepted_length:.2f}",
-                          f"{generation.tokens_per_second:.1f}", f"{reference.tokens_per_second:.1f}",
-                          f"{generation.tokens_per_second / max(reference.tokens_per_second, 1e-9):.2f}x",
-                          "yes" if generation.tokens == reference.tokens else "NO")
+            table.add_row(
+                title,
+                str(len(generation.tokens)),
+                f"{generation.mean_accepted_length:.2f}",
+                f"{generation.tokens_per_second:.1f}",
+                f"{reference.tokens_per_second:.1f}",
+                f"{generation.tokens_per_second / max(reference.tokens_per_second, 1e-9):.2f}x",
+                "yes" if generation.tokens == reference.tokens else "NO",
+            )
     console.print(table)
     latency = statistics.median(lookups.seconds) * 1e3 if lookups.seconds else 0.0
-    console.print(f"datastore {format_bytes(resolve_store(store).stat().st_size)} ({store}); "
-                  f"lookup round trip p50 {latency:.2f} ms over {len(lookups.seconds)} lookups")
+    console.print(
+        f"datastore {format_bytes(resolve_store(store).stat().st_size)} ({store}); "
+        f"lookup round trip p50 {latency:.2f} ms over {len(lookups.seconds)} lookups"
+    )
     return 0

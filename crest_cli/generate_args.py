@@ -9,15 +9,20 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--store", type=Path, help="draft from this store, in process")
-    source.add_argument("--server", action="append", metavar="HOST:PORT",
-                        help="draft from `crest serve` replicas (repeat for several)")
+    source.add_argument(
+        "--server", action="append", metavar="HOST:PORT", help="draft from `crest serve` replicas (repeat for several)"
+    )
     secure = parser.add_argument_group("server security", "for --server replicas that serve TLS or want a token")
     secure.add_argument("--tls-ca", type=Path, default=None, help="CA (PEM) that signed the servers' certificates")
     secure.add_argument("--tls-cert", type=Path, default=None, help="client certificate (PEM), for mutual TLS")
     secure.add_argument("--tls-key", type=Path, default=None, help="private key of --tls-cert (PEM)")
     secure.add_argument("--tls-server-name", default=None, help="name in the server certificate, if not the address")
-    secure.add_argument("--token-file", type=Path, default=None,
-                        help="file holding the servers' shared token (default: $CREST_TOKEN, if set)")
+    secure.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="file holding the servers' shared token (default: $CREST_TOKEN, if set)",
+    )
     parser.add_argument("--prompt", required=True, help="the prompt text")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     parser.add_argument("--model", default="smollm2", help="target model: smollm2, gemma3, a .gguf or a HF folder")
@@ -28,8 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (exactly plain greedy output)")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--max-nodes", type=int, default=32, help="most draft nodes verified per step")
-    parser.add_argument("--fixed-nodes", action="store_true",
-                        help="always verify --max-nodes nodes instead of choosing by the measured cost curve")
+    parser.add_argument(
+        "--fixed-nodes",
+        action="store_true",
+        help="always verify --max-nodes nodes instead of choosing by the measured cost curve",
+    )
     parser.add_argument("--no-prompt-lookup", action="store_true", help="draft from the store only")
     parser.add_argument("--selection", choices=("scored", "longest"), default="scored")
     parser.add_argument("--compare", action="store_true", help="also decode without drafts and compare")

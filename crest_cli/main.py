@@ -30,42 +30,74 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     source = parser.add_argument_group("corpus")
-    source.add_argument("--corpus", default="stdlib",
-                        help=f"a preset ({', '.join(CORPUS_PRESETS)}) or a path (folder, .json, .jsonl, text file)")
+    source.add_argument(
+        "--corpus",
+        default="stdlib",
+        help=f"a preset ({', '.join(CORPUS_PRESETS)}) or a path (folder, .json, .jsonl, text file)",
+    )
     source.add_argument("--format", choices=FORMATS, default=None, help="corpus format (auto: from the path)")
     source.add_argument("--glob", default=None, help="file pattern inside a folder (default: * or the preset's)")
     source.add_argument("--text-field", default=None, help="JSONL field holding the text (default: text)")
-    source.add_argument("--on-bad-file", choices=("skip", "fail"), default="skip",
-                        help="what to do with unreadable or non-UTF-8 files")
-    source.add_argument("--add-shard", action="append", default=[], metavar="PATH",
-                        help="another corpus counted as its own shard (repeatable; same --format/--glob/--text-field): "
-                        "shard counts are cached by content and summed, so the store equals one build over all "
-                        "shards, and re-running with one more --add-shard counts only the new shard")
-    source.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
-                        help=f"target model tokenizer: {', '.join(TOKENIZER_PRESETS)}, a .gguf file or a tokenizer.json")
+    source.add_argument(
+        "--on-bad-file", choices=("skip", "fail"), default="skip", help="what to do with unreadable or non-UTF-8 files"
+    )
+    source.add_argument(
+        "--add-shard",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="another corpus counted as its own shard (repeatable; same --format/--glob/--text-field): "
+        "shard counts are cached by content and summed, so the store equals one build over all "
+        "shards, and re-running with one more --add-shard counts only the new shard",
+    )
+    source.add_argument(
+        "--tokenizer",
+        default=DEFAULT_TOKENIZER,
+        help=f"target model tokenizer: {', '.join(TOKENIZER_PRESETS)}, a .gguf file or a tokenizer.json",
+    )
 
     kind = parser.add_argument_group("store kind")
-    kind.add_argument("--kind", choices=("crest", "rest"), default="crest",
-                      help="crest: the compact n-gram table; rest: the REST baseline (whole corpus + suffix array)")
-    kind.add_argument("--fraction", type=float, default=1.0,
-                      help="rest only: index this fraction of the corpus's tokens (whole documents, seeded draw)")
+    kind.add_argument(
+        "--kind",
+        choices=("crest", "rest"),
+        default="crest",
+        help="crest: the compact n-gram table; rest: the REST baseline (whole corpus + suffix array)",
+    )
+    kind.add_argument(
+        "--fraction",
+        type=float,
+        default=1.0,
+        help="rest only: index this fraction of the corpus's tokens (whole documents, seeded draw)",
+    )
 
     counting = parser.add_argument_group("counting and selection (crest)")
     counting.add_argument("--max-context", type=int, default=DEFAULTS.max_context, help="longest context (tokens)")
     counting.add_argument("--max-depth", type=int, default=DEFAULTS.max_depth, help="deepest draft node (tokens)")
     counting.add_argument("--top-c", type=int, default=DEFAULTS.top_c, help="nodes per draft tree")
     counting.add_argument("--min-count", type=int, default=DEFAULTS.min_count, help="drop n-grams seen fewer times")
-    counting.add_argument("--min-probability", type=float, default=DEFAULTS.min_probability,
-                          help="prune nodes whose count / context count is below this")
-    counting.add_argument("--policy", choices=POLICIES, default=DEFAULTS.policy,
-                          help="frequency: the paper's top-t per length (drafts better, docs/RESULTS.md); "
-                          "benefit: corpus-accepted tokens per byte first")
-    counting.add_argument("--budget", default=str(DEFAULTS.budget),
-                          help="size of the published file (e.g. 16MB, 512KiB) or contexts (e.g. 100000rows)")
+    counting.add_argument(
+        "--min-probability",
+        type=float,
+        default=DEFAULTS.min_probability,
+        help="prune nodes whose count / context count is below this",
+    )
+    counting.add_argument(
+        "--policy",
+        choices=POLICIES,
+        default=DEFAULTS.policy,
+        help="frequency: the paper's top-t per length (drafts better, docs/RESULTS.md); "
+        "benefit: corpus-accepted tokens per byte first",
+    )
+    counting.add_argument(
+        "--budget",
+        default=str(DEFAULTS.budget),
+        help="size of the published file (e.g. 16MB, 512KiB) or contexts (e.g. 100000rows)",
+    )
 
     output = parser.add_argument_group("output and resources")
-    output.add_argument("--output", type=Path, default=None,
-                        help="published store path (default: <cache>/stores/<corpus>.duckdb)")
+    output.add_argument(
+        "--output", type=Path, default=None, help="published store path (default: <cache>/stores/<corpus>.duckdb)"
+    )
     output.add_argument("--replace", action="store_true", help="replace a store built with another tokenizer")
     output.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all cores)")
     output.add_argument("--memory-limit", default=None, help="DuckDB memory limit, e.g. 4GB (default: 80%% of RAM)")
@@ -73,14 +105,24 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
     output.add_argument("--quiet", action="store_true", help="no progress bars")
 
     engine = parser.add_argument_group(
-        "engine", "Where counting, tree ranking and selection run. `spark` runs the same SQL (transpiled) on "
+        "engine",
+        "Where counting, tree ranking and selection run. `spark` runs the same SQL (transpiled) on "
         "Apache Spark from the tokenized Parquet and loads its compact table (Parquet) into the store; it needs "
-        "pip install 'crest[spark]' and Java 17+.")
+        "pip install 'crest[spark]' and Java 17+.",
+    )
     engine.add_argument("--engine", choices=("duckdb", "spark"), default="duckdb", help="build engine")
-    engine.add_argument("--master", default=None,
-                        help="Spark master URL, e.g. spark://host:7077 (default: local[*]); only with --engine spark")
-    engine.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra Spark setting, repeatable (e.g. spark.driver.memory=8g); only with --engine spark")
+    engine.add_argument(
+        "--master",
+        default=None,
+        help="Spark master URL, e.g. spark://host:7077 (default: local[*]); only with --engine spark",
+    )
+    engine.add_argument(
+        "--spark-conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra Spark setting, repeatable (e.g. spark.driver.memory=8g); only with --engine spark",
+    )
     parser.set_defaults(run=_run_build)
 
 
@@ -95,46 +137,79 @@ def _spark_settings(args: argparse.Namespace) -> SparkSettings | None:
     for item, (key, _, value) in zip(args.spark_conf, pairs):
         if not (key and value):
             raise CrestError(f"--spark-conf takes KEY=VALUE, got {item!r}")
-    return SparkSettings(master=args.master or SparkSettings.master,
-                         conf=tuple((key, value) for key, _, value in pairs))
+    return SparkSettings(
+        master=args.master or SparkSettings.master, conf=tuple((key, value) for key, _, value in pairs)
+    )
 
 
 def _run_build(args: argparse.Namespace) -> int:
     from datastore_service.build.corpus import corpus_spec
     from datastore_service.build.pipeline import EngineSettings, build_store, default_store_path
 
-    corpus = corpus_spec(args.corpus, format=args.format, glob=args.glob, text_field=args.text_field,
-                         skip_bad_files=args.on_bad_file == "skip")
+    corpus = corpus_spec(
+        args.corpus,
+        format=args.format,
+        glob=args.glob,
+        text_field=args.text_field,
+        skip_bad_files=args.on_bad_file == "skip",
+    )
     if args.kind == "rest":
         if args.engine != "duckdb" or args.add_shard:
             raise CrestError("--engine spark and --add-shard build crest stores, not --kind rest")
         return _run_rest_build(args, corpus)
     try:
         params = BuildParams(
-            max_context=args.max_context, max_depth=args.max_depth, top_c=args.top_c, min_count=args.min_count,
+            max_context=args.max_context,
+            max_depth=args.max_depth,
+            top_c=args.top_c,
+            min_count=args.min_count,
             min_probability=args.min_probability,
-            policy=args.policy, budget=parse_budget(args.budget),
+            policy=args.policy,
+            budget=parse_budget(args.budget),
         )
     except ValueError as exc:
         raise CrestError(str(exc)) from exc
-    shards = tuple(corpus_spec(path, format=args.format, glob=args.glob, text_field=args.text_field,
-                               skip_bad_files=args.on_bad_file == "skip") for path in args.add_shard)
+    shards = tuple(
+        corpus_spec(
+            path,
+            format=args.format,
+            glob=args.glob,
+            text_field=args.text_field,
+            skip_bad_files=args.on_bad_file == "skip",
+        )
+        for path in args.add_shard
+    )
     spark = _spark_settings(args)
     output = args.output or default_store_path(corpus.display_name)
     settings = EngineSettings(threads=args.threads, memory_limit=args.memory_limit, max_temp_size=args.max_temp_size)
-    summary = build_store(corpus, args.tokenizer, output, params, settings, replace=args.replace, progress=not args.quiet,
-                          spark=spark, shards=shards)
+    summary = build_store(
+        corpus,
+        args.tokenizer,
+        output,
+        params,
+        settings,
+        replace=args.replace,
+        progress=not args.quiet,
+        spark=spark,
+        shards=shards,
+    )
     phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in summary.seconds.items())
     print(f"published   {summary.store} -> {summary.version_file.name}")
-    print(f"corpus      {summary.documents:,} documents ({len(summary.skipped)} files skipped), {summary.tokens:,} tokens")
+    print(
+        f"corpus      {summary.documents:,} documents ({len(summary.skipped)} files skipped), {summary.tokens:,} tokens"
+    )
     for path, reason in summary.skipped[:5]:
         print(f"  skipped   {path}: {reason}")
     if len(summary.skipped) > 5:
         print(f"  skipped   ... and {len(summary.skipped) - 5} more")
-    print(f"contexts    {summary.contexts_kept:,} kept of {summary.candidate_contexts:,} candidates, "
-          f"{summary.nodes_kept:,} draft nodes")
-    print(f"size        {format_bytes(summary.file_bytes)} ({summary.bytes_per_context:.1f} bytes per context, "
-          f"{summary.file_bytes / max(summary.nodes_kept, 1):.2f} per node)")
+    print(
+        f"contexts    {summary.contexts_kept:,} kept of {summary.candidate_contexts:,} candidates, "
+        f"{summary.nodes_kept:,} draft nodes"
+    )
+    print(
+        f"size        {format_bytes(summary.file_bytes)} ({summary.bytes_per_context:.1f} bytes per context, "
+        f"{summary.file_bytes / max(summary.nodes_kept, 1):.2f} per node)"
+    )
     print(f"time        {phases}")
     return 0
 
@@ -147,15 +222,20 @@ def _run_rest_build(args: argparse.Namespace, corpus) -> int:
     phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in summary.seconds.items())
     print(f"published   {summary.store} -> {summary.version_file.name}")
     print(f"corpus      {summary.documents:,} documents, {summary.tokens:,} of {summary.corpus_tokens:,} tokens")
-    print(f"size        {format_bytes(summary.file_bytes)} (tokens + suffix array, "
-          f"{summary.file_bytes / max(summary.tokens, 1):.2f} bytes per token)")
+    print(
+        f"size        {format_bytes(summary.file_bytes)} (tokens + suffix array, "
+        f"{summary.file_bytes / max(summary.tokens, 1):.2f} bytes per token)"
+    )
     print(f"time        {phases}")
     return 0
 
 
 def _add_inspect(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("inspect", help="show a store's metadata and most common drafts",
-                                 description="Print a store's metadata and its most common contexts with their drafts.")
+    parser = commands.add_parser(
+        "inspect",
+        help="show a store's metadata and most common drafts",
+        description="Print a store's metadata and its most common contexts with their drafts.",
+    )
     parser.add_argument("store", type=Path, help="published store path")
     parser.add_argument("--top", type=int, default=10, help="contexts to show")
     parser.add_argument("--sql", default=None, help="run this SQL on the store instead and print the result")
@@ -176,9 +256,12 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 
 def _add_migrate(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("migrate", help="upgrade a store file to this crest's schema",
-                                 description="Copy the store's current version, apply the schema migrations "
-                                 "and publish the result as a new version.")
+    parser = commands.add_parser(
+        "migrate",
+        help="upgrade a store file to this crest's schema",
+        description="Copy the store's current version, apply the schema migrations "
+        "and publish the result as a new version.",
+    )
     parser.add_argument("store", type=Path, help="published store path")
     parser.add_argument("--revision", default="head", help="target schema revision")
     parser.set_defaults(run=_run_migrate)
@@ -188,7 +271,9 @@ def _run_migrate(args: argparse.Namespace) -> int:
     from datastore_service.store.migrate import migrate_store
 
     before, after = migrate_store(args.store, args.revision)
-    print(f"{args.store}: schema {before} -> {after}" if before != after else f"{args.store}: already at schema {after}")
+    print(
+        f"{args.store}: schema {before} -> {after}" if before != after else f"{args.store}: already at schema {after}"
+    )
     return 0
 
 
@@ -197,7 +282,8 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 
     defaults = ServerSettings()
     parser = commands.add_parser(
-        "serve", help="serve a store over gRPC (batched lookups, health, reflection, hot reload)",
+        "serve",
+        help="serve a store over gRPC (batched lookups, health, reflection, hot reload)",
         description="Serve a published store to decoding workers over gRPC. The server hot-reloads new "
         "versions published at the same path, refusing corrupt ones and ones of another tokenizer. "
         "SIGTERM drains calls in flight, then exits.",
@@ -207,20 +293,35 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default=defaults.host, help="address to bind (loopback unless told otherwise)")
     parser.add_argument("--port", type=int, default=defaults.port, help="port (0: any free port, printed at start)")
     parser.add_argument("--workers", type=int, default=defaults.workers, help="threads answering calls")
-    parser.add_argument("--max-message-mb", type=float, default=defaults.max_message_bytes / 2**20,
-                        help="largest request accepted")
-    parser.add_argument("--reload-interval", type=float, default=defaults.reload_interval,
-                        help="seconds between checks for a newly published version")
+    parser.add_argument(
+        "--max-message-mb", type=float, default=defaults.max_message_bytes / 2**20, help="largest request accepted"
+    )
+    parser.add_argument(
+        "--reload-interval",
+        type=float,
+        default=defaults.reload_interval,
+        help="seconds between checks for a newly published version",
+    )
     parser.add_argument("--grace", type=float, default=defaults.grace, help="seconds in-flight calls get at shutdown")
     security = parser.add_argument_group(
-        "security", "TLS and a shared token, so a store shared across hosts answers only its clients. "
-        "Health checks stay open without a token.")
+        "security",
+        "TLS and a shared token, so a store shared across hosts answers only its clients. "
+        "Health checks stay open without a token.",
+    )
     security.add_argument("--tls-cert", type=Path, default=None, help="server certificate chain (PEM): serve TLS")
     security.add_argument("--tls-key", type=Path, default=None, help="private key of --tls-cert (PEM)")
-    security.add_argument("--tls-client-ca", type=Path, default=None,
-                          help="CA (PEM) that signs client certificates: clients without one are refused (mutual TLS)")
-    security.add_argument("--token-file", type=Path, default=None,
-                          help="file holding the shared token every call must send (default: $CREST_TOKEN, if set)")
+    security.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        default=None,
+        help="CA (PEM) that signs client certificates: clients without one are refused (mutual TLS)",
+    )
+    security.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="file holding the shared token every call must send (default: $CREST_TOKEN, if set)",
+    )
     parser.set_defaults(run=_run_serve)
 
 
@@ -231,11 +332,21 @@ def _run_serve(args: argparse.Namespace) -> int:
     from datastore_service.serve.server import ServerSettings, serve_forever
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    security = ServerSecurity(tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
-                              token=load_token(args.token_file))
-    settings = ServerSettings(host=args.host, port=args.port, workers=args.workers,
-                              max_message_bytes=int(args.max_message_mb * 2**20),
-                              reload_interval=args.reload_interval, grace=args.grace, security=security)
+    security = ServerSecurity(
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        token=load_token(args.token_file),
+    )
+    settings = ServerSettings(
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        max_message_bytes=int(args.max_message_mb * 2**20),
+        reload_interval=args.reload_interval,
+        grace=args.grace,
+        security=security,
+    )
     try:
         serve_forever(args.store, settings)
     except (RuntimeError, OSError) as exc:  # grpc, or our own check, reports a port it cannot bind
@@ -245,7 +356,8 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 def _add_generate(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "generate", help="generate text with speculative decoding (drafts from a store or server)",
+        "generate",
+        help="generate text with speculative decoding (drafts from a store or server)",
         description="Stream a completion from the target model, verifying drafts from a store (in process) or "
         "from `crest serve` replicas in one tree-attention pass per step. Greedy output equals plain greedy "
         "decoding. Prints tokens, steps, accepted tokens per step and tokens/s at the end.",
@@ -265,7 +377,8 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 def _add_eval(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "eval", help="REST vs CREST: accepted length across storage sizes (HumanEval, MT-Bench)",
+        "eval",
+        help="REST vs CREST: accepted length across storage sizes (HumanEval, MT-Bench)",
         description="Build REST stores over corpus fractions and CREST stores over byte budgets, replay the "
         "target's cached greedy outputs against each (exact, no model forward), check the replay against real "
         "decoding on a few prompts, and write a table (Markdown + CSV) and a plot into the output folder.",
@@ -285,7 +398,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 def _add_demo(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "demo", help="build, serve and decode end to end on this machine (the README's first command)",
+        "demo",
+        help="build, serve and decode end to end on this machine (the README's first command)",
         description="Build the default code datastore if it is not cached, serve it from a `crest serve` process on "
         "a free loopback port, decode a few HumanEval and MT-Bench prompts with SmolLM2 through it (accepted drafts "
         "in green), then compare with plain decoding in a table. The server is stopped on exit, Ctrl-C included.",

@@ -30,17 +30,34 @@ def _stop_with_parent() -> None:
 
 class ServerProcess:
     def __init__(self, store: Path, extra_args: Sequence[str] = (), env: dict[str, str] | None = None) -> None:
-        self.command = [sys.executable, "-m", "crest_cli", "serve", str(store), "--port", "0",
-                        "--grace", "1", *extra_args]
+        self.command = [
+            sys.executable,
+            "-m",
+            "crest_cli",
+            "serve",
+            str(store),
+            "--port",
+            "0",
+            "--grace",
+            "1",
+            *extra_args,
+        ]
         self.env = env
         self.process: subprocess.Popen | None = None
         self.address = self.first_line = ""
         # The server logs to stderr for as long as it runs: a file, since an unread pipe fills and blocks it.
         self.log = tempfile.TemporaryFile(mode="w+")
 
-    def __enter__(self) -> "ServerProcess":
-        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=self.log, text=True, env=self.env,
-                                        start_new_session=True, preexec_fn=_stop_with_parent)
+    def __enter__(self) -> ServerProcess:
+        self.process = subprocess.Popen(
+            self.command,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env=self.env,
+            start_new_session=True,
+            preexec_fn=_stop_with_parent,
+        )
         first_line: list[str] = []
         reader = threading.Thread(target=lambda: first_line.append(self.process.stdout.readline()), daemon=True)
         reader.start()

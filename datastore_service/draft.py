@@ -21,14 +21,14 @@ MAX_DEPTH_LIMIT = 1024
 
 @dataclass(frozen=True)
 class DraftTree:
-    tokens: np.ndarray          # int32 [n]
-    parents: np.ndarray         # int32 [n]; -1 = the context
-    probabilities: np.ndarray   # float32 [n]
-    context_length: int         # length of the matched stored context; 0 = no match
-    score: float                # expected accepted draft tokens = probabilities.sum()
+    tokens: np.ndarray  # int32 [n]
+    parents: np.ndarray  # int32 [n]; -1 = the context
+    probabilities: np.ndarray  # float32 [n]
+    context_length: int  # length of the matched stored context; 0 = no match
+    score: float  # expected accepted draft tokens = probabilities.sum()
 
     @classmethod
-    def empty(cls) -> "DraftTree":
+    def empty(cls) -> DraftTree:
         return cls(np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.float32), 0, 0.0)
 
     def __len__(self) -> int:
@@ -78,8 +78,13 @@ class DraftBatch:
 
     def tree(self, i: int) -> DraftTree:
         start, end = self.offsets[i], self.offsets[i + 1]
-        return DraftTree(self.tokens[start:end], self.parents[start:end], self.probabilities[start:end],
-                         int(self.context_lengths[i]), float(self.scores[i]))
+        return DraftTree(
+            self.tokens[start:end],
+            self.parents[start:end],
+            self.probabilities[start:end],
+            int(self.context_lengths[i]),
+            float(self.scores[i]),
+        )
 
     def trees(self) -> list[DraftTree]:
         return [self.tree(i) for i in range(len(self))]
@@ -89,14 +94,20 @@ class DraftBatch:
 class QueryBatch:
     """Queries right-aligned in a matrix, with per-query limits (already validated)."""
 
-    tails: np.ndarray        # int64 [B, N], -1 padded on the left
-    lengths: np.ndarray      # int64 [B]
-    max_nodes: np.ndarray    # int64 [B], > 0
-    max_depth: np.ndarray    # int64 [B], > 0
+    tails: np.ndarray  # int64 [B, N], -1 padded on the left
+    lengths: np.ndarray  # int64 [B]
+    max_nodes: np.ndarray  # int64 [B], > 0
+    max_depth: np.ndarray  # int64 [B], > 0
 
 
-def prepare_queries(sequences: Sequence[Sequence[int]], max_nodes: Sequence[int] | int, max_depth: Sequence[int] | int,
-                    width: int, vocab_size: int, default_nodes: int) -> QueryBatch:
+def prepare_queries(
+    sequences: Sequence[Sequence[int]],
+    max_nodes: Sequence[int] | int,
+    max_depth: Sequence[int] | int,
+    width: int,
+    vocab_size: int,
+    default_nodes: int,
+) -> QueryBatch:
     """Validate a batch of queries against an index's limits (QueryError says which and why)."""
     count = len(sequences)
     if count == 0:
@@ -108,8 +119,9 @@ def prepare_queries(sequences: Sequence[Sequence[int]], max_nodes: Sequence[int]
         raise QueryError(f"sequence {int(np.argmax(lengths == 0))}: no tokens")
     if (lengths > width).any():
         row = int(np.argmax(lengths > width))
-        raise QueryError(f"sequence {row}: {lengths[row]} tokens; this store matches at most {width} "
-                         "(send the last ones)")
+        raise QueryError(
+            f"sequence {row}: {lengths[row]} tokens; this store matches at most {width} (send the last ones)"
+        )
     flat = np.fromiter(itertools.chain.from_iterable(sequences), np.int64, int(lengths.sum()))
     bad = (flat < 0) | (flat >= vocab_size)
     if bad.any():

@@ -18,8 +18,8 @@ import torch
 
 @dataclass(frozen=True)
 class Accepted:
-    fed_path: list[int]   # fed indices (1-based: 0 is the root) of the accepted nodes, root to leaf
-    tokens: list[int]     # their tokens, then the bonus token
+    fed_path: list[int]  # fed indices (1-based: 0 is the root) of the accepted nodes, root to leaf
+    tokens: list[int]  # their tokens, then the bonus token
 
 
 def _children(fed_parents: list[int]) -> dict[int, list[int]]:
@@ -59,8 +59,13 @@ class SamplingParams:
         return probs
 
 
-def accept_sampling(fed_tokens: list[int], fed_parents: list[int], logits: torch.Tensor, params: SamplingParams,
-                    generator: torch.Generator | None = None) -> Accepted:
+def accept_sampling(
+    fed_tokens: list[int],
+    fed_parents: list[int],
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+) -> Accepted:
     children = _children(fed_parents)
     node, path = 0, []
     while True:

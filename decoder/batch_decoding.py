@@ -37,14 +37,19 @@ class BatchDecoder:
         ids = torch.full((batch, width), self.pad_token, dtype=torch.long)
         valid = torch.zeros(batch, width, dtype=torch.bool)
         for b, prompt in enumerate(prompts):
-            ids[b, width - len(prompt):] = torch.tensor(list(prompt))
-            valid[b, width - len(prompt):] = True
+            ids[b, width - len(prompt) :] = torch.tensor(list(prompt))
+            valid[b, width - len(prompt) :] = True
         lengths = valid.sum(dim=1)
         positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
         cache = DynamicCache(config=model.config)
         started = time.perf_counter()
-        logits = model(input_ids=ids.to(device), attention_mask=self._mask(valid, torch.ones(batch, 0, 0, dtype=torch.bool)),
-                       position_ids=positions.to(device), cache=cache, use_cache=True).logits
+        logits = model(
+            input_ids=ids.to(device),
+            attention_mask=self._mask(valid, torch.ones(batch, 0, 0, dtype=torch.bool)),
+            position_ids=positions.to(device),
+            cache=cache,
+            use_cache=True,
+        ).logits
         firsts = logits[:, -1].argmax(dim=-1).tolist()
         generations = [Generation(tokens=[t], prefill_seconds=time.perf_counter() - started) for t in firsts]
         histories = [list(p) + [t] for p, t in zip(prompts, firsts)]
@@ -55,11 +60,17 @@ class BatchDecoder:
         while not all(done):
             step_started = time.perf_counter()
             active = [b for b in range(batch) if not done[b]]
-            drafted = self.source.drafts([histories[b][-self.source.max_context:] for b in active], self.budget.max_nodes)
-            trees = {b: self.budget.cut(limit_depth(tree, max_new_tokens - len(generations[b].tokens) - 1))
-                     for b, tree in zip(active, drafted)}
-            feeds = [tree_inputs(histories[b][-1], trees[b], 0, model.dtype, torch.device("cpu")) if b in trees
-                     else None for b in range(batch)]
+            drafted = self.source.drafts(
+                [histories[b][-self.source.max_context :] for b in active], self.budget.max_nodes
+            )
+            trees = {
+                b: self.budget.cut(limit_depth(tree, max_new_tokens - len(generations[b].tokens) - 1))
+                for b, tree in zip(active, drafted)
+            }
+            feeds = [
+                tree_inputs(histories[b][-1], trees[b], 0, model.dtype, torch.device("cpu")) if b in trees else None
+                for b in range(batch)
+            ]
             fed = 1 + max(len(trees[b]) for b in active)
             input_ids = torch.full((batch, fed), self.pad_token, dtype=torch.long)
             position_ids = torch.zeros(batch, fed, dtype=torch.long)
@@ -73,8 +84,13 @@ class BatchDecoder:
                 tree_mask[b, :n, :n] = feed.attention_mask[0, 0] == 0
             past = valid.shape[1]
             forward_started = time.perf_counter()
-            logits = model(input_ids=input_ids.to(device), position_ids=position_ids.to(device),
-                           attention_mask=self._mask(valid, tree_mask), cache=cache, use_cache=True).logits
+            logits = model(
+                input_ids=input_ids.to(device),
+                position_ids=position_ids.to(device),
+                attention_mask=self._mask(valid, tree_mask),
+                cache=cache,
+                use_cache=True,
+            ).logits
             forward_seconds = time.perf_counter() - forward_started
             kept = {}
             for b in active:
@@ -92,7 +108,9 @@ class BatchDecoder:
             seconds = time.perf_counter() - step_started
             for b in active:
                 step = generations[b].steps[-1]
-                generations[b].steps[-1] = StepRecord(step.drafted, step.accepted, step.emitted, seconds, forward_seconds)
+                generations[b].steps[-1] = StepRecord(
+                    step.drafted, step.accepted, step.emitted, seconds, forward_seconds
+                )
         return generations
 
     def _mask(self, valid: torch.Tensor, tree_mask: torch.Tensor) -> torch.Tensor:
@@ -110,8 +128,9 @@ class BatchDecoder:
         mask.masked_fill_(~allowed, torch.finfo(dtype).min)
         return mask[:, None].to(device)
 
-    def _keep(self, cache: DynamicCache, valid: torch.Tensor, lengths: torch.Tensor, past: int,
-              kept: dict[int, list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _keep(
+        self, cache: DynamicCache, valid: torch.Tensor, lengths: torch.Tensor, past: int, kept: dict[int, list[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Append the same number of slots for every sequence: its accepted entries, then invalid ones."""
         batch = valid.shape[0]
         slots = max(len(k) for k in kept.values())

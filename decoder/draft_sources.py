@@ -36,7 +36,7 @@ class IndexSource:
         self.max_context = index.width
 
     def drafts(self, contexts: Sequence[Sequence[int]], max_nodes: int) -> list[DraftTree]:
-        tails = [list(c[-self.max_context:]) for c in contexts]
+        tails = [list(c[-self.max_context :]) for c in contexts]
         return self.index.lookup(tails, max_nodes=max_nodes, selection=self.selection).trees()
 
 
@@ -48,7 +48,7 @@ class ServiceSource:
         self.max_context = client.info().max_context
 
     def drafts(self, contexts: Sequence[Sequence[int]], max_nodes: int) -> list[DraftTree]:
-        tails = [list(c[-self.max_context:]) for c in contexts]
+        tails = [list(c[-self.max_context :]) for c in contexts]
         return self.client.lookup(tails, max_nodes=max_nodes, selection=self.selection)
 
 

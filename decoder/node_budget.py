@@ -36,7 +36,7 @@ class CostCurve:
 
     @classmethod
     @torch.inference_mode()
-    def measure(cls, target: TargetModel, past: int = 118, repeats: int = 5) -> "CostCurve":
+    def measure(cls, target: TargetModel, past: int = 118, repeats: int = 5) -> CostCurve:
         key = f"{target.name}-{target.device}-{target.model.dtype}-{torch.get_num_threads()}threads-past{past}"
         path = cache_dir("costs") / (key.replace("/", "_").replace(":", "_") + ".json")
         if path.exists():
@@ -82,6 +82,10 @@ class NodeBudget:
         if keep == len(tree):
             return tree
         probabilities = tree.probabilities[:keep]
-        return DraftTree(tree.tokens[:keep], tree.parents[:keep], probabilities,
-                         tree.context_length if keep else 0, float(probabilities.sum()))
-
+        return DraftTree(
+            tree.tokens[:keep],
+            tree.parents[:keep],
+            probabilities,
+            tree.context_length if keep else 0,
+            float(probabilities.sum()),
+        )

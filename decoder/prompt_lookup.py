@@ -20,8 +20,9 @@ from datastore_service.draft import DraftTree
 from .draft_sources import DraftSource
 
 
-def prompt_lookup_tree(history: np.ndarray, ngram_sizes: Sequence[int] = (4, 3, 2), max_depth: int = 8,
-                       max_matches: int = 8) -> DraftTree:
+def prompt_lookup_tree(
+    history: np.ndarray, ngram_sizes: Sequence[int] = (4, 3, 2), max_depth: int = 8, max_matches: int = 8
+) -> DraftTree:
     for n in ngram_sizes:
         if len(history) <= n:
             continue
@@ -31,7 +32,7 @@ def prompt_lookup_tree(history: np.ndarray, ngram_sizes: Sequence[int] = (4, 3, 
             continue
         counts: dict[tuple[int, ...], int] = {}
         for start in starts.tolist():
-            continuation = tuple(history[start:start + max_depth].tolist())
+            continuation = tuple(history[start : start + max_depth].tolist())
             for depth in range(1, len(continuation) + 1):
                 counts[continuation[:depth]] = counts.get(continuation[:depth], 0) + 1
         return _tree_from_paths({path: count / len(starts) for path, count in counts.items()}, context_length=n)
@@ -76,6 +77,8 @@ class WithPromptLookup:
         self.max_context = history_tokens
 
     def drafts(self, contexts: Sequence[Sequence[int]], max_nodes: int) -> list[DraftTree]:
-        stored = self.source.drafts([c[-self.source.max_context:] for c in contexts], max_nodes)
-        return [merge_trees(tree, prompt_lookup_tree(np.asarray(context[-self.history_tokens:], np.int64)))
-                for tree, context in zip(stored, contexts)]
+        stored = self.source.drafts([c[-self.source.max_context :] for c in contexts], max_nodes)
+        return [
+            merge_trees(tree, prompt_lookup_tree(np.asarray(context[-self.history_tokens :], np.int64)))
+            for tree, context in zip(stored, contexts)
+        ]

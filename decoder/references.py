@@ -23,8 +23,9 @@ def _key(target: TargetModel, prompt: Sequence[int], max_new_tokens: int) -> str
 
 
 @torch.inference_mode()
-def greedy_references(target: TargetModel, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                      progress: bool = True) -> list[list[int]]:
+def greedy_references(
+    target: TargetModel, prompts: Sequence[Sequence[int]], max_new_tokens: int, progress: bool = True
+) -> list[list[int]]:
     folder = cache_dir("references")
     outputs = []
     for prompt in tqdm(prompts, desc="greedy references", unit="prompt", disable=not progress):
@@ -34,9 +35,12 @@ def greedy_references(target: TargetModel, prompts: Sequence[Sequence[int]], max
             continue
         device = target.device
         generated = target.model.generate(
-            torch.tensor([list(prompt)], device=device), max_new_tokens=max_new_tokens, do_sample=False,
-            attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=device))
-        tokens = generated[0, len(prompt):].tolist()
+            torch.tensor([list(prompt)], device=device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=device),
+        )
+        tokens = generated[0, len(prompt) :].tolist()
         partial = path.with_suffix(".partial")
         partial.write_text(json.dumps(tokens))
         partial.replace(path)

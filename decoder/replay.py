@@ -22,8 +22,8 @@ from .speculative import limit_depth
 @dataclass(frozen=True)
 class Replay:
     tokens: int
-    steps: int            # target forwards after the prefill
-    drafted: int          # nodes verified over all steps
+    steps: int  # target forwards after the prefill
+    drafted: int  # nodes verified over all steps
 
     @property
     def mean_accepted_length(self) -> float:
@@ -45,17 +45,18 @@ def matched_path_length(tree: DraftTree, expected: Sequence[int]) -> int:
     return length
 
 
-def replay(source: DraftSource, budget: NodeBudget, prompt: Sequence[int], reference: Sequence[int],
-           max_new_tokens: int) -> Replay:
+def replay(
+    source: DraftSource, budget: NodeBudget, prompt: Sequence[int], reference: Sequence[int], max_new_tokens: int
+) -> Replay:
     reference = list(reference[:max_new_tokens])
     history = list(prompt) + reference[:1]
     emitted, steps, drafted = min(1, len(reference)), 0, 0
     while emitted < len(reference):
-        tree = source.drafts([history[-source.max_context:]], budget.max_nodes)[0]
+        tree = source.drafts([history[-source.max_context :]], budget.max_nodes)[0]
         tree = budget.cut(limit_depth(tree, max_new_tokens - emitted - 1))
         accepted = matched_path_length(tree, reference[emitted:])
         advance = min(accepted + 1, len(reference) - emitted)
-        history.extend(reference[emitted:emitted + advance])
+        history.extend(reference[emitted : emitted + advance])
         emitted += advance
         steps += 1
         drafted += len(tree)

@@ -31,10 +31,10 @@ from .tree_attention import tree_inputs
 
 @dataclass
 class StepRecord:
-    drafted: int            # nodes verified
-    accepted: int           # draft tokens accepted (the bonus token not counted)
-    emitted: list[int]      # tokens this step added to the output
-    seconds: float          # wall time of the step
+    drafted: int  # nodes verified
+    accepted: int  # draft tokens accepted (the bonus token not counted)
+    emitted: list[int]  # tokens this step added to the output
+    seconds: float  # wall time of the step
     forward_seconds: float  # of which the model's forward pass
 
 
@@ -72,19 +72,31 @@ def limit_depth(tree: DraftTree, max_depth: int) -> DraftTree:
     new_index = np.cumsum(keep) - 1
     parents = np.where(tree.parents >= 0, new_index[np.maximum(tree.parents, 0)], -1)[keep]
     probabilities = tree.probabilities[keep]
-    return DraftTree(tree.tokens[keep], parents.astype(np.int32), probabilities, tree.context_length,
-                     float(probabilities.sum()))
+    return DraftTree(
+        tree.tokens[keep], parents.astype(np.int32), probabilities, tree.context_length, float(probabilities.sum())
+    )
 
 
 class SpeculativeDecoder:
-    def __init__(self, target: TargetModel, source: DraftSource, budget: NodeBudget,
-                 sampling: SamplingParams | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        target: TargetModel,
+        source: DraftSource,
+        budget: NodeBudget,
+        sampling: SamplingParams | None = None,
+        seed: int = 0,
+    ) -> None:
         self.target, self.source, self.budget, self.sampling = target, source, budget, sampling
         self.generator = torch.Generator().manual_seed(seed)
 
     @torch.inference_mode()
-    def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, stop_strings: Sequence[str] = (),
-               on_step: Callable[[StepRecord], None] | None = None) -> Iterator[list[int]]:
+    def stream(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        stop_strings: Sequence[str] = (),
+        on_step: Callable[[StepRecord], None] | None = None,
+    ) -> Iterator[list[int]]:
         """Yield the tokens of each step as they are accepted; the Generation is the return value."""
         model, device = self.target.model, self.target.device
         eos, generation = self.target.eos_token_ids, Generation()
@@ -102,13 +114,18 @@ class SpeculativeDecoder:
         while len(generation.tokens) < max_new_tokens:
             step_started = time.perf_counter()
             remaining = max_new_tokens - len(generation.tokens)
-            tree = self.source.drafts([history[-self.source.max_context:]], self.budget.max_nodes)[0]
+            tree = self.source.drafts([history[-self.source.max_context :]], self.budget.max_nodes)[0]
             tree = self.budget.cut(limit_depth(tree, remaining - 1))
             past = cache.get_seq_length()
             inputs = tree_inputs(history[-1], tree, past, model.dtype, device)
             forward_started = time.perf_counter()
-            logits = model(input_ids=inputs.input_ids, position_ids=inputs.position_ids,
-                           attention_mask=inputs.attention_mask, cache=cache, use_cache=True).logits[0]
+            logits = model(
+                input_ids=inputs.input_ids,
+                position_ids=inputs.position_ids,
+                attention_mask=inputs.attention_mask,
+                cache=cache,
+                use_cache=True,
+            ).logits[0]
             forward_seconds = time.perf_counter() - forward_started
             fed_tokens = inputs.input_ids[0].tolist()
             if self.sampling is None:
@@ -128,8 +145,9 @@ class SpeculativeDecoder:
                 break
             generation.tokens.extend(emitted)
             history.extend(emitted)
-            record = StepRecord(len(tree), len(accepted.fed_path), emitted, time.perf_counter() - step_started,
-                                forward_seconds)
+            record = StepRecord(
+                len(tree), len(accepted.fed_path), emitted, time.perf_counter() - step_started, forward_seconds
+            )
             generation.steps.append(record)
             if on_step is not None:
                 on_step(record)

@@ -48,8 +48,11 @@ class TargetModel:
     def encode_prompt(self, prompt: str, chat: bool) -> list[int]:
         """Token ids of a prompt; chat prompts go through the tokenizer's chat template."""
         if chat and self.tokenizer.chat_template:
-            return list(self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False))
+            return list(
+                self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
+                )
+            )
         return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
 

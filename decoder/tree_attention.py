@@ -20,14 +20,15 @@ from datastore_service.draft import DraftTree
 
 @dataclass(frozen=True)
 class TreeInputs:
-    input_ids: torch.Tensor       # [1, 1 + n]
-    position_ids: torch.Tensor    # [1, 1 + n]
+    input_ids: torch.Tensor  # [1, 1 + n]
+    position_ids: torch.Tensor  # [1, 1 + n]
     attention_mask: torch.Tensor  # [1, 1, 1 + n, past + 1 + n], additive: 0 = attend, min = blocked
-    fed_parents: list[int]        # parent of each fed token in fed order (-1 for the root)
+    fed_parents: list[int]  # parent of each fed token in fed order (-1 for the root)
 
 
-def tree_inputs(root_token: int, tree: DraftTree, past_length: int, dtype: torch.dtype,
-                device: torch.device) -> TreeInputs:
+def tree_inputs(
+    root_token: int, tree: DraftTree, past_length: int, dtype: torch.dtype, device: torch.device
+) -> TreeInputs:
     n = len(tree)
     fed_parents = [-1] + [int(p) + 1 for p in tree.parents]
     ancestors = torch.zeros(n + 1, n + 1, dtype=torch.bool)

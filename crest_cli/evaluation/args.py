@@ -33,30 +33,53 @@ def _names(choices: list[str]):
         if unknown or not names:
             raise argparse.ArgumentTypeError(f"choose from {', '.join(choices)} (comma-separated)")
         return names
+
     return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--suites", type=_names(["humaneval", "mtbench"]), default=["humaneval", "mtbench"],
-                        help="benchmarks, comma-separated")
+    parser.add_argument(
+        "--suites",
+        type=_names(["humaneval", "mtbench"]),
+        default=["humaneval", "mtbench"],
+        help="benchmarks, comma-separated",
+    )
     parser.add_argument("--model", default="smollm2", help="target model (its tokenizer builds every store)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (None: torch decides)")
     parser.add_argument("--prompts", type=int, default=None, help="first N prompts of each suite (None: all)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--max-nodes", type=int, default=64,
-                        help="draft nodes verified per step, the same for every store (REST's c)")
-    parser.add_argument("--fractions", type=_floats, default=list(DEFAULT_FRACTIONS),
-                        help="REST stores: fractions of the corpus's tokens")
-    parser.add_argument("--budgets", type=_megabytes, default=list(DEFAULT_BUDGETS_MB),
-                        help="CREST stores: file sizes, e.g. 1MB,4MB,16MB")
-    parser.add_argument("--variants", type=_names(list(VARIANTS)), default=list(VARIANTS),
-                        help="CREST variants: " + "; ".join(f"{k} = {v.line}" for k, v in VARIANTS.items()))
+    parser.add_argument(
+        "--max-nodes", type=int, default=64, help="draft nodes verified per step, the same for every store (REST's c)"
+    )
+    parser.add_argument(
+        "--fractions",
+        type=_floats,
+        default=list(DEFAULT_FRACTIONS),
+        help="REST stores: fractions of the corpus's tokens",
+    )
+    parser.add_argument(
+        "--budgets",
+        type=_megabytes,
+        default=list(DEFAULT_BUDGETS_MB),
+        help="CREST stores: file sizes, e.g. 1MB,4MB,16MB",
+    )
+    parser.add_argument(
+        "--variants",
+        type=_names(list(VARIANTS)),
+        default=list(VARIANTS),
+        help="CREST variants: " + "; ".join(f"{k} = {v.line}" for k, v in VARIANTS.items()),
+    )
     parser.add_argument("--code-corpus", default="stdlib", help="corpus of the HumanEval stores (preset or path)")
     parser.add_argument("--chat-corpus", default="sharegpt", help="corpus of the MT-Bench stores (preset or path)")
-    parser.add_argument("--real-check", type=int, default=2,
-                        help="prompts per suite decoded for real to check the replay (0: skip)")
-    parser.add_argument("--output-dir", type=Path, default=Path("docs"),
-                        help="where RESULTS.md (its eval section), results.csv and results.png go")
+    parser.add_argument(
+        "--real-check", type=int, default=2, help="prompts per suite decoded for real to check the replay (0: skip)"
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("docs"),
+        help="where RESULTS.md (its eval section), results.csv and results.png go",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -14,20 +14,31 @@ from decoder.replay import Replay, replay
 
 @dataclass(frozen=True)
 class Acceptance:
-    accepted_length: float     # tokens per target forward, bonus token included (1.0 = nothing accepted)
+    accepted_length: float  # tokens per target forward, bonus token included (1.0 = nothing accepted)
     tokens: int
     forwards: int
     lookup_us_median: float
     replays: list[Replay]
 
 
-def replay_suite(index: LookupIndex, prompts: Sequence[Sequence[int]], references: Sequence[Sequence[int]],
-                 max_nodes: int, max_new_tokens: int) -> Acceptance:
+def replay_suite(
+    index: LookupIndex,
+    prompts: Sequence[Sequence[int]],
+    references: Sequence[Sequence[int]],
+    max_nodes: int,
+    max_new_tokens: int,
+) -> Acceptance:
     source = TimedSource(IndexSource(index))
     budget = NodeBudget(max_nodes)
-    replays = [replay(source, budget, prompt, reference, max_new_tokens)
-               for prompt, reference in zip(prompts, references)]
+    replays = [
+        replay(source, budget, prompt, reference, max_new_tokens) for prompt, reference in zip(prompts, references)
+    ]
     tokens = sum(r.tokens for r in replays)
     forwards = sum(r.steps + 1 for r in replays)
-    return Acceptance(tokens / max(forwards, 1), tokens, forwards,
-                      statistics.median(source.seconds) * 1e6 if source.seconds else 0.0, replays)
+    return Acceptance(
+        tokens / max(forwards, 1),
+        tokens,
+        forwards,
+        statistics.median(source.seconds) * 1e6 if source.seconds else 0.0,
+        replays,
+    )

@@ -18,7 +18,7 @@ class RealCheck:
     suite: str
     store: str
     prompt: int
-    same_tokens: bool          # speculative output == the cached plain greedy output
+    same_tokens: bool  # speculative output == the cached plain greedy output
     real_forwards: int
     replay_forwards: int
     real_accepted_length: float
@@ -29,14 +29,31 @@ class RealCheck:
         return self.same_tokens and self.real_forwards == self.replay_forwards
 
 
-def check_replays(target: TargetModel, suite: str, store: str, index: LookupIndex,
-                  prompts: Sequence[Sequence[int]], references: Sequence[Sequence[int]],
-                  replays: Sequence[Replay], max_nodes: int, max_new_tokens: int) -> list[RealCheck]:
+def check_replays(
+    target: TargetModel,
+    suite: str,
+    store: str,
+    index: LookupIndex,
+    prompts: Sequence[Sequence[int]],
+    references: Sequence[Sequence[int]],
+    replays: Sequence[Replay],
+    max_nodes: int,
+    max_new_tokens: int,
+) -> list[RealCheck]:
     decoder = SpeculativeDecoder(target, IndexSource(index), NodeBudget(max_nodes))
     checks = []
     for number, (prompt, reference, replayed) in enumerate(zip(prompts, references, replays)):
         real = decoder.generate(prompt, max_new_tokens)
-        checks.append(RealCheck(suite, store, number, real.tokens == list(reference[:max_new_tokens]),
-                                len(real.steps) + 1, replayed.steps + 1, real.mean_accepted_length,
-                                replayed.mean_accepted_length))
+        checks.append(
+            RealCheck(
+                suite,
+                store,
+                number,
+                real.tokens == list(reference[:max_new_tokens]),
+                len(real.steps) + 1,
+                replayed.steps + 1,
+                real.mean_accepted_length,
+                replayed.mean_accepted_length,
+            )
+        )
     return checks

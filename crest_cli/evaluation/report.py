@@ -26,7 +26,7 @@ class ResultRow:
     system: str
     line: str
     setting: str
-    storage_bytes: int          # what lookups need on disk (see StorePoint.lookup_bytes)
+    storage_bytes: int  # what lookups need on disk (see StorePoint.lookup_bytes)
     file_bytes: int
     accepted_length: float
     lookup_us_median: float
@@ -36,9 +36,9 @@ class ResultRow:
 @dataclass(frozen=True)
 class LineClaims:
     line: str
-    matching_bytes: int | None          # smallest store reaching REST's full-corpus accepted length
-    best_at_thirtieth: float | None     # best accepted length within 1/30 of REST's full-corpus bytes
-    equal_storage_gains: list[tuple[int, float]]   # (REST bytes, CREST / REST accepted length - 1)
+    matching_bytes: int | None  # smallest store reaching REST's full-corpus accepted length
+    best_at_thirtieth: float | None  # best accepted length within 1/30 of REST's full-corpus bytes
+    equal_storage_gains: list[tuple[int, float]]  # (REST bytes, CREST / REST accepted length - 1)
 
 
 def claims_for(rows: Sequence[ResultRow]) -> tuple[ResultRow, list[LineClaims]]:
@@ -94,35 +94,56 @@ def write_plot(rows: Sequence[ResultRow], titles: dict[str, str], path: Path) ->
     pyplot.close(figure)
 
 
-def markdown_report(rows: Sequence[ResultRow], checks: Sequence[RealCheck], titles: dict[str, str],
-                    setup: str, plot_name: str, csv_name: str) -> str:
+def markdown_report(
+    rows: Sequence[ResultRow],
+    checks: Sequence[RealCheck],
+    titles: dict[str, str],
+    setup: str,
+    plot_name: str,
+    csv_name: str,
+) -> str:
     out = [setup, "", f"![accepted length vs storage]({plot_name})", "", f"All rows: [{csv_name}]({csv_name}).", ""]
     for suite in dict.fromkeys(r.suite for r in rows):
         suite_rows = [r for r in rows if r.suite == suite]
-        out += [f"### {titles.get(suite, suite)}", "",
-                "| system | setting | storage | file | accepted length | lookup p50 (µs) | build (s) |",
-                "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        out += [
+            f"### {titles.get(suite, suite)}",
+            "",
+            "| system | setting | storage | file | accepted length | lookup p50 (µs) | build (s) |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for r in sorted(suite_rows, key=lambda r: (r.line, r.storage_bytes)):
-            out.append(f"| {r.line} | {r.setting} | {format_bytes(r.storage_bytes)} | {format_bytes(r.file_bytes)} "
-                       f"| {r.accepted_length:.3f} "
-                       f"| {r.lookup_us_median:.0f} | {r.build_seconds:.1f} |")
+            out.append(
+                f"| {r.line} | {r.setting} | {format_bytes(r.storage_bytes)} | {format_bytes(r.file_bytes)} "
+                f"| {r.accepted_length:.3f} "
+                f"| {r.lookup_us_median:.0f} | {r.build_seconds:.1f} |"
+            )
         full, claims = claims_for(suite_rows)
-        out += ["", f"REST on the whole corpus: accepted length {full.accepted_length:.3f} "
-                f"in {format_bytes(full.storage_bytes)}.", ""]
+        out += [
+            "",
+            f"REST on the whole corpus: accepted length {full.accepted_length:.3f} "
+            f"in {format_bytes(full.storage_bytes)}.",
+            "",
+        ]
         for claim in claims:
             out.append(f"- **{claim.line}**: " + _describe(claim, full))
         out.append("")
     if checks:
         agreeing = sum(c.agrees for c in checks)
-        out += ["### Replay vs real decoding", "",
-                f"{agreeing} of {len(checks)} checked decodings took exactly the replayed number of target "
-                "forwards and produced the plain greedy output.", "",
-                "| suite | store | prompt | same output | forwards (real / replay) | accepted length (real / replay) |",
-                "| --- | --- | ---: | --- | ---: | ---: |"]
+        out += [
+            "### Replay vs real decoding",
+            "",
+            f"{agreeing} of {len(checks)} checked decodings took exactly the replayed number of target "
+            "forwards and produced the plain greedy output.",
+            "",
+            "| suite | store | prompt | same output | forwards (real / replay) | accepted length (real / replay) |",
+            "| --- | --- | ---: | --- | ---: | ---: |",
+        ]
         for c in checks:
-            out.append(f"| {c.suite} | {c.store} | {c.prompt} | {'yes' if c.same_tokens else 'NO'} "
-                       f"| {c.real_forwards} / {c.replay_forwards} "
-                       f"| {c.real_accepted_length:.3f} / {c.replay_accepted_length:.3f} |")
+            out.append(
+                f"| {c.suite} | {c.store} | {c.prompt} | {'yes' if c.same_tokens else 'NO'} "
+                f"| {c.real_forwards} / {c.replay_forwards} "
+                f"| {c.real_accepted_length:.3f} / {c.replay_accepted_length:.3f} |"
+            )
     return "\n".join(out)
 
 
@@ -131,14 +152,18 @@ def _describe(claim: LineClaims, full: ResultRow) -> str:
     if claim.matching_bytes is None:
         parts.append("never reaches REST's whole-corpus accepted length in this sweep")
     else:
-        parts.append(f"reaches REST's whole-corpus accepted length at {format_bytes(claim.matching_bytes)}, "
-                     f"{full.storage_bytes / claim.matching_bytes:.1f}x less storage")
+        parts.append(
+            f"reaches REST's whole-corpus accepted length at {format_bytes(claim.matching_bytes)}, "
+            f"{full.storage_bytes / claim.matching_bytes:.1f}x less storage"
+        )
     if claim.best_at_thirtieth is None:
         parts.append("no point within 1/30 of REST's storage")
     else:
         verdict = "at or above" if claim.best_at_thirtieth >= full.accepted_length else "below"
-        parts.append(f"within 1/30 of REST's storage ({format_bytes(full.storage_bytes / 30)}) its best is "
-                     f"{claim.best_at_thirtieth:.3f}, {verdict} REST's {full.accepted_length:.3f}")
+        parts.append(
+            f"within 1/30 of REST's storage ({format_bytes(full.storage_bytes / 30)}) its best is "
+            f"{claim.best_at_thirtieth:.3f}, {verdict} REST's {full.accepted_length:.3f}"
+        )
     if claim.equal_storage_gains:
         gains = ", ".join(f"{g:+.1%} at {format_bytes(b)}" for b, g in claim.equal_storage_gains)
         mean = sum(g for _, g in claim.equal_storage_gains) / len(claim.equal_storage_gains)

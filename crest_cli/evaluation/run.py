@@ -42,26 +42,48 @@ def run(args: argparse.Namespace) -> int:
         references = greedy_references(target, prompts, args.max_new_tokens, progress)
         reference_seconds += time.perf_counter() - reference_started
         corpus = corpus_spec(_corpus_label(args, suite))
-        points = prepare_points(corpus, args.model, args.fractions, args.budgets,
-                                [VARIANTS[v] for v in args.variants], progress)
+        points = prepare_points(
+            corpus, args.model, args.fractions, args.budgets, [VARIANTS[v] for v in args.variants], progress
+        )
         checked = _checked_stores(points)
         for point in tqdm(points, desc=f"replay {suite.title}", unit="store", disable=not progress):
             index = load_index(point.path)
             _require_same_tokenizer(index.info.tokenizer_fingerprint, target, point)
             acceptance = replay_suite(index, prompts, references, args.max_nodes, args.max_new_tokens)
-            rows.append(ResultRow(name, point.system, point.line, point.setting, point.lookup_bytes,
-                                  point.file_bytes, acceptance.accepted_length, acceptance.lookup_us_median, point.build_seconds))
+            rows.append(
+                ResultRow(
+                    name,
+                    point.system,
+                    point.line,
+                    point.setting,
+                    point.lookup_bytes,
+                    point.file_bytes,
+                    acceptance.accepted_length,
+                    acceptance.lookup_us_median,
+                    point.build_seconds,
+                )
+            )
             if point in checked and args.real_check > 0:
                 count = args.real_check
-                checks += check_replays(target, name, f"{point.line} {point.setting}", index, prompts[:count],
-                                        references[:count], acceptance.replays[:count], args.max_nodes,
-                                        args.max_new_tokens)
+                checks += check_replays(
+                    target,
+                    name,
+                    f"{point.line} {point.setting}",
+                    index,
+                    prompts[:count],
+                    references[:count],
+                    acceptance.replays[:count],
+                    args.max_nodes,
+                    args.max_new_tokens,
+                )
     sweep_seconds = time.perf_counter() - started - reference_seconds
     _write_outputs(args, rows, checks, target, sweep_seconds)
     disagreeing = [c for c in checks if not c.agrees]
     if disagreeing:
-        raise CrestError(f"replay disagrees with real decoding on {len(disagreeing)} of {len(checks)} checks "
-                         f"(see {args.output_dir / RESULTS_NAME})")
+        raise CrestError(
+            f"replay disagrees with real decoding on {len(disagreeing)} of {len(checks)} checks "
+            f"(see {args.output_dir / RESULTS_NAME})"
+        )
     return 0
 
 
@@ -81,8 +103,9 @@ def _require_same_tokenizer(fingerprint: str, target: TargetModel, point: StoreP
         raise CrestError(f"{point.path} was built with another tokenizer than {target.name}'s")
 
 
-def _write_outputs(args: argparse.Namespace, rows: list[ResultRow], checks: list[RealCheck], target: TargetModel,
-                   sweep_seconds: float) -> None:
+def _write_outputs(
+    args: argparse.Namespace, rows: list[ResultRow], checks: list[RealCheck], target: TargetModel, sweep_seconds: float
+) -> None:
     folder = args.output_dir
     titles = {name: f"{SUITES[name].title} ({_corpus_label(args, SUITES[name])} stores)" for name in args.suites}
     write_csv(rows, folder / CSV_NAME)

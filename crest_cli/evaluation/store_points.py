@@ -31,16 +31,17 @@ from datastore_service.sizes import Budget, format_bytes
 
 @dataclass(frozen=True)
 class CrestVariant:
-    line: str              # its name in tables and the plot
-    params: BuildParams    # everything but the budget, which the sweep varies
+    line: str  # its name in tables and the plot
+    params: BuildParams  # everything but the budget, which the sweep varies
 
 
 VARIANTS = {
     "ours": CrestVariant("CREST, ours: benefit per byte, N<=3", BuildParams(policy="benefit")),
     "paper": CrestVariant("CREST, paper's rule: top-t per length, N<=3", BuildParams(policy="frequency")),
     "ours-n2": CrestVariant("CREST, ours: benefit per byte, N<=2", BuildParams(policy="benefit", max_context=2)),
-    "paper-n2": CrestVariant("CREST, paper's rule: top-t per length, N<=2",
-                             BuildParams(policy="frequency", max_context=2)),
+    "paper-n2": CrestVariant(
+        "CREST, paper's rule: top-t per length, N<=2", BuildParams(policy="frequency", max_context=2)
+    ),
 }
 DEFAULT_FRACTIONS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 DEFAULT_BUDGETS_MB = (1.0, 1.5, 2.0, 4.0, 8.0, 16.0, 32.0)
@@ -49,18 +50,20 @@ REST_LINE = "REST (corpus fraction)"
 
 @dataclass(frozen=True)
 class StorePoint:
-    system: str            # REST or CREST
+    system: str  # REST or CREST
     line: str
-    setting: str           # the fraction or the budget, as shown
+    setting: str  # the fraction or the budget, as shown
     path: Path
     file_bytes: int
-    lookup_bytes: int      # what lookups read: CREST's file without its vocabulary table (kept for SQL)
+    lookup_bytes: int  # what lookups read: CREST's file without its vocabulary table (kept for SQL)
     build_seconds: float
 
 
 def _crest_name(params: BuildParams, megabytes: float) -> str:
-    return (f"crest-{params.policy}-n{params.max_context}-d{params.max_depth}-c{params.top_c}"
-            f"-m{params.min_count}-p{params.min_probability:g}-{megabytes:g}MB.duckdb")
+    return (
+        f"crest-{params.policy}-n{params.max_context}-d{params.max_depth}-c{params.top_c}"
+        f"-m{params.min_count}-p{params.min_probability:g}-{megabytes:g}MB.duckdb"
+    )
 
 
 class PointCache:
@@ -102,9 +105,14 @@ def vocabulary_bytes(pieces: list[str], folder: Path) -> int:
         without.unlink(missing_ok=True)
 
 
-def prepare_points(corpus: CorpusSpec, tokenizer_spec: str, fractions: Sequence[float],
-                   budgets_mb: Sequence[float], variants: Sequence[CrestVariant], progress: bool = True
-                   ) -> list[StorePoint]:
+def prepare_points(
+    corpus: CorpusSpec,
+    tokenizer_spec: str,
+    fractions: Sequence[float],
+    budgets_mb: Sequence[float],
+    variants: Sequence[CrestVariant],
+    progress: bool = True,
+) -> list[StorePoint]:
     tokenizer = TargetTokenizer.load(tokenizer_spec)
     tokenized = tokenize_corpus(corpus, tokenizer, progress=progress)
     cache = PointCache(cache_dir("eval", f"{tokenized.parquet.stem}-{build_code_key()}"))
@@ -129,23 +137,47 @@ def _rest_point(cache: PointCache, corpus: CorpusSpec, tokenizer_spec: str, frac
     if cached:
         return cached
     summary = build_rest_store(corpus, tokenizer_spec, cache.folder / name, fraction, progress=False)
-    point = StorePoint("REST", REST_LINE, f"{fraction:.1%}".replace(".0%", "%"), summary.store,
-                       summary.file_bytes, summary.file_bytes, summary.seconds["total"])
+    point = StorePoint(
+        "REST",
+        REST_LINE,
+        f"{fraction:.1%}".replace(".0%", "%"),
+        summary.store,
+        summary.file_bytes,
+        summary.file_bytes,
+        summary.seconds["total"],
+    )
     cache.put(name, point)
     return point
 
 
-def _crest_points(cache: PointCache, corpus: CorpusSpec, tokenizer: TargetTokenizer, tokenizer_spec: str,
-                  variants: list[CrestVariant],
-                  budgets_mb: Sequence[float]) -> list[StorePoint]:
+def _crest_points(
+    cache: PointCache,
+    corpus: CorpusSpec,
+    tokenizer: TargetTokenizer,
+    tokenizer_spec: str,
+    variants: list[CrestVariant],
+    budgets_mb: Sequence[float],
+) -> list[StorePoint]:
     wanted = [(variant, mb, _crest_name(variant.params, mb)) for variant in variants for mb in budgets_mb]
     missing = [(variant, mb, name) for variant, mb, name in wanted if cache.get(name) is None]
     if missing:
-        targets = [StoreTarget(cache.folder / name, Budget(bytes=int(mb * 1e6)), variant.params.policy)
-                   for variant, mb, name in missing]
+        targets = [
+            StoreTarget(cache.folder / name, Budget(bytes=int(mb * 1e6)), variant.params.policy)
+            for variant, mb, name in missing
+        ]
         summaries = build_stores(corpus, tokenizer_spec, missing[0][0].params, targets, replace=True, progress=False)
         vocabulary = vocabulary_bytes(tokenizer.pieces(), cache.folder)
         for (variant, mb, name), summary in zip(missing, summaries):
-            cache.put(name, StorePoint("CREST", variant.line, format_bytes(mb * 1e6), summary.store,
-                                       summary.file_bytes, summary.file_bytes - vocabulary, summary.seconds["total"]))
+            cache.put(
+                name,
+                StorePoint(
+                    "CREST",
+                    variant.line,
+                    format_bytes(mb * 1e6),
+                    summary.store,
+                    summary.file_bytes,
+                    summary.file_bytes - vocabulary,
+                    summary.seconds["total"],
+                ),
+            )
     return [cache.get(name) for _, _, name in wanted]

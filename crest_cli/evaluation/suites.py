@@ -12,8 +12,8 @@ from crest_cli.benchmark_prompts import humaneval_prompts, mtbench_questions
 class Suite:
     name: str
     title: str
-    corpus: str                                       # default corpus preset of its stores
-    chat: bool                                        # prompts go through the chat template
+    corpus: str  # default corpus preset of its stores
+    chat: bool  # prompts go through the chat template
     prompts: Callable[[int | None], list[str]]
 
 

@@ -49,9 +49,17 @@ def suffix_hashes(tails: np.ndarray, seed: int) -> np.ndarray:
 
 
 class DraftIndex:
-    def __init__(self, info: StoreInfo, path: Path, contexts: list[np.ndarray], context_counts: np.ndarray,
-                 node_tokens: np.ndarray, node_parents: np.ndarray, node_counts: np.ndarray,
-                 tree_offsets: np.ndarray) -> None:
+    def __init__(
+        self,
+        info: StoreInfo,
+        path: Path,
+        contexts: list[np.ndarray],
+        context_counts: np.ndarray,
+        node_tokens: np.ndarray,
+        node_parents: np.ndarray,
+        node_counts: np.ndarray,
+        tree_offsets: np.ndarray,
+    ) -> None:
         self.info, self.path = info, path
         width = max(info.max_context, 1)
         lengths = np.fromiter((len(c) for c in contexts), np.int64, len(contexts))
@@ -76,7 +84,7 @@ class DraftIndex:
         self.node_depths = _depths(self.node_parents, self.tree_offsets[:-1][tree_of_node])
 
     @classmethod
-    def load(cls, path: Path) -> "DraftIndex":
+    def load(cls, path: Path) -> DraftIndex:
         """Read a published store (its current version) into memory."""
         resolved = resolve_store(path)
         with open_store(resolved) as connection, reading(resolved):
@@ -90,21 +98,33 @@ class DraftIndex:
         context_offsets = lists["context"].offsets.to_numpy()
         contexts = np.split(context_values, context_offsets[1:-1])
         return cls(
-            info, resolved, contexts, table.column("context_count").to_numpy().astype(np.float64),
-            lists["tokens"].values.to_numpy(), lists["parents"].values.to_numpy(), lists["counts"].values.to_numpy(),
+            info,
+            resolved,
+            contexts,
+            table.column("context_count").to_numpy().astype(np.float64),
+            lists["tokens"].values.to_numpy(),
+            lists["parents"].values.to_numpy(),
+            lists["counts"].values.to_numpy(),
             lists["tokens"].offsets.to_numpy().astype(np.int64),
         )
 
     # -- queries ------------------------------------------------------------------------------
 
-    def prepare(self, sequences: Sequence[Sequence[int]], max_nodes: Sequence[int] | int = 0,
-                max_depth: Sequence[int] | int = 0) -> QueryBatch:
+    def prepare(
+        self, sequences: Sequence[Sequence[int]], max_nodes: Sequence[int] | int = 0, max_depth: Sequence[int] | int = 0
+    ) -> QueryBatch:
         """Validate queries (QueryError says which and why) and lay them out for `lookup_batch`."""
-        return prepare_queries(sequences, max_nodes, max_depth, self.width, self.info.vocab_size,
-                               default_nodes=max(self.info.max_nodes, 1))
+        return prepare_queries(
+            sequences, max_nodes, max_depth, self.width, self.info.vocab_size, default_nodes=max(self.info.max_nodes, 1)
+        )
 
-    def lookup(self, sequences: Sequence[Sequence[int]], max_nodes: Sequence[int] | int = 0,
-               max_depth: Sequence[int] | int = 0, selection: str = "scored") -> DraftBatch:
+    def lookup(
+        self,
+        sequences: Sequence[Sequence[int]],
+        max_nodes: Sequence[int] | int = 0,
+        max_depth: Sequence[int] | int = 0,
+        selection: str = "scored",
+    ) -> DraftBatch:
         return self.lookup_batch(self.prepare(sequences, max_nodes, max_depth), selection)
 
     def lookup_batch(self, batch: QueryBatch, selection: str = "scored") -> DraftBatch:
@@ -116,13 +136,13 @@ class DraftIndex:
         if selection not in SELECTIONS:
             raise QueryError(f"unknown selection {selection!r}; choose one of {', '.join(SELECTIONS)}")
         width = self.width
-        hashes = suffix_hashes(batch.tails, self.hash_seed)                        # [B, N]
+        hashes = suffix_hashes(batch.tails, self.hash_seed)  # [B, N]
         where = np.minimum(np.searchsorted(self.context_hashes, hashes), len(self.context_hashes) - 1)
-        suffix_length = np.arange(1, width + 1)[None, :]                           # [1, N]
+        suffix_length = np.arange(1, width + 1)[None, :]  # [1, N]
         matched = (self.context_hashes[where] == hashes) & (self.context_lengths[where] == suffix_length)
         matched &= suffix_length <= batch.lengths[:, None]
         # Exact check: the stored context equals the query's suffix of that length, token by token.
-        in_suffix = np.arange(width)[None, None, :] >= (width - suffix_length)[:, :, None]   # [1, N, N]
+        in_suffix = np.arange(width)[None, None, :] >= (width - suffix_length)[:, :, None]  # [1, N, N]
         same = (self.context_matrix[where] == batch.tails[:, None, :]) | ~in_suffix
         matched &= same.all(axis=2)
         if selection == "longest":
@@ -158,8 +178,14 @@ class DraftIndex:
         sizes = np.bincount(query_of_node, minlength=len(trees))
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         scores = np.bincount(query_of_node, weights=probabilities, minlength=len(trees)).astype(np.float32)
-        return DraftBatch(self.node_tokens[nodes], local_parents.astype(np.int32), probabilities, offsets,
-                          np.where(sizes > 0, context_lengths, 0).astype(np.int32), scores)
+        return DraftBatch(
+            self.node_tokens[nodes],
+            local_parents.astype(np.int32),
+            probabilities,
+            offsets,
+            np.where(sizes > 0, context_lengths, 0).astype(np.int32),
+            scores,
+        )
 
 
 def _collision_free_hashes(matrix: np.ndarray, lengths: np.ndarray) -> tuple[int, np.ndarray]:

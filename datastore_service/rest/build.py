@@ -41,8 +41,9 @@ class RestBuildSummary:
     seconds: dict[str, float]
 
 
-def corpus_with_separators(doc_ids: np.ndarray, tokens: np.ndarray, fraction: float, separator: int,
-                           dtype: np.dtype) -> tuple[np.ndarray, int]:
+def corpus_with_separators(
+    doc_ids: np.ndarray, tokens: np.ndarray, fraction: float, separator: int, dtype: np.dtype
+) -> tuple[np.ndarray, int]:
     """Kept documents' tokens in corpus order, each followed by `separator`; and the document count.
 
     `doc_ids` must be non-decreasing (the token table's order)."""
@@ -71,8 +72,9 @@ def suffix_array(tokens: np.ndarray) -> np.ndarray:
     return divsufsort(np.ascontiguousarray(tokens))
 
 
-def build_rest_store(corpus: CorpusSpec, tokenizer_spec: str, output: Path, fraction: float = 1.0,
-                     progress: bool = True) -> RestBuildSummary:
+def build_rest_store(
+    corpus: CorpusSpec, tokenizer_spec: str, output: Path, fraction: float = 1.0, progress: bool = True
+) -> RestBuildSummary:
     if not 0.0 < fraction <= 1.0:
         raise CrestError(f"--fraction must be in (0, 1], got {fraction}")
     started = time.perf_counter()
@@ -80,20 +82,24 @@ def build_rest_store(corpus: CorpusSpec, tokenizer_spec: str, output: Path, frac
     tokenized = tokenize_corpus(corpus, tokenizer, progress=progress)
     table = pq.read_table(tokenized.parquet, columns=["doc_id", "pos", "token"]).sort_by("pos")
     identity = {
-        "tokenizer_name": tokenizer.name, "tokenizer_fingerprint": tokenizer.fingerprint,
-        "vocab_size": tokenizer.vocab_size, "corpus_name": corpus.display_name,
+        "tokenizer_name": tokenizer.name,
+        "tokenizer_fingerprint": tokenizer.fingerprint,
+        "vocab_size": tokenizer.vocab_size,
+        "corpus_name": corpus.display_name,
         "corpus_fingerprint": tokenized.report.fingerprint,
     }
     tokenize_seconds = time.perf_counter() - started
-    summary = publish_rest_store(table.column("doc_id").to_numpy(), table.column("token").to_numpy(), fraction,
-                                 output, identity)
+    summary = publish_rest_store(
+        table.column("doc_id").to_numpy(), table.column("token").to_numpy(), fraction, output, identity
+    )
     summary.seconds["tokenize"] = tokenize_seconds
     summary.seconds["total"] = time.perf_counter() - started
     return summary
 
 
-def publish_rest_store(doc_ids: np.ndarray, tokens: np.ndarray, fraction: float, output: Path,
-                       identity: dict[str, Any]) -> RestBuildSummary:
+def publish_rest_store(
+    doc_ids: np.ndarray, tokens: np.ndarray, fraction: float, output: Path, identity: dict[str, Any]
+) -> RestBuildSummary:
     """Suffix-index the (fraction of the) token table and publish it as a new version of `output`.
 
     `identity` names the tokenizer (name, fingerprint, vocab_size) and the corpus (name, fingerprint)."""
@@ -111,9 +117,14 @@ def publish_rest_store(doc_ids: np.ndarray, tokens: np.ndarray, fraction: float,
     partial = store.scratch(version, "partial")
     kept_tokens = int(len(corpus_tokens) - documents)
     metadata = {
-        **identity, "store_version": version, "crest_version": __version__, "kind": "rest",
-        "created_at": datetime.now(timezone.utc).isoformat(), "corpus_documents": documents,
-        "corpus_tokens": kept_tokens, "build_params": {"fraction": fraction, "fraction_seed": FRACTION_SEED},
+        **identity,
+        "store_version": version,
+        "crest_version": __version__,
+        "kind": "rest",
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "corpus_documents": documents,
+        "corpus_tokens": kept_tokens,
+        "build_params": {"fraction": fraction, "fraction_seed": FRACTION_SEED},
     }
     try:
         file_bytes = write_rest_file(partial, metadata, corpus_tokens.astype(dtype), suffixes)

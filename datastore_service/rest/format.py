@@ -50,8 +50,9 @@ def write_rest_file(path: Path, metadata: dict[str, Any], tokens: np.ndarray, su
     """Write the file at `path` (tokens already in the stored dtype); returns its size in bytes."""
     arrays = {"tokens": tokens, "suffix_array": suffix_array}
     # The header holds the arrays' offsets, which depend on the header's own length: fix a point.
-    layout: dict[str, dict[str, Any]] = {name: {"dtype": a.dtype.str, "length": len(a), "offset": 0}
-                                         for name, a in arrays.items()}
+    layout: dict[str, dict[str, Any]] = {
+        name: {"dtype": a.dtype.str, "length": len(a), "offset": 0} for name, a in arrays.items()
+    }
     while True:
         header = json.dumps({**metadata, "format": FORMAT_VERSION, "arrays": layout}).encode()
         offset = _aligned(len(MAGIC) + 8 + len(header))
@@ -78,7 +79,7 @@ class RestFile:
     metadata: dict[str, Any]
     tokens: np.ndarray
     suffix_array: np.ndarray
-    raw: mmap.mmap             # the whole file; slicing it gives bytes, compared in C
+    raw: mmap.mmap  # the whole file; slicing it gives bytes, compared in C
     tokens_offset: int
 
     @property
@@ -113,8 +114,9 @@ def open_rest_file(path: Path) -> RestFile:
             arrays[name] = np.frombuffer(raw, dtype, spec["length"], spec["offset"])
     except (ValueError, KeyError, UnicodeDecodeError, struct.error) as exc:
         raise StoreError(f"{path} has a corrupt REST header: {exc}") from exc
-    return RestFile(Path(path), metadata, arrays["tokens"], arrays["suffix_array"], raw,
-                    metadata["arrays"]["tokens"]["offset"])
+    return RestFile(
+        Path(path), metadata, arrays["tokens"], arrays["suffix_array"], raw, metadata["arrays"]["tokens"]["offset"]
+    )
 
 
 def _aligned(offset: int) -> int:

@@ -36,11 +36,11 @@ from datastore_service.store.reader import resolve_store
 class RestParams:
     """REST's published defaults."""
 
-    n_max: int = 16            # longest suffix of the query tried first
-    n_min: int = 2             # shortest suffix tried last
-    k: int = 5000              # occurrences read per lookup
-    m: int = 10                # continuation length (tokens); the deepest draft node
-    c: int = 64                # draft nodes kept (the most frequent continuation prefixes)
+    n_max: int = 16  # longest suffix of the query tried first
+    n_min: int = 2  # shortest suffix tried last
+    k: int = 5000  # occurrences read per lookup
+    m: int = 10  # continuation length (tokens); the deepest draft node
+    c: int = 64  # draft nodes kept (the most frequent continuation prefixes)
 
     def __post_init__(self) -> None:
         if not 1 <= self.n_min <= self.n_max:
@@ -57,16 +57,25 @@ class RestIndex:
         self.width = params.n_max
         meta = rest.metadata
         self.info = StoreInfo(
-            store_version=meta["store_version"], tokenizer_name=meta["tokenizer_name"],
-            tokenizer_fingerprint=meta["tokenizer_fingerprint"], vocab_size=int(meta["vocab_size"]),
-            max_context=params.n_max, max_depth=params.m, max_nodes=params.c, contexts=0, nodes=0,
-            corpus_name=meta["corpus_name"], corpus_tokens=int(meta["corpus_tokens"]), policy="rest",
-            build_params={**meta["build_params"], **asdict(params)}, schema_version=meta["format"],
+            store_version=meta["store_version"],
+            tokenizer_name=meta["tokenizer_name"],
+            tokenizer_fingerprint=meta["tokenizer_fingerprint"],
+            vocab_size=int(meta["vocab_size"]),
+            max_context=params.n_max,
+            max_depth=params.m,
+            max_nodes=params.c,
+            contexts=0,
+            nodes=0,
+            corpus_name=meta["corpus_name"],
+            corpus_tokens=int(meta["corpus_tokens"]),
+            policy="rest",
+            build_params={**meta["build_params"], **asdict(params)},
+            schema_version=meta["format"],
             crest_version=meta["crest_version"],
         )
 
     @classmethod
-    def load(cls, path: Path, params: RestParams | None = None) -> "RestIndex":
+    def load(cls, path: Path, params: RestParams | None = None) -> RestIndex:
         resolved = resolve_store(path)
         rest = open_rest_file(resolved)
         if len(rest.suffix_array) != len(rest.tokens):
@@ -75,20 +84,27 @@ class RestIndex:
 
     # -- queries (the DraftIndex interface) -------------------------------------------------------
 
-    def prepare(self, sequences: Sequence[Sequence[int]], max_nodes: Sequence[int] | int = 0,
-                max_depth: Sequence[int] | int = 0) -> QueryBatch:
-        return prepare_queries(sequences, max_nodes, max_depth, self.width, self.info.vocab_size,
-                               default_nodes=self.params.c)
+    def prepare(
+        self, sequences: Sequence[Sequence[int]], max_nodes: Sequence[int] | int = 0, max_depth: Sequence[int] | int = 0
+    ) -> QueryBatch:
+        return prepare_queries(
+            sequences, max_nodes, max_depth, self.width, self.info.vocab_size, default_nodes=self.params.c
+        )
 
-    def lookup(self, sequences: Sequence[Sequence[int]], max_nodes: Sequence[int] | int = 0,
-               max_depth: Sequence[int] | int = 0, selection: str = "longest") -> DraftBatch:
+    def lookup(
+        self,
+        sequences: Sequence[Sequence[int]],
+        max_nodes: Sequence[int] | int = 0,
+        max_depth: Sequence[int] | int = 0,
+        selection: str = "longest",
+    ) -> DraftBatch:
         return self.lookup_batch(self.prepare(sequences, max_nodes, max_depth), selection)
 
     def lookup_batch(self, batch: QueryBatch, selection: str = "longest") -> DraftBatch:
         """REST always drafts from the longest match; `selection` is accepted for the common interface."""
         trees = []
         for row in range(len(batch.lengths)):
-            query = batch.tails[row, self.width - batch.lengths[row]:]
+            query = batch.tails[row, self.width - batch.lengths[row] :]
             trees.append(self.draft(query, int(batch.max_nodes[row]), int(batch.max_depth[row])))
         return _as_batch(trees)
 
@@ -97,8 +113,9 @@ class RestIndex:
         if n == 0:
             return DraftTree.empty()
         positions = self.rest.suffix_array[low : min(high, low + self.params.k)].astype(np.int64)
-        return continuation_trie(self._continuations(positions + n), min(max_nodes, self.params.c), n,
-                                 min(max_depth, self.params.m))
+        return continuation_trie(
+            self._continuations(positions + n), min(max_nodes, self.params.c), n, min(max_depth, self.params.m)
+        )
 
     # -- suffix-array search ----------------------------------------------------------------------
 
@@ -155,7 +172,7 @@ def continuation_trie(continuations: np.ndarray, max_nodes: int, context_length:
     counts, depths, first_rows, group_ids = [], [], [], []
     new_group = np.zeros(rows, bool)
     new_group[:1] = True
-    group_of_row = []                                    # per depth: group id of every row
+    group_of_row = []  # per depth: group id of every row
     for depth in range(1, depth_limit + 1):
         column = continuations[:, depth - 1]
         new_group = new_group | np.concatenate([[True], column[1:] != column[:-1]])
@@ -176,11 +193,17 @@ def continuation_trie(continuations: np.ndarray, max_nodes: int, context_length:
     order = np.lexsort((first, depth, -count))[:max_nodes]
     count, depth, first, gid = count[order], depth[order], first[order], gid[order]
     index_of = {(int(d), int(g)): i for i, (d, g) in enumerate(zip(depth, gid))}
-    parents = np.array([-1 if d == 1 else index_of[(int(d) - 1, int(group_of_row[d - 2][r]))]
-                        for d, r in zip(depth, first)], np.int32)
+    parents = np.array(
+        [-1 if d == 1 else index_of[(int(d) - 1, int(group_of_row[d - 2][r]))] for d, r in zip(depth, first)], np.int32
+    )
     probabilities = (count / rows).astype(np.float32)
-    return DraftTree(continuations[first, depth - 1].astype(np.int32), parents, probabilities, context_length,
-                     float(probabilities.sum()))
+    return DraftTree(
+        continuations[first, depth - 1].astype(np.int32),
+        parents,
+        probabilities,
+        context_length,
+        float(probabilities.sum()),
+    )
 
 
 def _as_batch(trees: list[DraftTree]) -> DraftBatch:
@@ -191,7 +214,10 @@ def _as_batch(trees: list[DraftTree]) -> DraftBatch:
         return np.concatenate(parts).astype(dtype) if parts else np.empty(0, dtype)
 
     return DraftBatch(
-        joined("tokens", np.int32), joined("parents", np.int32), joined("probabilities", np.float32),
+        joined("tokens", np.int32),
+        joined("parents", np.int32),
+        joined("probabilities", np.float32),
         np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
-        np.array([t.context_length for t in trees], np.int32), np.array([t.score for t in trees], np.float32),
+        np.array([t.context_length for t in trees], np.int32),
+        np.array([t.score for t in trees], np.float32),
     )

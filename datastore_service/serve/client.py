@@ -24,13 +24,18 @@ from datastore_service.serve.security import ClientSecurity
 
 SELECTIONS = {"scored": pb.SCORED, "longest": pb.LONGEST_MATCH}
 _RETRY_POLICY = {
-    "methodConfig": [{
-        "name": [{"service": "crest.v1.DraftStore"}],
-        "retryPolicy": {
-            "maxAttempts": 4, "initialBackoff": "0.01s", "maxBackoff": "0.2s", "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE"],
-        },
-    }],
+    "methodConfig": [
+        {
+            "name": [{"service": "crest.v1.DraftStore"}],
+            "retryPolicy": {
+                "maxAttempts": 4,
+                "initialBackoff": "0.01s",
+                "maxBackoff": "0.2s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
     "loadBalancingConfig": [{"round_robin": {}}],
 }
 
@@ -62,8 +67,10 @@ def service_error(error: grpc.RpcError, servers: str, timeout: float, unavailabl
     if code == grpc.StatusCode.DEADLINE_EXCEEDED and unavailable is not None:
         code, details = grpc.StatusCode.UNAVAILABLE, unavailable  # it waited for a server that never came back
     if code == grpc.StatusCode.UNAVAILABLE:
-        message = (f"draft server {servers} unavailable: {details} (is it running? does it want TLS, "
-                   "--tls-ca, or a client certificate, --tls-cert/--tls-key?)")
+        message = (
+            f"draft server {servers} unavailable: {details} (is it running? does it want TLS, "
+            "--tls-ca, or a client certificate, --tls-cert/--tls-key?)"
+        )
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
         message = f"draft server {servers} did not answer within {timeout:g} s (deadline exceeded); raise the timeout"
     elif code == grpc.StatusCode.UNAUTHENTICATED:
@@ -74,20 +81,28 @@ def service_error(error: grpc.RpcError, servers: str, timeout: float, unavailabl
 
 
 class DraftClient:
-    def __init__(self, addresses: Sequence[str] | str, timeout: float = 1.0, retries: int = 3,
-                 security: ClientSecurity = ClientSecurity()) -> None:
+    def __init__(
+        self,
+        addresses: Sequence[str] | str,
+        timeout: float = 1.0,
+        retries: int = 3,
+        security: ClientSecurity = ClientSecurity(),
+    ) -> None:
         addresses = [addresses] if isinstance(addresses, str) else list(addresses)
         if not addresses:
             raise CrestError("no server address given")
         self.timeout, self.retries = timeout, retries
         self.servers = ", ".join(addresses)
         self.metadata = security.call_metadata()
-        target, options = channel_target(addresses), [
-            ("grpc.service_config", json.dumps(_RETRY_POLICY)),
-            ("grpc.enable_retries", 1),
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            *security.channel_options(),
-        ]
+        target, options = (
+            channel_target(addresses),
+            [
+                ("grpc.service_config", json.dumps(_RETRY_POLICY)),
+                ("grpc.enable_retries", 1),
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                *security.channel_options(),
+            ],
+        )
         if security.tls:
             self.channel = grpc.secure_channel(target, security.credentials(), options=options)
         else:
@@ -98,7 +113,7 @@ class DraftClient:
     def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self) -> "DraftClient":
+    def __enter__(self) -> DraftClient:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -110,8 +125,12 @@ class DraftClient:
         for attempt in range(self.retries + 1):
             try:
                 # Later attempts wait for a replica to be ready, but never past the call's deadline.
-                return method(request, timeout=max(deadline - time.monotonic(), 0.0), wait_for_ready=attempt > 0,
-                              metadata=self.metadata)
+                return method(
+                    request,
+                    timeout=max(deadline - time.monotonic(), 0.0),
+                    wait_for_ready=attempt > 0,
+                    metadata=self.metadata,
+                )
             except grpc.RpcError as error:
                 retry = error.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries
                 if not retry or time.monotonic() >= deadline:
@@ -127,19 +146,26 @@ class DraftClient:
         """Refuse a store built for another tokenizer (token ids would mean other text)."""
         info = self.info()
         if info.tokenizer_fingerprint != fingerprint:
-            raise CrestError(f"the server's store was built for tokenizer {info.tokenizer_name!r}, "
-                             "not the one this decoder uses")
+            raise CrestError(
+                f"the server's store was built for tokenizer {info.tokenizer_name!r}, not the one this decoder uses"
+            )
         return info
 
-    def lookup(self, sequences: Sequence[Sequence[int]], max_nodes: int = 0, max_depth: int = 0,
-               selection: str = "scored") -> list[DraftTree]:
+    def lookup(
+        self, sequences: Sequence[Sequence[int]], max_nodes: int = 0, max_depth: int = 0, selection: str = "scored"
+    ) -> list[DraftTree]:
         request = pb.LookupRequest(selection=SELECTIONS[selection])
         for tokens in sequences:
             request.sequences.add(tokens=list(tokens), max_nodes=max_nodes, max_depth=max_depth)
         response = self._call(self.stub.Lookup, request)
         self.last_store_version = response.store_version
         return [
-            DraftTree(np.array(d.tokens, np.int32), np.array(d.parents, np.int32),
-                      np.array(d.probabilities, np.float32), d.context_length, d.score)
+            DraftTree(
+                np.array(d.tokens, np.int32),
+                np.array(d.parents, np.int32),
+                np.array(d.probabilities, np.float32),
+                d.context_length,
+                d.score,
+            )
             for d in response.drafts
         ]

@@ -45,8 +45,13 @@ class IndexHolder:
             current = self.index.info
             if candidate.info.tokenizer_fingerprint != current.tokenizer_fingerprint:
                 self._refused = target
-                log.error("refusing %s: built for tokenizer %r, this server serves %r; keeping version %s",
-                          target.name, candidate.info.tokenizer_name, current.tokenizer_name, current.store_version)
+                log.error(
+                    "refusing %s: built for tokenizer %r, this server serves %r; keeping version %s",
+                    target.name,
+                    candidate.info.tokenizer_name,
+                    current.tokenizer_name,
+                    current.store_version,
+                )
                 return False
             self.index, self._refused = candidate, None
             log.info("now serving version %s (%d contexts)", candidate.info.store_version, candidate.info.contexts)

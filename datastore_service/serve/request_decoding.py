@@ -14,8 +14,12 @@ from google.protobuf.message import DecodeError
 class DecodeInHandler(grpc.ServerInterceptor):
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
-        if handler is None or handler.request_streaming or handler.response_streaming \
-                or handler.request_deserializer is None:
+        if (
+            handler is None
+            or handler.request_streaming
+            or handler.response_streaming
+            or handler.request_deserializer is None
+        ):
             return handler  # streaming calls (reflection) keep grpc's own parsing
         parse, answer = handler.request_deserializer, handler.unary_unary
         method = handler_call_details.method

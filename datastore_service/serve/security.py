@@ -45,7 +45,9 @@ def check_tls_files(cert: Path | None, key: Path | None, ca: Path | None) -> Non
         try:
             context.load_cert_chain(cert, key)
         except ssl.SSLError as exc:
-            raise CrestError(f"TLS certificate {cert} and key {key} are not a usable pair: {exc.reason or exc}") from exc
+            raise CrestError(
+                f"TLS certificate {cert} and key {key} are not a usable pair: {exc.reason or exc}"
+            ) from exc
     if ca is not None:
         read_file(ca, "TLS CA")
         try:
@@ -135,8 +137,11 @@ class TokenCheck(grpc.ServerInterceptor):
             return handler
         sent = _token_in(handler_call_details.invocation_metadata)
         if sent is None:
-            return _refusal(handler, "this server needs a token: send metadata 'authorization: Bearer <token>' "
-                                     f"(crest: --token-file or ${TOKEN_ENV})")
+            return _refusal(
+                handler,
+                "this server needs a token: send metadata 'authorization: Bearer <token>' "
+                f"(crest: --token-file or ${TOKEN_ENV})",
+            )
         if not hmac.compare_digest(_digest(sent), self._digest):
             return _refusal(handler, "wrong token")
         return handler

@@ -34,11 +34,11 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DraftStore"].full_name
 @dataclass(frozen=True)
 class ServerSettings:
     host: str = "127.0.0.1"
-    port: int = 50051            # 0 = any free port
+    port: int = 50051  # 0 = any free port
     workers: int = 8
     max_message_bytes: int = 4 * 1024 * 1024
     reload_interval: float = 1.0  # seconds between checks for a newly published version
-    grace: float = 10.0           # seconds in-flight calls get at shutdown
+    grace: float = 10.0  # seconds in-flight calls get at shutdown
     security: ServerSecurity = ServerSecurity()
 
 
@@ -80,8 +80,11 @@ class RunningServer:
             raise OSError(f"cannot bind {settings.host}:{settings.port}")
         if not is_loopback(settings.host):
             if not (security.token or security.tls_client_ca):
-                log.warning("serving on %s with neither a token nor client certificates: any host that reaches "
-                            "this port can call it", settings.host)
+                log.warning(
+                    "serving on %s with neither a token nor client certificates: any host that reaches "
+                    "this port can call it",
+                    settings.host,
+                )
             elif security.token and not security.tls:
                 log.warning("serving on %s without TLS: the token crosses the network in clear text", settings.host)
         self.watcher = ReloadWatcher(self.holder, settings.reload_interval)
@@ -91,7 +94,7 @@ class RunningServer:
         host = self.settings.host
         return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
-    def start(self) -> "RunningServer":
+    def start(self) -> RunningServer:
         self.server.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -63,10 +63,20 @@ class DraftStoreService(pb_grpc.DraftStoreServicer):
     def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoResponse:
         info = self.holder.index.info
         return pb.InfoResponse(
-            store_version=info.store_version, tokenizer_name=info.tokenizer_name,
-            tokenizer_fingerprint=info.tokenizer_fingerprint, vocab_size=info.vocab_size,
-            max_context=info.max_context, max_depth=info.max_depth, max_nodes=info.max_nodes,
-            contexts=info.contexts, nodes=info.nodes, corpus_name=info.corpus_name,
-            corpus_tokens=info.corpus_tokens, policy=info.policy, build_params_json=json.dumps(info.build_params),
-            schema_version=info.schema_version, crest_version=info.crest_version, max_batch=MAX_BATCH,
+            store_version=info.store_version,
+            tokenizer_name=info.tokenizer_name,
+            tokenizer_fingerprint=info.tokenizer_fingerprint,
+            vocab_size=info.vocab_size,
+            max_context=info.max_context,
+            max_depth=info.max_depth,
+            max_nodes=info.max_nodes,
+            contexts=info.contexts,
+            nodes=info.nodes,
+            corpus_name=info.corpus_name,
+            corpus_tokens=info.corpus_tokens,
+            policy=info.policy,
+            build_params_json=json.dumps(info.build_params),
+            schema_version=info.schema_version,
+            crest_version=info.crest_version,
+            max_batch=MAX_BATCH,
         )

@@ -31,7 +31,7 @@ class StoreInfo:
     crest_version: str
 
     @classmethod
-    def read(cls, connection: duckdb.DuckDBPyConnection, path: Path) -> "StoreInfo":
+    def read(cls, connection: duckdb.DuckDBPyConnection, path: Path) -> StoreInfo:
         info = store_info(connection, path)
         return cls(
             store_version=info["store_version"],

@@ -62,7 +62,12 @@ class VersionedStore:
             return
         for entry in self.versions.iterdir():
             _, _, pid = entry.name.removesuffix(".wal").rpartition("-")  # DuckDB's log of a scratch file too
-            if "." in entry.name and pid.isdigit() and not entry.name.endswith(self.suffix) and not _pid_alive(int(pid)):
+            if (
+                "." in entry.name
+                and pid.isdigit()
+                and not entry.name.endswith(self.suffix)
+                and not _pid_alive(int(pid))
+            ):
                 remove_path(entry)
 
     def published(self) -> Path | None:

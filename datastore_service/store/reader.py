@@ -37,8 +37,10 @@ def open_store(path: Path) -> duckdb.DuckDBPyConnection:
     try:
         connection = duckdb.connect(str(resolved), read_only=True)
     except duckdb.Error as exc:  # not DuckDB at all, cut short, or a corrupt header block
-        raise StoreError(f"{path} is not a readable DuckDB file (damaged, truncated or not DuckDB at all): "
-                         f"{str(exc).splitlines()[0]}") from exc
+        raise StoreError(
+            f"{path} is not a readable DuckDB file (damaged, truncated or not DuckDB at all): "
+            f"{str(exc).splitlines()[0]}"
+        ) from exc
     try:
         with reading(path):
             check_schema(connection, path)

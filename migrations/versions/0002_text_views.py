@@ -46,7 +46,8 @@ CREATE MACRO draft_paths(tokens, parents) AS list_reduce(
 """
 
 # One row per draft node of the contexts whose text is LIKE `pattern`; `continuation_text` is the
-# path from the context to the node. The MATERIALIZED filter runs first, so only matching trees are expanded: fast for one context.
+# path from the context to the node. The MATERIALIZED filter runs first, so only matching trees are
+# expanded: fast for one context.
 CREATE_DRAFTS_LIKE = """
 CREATE MACRO drafts_like(pattern) AS TABLE
 WITH matching AS MATERIALIZED (

@@ -15,16 +15,18 @@ from datastore_service.store.reader import read_store_info, resolve_store
 
 
 def crest(*args: str, check: bool = False, **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "crest_cli", *args], capture_output=True, text=True,
-                            timeout=300, **kwargs)
+    result = subprocess.run(
+        [sys.executable, "-m", "crest_cli", *args], capture_output=True, text=True, timeout=300, **kwargs
+    )
     if check:
         assert result.returncode == 0, result.stderr
     return result
 
 
 def start_crest(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "crest_cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "crest_cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def test_help_explains_every_command():
@@ -39,8 +41,17 @@ def test_help_explains_every_command():
 @pytest.fixture(scope="module")
 def published(code_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     output = tmp_path_factory.mktemp("cli") / "code.duckdb"
-    result = crest("build", "--corpus", str(code_corpus / "json"), "--output", str(output), "--budget", "200rows",
-                   "--quiet", check=True)
+    result = crest(
+        "build",
+        "--corpus",
+        str(code_corpus / "json"),
+        "--output",
+        str(output),
+        "--budget",
+        "200rows",
+        "--quiet",
+        check=True,
+    )
     assert "published" in result.stdout and "200 kept" in result.stdout and "bytes per context" in result.stdout
     return output
 
@@ -73,8 +84,18 @@ def test_bad_input_is_one_clear_line(args: list[str], message: str):
 
 
 def test_bad_file_fails_the_build_when_asked(code_corpus: Path, tmp_path: Path):
-    result = crest("build", "--corpus", str(code_corpus), "--glob", "*.py", "--on-bad-file", "fail",
-                   "--output", str(tmp_path / "s.duckdb"), "--quiet")
+    result = crest(
+        "build",
+        "--corpus",
+        str(code_corpus),
+        "--glob",
+        "*.py",
+        "--on-bad-file",
+        "fail",
+        "--output",
+        str(tmp_path / "s.duckdb"),
+        "--quiet",
+    )
     assert result.returncode == 1 and "latin1.py: not UTF-8" in result.stderr
     assert not (tmp_path / "s.duckdb").exists()
 
@@ -91,8 +112,9 @@ def _wait_for_work_dir(versions: Path, process: subprocess.Popen) -> None:
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
 def test_build_stopped_midway_leaves_the_old_version_published(published: Path, code_corpus: Path, how: int):
     old_file, old_info = resolve_store(published), read_store_info(published)
-    process = start_crest("build", "--corpus", str(code_corpus), "--output", str(published), "--budget", "1000rows",
-                          "--quiet")
+    process = start_crest(
+        "build", "--corpus", str(code_corpus), "--output", str(published), "--budget", "1000rows", "--quiet"
+    )
     _wait_for_work_dir(published.with_name(published.name + ".versions"), process)
     os.kill(process.pid, how)
     _, stderr = process.communicate(timeout=60)
@@ -121,7 +143,17 @@ def test_datastore_side_runs_without_torch(published: Path, code_corpus: Path, t
 
 
 def test_duckdb_out_of_memory_is_a_clear_error(code_corpus: Path, tmp_path: Path):
-    result = crest("build", "--corpus", str(code_corpus / "email"), "--output", str(tmp_path / "s.duckdb"),
-                   "--memory-limit", "30MB", "--max-temp-size", "1MB", "--quiet")
+    result = crest(
+        "build",
+        "--corpus",
+        str(code_corpus / "email"),
+        "--output",
+        str(tmp_path / "s.duckdb"),
+        "--memory-limit",
+        "30MB",
+        "--max-temp-size",
+        "1MB",
+        "--quiet",
+    )
     assert result.returncode == 1 and "DuckDB ran out of" in result.stderr
     assert not (tmp_path / "s.duckdb").exists()

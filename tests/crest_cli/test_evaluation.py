@@ -18,22 +18,50 @@ def chat_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("chat") / "answers.jsonl"
     answers = [
         f"Sure! Here are {n} tips to improve your writing: 1. Read widely. 2. Write every day. "
-        f"3. Ask for feedback. In summary, practice is the key to becoming a better writer." for n in range(3, 40)
-    ] + [f"I'm sorry, but I cannot help with request number {n}. Is there anything else I can help you with?"
-         for n in range(40)]
+        f"3. Ask for feedback. In summary, practice is the key to becoming a better writer."
+        for n in range(3, 40)
+    ] + [
+        f"I'm sorry, but I cannot help with request number {n}. Is there anything else I can help you with?"
+        for n in range(40)
+    ]
     path.write_text("\n".join(json.dumps({"text": answer}) for answer in answers))
     return path
 
 
 def test_eval_runs_end_to_end_on_a_slice(code_corpus: Path, chat_corpus: Path, tmp_path: Path, capsys):
-    status = main(["eval", "--prompts", "2", "--max-new-tokens", "24", "--fractions", "0.5,1", "--budgets", "1MB",
-                   "--variants", "ours,paper", "--code-corpus", str(code_corpus), "--chat-corpus", str(chat_corpus),
-                   "--real-check", "1", "--output-dir", str(tmp_path), "--quiet"])
+    status = main(
+        [
+            "eval",
+            "--prompts",
+            "2",
+            "--max-new-tokens",
+            "24",
+            "--fractions",
+            "0.5,1",
+            "--budgets",
+            "1MB",
+            "--variants",
+            "ours,paper",
+            "--code-corpus",
+            str(code_corpus),
+            "--chat-corpus",
+            str(chat_corpus),
+            "--real-check",
+            "1",
+            "--output-dir",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
     assert status == 0
     with (tmp_path / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert {(r["suite"], r["system"]) for r in rows} == {
-        ("humaneval", "REST"), ("humaneval", "CREST"), ("mtbench", "REST"), ("mtbench", "CREST")}
+        ("humaneval", "REST"),
+        ("humaneval", "CREST"),
+        ("mtbench", "REST"),
+        ("mtbench", "CREST"),
+    }
     assert len(rows) == 2 * (2 + 2)
     for row in rows:
         assert 1.0 <= float(row["accepted_length"]) <= 24.0
@@ -51,15 +79,20 @@ def row(system: str, line: str, storage: int, accepted: float) -> ResultRow:
 
 
 def test_claims_compare_at_rest_full_corpus_and_at_equal_storage():
-    rows = [row("REST", "REST", 1_000_000, 1.2), row("REST", "REST", 10_000_000, 1.4),
-            row("REST", "REST", 300_000_000, 1.6),
-            row("CREST", "good", 500_000, 1.3), row("CREST", "good", 5_000_000, 1.7),
-            row("CREST", "weak", 2_000_000, 1.1), row("CREST", "weak", 20_000_000, 1.3)]
+    rows = [
+        row("REST", "REST", 1_000_000, 1.2),
+        row("REST", "REST", 10_000_000, 1.4),
+        row("REST", "REST", 300_000_000, 1.6),
+        row("CREST", "good", 500_000, 1.3),
+        row("CREST", "good", 5_000_000, 1.7),
+        row("CREST", "weak", 2_000_000, 1.1),
+        row("CREST", "weak", 20_000_000, 1.3),
+    ]
     full, claims = claims_for(rows)
     assert full.accepted_length == 1.6
     good, weak = claims
     assert good.matching_bytes == 5_000_000 and good.best_at_thirtieth == 1.7
-    (at, gain), = good.equal_storage_gains
+    ((at, gain),) = good.equal_storage_gains
     assert at == 1_000_000 and gain == pytest.approx((1.3 + 0.4 * 0.30103) / 1.2 - 1, rel=1e-6)
     assert weak.matching_bytes is None and weak.best_at_thirtieth == 1.1
     assert [b for b, _ in weak.equal_storage_gains] == [10_000_000]

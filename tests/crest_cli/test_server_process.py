@@ -38,10 +38,12 @@ def test_a_store_that_cannot_be_served_is_a_clear_error(tmp_path: Path):
 
 
 def test_server_dies_with_a_killed_parent(store: Path, tmp_path: Path):
-    script = ("import sys, time; from pathlib import Path\n"
-              "from crest_cli.server_process import ServerProcess\n"
-              "server = ServerProcess(Path(sys.argv[1])).__enter__()\n"
-              "print(server.process.pid, flush=True); time.sleep(600)\n")
+    script = (
+        "import sys, time; from pathlib import Path\n"
+        "from crest_cli.server_process import ServerProcess\n"
+        "server = ServerProcess(Path(sys.argv[1])).__enter__()\n"
+        "print(server.process.pid, flush=True); time.sleep(600)\n"
+    )
     parent = subprocess.Popen([sys.executable, "-c", script, str(store)], stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
     parent.kill()

@@ -25,12 +25,17 @@ class BatchOracle:
         trees = []
         for context in contexts:
             for prompt, reference in self.references.items():
-                if tuple(context[: len(prompt)]) == prompt and context[len(prompt):] == reference[: len(context) - len(prompt)]:
-                    truth = reference[len(context) - len(prompt):]
+                if (
+                    tuple(context[: len(prompt)]) == prompt
+                    and context[len(prompt) :] == reference[: len(context) - len(prompt)]
+                ):
+                    truth = reference[len(context) - len(prompt) :]
                     depth = 1 + len(prompt) % 4
                     chain = truth[:depth]
                     bad = (truth[0] + 1) % 64 if truth else 0
-                    trees.append(tree([bad] + chain, [-1] + [-1] + list(range(1, len(chain)))) if truth else tree([], []))
+                    trees.append(
+                        tree([bad] + chain, [-1] + [-1] + list(range(1, len(chain)))) if truth else tree([], [])
+                    )
                     break
         return trees
 

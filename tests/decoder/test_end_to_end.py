@@ -31,8 +31,13 @@ def smollm2_target():
 @pytest.fixture(scope="module")
 def code_store(code_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     output = tmp_path_factory.mktemp("e2e") / "code.duckdb"
-    build_store(corpus_spec(str(code_corpus), glob="*.py"), "smollm2", output, BuildParams(budget=Budget(bytes=4_000_000)),
-                progress=False)
+    build_store(
+        corpus_spec(str(code_corpus), glob="*.py"),
+        "smollm2",
+        output,
+        BuildParams(budget=Budget(bytes=4_000_000)),
+        progress=False,
+    )
     return output
 
 
@@ -53,7 +58,7 @@ def test_greedy_through_the_service_equals_plain_greedy(smollm2_target, server: 
         generation = decoder.generate(ids, 48)
         with torch.inference_mode():
             plain = smollm2_target.model.generate(torch.tensor([ids]), max_new_tokens=48, do_sample=False)
-        assert generation.tokens == plain[0, len(ids):].tolist()
+        assert generation.tokens == plain[0, len(ids) :].tolist()
         drafted_any |= any(step.accepted for step in generation.steps)
     assert drafted_any
     client.close()
@@ -71,9 +76,23 @@ def test_chat_prompt_uses_the_chat_template(smollm2_target):
 
 def test_generate_command_compares_with_plain_decoding(server: RunningServer):
     result = subprocess.run(
-        [sys.executable, "-m", "crest_cli", "generate", "--server", server.address,
-         "--prompt", humaneval_prompts(1)[0], "--max-new-tokens", "24", "--compare", "--fixed-nodes"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "crest_cli",
+            "generate",
+            "--server",
+            server.address,
+            "--prompt",
+            humaneval_prompts(1)[0],
+            "--max-new-tokens",
+            "24",
+            "--compare",
+            "--fixed-nodes",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     assert "identical output: True" in result.stderr and "tokens/step" in result.stderr
@@ -85,7 +104,12 @@ def test_stop_string_stops_where_plain_generate_stops(smollm2_target, server: Ru
         decoder = SpeculativeDecoder(smollm2_target, WithPromptLookup(ServiceSource(client)), NodeBudget(16))
         generation = decoder.generate(ids, 64, stop_strings=["return"])
     with torch.inference_mode():
-        plain = smollm2_target.model.generate(torch.tensor([ids]), max_new_tokens=64, do_sample=False,
-                                              stop_strings=["return"], tokenizer=smollm2_target.tokenizer)
-    assert generation.tokens == plain[0, len(ids):].tolist()
+        plain = smollm2_target.model.generate(
+            torch.tensor([ids]),
+            max_new_tokens=64,
+            do_sample=False,
+            stop_strings=["return"],
+            tokenizer=smollm2_target.tokenizer,
+        )
+    assert generation.tokens == plain[0, len(ids) :].tolist()
     assert generation.stopped_by == "stop_string"

@@ -28,8 +28,13 @@ def gemma():
 @pytest.fixture(scope="module")
 def gemma_store(code_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     output = tmp_path_factory.mktemp("gemma") / "code.duckdb"
-    build_store(corpus_spec(str(code_corpus), glob="*.py"), "gemma3", output,
-                BuildParams(budget=Budget(bytes=8_000_000)), progress=False)
+    build_store(
+        corpus_spec(str(code_corpus), glob="*.py"),
+        "gemma3",
+        output,
+        BuildParams(budget=Budget(bytes=8_000_000)),
+        progress=False,
+    )
     return output
 
 
@@ -47,5 +52,5 @@ def test_greedy_with_gemma_equals_plain_greedy(gemma, gemma_store: Path):
         generation = decoder.generate(ids, 40)
         with torch.inference_mode():
             plain = gemma.model.generate(torch.tensor([ids]), max_new_tokens=40, do_sample=False)
-        assert generation.tokens == plain[0, len(ids):].tolist()
+        assert generation.tokens == plain[0, len(ids) :].tolist()
         assert generation.mean_accepted_length > 1.0

@@ -23,7 +23,9 @@ def test_replay_equals_real_decoding(shape: str, budget: NodeBudget):
     target = tiny_llama(2)
     for prompt in PROMPTS:
         reference = plain_greedy(target, prompt, 40)
-        source = WithPromptLookup(NoDrafts()) if shape == "prompt lookup" else OracleSource(len(prompt), reference, shape)
+        source = (
+            WithPromptLookup(NoDrafts()) if shape == "prompt lookup" else OracleSource(len(prompt), reference, shape)
+        )
         real = SpeculativeDecoder(target, source, budget).generate(prompt, 40)
         if shape != "prompt lookup":
             source = OracleSource(len(prompt), reference, shape)  # same draws as the real run

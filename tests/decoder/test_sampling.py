@@ -31,9 +31,18 @@ class FixedTreeSource:
 
 def small_target() -> TargetModel:
     torch.manual_seed(4)
-    config = LlamaConfig(vocab_size=SMALL_VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, initializer_range=0.3,
-                         eos_token_id=None, bos_token_id=None, pad_token_id=None)
+    config = LlamaConfig(
+        vocab_size=SMALL_VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        initializer_range=0.3,
+        eos_token_id=None,
+        bos_token_id=None,
+        pad_token_id=None,
+    )
     return TargetModel("small", LlamaForCausalLM(config).eval(), tokenizer=None)
 
 

@@ -66,8 +66,13 @@ def test_tree_mask_gives_causal_logits_on_every_branch():
         cache = DynamicCache(config=model.config)
         model(input_ids=torch.tensor([PROMPT[:-1]]), cache=cache, use_cache=True)
         inputs = tree_inputs(PROMPT[-1], draft, len(PROMPT) - 1, model.dtype, torch.device("cpu"))
-        logits = model(input_ids=inputs.input_ids, position_ids=inputs.position_ids,
-                       attention_mask=inputs.attention_mask, cache=cache, use_cache=True).logits[0]
+        logits = model(
+            input_ids=inputs.input_ids,
+            position_ids=inputs.position_ids,
+            attention_mask=inputs.attention_mask,
+            cache=cache,
+            use_cache=True,
+        ).logits[0]
         fed = inputs.input_ids[0].tolist()
         for node in range(len(fed)):
             branch, i = [], node

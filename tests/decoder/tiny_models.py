@@ -16,24 +16,46 @@ VOCAB = 64
 
 def tiny_llama(seed: int = 0) -> TargetModel:
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         initializer_range=0.5, eos_token_id=None, bos_token_id=None, pad_token_id=None)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        initializer_range=0.5,
+        eos_token_id=None,
+        bos_token_id=None,
+        pad_token_id=None,
+    )
     return TargetModel("tiny-llama", LlamaForCausalLM(config).eval(), tokenizer=None)
 
 
 def tiny_gpt2(seed: int = 0) -> TargetModel:
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=512, initializer_range=0.5,
-                        eos_token_id=None, bos_token_id=None)
+    config = GPT2Config(
+        vocab_size=VOCAB,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=512,
+        initializer_range=0.5,
+        eos_token_id=None,
+        bos_token_id=None,
+    )
     return TargetModel("tiny-gpt2", GPT2LMHeadModel(config).eval(), tokenizer=None)
 
 
 @torch.inference_mode()
 def plain_greedy(target: TargetModel, prompt: Sequence[int], max_new_tokens: int) -> list[int]:
-    output = target.model.generate(torch.tensor([list(prompt)]), max_new_tokens=max_new_tokens, do_sample=False,
-                                   attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
-    return output[0, len(prompt):].tolist()
+    output = target.model.generate(
+        torch.tensor([list(prompt)]),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+    )
+    return output[0, len(prompt) :].tolist()
 
 
 def tree(tokens: Sequence[int], parents: Sequence[int]) -> DraftTree:
@@ -42,8 +64,13 @@ def tree(tokens: Sequence[int], parents: Sequence[int]) -> DraftTree:
     for i, parent in enumerate(parents):
         if parent >= 0:
             probabilities[i] = min(probabilities[i], probabilities[parent])
-    return DraftTree(np.asarray(tokens, np.int32), np.asarray(parents, np.int32), probabilities,
-                     1 if len(tokens) else 0, float(probabilities.sum()))
+    return DraftTree(
+        np.asarray(tokens, np.int32),
+        np.asarray(parents, np.int32),
+        probabilities,
+        1 if len(tokens) else 0,
+        float(probabilities.sum()),
+    )
 
 
 class OracleSource:
@@ -58,7 +85,10 @@ class OracleSource:
     def drafts(self, contexts, max_nodes: int) -> list[DraftTree]:
         done = len(contexts[0]) - self.prompt_length
         truth = self.reference[done:]
-        wrong = lambda t: (t + 1 + int(self.rng.integers(0, VOCAB - 1))) % VOCAB if t is not None else 0
+
+        def wrong(t: int | None) -> int:
+            return (t + 1 + int(self.rng.integers(0, VOCAB - 1))) % VOCAB if t is not None else 0
+
         if self.shape == "empty" or not truth:
             return [DraftTree.empty()]
         if self.shape == "chain":  # the true continuation, 5 deep

@@ -17,8 +17,12 @@ from datastore_service.rest.index import RestIndex, RestParams
 from datastore_service.serve.client import DraftClient
 from datastore_service.serve.server import RunningServer, ServerSettings
 
-IDENTITY = {"tokenizer_name": "test", "tokenizer_fingerprint": "test-fp", "corpus_name": "random",
-            "corpus_fingerprint": "random-fp"}
+IDENTITY = {
+    "tokenizer_name": "test",
+    "tokenizer_fingerprint": "test-fp",
+    "corpus_name": "random",
+    "corpus_fingerprint": "random-fp",
+}
 
 
 def random_documents(rng: np.random.Generator, count: int, vocab: int) -> list[list[int]]:
@@ -29,7 +33,9 @@ def random_documents(rng: np.random.Generator, count: int, vocab: int) -> list[l
 def publish(tmp_path: Path, documents: list[list[int]], vocab_size: int, fraction: float = 1.0) -> Path:
     doc_ids = np.repeat(np.arange(len(documents)), [len(d) for d in documents])
     tokens = np.concatenate([np.asarray(d, np.int64) for d in documents])
-    summary = publish_rest_store(doc_ids, tokens, fraction, tmp_path / "rest.rest", {**IDENTITY, "vocab_size": vocab_size})
+    summary = publish_rest_store(
+        doc_ids, tokens, fraction, tmp_path / "rest.rest", {**IDENTITY, "vocab_size": vocab_size}
+    )
     return summary.store
 
 
@@ -44,14 +50,14 @@ def brute_force_tree(documents: list[list[int]], query: list[int], params: RestP
         occurrences = []
         for d, doc in enumerate(documents):
             for i in range(len(doc) - n + 1):
-                if doc[i:i + n] == pattern:
-                    rest = [*doc[i:], end] + [t for later in documents[d + 1:] for t in (*later, end)]
-                    occurrences.append((rest, doc[i + n:i + n + params.m]))
+                if doc[i : i + n] == pattern:
+                    rest = [*doc[i:], end] + [t for later in documents[d + 1 :] for t in (*later, end)]
+                    occurrences.append((rest, doc[i + n : i + n + params.m]))
         if occurrences:
             occurrences.sort(key=lambda item: item[0])
-            continuations = [c for _, c in occurrences[:params.k]]
+            continuations = [c for _, c in occurrences[: params.k]]
             counts = Counter(tuple(c[:depth]) for c in continuations for depth in range(1, len(c) + 1))
-            ranked = sorted(counts, key=lambda path: (-counts[path], len(path), path))[:params.c]
+            ranked = sorted(counts, key=lambda path: (-counts[path], len(path), path))[: params.c]
             return {path: counts[path] / len(continuations) for path in ranked}
     return {}
 
@@ -64,19 +70,22 @@ def tree_paths(tree: DraftTree) -> dict[tuple, float]:
     return {path: float(p) for path, p in zip(paths, tree.probabilities)}
 
 
-@pytest.mark.parametrize("seed, params", [
-    (0, RestParams()),
-    (1, RestParams(n_max=4, n_min=1, k=7, m=5, c=6)),
-    (2, RestParams(n_max=3, n_min=2, k=3, m=3, c=64)),
-    (3, RestParams(n_max=16, n_min=1, k=5000, m=10, c=3)),
-])
+@pytest.mark.parametrize(
+    "seed, params",
+    [
+        (0, RestParams()),
+        (1, RestParams(n_max=4, n_min=1, k=7, m=5, c=6)),
+        (2, RestParams(n_max=3, n_min=2, k=3, m=3, c=64)),
+        (3, RestParams(n_max=16, n_min=1, k=5000, m=10, c=3)),
+    ],
+)
 def test_retrieval_equals_brute_force(tmp_path: Path, seed: int, params: RestParams) -> None:
     rng = np.random.default_rng(seed)
     documents = random_documents(rng, 40, vocab=12)
     index = RestIndex.load(publish(tmp_path, documents, vocab_size=12), params)
     queries = [documents[int(rng.integers(len(documents)))][: int(rng.integers(1, 20))] for _ in range(60)]
     queries += [(rng.zipf(1.5, int(rng.integers(1, 20))) % 12).tolist() for _ in range(60)]
-    trees = index.lookup([q[-params.n_max:] for q in queries]).trees()
+    trees = index.lookup([q[-params.n_max :] for q in queries]).trees()
     for query, tree in zip(queries, trees):
         expected = brute_force_tree(documents, query, params)
         got = tree_paths(tree)

@@ -22,14 +22,14 @@ from tests.datastore_service.server_process import start_server, stop_server
 from tests.datastore_service.store_factory import publish_token_store
 
 VOCAB, MAX_CONTEXT = 1000, 3
-REQUESTS = 10_000          # every one really sent (asserted)
-PER_EXAMPLE = 4            # one of each kind per hypothesis example
-WARM_UP = 2_000            # RSS is compared between this request and the last
+REQUESTS = 10_000  # every one really sent (asserted)
+PER_EXAMPLE = 4  # one of each kind per hypothesis example
+WARM_UP = 2_000  # RSS is compared between this request and the last
 RSS_GROWTH_LIMIT = 16 * 2**20
-INT32 = st.integers(-2**31, 2**31 - 1)
+INT32 = st.integers(-(2**31), 2**31 - 1)
 UINT32 = st.integers(0, 2**32 - 1)
 
-tokens = st.one_of(st.integers(0, VOCAB - 1), st.sampled_from([-1, VOCAB, -2**31, 2**31 - 1]), INT32)
+tokens = st.one_of(st.integers(0, VOCAB - 1), st.sampled_from([-1, VOCAB, -(2**31), 2**31 - 1]), INT32)
 queries = st.builds(
     lambda t, n, d: pb.SequenceQuery(tokens=t, max_nodes=n, max_depth=d),
     st.lists(tokens, max_size=MAX_CONTEXT + 2),
@@ -45,12 +45,25 @@ small_requests = st.builds(lambda s, b: pb.LookupRequest(selection=s, sequences=
 valid_requests = st.builds(
     lambda s, b: pb.LookupRequest(selection=s, sequences=b),
     st.sampled_from([pb.SELECTION_UNSPECIFIED, pb.SCORED, pb.LONGEST_MATCH]),
-    st.lists(st.builds(lambda t, n, d: pb.SequenceQuery(tokens=t, max_nodes=n, max_depth=d),
-                       st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=MAX_CONTEXT),
-                       st.integers(0, MAX_NODES_LIMIT), st.integers(0, MAX_DEPTH_LIMIT)), min_size=1, max_size=8),
+    st.lists(
+        st.builds(
+            lambda t, n, d: pb.SequenceQuery(tokens=t, max_nodes=n, max_depth=d),
+            st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=MAX_CONTEXT),
+            st.integers(0, MAX_NODES_LIMIT),
+            st.integers(0, MAX_DEPTH_LIMIT),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
 )
-requests = st.one_of(valid_requests, small_requests, small_requests, small_requests, small_requests,
-                     st.builds(lambda s, b: pb.LookupRequest(selection=s, sequences=b), selections, edge_batches))
+requests = st.one_of(
+    valid_requests,
+    small_requests,
+    small_requests,
+    small_requests,
+    small_requests,
+    st.builds(lambda s, b: pb.LookupRequest(selection=s, sequences=b), selections, edge_batches),
+)
 
 
 @st.composite
@@ -60,7 +73,7 @@ def damaged(draw) -> bytes:
     if draw(st.booleans()) or not raw:
         return raw[: draw(st.integers(0, max(len(raw) - 1, 0)))]
     at = draw(st.integers(0, len(raw) - 1))
-    return raw[:at] + draw(st.binary(min_size=1, max_size=8)) + raw[at + 1:]
+    return raw[:at] + draw(st.binary(min_size=1, max_size=8)) + raw[at + 1 :]
 
 
 def _varint(value: int) -> bytes:
@@ -94,8 +107,13 @@ def answerable(request: pb.LookupRequest) -> bool:
     return (
         request.selection in (pb.SELECTION_UNSPECIFIED, pb.SCORED, pb.LONGEST_MATCH)
         and 1 <= len(request.sequences) <= MAX_BATCH
-        and all(1 <= len(q.tokens) <= MAX_CONTEXT and all(0 <= t < VOCAB for t in q.tokens)
-                and q.max_nodes <= MAX_NODES_LIMIT and q.max_depth <= MAX_DEPTH_LIMIT for q in request.sequences)
+        and all(
+            1 <= len(q.tokens) <= MAX_CONTEXT
+            and all(0 <= t < VOCAB for t in q.tokens)
+            and q.max_nodes <= MAX_NODES_LIMIT
+            and q.max_depth <= MAX_DEPTH_LIMIT
+            for q in request.sequences
+        )
     )
 
 
@@ -141,8 +159,9 @@ def test_hostile_requests_get_clean_answers_and_memory_stays_bounded(live_server
     process, address = live_server
     sender = Sender(process, address)
 
-    @settings(max_examples=REQUESTS // PER_EXAMPLE, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=REQUESTS // PER_EXAMPLE, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(requests, st.binary(max_size=256), damaged(), wrong_types())
     def every_kind(request: pb.LookupRequest, garbage: bytes, cut: bytes, mistyped: bytes) -> None:
         for raw in (request.SerializeToString(), garbage, cut, mistyped):
@@ -153,9 +172,11 @@ def test_hostile_requests_get_clean_answers_and_memory_stays_bounded(live_server
     record_property("requests_sent", sender.sent)
     record_property("answered_and_undecodable", (sender.answered, sender.undecodable))
     record_property("server_rss_mib", (round(sender.rss_at_warm_up / 2**20, 1), round(rss_after / 2**20, 1)))
-    print(f"\n{sender.sent} hostile requests ({sender.answered} answered, {sender.undecodable} undecodable, "
-          f"the rest invalid); server RSS {sender.rss_at_warm_up / 2**20:.1f} MiB at request "
-          f"{WARM_UP}, {rss_after / 2**20:.1f} MiB at the end")
+    print(
+        f"\n{sender.sent} hostile requests ({sender.answered} answered, {sender.undecodable} undecodable, "
+        f"the rest invalid); server RSS {sender.rss_at_warm_up / 2**20:.1f} MiB at request "
+        f"{WARM_UP}, {rss_after / 2**20:.1f} MiB at the end"
+    )
     assert sender.sent >= REQUESTS
     assert sender.answered > REQUESTS // 100 and sender.undecodable > REQUESTS // 100  # both sides were explored
     assert process.poll() is None, "the server died"

@@ -37,8 +37,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory):
     """A CA with a server and a client certificate, and a rogue CA with its own client certificate."""
     folder = tmp_path_factory.mktemp("pki")
     ca, rogue = CertificateAuthority(folder, "crest-ca"), CertificateAuthority(folder, "rogue-ca")
-    return {"ca": ca.files.cert, "server": ca.issue("server", server=True), "client": ca.issue("client", server=False),
-            "rogue_ca": rogue.files.cert, "rogue_client": rogue.issue("rogue-client", server=False)}
+    return {
+        "ca": ca.files.cert,
+        "server": ca.issue("server", server=True),
+        "client": ca.issue("client", server=False),
+        "rogue_ca": rogue.files.cert,
+        "rogue_client": rogue.issue("rogue-client", server=False),
+    }
 
 
 def serve(store: Path, security: ServerSecurity) -> RunningServer:
@@ -51,8 +56,7 @@ def answers(address: str, security: ClientSecurity = ClientSecurity()) -> bool:
 
 
 def refusal(address: str, security: ClientSecurity = ClientSecurity()) -> ServiceError:
-    with DraftClient(address, timeout=2, retries=1, security=security) as client, \
-            pytest.raises(ServiceError) as error:
+    with DraftClient(address, timeout=2, retries=1, security=security) as client, pytest.raises(ServiceError) as error:
         client.lookup([[7, 8]])
     return error.value
 
@@ -70,15 +74,18 @@ def test_tls_answers_clients_that_trust_its_ca_only(store: Path, pki):
 
 
 def test_mutual_tls_refuses_clients_without_a_certificate_of_its_ca(store: Path, pki):
-    server = serve(store, ServerSecurity(tls_cert=pki["server"].cert, tls_key=pki["server"].key,
-                                         tls_client_ca=pki["ca"]))
+    server = serve(
+        store, ServerSecurity(tls_cert=pki["server"].cert, tls_key=pki["server"].key, tls_client_ca=pki["ca"])
+    )
     try:
         client = pki["client"]
         assert answers(server.address, ClientSecurity(tls_ca=pki["ca"], tls_cert=client.cert, tls_key=client.key))
         assert refusal(server.address, ClientSecurity(tls_ca=pki["ca"])).code == grpc.StatusCode.UNAVAILABLE
         rogue = pki["rogue_client"]
-        assert refusal(server.address, ClientSecurity(tls_ca=pki["ca"], tls_cert=rogue.cert,
-                                                      tls_key=rogue.key)).code == grpc.StatusCode.UNAVAILABLE
+        assert (
+            refusal(server.address, ClientSecurity(tls_ca=pki["ca"], tls_cert=rogue.cert, tls_key=rogue.key)).code
+            == grpc.StatusCode.UNAVAILABLE
+        )
     finally:
         server.stop(grace=0)
 
@@ -103,8 +110,11 @@ def test_token_is_required_checked_and_accepted(store: Path):
             assert check.status == health_pb2.HealthCheckResponse.SERVING
             reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
             with pytest.raises(grpc.RpcError) as error:
-                next(reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
-                                                     timeout=5))
+                next(
+                    reflection.ServerReflectionInfo(
+                        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+                    )
+                )
             assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         server.stop(grace=0)
@@ -123,8 +133,16 @@ def test_crest_serve_with_mutual_tls_and_a_token_file(store: Path, pki, tmp_path
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     process, address, line = start_server(
-        store, "--tls-cert", str(pki["server"].cert), "--tls-key", str(pki["server"].key),
-        "--tls-client-ca", str(pki["ca"]), "--token-file", str(token_file))
+        store,
+        "--tls-cert",
+        str(pki["server"].cert),
+        "--tls-key",
+        str(pki["server"].key),
+        "--tls-client-ca",
+        str(pki["ca"]),
+        "--token-file",
+        str(token_file),
+    )
     try:
         assert "(mutual TLS, token required)" in line, line
         client = pki["client"]
@@ -146,26 +164,41 @@ def test_crest_serve_takes_the_token_from_the_environment(store: Path):
         stop_server(process)
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--tls-cert", "{cert}"], "needs both --tls-cert and --tls-key"),
-    (["--tls-cert", "/no/such.crt", "--tls-key", "{key}"], "cannot read TLS certificate /no/such.crt"),
-    (["--token-file", "{empty}"], "is empty"),
-    (["--tls-cert", "{ca}", "--tls-key", "{key}"], "are not a usable pair"),
-    (["--tls-cert", "{empty}", "--tls-key", "{empty}"], "are not a usable pair"),
-])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--tls-cert", "{cert}"], "needs both --tls-cert and --tls-key"),
+        (["--tls-cert", "/no/such.crt", "--tls-key", "{key}"], "cannot read TLS certificate /no/such.crt"),
+        (["--token-file", "{empty}"], "is empty"),
+        (["--tls-cert", "{ca}", "--tls-key", "{key}"], "are not a usable pair"),
+        (["--tls-cert", "{empty}", "--tls-key", "{empty}"], "are not a usable pair"),
+    ],
+)
 def test_crest_serve_bad_security_flags_are_one_line(store: Path, pki, tmp_path: Path, flags, message):
     (tmp_path / "empty").write_text("\n")
     values = {"cert": pki["server"].cert, "key": pki["server"].key, "ca": pki["ca"], "empty": tmp_path / "empty"}
     result = subprocess.run(
-        [sys.executable, "-m", "crest_cli", "serve", str(store), "--port", "0",
-         *[flag.format(**values) for flag in flags]], capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "crest_cli",
+            "serve",
+            str(store),
+            "--port",
+            "0",
+            *[flag.format(**values) for flag in flags],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1 and result.stderr.startswith("crest: error:") and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_crest_generate_server_flags_reach_the_client(store: Path, pki, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch):
+def test_crest_generate_server_flags_reach_the_client(
+    store: Path, pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     from types import SimpleNamespace
 
     from crest_cli.generate import draft_source
@@ -174,12 +207,26 @@ def test_crest_generate_server_flags_reach_the_client(store: Path, pki, tmp_path
     monkeypatch.delenv("CREST_TOKEN", raising=False)
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
-    server = serve(store, ServerSecurity(tls_cert=pki["server"].cert, tls_key=pki["server"].key,
-                                         tls_client_ca=pki["ca"], token=TOKEN))
+    server = serve(
+        store,
+        ServerSecurity(tls_cert=pki["server"].cert, tls_key=pki["server"].key, tls_client_ca=pki["ca"], token=TOKEN),
+    )
     target = SimpleNamespace(tokenizer_fingerprint=f"test-vocab-{VOCAB}")
     client = pki["client"]
-    flags = ["generate", "--server", server.address, "--prompt", "x", "--no-prompt-lookup",
-             "--tls-ca", str(pki["ca"]), "--tls-cert", str(client.cert), "--tls-key", str(client.key)]
+    flags = [
+        "generate",
+        "--server",
+        server.address,
+        "--prompt",
+        "x",
+        "--no-prompt-lookup",
+        "--tls-ca",
+        str(pki["ca"]),
+        "--tls-cert",
+        str(client.cert),
+        "--tls-key",
+        str(client.key),
+    ]
     try:
         source = draft_source(parser().parse_args([*flags, "--token-file", str(token_file)]), target)
         assert source.drafts([[7, 8]], 4)[0].context_length == 2

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -115,7 +114,10 @@ def test_health_and_reflection(server: RunningServer):
     with grpc.insecure_channel(server.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "crest.v1.DraftStore"):
-            assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
+            assert (
+                health.Check(health_pb2.HealthCheckRequest(service=service)).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
         request = reflection_pb2.ServerReflectionRequest(list_services="")
         response = next(reflection.ServerReflectionInfo(iter([request])))
@@ -156,7 +158,7 @@ class Load:
                     with self.lock:
                         self.failures.append(str(error))
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for thread in self.threads:
             thread.start()
         return self
@@ -199,7 +201,9 @@ def _publish_file(store: Path, content: Path | bytes) -> None:
     versioned.publish(partial, version)
 
 
-def test_corrupt_or_foreign_versions_are_refused_and_the_old_one_serves(store: Path, server: RunningServer, tmp_path: Path):
+def test_corrupt_or_foreign_versions_are_refused_and_the_old_one_serves(
+    store: Path, server: RunningServer, tmp_path: Path
+):
     serving = server.holder.index.info.store_version
     with Load(server.address, threads=2) as load:
         _publish_file(store, b"this is not a duckdb file" * 100)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -57,7 +56,7 @@ def damaged_copy(store: Path, kind: str, folder: Path) -> Path:
     if kind == "corrupt":  # random bytes over part of every block after the file headers
         rng, data = np.random.default_rng(0), bytearray(data)
         for start in range(HEADERS + 512, len(data) - 1024, BLOCK // 2):
-            data[start:start + 1024] = rng.bytes(1024)
+            data[start : start + 1024] = rng.bytes(1024)
         data = bytes(data)
     elif kind == "truncated":
         data = data[: len(data) * 2 // 3]
@@ -77,8 +76,9 @@ MESSAGES = {"corrupt": "damaged", "truncated": "damaged", "newer-schema": "newer
 def test_damaged_or_newer_files_are_one_clear_line(store: Path, tmp_path: Path, kind: str, command: str):
     bad = damaged_copy(store, kind, tmp_path)
     flags = ["--port", "0"] if command == "serve" else []
-    result = subprocess.run([sys.executable, "-m", "crest_cli", command, str(bad), *flags],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "crest_cli", command, str(bad), *flags], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("crest: error:") and MESSAGES[kind] in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -100,8 +100,9 @@ def publish_file(store: Path, content: bytes) -> Path:
 
 
 @pytest.mark.parametrize("kind", list(MESSAGES))
-def test_hot_reload_refuses_a_damaged_version_and_keeps_serving(store: Path, tmp_path: Path, kind: str,
-                                                                caplog: pytest.LogCaptureFixture):
+def test_hot_reload_refuses_a_damaged_version_and_keeps_serving(
+    store: Path, tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+):
     caplog.set_level(logging.ERROR, logger="crest.serve")
     server = RunningServer(store, ServerSettings(port=0, reload_interval=0.05)).start()
     try:
@@ -128,19 +129,30 @@ def _file_size_limit(limit: int):
         # Writes past the limit then fail with EFBIG, as on a full disk, instead of killing the process.
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return apply
 
 
 def test_disk_full_build_is_one_line_and_the_published_store_stays(code_corpus: Path, tmp_path: Path):
     output = tmp_path / "code.duckdb"
-    cli = [sys.executable, "-m", "crest_cli", "build", "--corpus", str(code_corpus / "json"),
-           "--output", str(output), "--quiet"]
+    cli = [
+        sys.executable,
+        "-m",
+        "crest_cli",
+        "build",
+        "--corpus",
+        str(code_corpus / "json"),
+        "--output",
+        str(output),
+        "--quiet",
+    ]
     subprocess.run([*cli, "--budget", "100rows"], check=True, capture_output=True, timeout=300)
     old_file = resolve_store(output)
     old_bytes, old_info = old_file.read_bytes(), read_store_info(output)
     # The token file is cached by now, so the first big write is the new store version.
-    result = subprocess.run([*cli, "--budget", "400rows"], capture_output=True, text=True, timeout=300,
-                            preexec_fn=_file_size_limit(100_000))
+    result = subprocess.run(
+        [*cli, "--budget", "400rows"], capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(100_000)
+    )
     assert result.returncode == 1
     assert result.stderr.startswith("crest: error: out of disk space") and "was not published" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -214,8 +226,9 @@ def test_calls_in_flight_on_a_killed_replica_fail_over(store: Path):
 def test_deadline_shorter_than_the_lookup_is_a_clear_error_and_the_server_serves_on(store: Path):
     server = RunningServer(store, ServerSettings(port=0)).start()
     try:
-        heavy = pb.LookupRequest(sequences=[pb.SequenceQuery(tokens=[i % 300, (i * 7) % 300, 1], max_nodes=4096)
-                                            for i in range(MAX_BATCH)])
+        heavy = pb.LookupRequest(
+            sequences=[pb.SequenceQuery(tokens=[i % 300, (i * 7) % 300, 1], max_nodes=4096) for i in range(MAX_BATCH)]
+        )
         with grpc.insecure_channel(server.address) as channel:
             calls = [pb_grpc.DraftStoreStub(channel).Lookup.with_call(heavy, timeout=30)[1] for _ in range(3)]
         # The fastest the server ever did it: a client allowing a quarter of that cannot be answered.

@@ -40,8 +40,9 @@ def test_upgrade_and_downgrade_every_revision(tmp_path: Path):
 @pytest.fixture(scope="module")
 def small_store(code_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     output = tmp_path_factory.mktemp("migrate") / "code.duckdb"
-    build_store(corpus_spec(str(code_corpus / "json")), "smollm2", output, BuildParams(budget=Budget(rows=50)),
-                progress=False)
+    build_store(
+        corpus_spec(str(code_corpus / "json")), "smollm2", output, BuildParams(budget=Budget(rows=50)), progress=False
+    )
     return output
 
 
