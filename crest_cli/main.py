@@ -82,11 +82,18 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
         help="prune nodes whose count / context count is below this",
     )
     counting.add_argument(
+        "--backoff",
+        type=float,
+        default=DEFAULTS.backoff,
+        help="how much a context's tree leans on its shorter suffix's (Witten-Bell weight x this; "
+        "0: raw counts, as in the paper)",
+    )
+    counting.add_argument(
         "--policy",
         choices=POLICIES,
         default=DEFAULTS.policy,
-        help="frequency: the paper's top-t per length (drafts better, docs/RESULTS.md); "
-        "benefit: corpus-accepted tokens per byte first",
+        help="frequency: the paper's top-t per length; benefit: corpus-accepted tokens per byte first; "
+        "gain: accepted tokens added beyond the shorter suffix's tree, per byte (docs/RESULTS.md)",
     )
     counting.add_argument(
         "--budget",
@@ -100,7 +107,12 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
     )
     output.add_argument("--replace", action="store_true", help="replace a store built with another tokenizer")
     output.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all cores)")
-    output.add_argument("--memory-limit", default=None, help="DuckDB memory limit, e.g. 4GB (default: 80%% of RAM)")
+    output.add_argument(
+        "--memory-limit",
+        default=None,
+        help="cap on the build's peak memory, e.g. 4GB; DuckDB spills to the scratch folder beside the store "
+        "to stay under it (default: a sixth of this machine's memory, 2-16 GB)",
+    )
     output.add_argument("--max-temp-size", default=None, help="DuckDB spill limit on disk, e.g. 20GB")
     output.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -164,6 +176,7 @@ def _run_build(args: argparse.Namespace) -> int:
             top_c=args.top_c,
             min_count=args.min_count,
             min_probability=args.min_probability,
+            backoff=args.backoff,
             policy=args.policy,
             budget=parse_budget(args.budget),
         )
@@ -211,6 +224,10 @@ def _run_build(args: argparse.Namespace) -> int:
         f"{summary.file_bytes / max(summary.nodes_kept, 1):.2f} per node)"
     )
     print(f"time        {phases}")
+    print(
+        f"memory      peak {format_bytes(summary.peak_rss)} under a cap of {format_bytes(summary.memory_cap)}, "
+        f"{format_bytes(summary.spilled)} spilled to disk"
+    )
     return 0
 
 

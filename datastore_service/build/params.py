@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from datastore_service.sizes import Budget
 
-POLICIES = ("frequency", "benefit")
+POLICIES = ("frequency", "benefit", "gain")
 
 
 @dataclass(frozen=True)
@@ -18,8 +18,12 @@ class BuildParams:
     top_c:           nodes kept per tree (REST's c), best-ranked first.
     min_count:       an n-gram seen fewer times is neither a context nor a node.
     min_probability: a node with count / context_count below this is pruned (with its subtree).
+    backoff:         how strongly a context's tree leans on the tree of its shorter suffix (the
+                     Witten-Bell weight's multiplier, sql/06_backoff_level.sql); 0 = raw counts.
     policy:          `frequency` keeps the most frequent contexts of each length in turn (the
-                     paper's rule); `benefit` keeps the most accepted tokens per byte first.
+                     paper's rule); `benefit` keeps the most accepted tokens per byte first;
+                     `gain` keeps first the contexts that add the most accepted tokens per byte
+                     beyond the tree of their shorter suffix (sql/08_rank_contexts.sql).
     budget:          bytes of the published file, or rows (contexts).
     """
 
@@ -28,6 +32,7 @@ class BuildParams:
     top_c: int = 32
     min_count: int = 2
     min_probability: float = 0.0
+    backoff: float = 1.0
     # frequency is the default because it drafted better in `crest eval` on both benchmarks and at
     # nearly every budget (docs/RESULTS.md): corpus-estimated benefit overrates boilerplate.
     policy: str = "frequency"
@@ -44,12 +49,19 @@ class BuildParams:
             raise ValueError("min_count must be >= 2 (an n-gram seen once predicts nothing)")
         if not 0.0 <= self.min_probability < 1.0:
             raise ValueError("min_probability must be in [0, 1)")
+        if not 0.0 <= self.backoff <= 1000.0:
+            raise ValueError("backoff must be in [0, 1000]")
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}")
         if (self.budget.bytes is None) == (self.budget.rows is None) or (
             self.budget.bytes or self.budget.rows or 0
         ) <= 0:
             raise ValueError("budget must be a positive number of bytes or rows")
+
+    @property
+    def smoothed(self) -> bool:
+        """Trees come from the back-off pass (sql/06_backoff_*), which also prices what each adds."""
+        return self.backoff > 0 or self.policy == "gain"
 
     @property
     def levels(self) -> int:

@@ -15,9 +15,11 @@ from pathlib import Path
 import duckdb
 
 from datastore_service import __version__
-from datastore_service.build.compact_table import Stopwatch, rank_counted_trees, rank_draft_trees, rerank_compact_table
+from datastore_service.build.compact_table import Stopwatch, rank_counted_trees, rerank_compact_table
 from datastore_service.build.corpus import CorpusSpec
 from datastore_service.build.interrupts import InterruptGuard
+from datastore_service.build.memory import SpillMeter, default_memory_cap, engine_memory, parse_memory, peak_rss
+from datastore_service.build.ngram_counting import count_ngrams_up_to
 from datastore_service.build.params import BuildParams
 from datastore_service.build.shard_counts import merge_shard_counts
 from datastore_service.build.spark.engine import SparkSettings
@@ -26,18 +28,23 @@ from datastore_service.build.token_table import TokenizedCorpus, tokenize_corpus
 from datastore_service.build.tokenizer import TargetTokenizer
 from datastore_service.errors import CrestError, StoreError
 from datastore_service.paths import cache_dir
-from datastore_service.sizes import Budget
+from datastore_service.sizes import Budget, format_bytes
 from datastore_service.store.publishing import VersionedStore, remove_path
 from datastore_service.store.reader import read_store_info
 
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """DuckDB resources for the build; None leaves DuckDB's default."""
+    """Resources for the build. memory_limit caps the build's peak memory (None: a sixth of the
+    machine's, see memory.py); threads and max_temp_size None leave DuckDB's default."""
 
     threads: int | None = None
     memory_limit: str | None = None
     max_temp_size: str | None = None
+
+    @property
+    def memory_cap(self) -> int:
+        return parse_memory(self.memory_limit) if self.memory_limit else default_memory_cap()
 
 
 @dataclass
@@ -52,6 +59,9 @@ class BuildSummary:
     nodes_kept: int
     file_bytes: int
     seconds: dict[str, float] = field(default_factory=dict)
+    memory_cap: int = 0  # the cap the build ran under (bytes)
+    peak_rss: int = 0  # the process's peak resident memory when the build ended
+    spilled: int = 0  # the most DuckDB held in the scratch folder at once
 
     @property
     def bytes_per_context(self) -> float:
@@ -90,8 +100,9 @@ def _duckdb_errors_as_user_errors(settings: EngineSettings) -> Iterator[None]:
         yield
     except duckdb.OutOfMemoryException as exc:
         raise CrestError(
-            f"DuckDB ran out of memory (memory limit {settings.memory_limit or 'default'}): "
-            "raise --memory-limit, lower --max-context/--max-depth, or raise --min-count"
+            f"the build ran out of memory under --memory-limit {format_bytes(settings.memory_cap)} "
+            f"({str(exc).splitlines()[0][:120]}): raise --memory-limit, lower --max-context/--max-depth, "
+            "or raise --min-count"
         ) from exc
     except RuntimeError as exc:
         if "interrupted" in str(exc).lower():  # DuckDB turns Ctrl-C inside a query into this
@@ -110,8 +121,7 @@ def _open_work_database(work_dir: Path, settings: EngineSettings) -> duckdb.Duck
     connection.execute("SET temp_directory = $dir", {"dir": str(work_dir)})
     if settings.threads:
         connection.execute(f"SET threads = {int(settings.threads)}")
-    if settings.memory_limit:
-        connection.execute("SET memory_limit = $limit", {"limit": settings.memory_limit})
+    connection.execute("SET memory_limit = $limit", {"limit": f"{engine_memory(settings.memory_cap) // 2**20}MiB"})
     if settings.max_temp_size:
         connection.execute("SET max_temp_directory_size = $size", {"size": settings.max_temp_size})
     return connection
@@ -156,36 +166,45 @@ def _compact_table_on_spark(
     return candidates
 
 
-def _compact_table(
+def _count(
     connection: duckdb.DuckDBPyConnection,
     parts: list[TokenizedCorpus],
-    params: BuildParams,
+    levels: int,
+    min_count: int,
     vocab_size: int,
-    spark: SparkSettings | None,
-    work_dir: Path,
     clock: Stopwatch,
     progress: bool,
-) -> int:
-    """Fill `compact_drafts` in the work database by the chosen engine; returns the candidate count."""
-    if len(parts) > 1:  # shards: counts summed in DuckDB
-        with clock.phase("count"):
-            merge_shard_counts(connection, parts, params.levels, params.min_count, vocab_size, progress)
-        return rank_counted_trees(connection, params, clock, progress)
-    if spark is not None:
-        return _compact_table_on_spark(
-            connection, spark, parts[0].parquet, params, vocab_size, work_dir, clock, progress
+) -> None:
+    """Fill `ngrams` (n-grams of up to `levels` tokens) in DuckDB, from the tokens or the shards' counts."""
+    with clock.phase("count"):
+        if len(parts) > 1:  # shards: counts summed
+            merge_shard_counts(connection, parts, levels, min_count, vocab_size, progress)
+            return
+        connection.execute(
+            "CREATE TEMP TABLE tokens AS SELECT * FROM read_parquet($path)", {"path": str(parts[0].parquet)}
         )
-    connection.execute("CREATE TEMP TABLE tokens AS SELECT * FROM read_parquet($path)", {"path": str(parts[0].parquet)})
-    return rank_draft_trees(connection, params, vocab_size, clock, progress)
+        count_ngrams_up_to(connection, levels, min_count, vocab_size, progress)
+        connection.execute("DROP TABLE tokens")
 
 
 @dataclass(frozen=True)
 class StoreTarget:
-    """One store to publish from a build's ranked trees: where, within which budget, by which policy."""
+    """One store to publish from a build: where, within which budget, by which policy, and (when
+    they differ from the build's) with which tree parameters; all targets share one count."""
 
     output: Path
     budget: Budget
     policy: str
+    params: BuildParams | None = None
+
+    def store_params(self, build: BuildParams) -> BuildParams:
+        return replace_params(self.params or build, budget=self.budget, policy=self.policy)
+
+
+def _tree_params(params: BuildParams) -> BuildParams:
+    """What the trees depend on: everything but the budget, and of the policy only whether the
+    back-off pass runs (gain is priced by it)."""
+    return replace_params(params, budget=Budget(rows=1), policy="gain" if params.smoothed else "frequency")
 
 
 def build_store(
@@ -214,18 +233,24 @@ def build_stores(
     spark: SparkSettings | None = None,
     shards: tuple[CorpusSpec, ...] = (),
 ) -> list[BuildSummary]:
-    """Count once, then publish one store per target (budgets and policies only change the selection).
+    """Count once, then publish one store per target: targets with the same tree parameters share
+    the trees too, and differ only in selection (budget, policy).
 
-    Each summary's seconds hold the shared phases (tokenize, count, trees with the first ranking)
-    plus its own re-ranking and write: about what building that store alone would take.
+    Each summary's seconds hold the shared phases (tokenize, count), its trees with their first
+    ranking, and its own re-ranking and write: about what building that store alone would take.
 
     `spark` runs counting and ranking on Spark instead of in DuckDB. With `shards`, `corpus` and
     each shard are counted apart (cached per shard) and the counts summed: the stores equal those
     built from the union of their documents."""
     if shards and spark is not None:
         raise CrestError("sharded builds (--add-shard) run on --engine duckdb only")
-    if spark is not None and any(target.policy != params.policy for target in targets):
-        raise CrestError("a Spark build ranks by one policy; build other policies separately")
+    if spark is not None and any(
+        target.store_params(params) != replace_params(params, budget=target.budget) for target in targets
+    ):
+        raise CrestError("a Spark build ranks one set of parameters by one policy; build others separately")
+    if len({target.store_params(params).min_count for target in targets}) > 1:
+        raise CrestError("stores built from one count share its --min-count")
+    engine_memory(settings.memory_cap)  # a cap too small for any progress fails before any work
     with _disk_full_as_user_error(), InterruptGuard() as interrupts:
         return _build_stores(
             corpus, tokenizer_spec, params, targets, settings, replace, progress, spark, shards, interrupts
@@ -246,9 +271,9 @@ def _build_stores(
 ) -> list[BuildSummary]:
     clock = Stopwatch()
     started = time.perf_counter()
-    stores = [VersionedStore(target.output) for target in targets]
+    stores = {target.output: VersionedStore(target.output) for target in targets}
     tokenizer = TargetTokenizer.load(tokenizer_spec)
-    for store in stores:
+    for store in stores.values():
         _refuse_other_tokenizer(store, tokenizer, replace)
 
     with clock.phase("tokenize"):
@@ -261,50 +286,77 @@ def _build_stores(
         if not shards
         else hashlib.sha256(":".join(sorted(part.report.fingerprint for part in parts)).encode()).hexdigest()
     )
+    identity = {
+        "crest_version": __version__,
+        "tokenizer_name": tokenizer.name,
+        "tokenizer_fingerprint": tokenizer.fingerprint,
+        "vocab_size": tokenizer.vocab_size,
+        "corpus_name": "+".join(spec.display_name for spec in (corpus, *shards)),
+        "corpus_fingerprint": fingerprint,
+        "corpus_documents": documents,
+        "corpus_tokens": tokens,
+    }
+    groups: dict[BuildParams, list[StoreTarget]] = {}
+    for target in targets:
+        groups.setdefault(_tree_params(target.store_params(params)), []).append(target)
 
-    for store in stores:
+    for store in stores.values():
         store.remove_stale_scratch()
-    work_dir = stores[0].scratch(stores[0].new_version(), "work")
+    first = next(iter(stores.values()))
+    work_dir = first.scratch(first.new_version(), "work")
     work_dir.mkdir()
-    summaries = []
+    summaries: dict[Path, BuildSummary] = {}
     try:
-        with _duckdb_errors_as_user_errors(settings), _open_work_database(work_dir, settings) as connection:
-            candidates = _compact_table(
-                connection, parts, params, tokenizer.vocab_size, spark, work_dir, clock, progress
-            )
-            ranked_policy = params.policy
-            for store, target in zip(stores, targets):
-                own = Stopwatch()
-                if target.policy != ranked_policy:
-                    with own.phase("rank"):
-                        rerank_compact_table(connection, target.policy)
-                    ranked_policy = target.policy
-                store_params = replace_params(params, budget=target.budget, policy=target.policy)
-                version = store.new_version()
-                with own.phase("write"):
-                    info = {
-                        "store_version": version,
-                        "crest_version": __version__,
-                        "created_at": datetime.now(timezone.utc),
-                        "tokenizer_name": tokenizer.name,
-                        "tokenizer_fingerprint": tokenizer.fingerprint,
-                        "vocab_size": tokenizer.vocab_size,
-                        "corpus_name": "+".join(spec.display_name for spec in (corpus, *shards)),
-                        "corpus_fingerprint": fingerprint,
-                        "corpus_documents": documents,
-                        "corpus_tokens": tokens,
-                        "max_context": store_params.max_context,
-                        "max_depth": store_params.max_depth,
-                        "policy": store_params.policy,
-                        "build_params": store_params.as_dict(),
-                    }
-                    written, final = write_and_publish(
-                        connection, store, target.budget, candidates, tokenizer.pieces(), info, interrupts.check
+        with (
+            _duckdb_errors_as_user_errors(settings),
+            _open_work_database(work_dir, settings) as connection,
+            SpillMeter(work_dir) as spill,
+        ):
+            if spark is not None:
+                candidates = _compact_table_on_spark(
+                    connection, spark, parts[0].parquet, params, tokenizer.vocab_size, work_dir, clock, progress
+                )
+            else:
+                _count(
+                    connection,
+                    parts,
+                    max(group.levels for group in groups),
+                    params.min_count,
+                    tokenizer.vocab_size,
+                    clock,
+                    progress,
+                )
+            for tree_params, members in groups.items():
+                trees = Stopwatch()
+                ranked_policy = members[0].policy
+                if spark is None:
+                    candidates = rank_counted_trees(
+                        connection, replace_params(tree_params, policy=ranked_policy), trees, progress
                     )
-                seconds = {**clock.seconds, **own.seconds}
-                seconds["total"] = sum(seconds.values())
-                summaries.append(
-                    BuildSummary(
+                for target in members:
+                    own = Stopwatch()
+                    if target.policy != ranked_policy:
+                        with own.phase("rank"):
+                            rerank_compact_table(connection, target.policy)
+                        ranked_policy = target.policy
+                    store_params = target.store_params(params)
+                    with own.phase("write"):
+                        store = stores[target.output]
+                        info = {
+                            **identity,
+                            "store_version": store.new_version(),
+                            "created_at": datetime.now(timezone.utc),
+                            "max_context": store_params.max_context,
+                            "max_depth": store_params.max_depth,
+                            "policy": store_params.policy,
+                            "build_params": store_params.as_dict(),
+                        }
+                        written, final = write_and_publish(
+                            connection, store, target.budget, candidates, tokenizer.pieces(), info, interrupts.check
+                        )
+                    seconds = {**clock.seconds, **trees.seconds, **own.seconds}
+                    seconds["total"] = sum(seconds.values())
+                    summaries[target.output] = BuildSummary(
                         store=store.path,
                         version_file=final,
                         documents=documents,
@@ -315,13 +367,16 @@ def _build_stores(
                         nodes_kept=written.nodes,
                         file_bytes=written.file_bytes,
                         seconds=seconds,
+                        memory_cap=settings.memory_cap,
                     )
-                )
     finally:
         remove_path(work_dir)
-    if len(summaries) == 1:  # one store: its total is simply the wall time
-        summaries[0].seconds["total"] = time.perf_counter() - started
-    return summaries
+    ordered = [summaries[target.output] for target in targets]
+    for summary in ordered:
+        summary.peak_rss, summary.spilled = peak_rss(), spill.peak
+    if len(ordered) == 1:  # one store: its total is simply the wall time
+        ordered[0].seconds["total"] = time.perf_counter() - started
+    return ordered
 
 
 def default_store_path(corpus_name: str) -> Path:

@@ -6,6 +6,9 @@ Each policy is an ORDER BY over `tree_stats` (see sql/08_rank_contexts.sql):
   every length, i.e. the same top-t per length.
 - `benefit`: accepted tokens saved per byte: how often the context occurs times how many draft
   tokens its tree is expected to get accepted, divided by what the tree costs on disk.
+- `gain`: the accepted tokens a context adds per byte beyond what the tree of its suffix one token
+  shorter already drafts where it occurs (tree_stats.added_count, sql/06_backoff_stats.sql). A
+  context whose tree repeats its suffix's adds nothing and comes last.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ POLICY_ORDER = {
     "frequency": "frequency_rank, context_level",
     # exact integer over integer-valued double: equal benefits tie exactly on every engine
     "benefit": "accepted_count / estimated_bytes DESC",
+    "gain": "added_count / estimated_bytes DESC",
 }
 
 

@@ -10,8 +10,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from datastore_service.build.compact_table import rank_draft_trees
 from datastore_service.build.params import BuildParams
-from datastore_service.build.pipeline import rank_draft_trees
 from datastore_service.build.store_writer import write_and_publish
 from datastore_service.sizes import Budget
 from datastore_service.store.publishing import VersionedStore

@@ -12,6 +12,7 @@ WITH priced AS (
         context_key >> 56                                      AS context_level,
         context_count,
         accepted_count,
+        added_count,
         $bytes_per_context + $bytes_per_node * nodes    AS estimated_bytes,
         -- rank among contexts of the same length, most frequent first (the paper's rule)
         row_number() OVER (PARTITION BY context_key >> 56 ORDER BY context_count DESC, context_key) AS frequency_rank

@@ -4,7 +4,9 @@
 -- Input : ranked_contexts, ranked_nodes, tree_stats, context_tokens
 -- Output: compact_drafts(priority, cumulative_bytes, context, context_count, expected_accepted,
 --         tokens, parents, counts)   one row per candidate context; arrays in rank order;
---         parents index into the same arrays (-1 = the context itself).
+--         parents index into the same arrays (-1 = the context itself); context_count is the
+--         denominator of the counts (tree_stats.denominator), so count / context_count is each node's
+--         probability, smoothed or not.
 CREATE OR REPLACE TEMP TABLE compact_drafts AS
 WITH trees AS (
     SELECT
@@ -19,7 +21,7 @@ WITH trees AS (
 )
 SELECT
     ranked.priority, ranked.cumulative_bytes,
-    tokens_of.context, stats.context_count, stats.expected_accepted, trees.tokens, trees.parents, trees.counts
+    tokens_of.context, stats.denominator AS context_count, stats.expected_accepted, trees.tokens, trees.parents, trees.counts
 FROM ranked_contexts AS ranked
 JOIN trees USING (context_key)
 JOIN tree_stats AS stats USING (context_key)
