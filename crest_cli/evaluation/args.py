@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from crest_cli.evaluation.store_points import DEFAULT_BUDGETS_MB, DEFAULT_FRACTIONS, VARIANTS
+from crest_cli.evaluation.store_points import DEFAULT_BUDGETS_MB, DEFAULT_FRACTIONS, DEFAULT_VARIANTS, VARIANTS
 from datastore_service.sizes import parse_budget
 
 
@@ -40,9 +40,9 @@ def _names(choices: list[str]):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--suites",
-        type=_names(["humaneval", "mtbench"]),
-        default=["humaneval", "mtbench"],
-        help="benchmarks, comma-separated",
+        type=_names(["humaneval", "mtbench", "humaneval-python"]),
+        default=["humaneval", "mtbench", "humaneval-python"],
+        help="benchmarks, comma-separated; humaneval-python drafts HumanEval from --large-code-corpus",
     )
     parser.add_argument("--model", default="smollm2", help="target model (its tokenizer builds every store)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
@@ -68,11 +68,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--variants",
         type=_names(list(VARIANTS)),
-        default=list(VARIANTS),
+        default=list(DEFAULT_VARIANTS),
         help="CREST variants: " + "; ".join(f"{k} = {v.line}" for k, v in VARIANTS.items()),
+    )
+    parser.add_argument(
+        "--large-variants",
+        type=_names(list(VARIANTS)),
+        default=["ours"],
+        help="CREST variants built from --large-code-corpus (its builds are the longest)",
     )
     parser.add_argument("--code-corpus", default="stdlib", help="corpus of the HumanEval stores (preset or path)")
     parser.add_argument("--chat-corpus", default="sharegpt", help="corpus of the MT-Bench stores (preset or path)")
+    parser.add_argument(
+        "--large-code-corpus",
+        default="python",
+        help="corpus of the humaneval-python stores (preset or path; python = stdlib + installed site-packages)",
+    )
     parser.add_argument(
         "--real-check", type=int, default=2, help="prompts per suite decoded for real to check the replay (0: skip)"
     )

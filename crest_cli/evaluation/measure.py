@@ -20,6 +20,10 @@ class Acceptance:
     lookup_us_median: float
     replays: list[Replay]
 
+    def over(self, prompts: Sequence[int]) -> tuple[int, int]:
+        """(tokens, target forwards) of the replays of these prompts (indices)."""
+        return sum(self.replays[i].tokens for i in prompts), sum(self.replays[i].steps + 1 for i in prompts)
+
 
 def replay_suite(
     index: LookupIndex,
@@ -27,8 +31,9 @@ def replay_suite(
     references: Sequence[Sequence[int]],
     max_nodes: int,
     max_new_tokens: int,
+    selection: str = "scored",
 ) -> Acceptance:
-    source = TimedSource(IndexSource(index))
+    source = TimedSource(IndexSource(index, selection))
     budget = NodeBudget(max_nodes)
     replays = [
         replay(source, budget, prompt, reference, max_new_tokens) for prompt, reference in zip(prompts, references)

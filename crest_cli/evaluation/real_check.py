@@ -39,8 +39,9 @@ def check_replays(
     replays: Sequence[Replay],
     max_nodes: int,
     max_new_tokens: int,
+    selection: str = "scored",
 ) -> list[RealCheck]:
-    decoder = SpeculativeDecoder(target, IndexSource(index), NodeBudget(max_nodes))
+    decoder = SpeculativeDecoder(target, IndexSource(index, selection), NodeBudget(max_nodes))
     checks = []
     for number, (prompt, reference, replayed) in enumerate(zip(prompts, references, replays)):
         real = decoder.generate(prompt, max_new_tokens)

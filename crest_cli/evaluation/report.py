@@ -1,8 +1,10 @@
-"""The sweep's results as a table (Markdown + CSV), a plot (PNG), and the paper's two claims restated.
+"""The sweep's results as a table (Markdown + CSV), a plot (PNG), and the claims restated.
 
 Claim 1 (storage): the smallest CREST store whose accepted length reaches REST's on the whole
 corpus, as a ratio of REST's bytes to it. Claim 2 (equal storage): CREST's accepted length at each
 REST store's size (interpolated in log size between CREST points; never extrapolated) over REST's.
+Also per CREST line: whether more bytes ever drafted worse (the largest step down between
+consecutive budgets), and per store the scored lookup against longest match.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ class ResultRow:
     setting: str
     storage_bytes: int  # what lookups need on disk (see StorePoint.lookup_bytes)
     file_bytes: int
-    accepted_length: float
+    accepted_length: float  # held out: each half scored with the lookup chosen on the other (run.py)
+    lookup: str  # the lookup chosen for each half ("scored", "longest", or "scored/longest")
+    accepted_scored: float | None  # every prompt with the scored lookup (CREST stores of ours)
+    accepted_longest: float | None  # every prompt with longest match
     lookup_us_median: float
     build_seconds: float
 
@@ -39,6 +44,7 @@ class LineClaims:
     matching_bytes: int | None  # smallest store reaching REST's full-corpus accepted length
     best_at_thirtieth: float | None  # best accepted length within 1/30 of REST's full-corpus bytes
     equal_storage_gains: list[tuple[int, float]]  # (REST bytes, CREST / REST accepted length - 1)
+    largest_step_down: float  # the most accepted length lost from one budget to the next larger (0: never)
 
 
 def claims_for(rows: Sequence[ResultRow]) -> tuple[ResultRow, list[LineClaims]]:
@@ -55,7 +61,11 @@ def claims_for(rows: Sequence[ResultRow]) -> tuple[ResultRow, list[LineClaims]]:
             if sizes[0] <= math.log(r.storage_bytes) <= sizes[-1]:
                 crest = float(np.interp(math.log(r.storage_bytes), sizes, [p.accepted_length for p in points]))
                 gains.append((r.storage_bytes, crest / r.accepted_length - 1))
-        claims.append(LineClaims(line, min(reaching) if reaching else None, max(within) if within else None, gains))
+        lengths = [p.accepted_length for p in points]
+        step_down = max([0.0] + [before - after for before, after in zip(lengths, lengths[1:])])
+        claims.append(
+            LineClaims(line, min(reaching) if reaching else None, max(within) if within else None, gains, step_down)
+        )
     return full, claims
 
 
@@ -108,13 +118,14 @@ def markdown_report(
         out += [
             f"### {titles.get(suite, suite)}",
             "",
-            "| system | setting | storage | file | accepted length | lookup p50 (µs) | build (s) |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+            "| system | setting | storage | file | accepted length (held out) | lookup | scored | longest "
+            "| lookup p50 (µs) | build (s) |",
+            "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
         ]
         for r in sorted(suite_rows, key=lambda r: (r.line, r.storage_bytes)):
             out.append(
                 f"| {r.line} | {r.setting} | {format_bytes(r.storage_bytes)} | {format_bytes(r.file_bytes)} "
-                f"| {r.accepted_length:.3f} "
+                f"| {r.accepted_length:.3f} | {r.lookup} | {_maybe(r.accepted_scored)} | {_maybe(r.accepted_longest)} "
                 f"| {r.lookup_us_median:.0f} | {r.build_seconds:.1f} |"
             )
         full, claims = claims_for(suite_rows)
@@ -126,7 +137,7 @@ def markdown_report(
         ]
         for claim in claims:
             out.append(f"- **{claim.line}**: " + _describe(claim, full))
-        out.append("")
+        out += ["", _lookup_comparison(suite_rows), ""]
     if checks:
         agreeing = sum(c.agrees for c in checks)
         out += [
@@ -145,6 +156,23 @@ def markdown_report(
                 f"| {c.real_accepted_length:.3f} / {c.replay_accepted_length:.3f} |"
             )
     return "\n".join(out)
+
+
+def _maybe(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def _lookup_comparison(rows: Sequence[ResultRow]) -> str:
+    both = [r for r in rows if r.accepted_scored is not None and r.accepted_longest is not None]
+    if not both:
+        return "No store was replayed with both lookups."
+    differences = [r.accepted_scored - r.accepted_longest for r in both]
+    at_least = sum(d >= 0 for d in differences)
+    return (
+        f"Scored lookup vs longest match, every prompt: scored is at least as good on {at_least} of {len(both)} "
+        f"stores; mean difference {sum(differences) / len(differences):+.4f} (range {min(differences):+.4f} "
+        f"to {max(differences):+.4f})."
+    )
 
 
 def _describe(claim: LineClaims, full: ResultRow) -> str:
@@ -170,4 +198,8 @@ def _describe(claim: LineClaims, full: ResultRow) -> str:
         parts.append(f"at equal storage vs REST: {gains} (mean {mean:+.1%})")
     else:
         parts.append("no REST store falls inside its storage range")
+    if claim.largest_step_down > 0:
+        parts.append(f"more bytes drafted worse by up to {claim.largest_step_down:.3f}")
+    else:
+        parts.append("never drafted worse with more bytes")
     return "; ".join(parts) + "."

@@ -1,4 +1,10 @@
-"""`crest eval`: references -> stores -> replayed acceptance -> real-decoding check -> report."""
+"""`crest eval`: references -> stores -> replayed acceptance -> real-decoding check -> report.
+
+Held-in / held-out: each suite's prompts are split into two fixed halves (suites.halves). What the
+evaluation tunes, the lookup each CREST line uses (scored or longest match), is chosen on one half
+and scored on the other, both ways round, so every prompt's accepted tokens come from a choice made
+without it; the claims are computed from these held-out figures over all prompts.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +13,19 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from crest_cli.evaluation.doc_sections import write_section
-from crest_cli.evaluation.measure import replay_suite
+from crest_cli.evaluation.measure import Acceptance, replay_suite
 from crest_cli.evaluation.real_check import RealCheck, check_replays
 from crest_cli.evaluation.report import ResultRow, markdown_report, write_csv, write_plot
 from crest_cli.evaluation.store_points import VARIANTS, StorePoint, prepare_points
-from crest_cli.evaluation.suites import SUITES, Suite
+from crest_cli.evaluation.suites import SUITES, Suite, halves
 from datastore_service.build.corpus import corpus_spec
 from datastore_service.errors import CrestError
 from datastore_service.lookup.index_loader import load_index
@@ -42,39 +50,34 @@ def run(args: argparse.Namespace) -> int:
         references = greedy_references(target, prompts, args.max_new_tokens, progress)
         reference_seconds += time.perf_counter() - reference_started
         corpus = corpus_spec(_corpus_label(args, suite))
+        variants = args.large_variants if name == "humaneval-python" else args.variants
         points = prepare_points(
-            corpus, args.model, args.fractions, args.budgets, [VARIANTS[v] for v in args.variants], progress
+            corpus, args.model, args.fractions, args.budgets, [VARIANTS[v] for v in variants], progress
         )
-        checked = _checked_stores(points)
+        replayed: dict[tuple[Path, str], Acceptance] = {}
         for point in tqdm(points, desc=f"replay {suite.title}", unit="store", disable=not progress):
             index = load_index(point.path)
             _require_same_tokenizer(index.info.tokenizer_fingerprint, target, point)
-            acceptance = replay_suite(index, prompts, references, args.max_nodes, args.max_new_tokens)
-            rows.append(
-                ResultRow(
-                    name,
-                    point.system,
-                    point.line,
-                    point.setting,
-                    point.lookup_bytes,
-                    point.file_bytes,
-                    acceptance.accepted_length,
-                    acceptance.lookup_us_median,
-                    point.build_seconds,
-                )
-            )
-            if point in checked and args.real_check > 0:
+            for lookup in point.lookups:
+                if (point.path, lookup) not in replayed:
+                    replayed[point.path, lookup] = replay_suite(
+                        index, prompts, references, args.max_nodes, args.max_new_tokens, lookup
+                    )
+        rows += _rows(name, points, replayed, halves(name, len(prompts)))
+        for point, lookup in _checked_stores(points, rows, name):
+            if args.real_check > 0:
                 count = args.real_check
                 checks += check_replays(
                     target,
                     name,
-                    f"{point.line} {point.setting}",
-                    index,
+                    f"{point.line} {point.setting} ({lookup})",
+                    load_index(point.path),
                     prompts[:count],
                     references[:count],
-                    acceptance.replays[:count],
+                    replayed[point.path, lookup].replays[:count],
                     args.max_nodes,
                     args.max_new_tokens,
+                    lookup,
                 )
     sweep_seconds = time.perf_counter() - started - reference_seconds
     _write_outputs(args, rows, checks, target, sweep_seconds)
@@ -87,14 +90,63 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checked_stores(points: list[StorePoint]) -> list[StorePoint]:
-    """Real decoding checks the largest REST store and the largest store of the first CREST line."""
+def _rows(
+    suite: str,
+    points: Sequence[StorePoint],
+    replayed: dict[tuple[Path, str], Acceptance],
+    split: tuple[list[int], list[int]],
+) -> list[ResultRow]:
+    """One row per store; a line's lookup is the one with the most accepted tokens per forward over
+    the line's stores on one half, and that half's rows count the other half's choice."""
+    chosen: dict[tuple[str, int], str] = {}  # (line, half scored) -> lookup chosen on the other half
+    for line in dict.fromkeys(p.line for p in points):
+        stores = [p for p in points if p.line == line]
+        for scored_half, tuning_half in ((0, 1), (1, 0)):
+            chosen[line, scored_half] = max(
+                stores[0].lookups, key=lambda lookup: _accepted_length(stores, replayed, lookup, split[tuning_half])
+            )
+    rows = []
+    for point in points:
+        picks = [chosen[point.line, half] for half in (0, 1)]
+        tokens, forwards = zip(*(replayed[point.path, pick].over(split[half]) for half, pick in enumerate(picks)))
+        everywhere = {lookup: replayed[point.path, lookup] for lookup in point.lookups}
+        rows.append(
+            ResultRow(
+                suite,
+                point.system,
+                point.line,
+                point.setting,
+                point.lookup_bytes,
+                point.file_bytes,
+                sum(tokens) / max(sum(forwards), 1),
+                "/".join(dict.fromkeys(picks)),
+                everywhere["scored"].accepted_length if "scored" in everywhere else None,
+                everywhere["longest"].accepted_length if "longest" in everywhere else None,
+                everywhere[picks[0]].lookup_us_median,
+                point.build_seconds,
+            )
+        )
+    return rows
+
+
+def _accepted_length(
+    stores: Sequence[StorePoint], replayed: dict[tuple[Path, str], Acceptance], lookup: str, prompts: list[int]
+) -> float:
+    """Tokens per target forward over these prompts, all the stores together, with this lookup."""
+    tokens, forwards = zip(*(replayed[p.path, lookup].over(prompts) for p in stores))
+    return sum(tokens) / max(sum(forwards), 1)
+
+
+def _checked_stores(points: list[StorePoint], rows: list[ResultRow], suite: str) -> list[tuple[StorePoint, str]]:
+    """Real decoding checks the largest REST store and the largest store of the first CREST line,
+    with the lookup that line uses."""
     rest = [p for p in points if p.system == "REST"]
     crest = [p for p in points if p.system == "CREST"]
-    chosen = [max(rest, key=lambda p: p.file_bytes)] if rest else []
+    chosen = [(max(rest, key=lambda p: p.file_bytes), "longest")] if rest else []
     if crest:
-        first_line = [p for p in crest if p.line == crest[0].line]
-        chosen.append(max(first_line, key=lambda p: p.file_bytes))
+        largest = max((p for p in crest if p.line == crest[0].line), key=lambda p: p.file_bytes)
+        lookup = next(r.lookup for r in rows if r.suite == suite and r.line == largest.line).split("/")[0]
+        chosen.append((largest, lookup))
     return chosen
 
 
@@ -118,9 +170,13 @@ def _write_outputs(
         f"Target {target.name} ({args.dtype}, {args.device}); {prompts} prompts of each suite, "
         f"{args.max_new_tokens} new tokens; every store drafts at most {args.max_nodes} nodes per step. "
         "Accepted length = tokens emitted per target forward, the bonus token included (1.0 = no draft "
-        "accepted), computed by exact replay of the target's greedy output. Storage = bytes on disk that lookups "
-        "need: REST's tokens + suffix array (its whole file); CREST's DuckDB file without its vocabulary table, "
-        "which only serves SQL inspection (the file column includes it). "
+        "accepted), computed by exact replay of the target's greedy output. Held out: each suite's prompts are "
+        "split into two fixed halves; a CREST line's lookup (scored or longest match) is chosen on one half and "
+        "counted on the other, both ways round, so every prompt is scored by a choice made without it (the "
+        "`lookup` column: the choice for each half). The `scored` and `longest` columns replay every prompt with "
+        "that lookup. Storage = bytes on disk that lookups need: REST's tokens + suffix array (its whole file); "
+        "CREST's DuckDB file without its vocabulary table, which only serves SQL inspection (the file column "
+        "includes it); for the authors' trees also as they keep them, LZMA-compressed pickles. "
         "Lookup p50 = median in-process lookup time per step over the whole replay."
     )
     markdown = markdown_report(rows, checks, titles, setup, PLOT_NAME, CSV_NAME)
@@ -130,4 +186,4 @@ def _write_outputs(
 
 def _corpus_label(args: argparse.Namespace, suite: Suite) -> str:
     """The corpus (preset or path) this suite's stores are built from."""
-    return args.code_corpus if suite.name == "humaneval" else args.chat_corpus
+    return {"humaneval": args.code_corpus, "mtbench": args.chat_corpus}.get(suite.name, args.large_code_corpus)

@@ -1,10 +1,11 @@
-"""The stores of a sweep: REST over corpus fractions, CREST variants over byte budgets; built once, cached.
+"""The stores of a sweep: REST over corpus fractions, CREST variants and the authors' CREST over
+byte budgets; built once, cached.
 
 Stores live under `<cache>/eval/<corpus tokens key>-<build code key>/`: a folder named by the cached
 tokenization (corpus content + tokenizer) and by the datastore code and SQL that build stores, so
-another corpus, tokenizer or build code never reuses them. `points.json`
-there records each store's size and build time, so a rerun reports them without rebuilding.
-CREST variants that differ only in policy share one count (build_stores).
+another corpus, tokenizer or build code never reuses them. `points.json` there records each
+store's size and build time, so a rerun reports them without rebuilding. All CREST variants of a
+corpus share one n-gram count (build_stores).
 """
 
 from __future__ import annotations
@@ -12,21 +13,24 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
 import datastore_service
+from crest_cli.evaluation.authors_crest import cached_authors_trees, write_authors_store
 from datastore_service.build.corpus import CorpusSpec
 from datastore_service.build.params import BuildParams
 from datastore_service.build.pipeline import StoreTarget, build_stores
 from datastore_service.build.store_writer import create_template
-from datastore_service.build.token_table import tokenize_corpus
+from datastore_service.build.token_table import TokenizedCorpus, tokenize_corpus
 from datastore_service.build.tokenizer import TargetTokenizer
 from datastore_service.paths import cache_dir
 from datastore_service.rest.build import build_rest_store
 from datastore_service.sizes import Budget, format_bytes
+
+LOOKUPS = ("scored", "longest")  # DraftIndex's selections, both replayed for every CREST store
 
 
 @dataclass(frozen=True)
@@ -35,17 +39,33 @@ class CrestVariant:
     params: BuildParams  # everything but the budget, which the sweep varies
 
 
-VARIANTS = {
-    "ours": CrestVariant("CREST, ours: benefit per byte, N<=3", BuildParams(policy="benefit")),
-    "paper": CrestVariant("CREST, paper's rule: top-t per length, N<=3", BuildParams(policy="frequency")),
-    "ours-n2": CrestVariant("CREST, ours: benefit per byte, N<=2", BuildParams(policy="benefit", max_context=2)),
-    "paper-n2": CrestVariant(
-        "CREST, paper's rule: top-t per length, N<=2", BuildParams(policy="frequency", max_context=2)
+@dataclass(frozen=True)
+class AuthorsVariant:
+    """The authors' CREST: REST's cut trees of the most frequent contexts, longest match."""
+
+    line: str
+    max_context: int
+
+
+VARIANTS: dict[str, CrestVariant | AuthorsVariant] = {
+    "ours": CrestVariant(
+        "CREST, ours: back-off trees, gain per byte, N<=4", BuildParams(policy="gain", backoff=1.0, max_context=4)
     ),
+    "paper": CrestVariant(
+        "CREST, back-off trees, paper's rule (top-t per length), N<=4",
+        BuildParams(policy="frequency", backoff=1.0, max_context=4),
+    ),
+    "raw": CrestVariant(
+        "CREST, raw trees, paper's rule, N<=2 (before back-off)",
+        BuildParams(policy="frequency", backoff=0.0, max_context=2),
+    ),
+    "authors": AuthorsVariant("CREST, the authors': REST trees (cut), longest match, N<=4", max_context=4),
 }
+DEFAULT_VARIANTS = ("ours", "paper", "authors")
 DEFAULT_FRACTIONS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 DEFAULT_BUDGETS_MB = (1.0, 1.5, 2.0, 4.0, 8.0, 16.0, 32.0)
 REST_LINE = "REST (corpus fraction)"
+PICKLED_SUFFIX = " [LZMA pickles]"  # the authors' stores, storage counted as they keep them
 
 
 @dataclass(frozen=True)
@@ -57,12 +77,13 @@ class StorePoint:
     file_bytes: int
     lookup_bytes: int  # what lookups read: CREST's file without its vocabulary table (kept for SQL)
     build_seconds: float
+    lookups: tuple[str, ...] = field(default=("longest",))  # the lookups replayed; the first is the default
 
 
 def _crest_name(params: BuildParams, megabytes: float) -> str:
     return (
         f"crest-{params.policy}-n{params.max_context}-d{params.max_depth}-c{params.top_c}"
-        f"-m{params.min_count}-p{params.min_probability:g}-{megabytes:g}MB.duckdb"
+        f"-m{params.min_count}-p{params.min_probability:g}-b{params.backoff:g}-{megabytes:g}MB.duckdb"
     )
 
 
@@ -75,23 +96,25 @@ class PointCache:
 
     def get(self, name: str) -> StorePoint | None:
         entry = self.entries.get(name)
-        if entry is None or not (self.folder / name).exists():
+        if entry is None or not (self.folder / entry["path"]).exists():
             return None
-        return StorePoint(**{**entry, "path": self.folder / name})
+        return StorePoint(**{**entry, "path": self.folder / entry["path"], "lookups": tuple(entry["lookups"])})
 
     def put(self, name: str, point: StorePoint) -> None:
-        self.entries[name] = {**asdict(point), "path": name}
+        self.entries[name] = {**asdict(point), "path": point.path.name}
         partial = self.index.with_suffix(".partial")
         partial.write_text(json.dumps(self.entries, indent=1))
         partial.replace(self.index)
 
 
 def build_code_key() -> str:
-    """A digest of the datastore package's code and SQL: what builds every store of the sweep."""
+    """A digest of the datastore package's code and SQL and of the authors' rebuild: what builds
+    every store of the sweep."""
     package = Path(datastore_service.__file__).parent
     digest = hashlib.sha256()
     for path in sorted([*package.rglob("*.py"), *package.rglob("*.sql")]):
         digest.update(str(path.relative_to(package)).encode() + path.read_bytes())
+    digest.update((Path(__file__).parent / "authors_crest.py").read_bytes())
     return digest.hexdigest()[:12]
 
 
@@ -110,24 +133,28 @@ def prepare_points(
     tokenizer_spec: str,
     fractions: Sequence[float],
     budgets_mb: Sequence[float],
-    variants: Sequence[CrestVariant],
+    variants: Sequence[CrestVariant | AuthorsVariant],
     progress: bool = True,
 ) -> list[StorePoint]:
     tokenizer = TargetTokenizer.load(tokenizer_spec)
     tokenized = tokenize_corpus(corpus, tokenizer, progress=progress)
     cache = PointCache(cache_dir("eval", f"{tokenized.parquet.stem}-{build_code_key()}"))
-    points: list[StorePoint] = []
-    work = [("rest", fraction) for fraction in fractions]
-    # Variants equal but for the policy share one count: group them.
-    groups: dict[BuildParams, list[CrestVariant]] = {}
-    for variant in variants:
-        groups.setdefault(replace(variant.params, policy="benefit"), []).append(variant)
-    work += [("crest", group) for group in groups.values()]
-    for kind, item in tqdm(work, desc=f"stores of {corpus.display_name}", unit="build", disable=not progress):
-        if kind == "rest":
-            points.append(_rest_point(cache, corpus, tokenizer_spec, item))
-        else:
-            points.extend(_crest_points(cache, corpus, tokenizer, tokenizer_spec, item, budgets_mb))
+    crest = [v for v in variants if isinstance(v, CrestVariant)]
+    authors = [v for v in variants if isinstance(v, AuthorsVariant)]
+    steps = len(fractions) + bool(crest) + len(authors)
+    with tqdm(total=steps, desc=f"stores of {corpus.display_name}", unit="build", disable=not progress) as bar:
+        rest = []
+        for fraction in fractions:
+            rest.append(_rest_point(cache, corpus, tokenizer_spec, fraction))
+            bar.update()
+        points = list(rest)
+        if crest:
+            points += _crest_points(cache, corpus, tokenizer, tokenizer_spec, crest, budgets_mb)
+            bar.update()
+        for variant in authors:
+            full = _rest_point(cache, corpus, tokenizer_spec, 1.0)
+            points += _authors_points(cache, tokenized, tokenizer, full.path, variant, budgets_mb, progress)
+            bar.update()
     return points
 
 
@@ -162,7 +189,7 @@ def _crest_points(
     missing = [(variant, mb, name) for variant, mb, name in wanted if cache.get(name) is None]
     if missing:
         targets = [
-            StoreTarget(cache.folder / name, Budget(bytes=int(mb * 1e6)), variant.params.policy)
+            StoreTarget(cache.folder / name, Budget(bytes=int(mb * 1e6)), variant.params.policy, variant.params)
             for variant, mb, name in missing
         ]
         summaries = build_stores(corpus, tokenizer_spec, missing[0][0].params, targets, replace=True, progress=False)
@@ -178,6 +205,64 @@ def _crest_points(
                     summary.file_bytes,
                     summary.file_bytes - vocabulary,
                     summary.seconds["total"],
+                    LOOKUPS,
                 ),
             )
     return [cache.get(name) for _, _, name in wanted]
+
+
+def _authors_points(
+    cache: PointCache,
+    tokenized: TokenizedCorpus,
+    tokenizer: TargetTokenizer,
+    rest_store: Path,
+    variant: AuthorsVariant,
+    budgets_mb: Sequence[float],
+    progress: bool,
+) -> list[StorePoint]:
+    names = [(mb, f"authors-n{variant.max_context}-{mb:g}MB.duckdb") for mb in budgets_mb]
+    if any(cache.get(name) is None or cache.get(name + PICKLED_SUFFIX) is None for _, name in names):
+        trees = cached_authors_trees(
+            cache.folder / f"authors-n{variant.max_context}-trees.parquet",
+            rest_store,
+            tokenized.parquet,
+            variant.max_context,
+            1.5e6 * max(budgets_mb),
+            progress,
+        )
+        vocabulary = vocabulary_bytes(tokenizer.pieces(), cache.folder)
+        corpus = {
+            "corpus_name": tokenized.parquet.stem,
+            "corpus_fingerprint": tokenized.report.fingerprint,
+            "corpus_documents": tokenized.report.documents,
+            "corpus_tokens": tokenized.tokens,
+        }
+        for mb, name in names:
+            if cache.get(name) is not None and cache.get(name + PICKLED_SUFFIX) is not None:
+                continue
+            written = write_authors_store(
+                trees, cache.folder / name, Budget(bytes=int(mb * 1e6)), tokenizer, corpus, variant.max_context
+            )
+            ours = StorePoint(
+                "CREST",
+                variant.line,
+                format_bytes(mb * 1e6),
+                written.path,
+                written.file_bytes,
+                written.file_bytes - vocabulary,
+                0.0,
+            )
+            cache.put(name, ours)
+            cache.put(
+                name + PICKLED_SUFFIX,
+                StorePoint(
+                    "CREST",
+                    variant.line + PICKLED_SUFFIX,
+                    format_bytes(mb * 1e6),
+                    written.path,
+                    written.file_bytes,
+                    written.pickled_bytes,
+                    0.0,
+                ),
+            )
+    return [point for _, name in names for point in (cache.get(name), cache.get(name + PICKLED_SUFFIX))]

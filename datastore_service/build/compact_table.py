@@ -7,14 +7,15 @@ The same SQL files run on either engine: `connection` is a DuckDB connection, or
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from datastore_service.build.draft_trees import build_candidate_trees
 from datastore_service.build.ngram_counting import count_ngrams
 from datastore_service.build.params import BuildParams
-from datastore_service.build.selection import CostModel, rank_contexts
+from datastore_service.build.selection import CostModel, priority_limit, rank_contexts
 from datastore_service.build.sql_files import SqlConnection, run_sql
+from datastore_service.sizes import Budget
 
 
 class Stopwatch:
@@ -46,16 +47,32 @@ def rank_draft_trees(
     return rank_counted_trees(connection, params, clock, progress)
 
 
-def rank_counted_trees(connection: SqlConnection, params: BuildParams, clock: Stopwatch, progress: bool = True) -> int:
-    """Fill `compact_drafts` from table `ngrams`; returns the candidate context count."""
+def rank_counted_trees(
+    connection: SqlConnection,
+    params: BuildParams,
+    clock: Stopwatch,
+    progress: bool = True,
+    budgets: Sequence[Budget] = (),
+) -> int:
+    """Fill `compact_drafts` from table `ngrams`; returns the candidate context count. With
+    `budgets`, the compact table holds only the contexts a store within one of them may keep."""
     with clock.phase("trees"):
         build_candidate_trees(connection, params, progress)
         candidates = rank_contexts(connection, params.policy, CostModel())
-        run_sql(connection, "09_compact_drafts.sql")
+        _compact(connection, params, budgets)
     return candidates
 
 
-def rerank_compact_table(connection: SqlConnection, policy: str) -> None:
+def rerank_compact_table(
+    connection: SqlConnection, params: BuildParams, policy: str, budgets: Sequence[Budget] = ()
+) -> None:
     """Rebuild `compact_drafts` in another policy's order from the trees already ranked (no recount)."""
     rank_contexts(connection, policy, CostModel())
-    run_sql(connection, "09_compact_drafts.sql")
+    _compact(connection, params, budgets)
+
+
+def _compact(connection: SqlConnection, params: BuildParams, budgets: Sequence[Budget]) -> None:
+    limit = {"max_priority": priority_limit(connection, budgets)}
+    if params.smoothed:
+        run_sql(connection, "09_backoff_nodes.sql", limit)
+    run_sql(connection, "09_compact_drafts.sql", limit)

@@ -37,6 +37,7 @@ class CorpusSpec:
     text_field: str = "text"
     skip_bad_files: bool = True
     name: str = ""
+    more_roots: tuple[Path, ...] = ()  # further trees read after `path`, with the same glob and exclude
 
     @property
     def display_name(self) -> str:
@@ -56,7 +57,15 @@ def sharegpt_corpus() -> CorpusSpec:
     return CorpusSpec(path=Path(spec.origin).parent / SHAREGPT_FILE, format="sharegpt", name="sharegpt")
 
 
-PRESETS = {"stdlib": stdlib_corpus, "sharegpt": sharegpt_corpus}
+def python_sources_corpus() -> CorpusSpec:
+    """The stdlib's source plus that of every package installed for this interpreter (its
+    site-packages, e.g. the venv's: torch, transformers, pyspark, ...): tens of millions of tokens."""
+    stdlib = stdlib_corpus()
+    site_packages = Path(sysconfig.get_paths()["purelib"])
+    return CorpusSpec(**{**stdlib.__dict__, "name": "python", "more_roots": (site_packages,)})
+
+
+PRESETS = {"stdlib": stdlib_corpus, "sharegpt": sharegpt_corpus, "python": python_sources_corpus}
 
 
 def corpus_spec(path_or_preset: str, **options) -> CorpusSpec:
@@ -116,9 +125,12 @@ def _detect_format(spec: CorpusSpec) -> str:
 def _files(spec: CorpusSpec) -> list[Path]:
     if spec.path.is_file():
         return [spec.path]
-    files = (p for p in spec.path.rglob(spec.glob) if p.is_file())
-    kept = [p for p in files if not any(part in spec.exclude for part in p.relative_to(spec.path).parts)]
-    return sorted(kept, key=lambda p: p.relative_to(spec.path).as_posix())
+    found = []
+    for root in (spec.path, *spec.more_roots):
+        files = (p for p in root.rglob(spec.glob) if p.is_file())
+        kept = [p for p in files if not any(part in spec.exclude for part in p.relative_to(root).parts)]
+        found += sorted(kept, key=lambda p: p.relative_to(root).as_posix())
+    return found
 
 
 def _read_text(path: Path, spec: CorpusSpec, report: CorpusReport) -> str | None:

@@ -84,12 +84,14 @@ def _smooth_trees(connection: SqlConnection, params: BuildParams, progress: bool
                 "context_length": length,
                 "strength": params.backoff,
                 "top_c": params.top_c,
+                "max_depth": params.max_depth,
                 "min_probability": params.min_probability,
                 "gid_mask": GID_MASK,
             },
         )
     run_sql(connection, "06_backoff_stats.sql", {"strength": params.backoff, "resolution": PROBABILITY_RESOLUTION})
+    # smoothed_nodes and tree_denominators stay: the kept trees' nodes are ranked once the contexts are
     connection.execute(
-        "DROP TABLE ngram_links; DROP TABLE smoothed_nodes; DROP TABLE smoothed_contexts; DROP TABLE level_contexts; "
-        "DROP TABLE level_candidates; DROP TABLE level_ranked; DROP TABLE tree_denominators"
+        "DROP TABLE ngram_links; DROP TABLE smoothed_contexts; DROP TABLE level_contexts; "
+        "DROP TABLE level_backoff; DROP TABLE level_candidates; DROP TABLE level_ranked"
     )

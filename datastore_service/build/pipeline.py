@@ -329,16 +329,18 @@ def _build_stores(
             for tree_params, members in groups.items():
                 trees = Stopwatch()
                 ranked_policy = members[0].policy
+                budgets = [target.budget for target in members]
                 if spark is None:
                     candidates = rank_counted_trees(
-                        connection, replace_params(tree_params, policy=ranked_policy), trees, progress
+                        connection, replace_params(tree_params, policy=ranked_policy), trees, progress, budgets
                     )
                 for target in members:
                     own = Stopwatch()
                     if target.policy != ranked_policy:
                         with own.phase("rank"):
-                            rerank_compact_table(connection, target.policy)
+                            rerank_compact_table(connection, tree_params, target.policy, budgets)
                         ranked_policy = target.policy
+                    compacted = connection.execute("SELECT count(*) FROM compact_drafts").fetchall()[0][0]
                     store_params = target.store_params(params)
                     with own.phase("write"):
                         store = stores[target.output]
@@ -352,7 +354,7 @@ def _build_stores(
                             "build_params": store_params.as_dict(),
                         }
                         written, final = write_and_publish(
-                            connection, store, target.budget, candidates, tokenizer.pieces(), info, interrupts.check
+                            connection, store, target.budget, compacted, tokenizer.pieces(), info, interrupts.check
                         )
                     seconds = {**clock.seconds, **trees.seconds, **own.seconds}
                     seconds["total"] = sum(seconds.values())

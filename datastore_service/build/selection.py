@@ -13,9 +13,11 @@ Each policy is an ORDER BY over `tree_stats` (see sql/08_rank_contexts.sql):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from datastore_service.build.sql_files import SqlConnection, run_sql
+from datastore_service.sizes import Budget
 
 POLICY_ORDER = {
     "frequency": "frequency_rank, context_level",
@@ -42,6 +44,29 @@ def rank_contexts(connection: SqlConnection, policy: str, cost: CostModel) -> in
         policy_order=POLICY_ORDER[policy],
     )
     return connection.execute("SELECT count(*) FROM ranked_contexts").fetchall()[0][0]
+
+
+# The writer corrects the cost model's guess by the real bytes per estimated byte of the file it
+# wrote; contexts beyond this many times a budget by the guess are never kept.
+ESTIMATE_SLACK = 4.0
+
+
+def priority_limit(connection: SqlConnection, budgets: Sequence[Budget]) -> int:
+    """The last priority a store within one of `budgets` may keep (all contexts without budgets)."""
+    total = connection.execute("SELECT count(*) FROM ranked_contexts").fetchall()[0][0]
+    if not budgets:
+        return total
+    limits = []
+    for budget in budgets:
+        if budget.rows is not None:
+            limits.append(min(budget.rows, total))
+        else:
+            rows = connection.execute(
+                "SELECT count(*) FROM ranked_contexts WHERE cumulative_bytes <= $bytes",
+                {"bytes": ESTIMATE_SLACK * (budget.bytes or 0)},
+            ).fetchall()
+            limits.append(rows[0][0])
+    return max(limits)
 
 
 def contexts_within(connection: SqlConnection, estimated_bytes: float) -> int:

@@ -40,8 +40,10 @@ def test_eval_runs_end_to_end_on_a_slice(code_corpus: Path, chat_corpus: Path, t
             "0.5,1",
             "--budgets",
             "1MB",
+            "--suites",
+            "humaneval,mtbench",
             "--variants",
-            "ours,paper",
+            "ours,paper,authors",
             "--code-corpus",
             str(code_corpus),
             "--chat-corpus",
@@ -62,10 +64,15 @@ def test_eval_runs_end_to_end_on_a_slice(code_corpus: Path, chat_corpus: Path, t
         ("mtbench", "REST"),
         ("mtbench", "CREST"),
     }
-    assert len(rows) == 2 * (2 + 2)
+    # per suite: 2 REST fractions, ours, the paper's rule, the authors' store counted two ways
+    assert len(rows) == 2 * (2 + 1 + 1 + 2)
     for row in rows:
         assert 1.0 <= float(row["accepted_length"]) <= 24.0
-        assert 0 < int(row["storage_bytes"]) <= int(row["file_bytes"])
+        pickled = row["line"].endswith("[LZMA pickles]")
+        assert 0 < int(row["storage_bytes"]) and (pickled or int(row["storage_bytes"]) <= int(row["file_bytes"]))
+        if row["line"].startswith("CREST, ours"):
+            assert row["lookup"] in ("scored", "longest", "scored/longest", "longest/scored")
+            assert row["accepted_scored"] and row["accepted_longest"]
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = (tmp_path / "RESULTS.md").read_text()
     assert "<!-- eval:begin -->" in results and "### HumanEval" in results and "### MT-Bench" in results
@@ -75,7 +82,7 @@ def test_eval_runs_end_to_end_on_a_slice(code_corpus: Path, chat_corpus: Path, t
 
 
 def row(system: str, line: str, storage: int, accepted: float) -> ResultRow:
-    return ResultRow("suite", system, line, "", storage, storage, accepted, 0.0, 0.0)
+    return ResultRow("suite", system, line, "", storage, storage, accepted, "longest", None, accepted, 0.0, 0.0)
 
 
 def test_claims_compare_at_rest_full_corpus_and_at_equal_storage():
@@ -97,3 +104,39 @@ def test_claims_compare_at_rest_full_corpus_and_at_equal_storage():
     assert weak.matching_bytes is None and weak.best_at_thirtieth == 1.1
     assert [b for b, _ in weak.equal_storage_gains] == [10_000_000]
     assert weak.equal_storage_gains[0][1] == pytest.approx((1.1 + 0.2 * 0.69897) / 1.4 - 1, rel=1e-6)
+
+
+def test_claims_report_the_largest_step_down_in_budget():
+    rows = [row("REST", "REST", 10_000_000, 1.2)] + [
+        row("CREST", "line", size, accepted)
+        for size, accepted in ((1_000_000, 1.40), (2_000_000, 1.50), (4_000_000, 1.46), (8_000_000, 1.52))
+    ]
+    (claim,) = claims_for(rows)[1]
+    assert claim.largest_step_down == pytest.approx(0.04)
+
+
+def test_each_half_is_scored_with_the_lookup_chosen_on_the_other():
+    from pathlib import Path
+
+    from crest_cli.evaluation.measure import Acceptance
+    from crest_cli.evaluation.run import _rows
+    from crest_cli.evaluation.store_points import StorePoint
+    from decoder.replay import Replay
+
+    def acceptance(steps_per_prompt: list[int]) -> Acceptance:
+        replays = [Replay(tokens=10, steps=steps, drafted=0) for steps in steps_per_prompt]
+        tokens, forwards = 10 * len(replays), sum(steps + 1 for steps in steps_per_prompt)
+        return Acceptance(tokens / forwards, tokens, forwards, 0.0, replays)
+
+    store = StorePoint("CREST", "line", "1 MB", Path("s.duckdb"), 1, 1, 0.0, ("scored", "longest"))
+    # prompts 0-1 form half 0, prompts 2-3 half 1; scored wins on half 0, longest on half 1
+    replayed = {
+        (store.path, "scored"): acceptance([4, 4, 9, 9]),
+        (store.path, "longest"): acceptance([6, 6, 7, 7]),
+    }
+    (result,) = _rows("suite", [store], replayed, ([0, 1], [2, 3]))
+    # half 0 is scored with longest (chosen on half 1), half 1 with scored (chosen on half 0)
+    assert result.lookup == "longest/scored"
+    assert result.accepted_length == pytest.approx(40 / (7 + 7 + 10 + 10))
+    assert result.accepted_scored == pytest.approx(40 / (5 + 5 + 10 + 10))
+    assert result.accepted_longest == pytest.approx(40 / (7 + 7 + 8 + 8))

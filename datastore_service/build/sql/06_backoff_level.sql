@@ -16,7 +16,8 @@
 --         counted continuation; smoothed_contexts gains, per such context:
 --         effective_count  count(c) + $strength * kinds(c): the denominator of P(. | c) as counts
 --         backoff_expected expected accepted tokens of the tree of c' where c occurs (sum of
---                          P(p | c) over the nodes of c'): what storing c adds is the difference
+--                          P(p | c) over the nodes of c'): what storing c adds is the difference;
+--                          0 for single tokens, whose back-off (the empty context) is not stored
 
 CREATE OR REPLACE TEMP TABLE level_contexts AS
 WITH continuations AS (
@@ -38,9 +39,9 @@ FROM ngram_links AS context
 JOIN continuations USING (gid)
 WHERE context.level = $context_length;
 
-CREATE OR REPLACE TEMP TABLE level_candidates AS
+-- every node of the back-off tree, under every context that backs off to it, with c's own count
+CREATE OR REPLACE TEMP TABLE level_backoff AS
 WITH backoff AS (
-    -- every node of the back-off tree, under every context that backs off to it
     SELECT
         context.context_key, context.context_count, context.own_weight, context.first_token,
         tree.node_key AS backoff_node, tree.parent_key AS backoff_parent, tree.token, tree.depth,
@@ -50,20 +51,25 @@ WITH backoff AS (
     FROM level_contexts AS context
     JOIN smoothed_nodes AS tree ON tree.context_key = context.backoff_key
 ),
-from_backoff AS (
-    SELECT
-        backoff.*,
-        CASE WHEN own.gid IS NOT NULL THEN (backoff.own_level::BIGINT << 56) | own.gid END AS own_node,
-        CASE WHEN own.gid IS NOT NULL AND backoff.depth > 1
-             THEN ((backoff.own_level - 1)::BIGINT << 56) | own.parent END              AS own_parent,
-        coalesce(own.count, 0)                                                           AS own_count
-    FROM backoff
-    LEFT JOIN ngram_links AS own
-      ON own.level = backoff.own_level
-     AND own.suffix_gid = backoff.backoff_node & $gid_mask
-     AND own.first_token = backoff.first_token
-),
-own_paths AS (
+longer AS (
+    SELECT level, gid, parent, count, suffix_gid, first_token
+    FROM ngram_links
+    WHERE level > $context_length AND level <= $context_length + $max_depth
+)
+SELECT
+    backoff.*,
+    CASE WHEN own.gid IS NOT NULL THEN (backoff.own_level::BIGINT << 56) | own.gid END AS own_node,
+    CASE WHEN own.gid IS NOT NULL AND backoff.depth > 1
+         THEN ((backoff.own_level - 1)::BIGINT << 56) | own.parent END              AS own_parent,
+    coalesce(own.count, 0)                                                           AS own_count
+FROM backoff
+LEFT JOIN longer AS own
+  ON own.level = backoff.own_level
+ AND own.suffix_gid = backoff.backoff_node & $gid_mask
+ AND own.first_token = backoff.first_token;
+
+CREATE OR REPLACE TEMP TABLE level_candidates AS
+WITH own_paths AS (
     -- c's own counted paths, each with the name of its version in the tree of c'
     SELECT
         node.context_key, context.context_count, context.own_weight, node.node_key, node.token, node.depth,
@@ -72,23 +78,28 @@ own_paths AS (
         ((node.level - 1)::BIGINT << 56) | links.suffix_gid   AS backoff_name
     FROM tree_candidates AS node
     JOIN level_contexts AS context USING (context_key)
-    JOIN ngram_links AS links ON links.level = node.level AND links.gid = node.node_key & $gid_mask
+    JOIN ngram_links AS links
+      ON links.level = node.level AND links.gid = node.node_key & $gid_mask
+     AND links.level > $context_length AND links.level <= $context_length + $max_depth
     WHERE node.depth > 0 AND node.level - node.depth = $context_length
 )
 SELECT
     context_key, coalesce(own_node, backoff_node) AS node_key, own_parent, backoff_node, backoff_parent, token, depth,
     own_weight * own_count / context_count + (1 - own_weight) * backoff_probability AS probability
-FROM from_backoff
+FROM level_backoff
 UNION ALL
 SELECT
     own.context_key, own.node_key, own.own_parent, NULL, NULL, own.token, own.depth,
     own.own_weight * own.count / own.context_count
 FROM own_paths AS own
-ANTI JOIN from_backoff AS seen
+ANTI JOIN level_backoff AS seen
   ON seen.context_key = own.context_key AND seen.depth = own.depth AND seen.backoff_node = own.backoff_name;
 
 INSERT INTO smoothed_contexts
-SELECT context.context_key, context.context_count, context.effective_count, coalesce(backoff.expected, 0)
+SELECT
+    context.context_key, context.context_count, context.effective_count,
+    -- the empty context's tree is never stored: where no single token matches, nothing is drafted
+    CASE WHEN $context_length = 1 THEN 0 ELSE coalesce(backoff.expected, 0) END
 FROM level_contexts AS context
 LEFT JOIN (
     SELECT context_key, sum(probability) AS expected

@@ -27,10 +27,10 @@ def build(corpus: Path, output: Path, memory_limit: str | None):
 def test_a_low_cap_spills_and_builds_the_same_store(code_corpus: Path, tmp_path: Path, monkeypatch):
     free = build(code_corpus, tmp_path / "free.duckdb", None)
     assert free.spilled == 0 and free.memory_cap == memory.default_memory_cap()
-    # The cap minus the process reserve is DuckDB's share; leave it 48 MB, less than this build holds.
+    # The cap minus the process reserve is DuckDB's share; leave it 96 MB, less than this build holds.
     monkeypatch.setattr(memory, "PROCESS_RESERVE", 0)
     monkeypatch.setattr(memory, "MIN_ENGINE_MEMORY", 1)
-    capped = build(code_corpus, tmp_path / "capped.duckdb", "48MB")
+    capped = build(code_corpus, tmp_path / "capped.duckdb", "96MB")
     assert capped.spilled > 0
     with open_store(free.store) as one, open_store(capped.store) as other:
         assert one.execute(DRAFTS).fetchall() == other.execute(DRAFTS).fetchall()
