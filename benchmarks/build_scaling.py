@@ -1,14 +1,18 @@
-"""Build benchmark: whole-build time and peak RSS on the stdlib corpus, and scaling with corpus size.
+"""Build benchmark: whole-build time and peak RSS on the stdlib corpus, scaling with corpus size,
+and the memory cap (issue 13): ShareGPT's default store, a low cap that spills, a 100M-token corpus.
 
-Each build runs `crest build` in its own process (peak RSS from wait4), with a fresh token cache so
-tokenization is included; the converted tokenizer stays cached. Phases come from the build summary.
+Each build runs `crest build` in its own process (peak RSS from wait4). Cold runs start from an
+empty token cache, so tokenization is included; warm runs reuse the cached tokens (the converted
+tokenizer stays cached either way). Phases, peak memory and spill come from the build summary.
 
-    python benchmarks/build_scaling.py [--runs 3] [--sharegpt] [--write]
+    python benchmarks/build_scaling.py [--runs 3] [--warm-runs 3] [--sharegpt] [--low-cap 1.5GB]
+                                       [--large-tokens 100000000] [--write]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -21,37 +25,37 @@ from pathlib import Path
 
 from _report import write_section
 
-from datastore_service.build.corpus import stdlib_corpus
+from datastore_service.build.corpus import (
+    CorpusReport,
+    corpus_spec,
+    python_sources_corpus,
+    read_documents,
+    stdlib_corpus,
+)
 from datastore_service.build.tokenizer import TargetTokenizer
 
 COMMAND = "python benchmarks/build_scaling.py " + " ".join(sys.argv[1:])
 
 
-def run_build(corpus: str, extra: list[str], cache: Path, output: Path) -> dict:
+def run_build(corpus: str, extra: list[str], cache: Path, output: Path, cold: bool = True) -> dict:
     env = {**os.environ, "CREST_CACHE": str(cache)}
-    shutil.rmtree(cache / "tokens", ignore_errors=True)
-    command = [
-        sys.executable,
-        "-m",
-        "crest_cli",
-        "build",
-        "--corpus",
-        corpus,
-        "--output",
-        str(output),
-        "--quiet",
-        *extra,
-    ]
+    if cold:
+        shutil.rmtree(cache / "tokens", ignore_errors=True)
+    command = [sys.executable, "-m", "crest_cli", "build", "--corpus", corpus, "--output", str(output), "--quiet"]
     started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([*command, *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - started
     stdout, stderr = process.stdout.read(), process.stderr.read()
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"build failed: {stderr}")
-    phases = dict((k, float(v)) for k, v in re.findall(r"(\w+) ([0-9.]+)s", stdout.split("\ntime ", 1)[1]))
+        raise SystemExit(f"build failed: {stderr.strip().splitlines()[-1] if stderr.strip() else status}")
+    timing = stdout.split("\ntime ", 1)[1].split("\nmemory", 1)[0]
+    phases = dict((k, float(v)) for k, v in re.findall(r"(\w+) ([0-9.]+)s", timing))
     tokens = int(re.search(r"([0-9,]+) tokens", stdout).group(1).replace(",", ""))
     size = re.search(r"size +([0-9.]+ [KMG]?B) \(([0-9.]+) bytes per context", stdout)
+    memory = re.search(
+        r"memory +peak ([0-9.]+ [KMG]?B) under a cap of ([0-9.]+ [KMG]?B), ([0-9.]+ [KMG]?B) spilled", stdout
+    )
     return {
         "wall": wall,
         "rss_gb": usage.ru_maxrss / 2**20,
@@ -59,6 +63,8 @@ def run_build(corpus: str, extra: list[str], cache: Path, output: Path) -> dict:
         "phases": phases,
         "size": size.group(1),
         "bytes_per_context": float(size.group(2)),
+        "cap": memory.group(2),
+        "spilled": memory.group(3),
     }
 
 
@@ -80,10 +86,41 @@ def stdlib_subset(target_tokens: int, folder: Path, tokenizer: TargetTokenizer) 
     return folder
 
 
+def large_corpus(target_tokens: int, path: Path, tokenizer: TargetTokenizer) -> Path:
+    """One JSON line per document: the python sources (stdlib + site-packages), then ShareGPT's
+    assistant turns, then the same again, until about `target_tokens` tokens (estimated from the
+    characters per token of a sample)."""
+    sources = [python_sources_corpus(), corpus_spec("sharegpt")]
+    sample = [text for _, text in zip(range(2000), read_documents(sources[0], CorpusReport()))]
+    characters_per_token = sum(map(len, sample)) / sum(len(ids) for ids in tokenizer.encode_batch(sample))
+    wanted, written = target_tokens * characters_per_token, 0
+    with path.open("w") as handle:
+        while written < wanted:
+            for spec in sources:
+                for text in read_documents(spec, CorpusReport()):
+                    handle.write(json.dumps({"text": text}) + "\n")
+                    written += len(text)
+                    if written >= wanted:
+                        return path
+    return path
+
+
+def row(label: str, run: dict) -> str:
+    p = run["phases"]
+    return (
+        f"| {label} | {run['tokens']:,} | {run['wall']:.1f} | {p.get('tokenize', 0):.1f} | {p.get('count', 0):.1f} | "
+        f"{p.get('trees', 0):.1f} | {p.get('write', 0):.1f} | {run['rss_gb']:.2f} | {run['cap']} | {run['spilled']} "
+        f"| {run['size']} | {run['bytes_per_context']:.0f} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=3, help="whole stdlib builds for the median")
-    parser.add_argument("--sharegpt", action="store_true", help="also build the ShareGPT corpus (30M+ tokens)")
+    parser.add_argument("--runs", type=int, default=3, help="whole stdlib builds from an empty token cache")
+    parser.add_argument("--warm-runs", type=int, default=3, help="whole stdlib builds from cached tokens")
+    parser.add_argument("--sharegpt", action="store_true", help="also build ShareGPT's default store (22M tokens)")
+    parser.add_argument("--low-cap", default=None, help="also build the stdlib under this --memory-limit, e.g. 1.5GB")
+    parser.add_argument("--large-tokens", type=int, default=0, help="also build a corpus of about this many tokens")
     parser.add_argument("--write", action="store_true", help="write the section into docs/BENCHMARKS.md")
     args = parser.parse_args()
 
@@ -96,7 +133,8 @@ def main() -> None:
         )
         tokenizer = TargetTokenizer.load("smollm2")
         rows = []
-        whole = [run_build("stdlib", [], cache, scratch / "stdlib.duckdb") for _ in range(args.runs)]
+        cold = [run_build("stdlib", [], cache, scratch / "stdlib.duckdb") for _ in range(args.runs)]
+        warm = [run_build("stdlib", [], cache, scratch / "stdlib.duckdb", cold=False) for _ in range(args.warm_runs)]
         for label, size in (("1M", 1_000_000), ("3M", 3_000_000)):
             folder = stdlib_subset(size, scratch / f"stdlib-{label}", tokenizer)
             rows.append(
@@ -105,30 +143,40 @@ def main() -> None:
                     run_build(str(folder), ["--glob", "*.py"], cache, scratch / f"{label}.duckdb"),
                 )
             )
-        rows.append(("stdlib (all), median run", sorted(whole, key=lambda run: run["wall"])[len(whole) // 2]))
+        if cold:
+            rows.append(("stdlib (all), median cold run", sorted(cold, key=lambda run: run["wall"])[len(cold) // 2]))
+        if warm:
+            rows.append(("stdlib (all), median warm run", sorted(warm, key=lambda run: run["wall"])[len(warm) // 2]))
+        if args.low_cap:
+            run = run_build("stdlib", ["--memory-limit", args.low_cap], cache, scratch / "capped.duckdb", cold=False)
+            rows.append((f"stdlib under --memory-limit {args.low_cap}", run))
         if args.sharegpt:
             rows.append(("ShareGPT assistant turns", run_build("sharegpt", [], cache, scratch / "sharegpt.duckdb")))
+        if args.large_tokens:
+            corpus = large_corpus(args.large_tokens, scratch / "large.jsonl", tokenizer)
+            rows.append(
+                (
+                    "python sources + ShareGPT, repeated (JSON lines)",
+                    run_build(str(corpus), [], cache, scratch / "large.duckdb"),
+                )
+            )
 
-    walls = [run["wall"] for run in whole]
-    counting = [run["phases"]["count"] + run["phases"]["trees"] + run["phases"]["write"] for run in whole]
-    lines = [
-        "## Build (issue 2)",
+    lines = ["## Build (issues 2 and 13)", "", f"Command: `{COMMAND}` (2-core machine, default flags)."]
+    for name, runs in (("cold (tokenization included)", cold), ("warm (tokens cached)", warm)):
+        if runs:
+            walls = [run["wall"] for run in runs]
+            lines += [
+                "",
+                f"Whole stdlib build, {name}, {len(runs)} runs: median **{statistics.median(walls):.1f} s** wall "
+                f"(runs: {', '.join(f'{w:.1f}' for w in walls)}), peak RSS **{max(r['rss_gb'] for r in runs):.2f} GB**.",
+            ]
+    lines += [
         "",
-        f"Command: `{COMMAND}` (2-core machine, default flags: budget 16MB, max-context 3, max-depth 8, top-c 32).",
-        "",
-        f"Whole stdlib build, tokenization included, {args.runs} runs: median **{statistics.median(walls):.1f} s** wall "
-        f"(runs: {', '.join(f'{w:.1f}' for w in walls)}), peak RSS **{max(r['rss_gb'] for r in whole):.2f} GB**; "
-        f"counting + trees + selection/write median **{statistics.median(counting):.1f} s**.",
-        "",
-        "| corpus | tokens | wall s | tokenize s | count s | trees s | write s | peak RSS GB | file | bytes/context |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+        "| corpus | tokens | wall s | tokenize s | count s | trees s | write s | peak RSS GB | cap | spilled "
+        "| file | bytes/context |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: |",
+        *(row(label, run) for label, run in rows),
     ]
-    for label, run in rows:
-        p = run["phases"]
-        lines.append(
-            f"| {label} | {run['tokens']:,} | {run['wall']:.1f} | {p['tokenize']:.1f} | {p['count']:.1f} | "
-            f"{p['trees']:.1f} | {p['write']:.1f} | {run['rss_gb']:.2f} | {run['size']} | {run['bytes_per_context']:.0f} |"
-        )
     markdown = "\n".join(lines)
     print(markdown)
     if args.write:

@@ -26,6 +26,13 @@ def _megabytes(text: str) -> list[float]:
     return [b.bytes / 1e6 for b in budgets]
 
 
+def _megabyte(text: str) -> float:
+    budgets = _megabytes(text)
+    if len(budgets) != 1:
+        raise argparse.ArgumentTypeError(f"expected one size (e.g. 4MB), got {text!r}")
+    return budgets[0]
+
+
 def _names(choices: list[str]):
     def parse(text: str) -> list[str]:
         names = [part for part in text.split(",") if part]
@@ -68,14 +75,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--variants",
         type=_names(list(VARIANTS)),
-        default=list(DEFAULT_VARIANTS),
-        help="CREST variants: " + "; ".join(f"{k} = {v.line}" for k, v in VARIANTS.items()),
-    )
-    parser.add_argument(
-        "--large-variants",
-        type=_names(list(VARIANTS)),
-        default=["ours"],
-        help="CREST variants built from --large-code-corpus (its builds are the longest)",
+        default=None,
+        help="CREST variants for every suite (default: "
+        + "; ".join(f"{suite}: {','.join(names)}" for suite, names in DEFAULT_VARIANTS.items())
+        + "): "
+        + "; ".join(f"{k} = {v.line}" for k, v in VARIANTS.items()),
     )
     parser.add_argument("--code-corpus", default="stdlib", help="corpus of the HumanEval stores (preset or path)")
     parser.add_argument("--chat-corpus", default="sharegpt", help="corpus of the MT-Bench stores (preset or path)")
@@ -83,6 +87,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--large-code-corpus",
         default="python",
         help="corpus of the humaneval-python stores (preset or path; python = stdlib + installed site-packages)",
+    )
+    parser.add_argument(
+        "--ablation-budget",
+        type=_megabyte,
+        default=4.0,
+        help="budget of the ablation, the authors' CREST turned into ours one difference at a time (0: skip)",
     )
     parser.add_argument(
         "--real-check", type=int, default=2, help="prompts per suite decoded for real to check the replay (0: skip)"

@@ -122,7 +122,11 @@ def frequent_contexts(tokens_parquet: Path, max_context: int, top: int) -> list[
 
 
 def authors_trees(
-    rest: RestIndex, contexts_per_length: Sequence[Sequence[tuple[int, ...]]], wanted_bytes: float, progress: bool
+    rest: RestIndex,
+    contexts_per_length: Sequence[Sequence[tuple[int, ...]]],
+    wanted_bytes: float,
+    progress: bool,
+    cut: bool = True,
 ) -> AuthorsTrees:
     """REST's cut trees of the contexts in the paper's order, until the cost model's guess of
     their size passes `wanted_bytes` (the largest budget, with room for the writer's correction)."""
@@ -142,7 +146,8 @@ def authors_trees(
         length, low, high = rest.longest_match(query)
         if length != len(context):
             continue  # never: every context is a corpus n-gram
-        tree = cut_to_choices(rest.draft(query, REST_C, REST_M))
+        tree = rest.draft(query, REST_C, REST_M)
+        tree = cut_to_choices(tree) if cut else tree
         if len(tree) == 0:
             continue  # the context only ends documents
         retrieved = min(high - low, REST_K)
@@ -172,13 +177,19 @@ def authors_trees(
 
 
 def cached_authors_trees(
-    cache: Path, rest_store: Path, tokens_parquet: Path, max_context: int, wanted_bytes: float, progress: bool
+    cache: Path,
+    rest_store: Path,
+    tokens_parquet: Path,
+    max_context: int,
+    wanted_bytes: float,
+    progress: bool,
+    cut: bool = True,
 ) -> AuthorsTrees:
     if cache.exists():
         return AuthorsTrees(pq.read_table(cache))
     rest = RestIndex.load(rest_store, RestParams(n_max=max_context, n_min=1, k=REST_K, m=REST_M, c=REST_C))
     top = int(wanted_bytes / (GUESS_BYTES_PER_CONTEXT + GUESS_BYTES_PER_NODE) / max_context) + 1
-    trees = authors_trees(rest, frequent_contexts(tokens_parquet, max_context, top), wanted_bytes, progress)
+    trees = authors_trees(rest, frequent_contexts(tokens_parquet, max_context, top), wanted_bytes, progress, cut)
     partial = cache.with_suffix(".partial")
     pq.write_table(trees.table, partial)
     partial.replace(cache)
@@ -194,7 +205,13 @@ class AuthorsStore:
 
 
 def write_authors_store(
-    trees: AuthorsTrees, output: Path, budget: Budget, tokenizer: TargetTokenizer, corpus: dict, max_context: int
+    trees: AuthorsTrees,
+    output: Path,
+    budget: Budget,
+    tokenizer: TargetTokenizer,
+    corpus: dict,
+    max_context: int,
+    cut: bool = True,
 ) -> AuthorsStore:
     """A store of our format holding the first trees (paper's order) that fit `budget`."""
     table = trees.table
@@ -222,7 +239,7 @@ def write_authors_store(
             "top_c": REST_C,
             "k": REST_K,
             "m": REST_M,
-            "cut": "cut_to_choices",
+            "cut": "cut_to_choices" if cut else "none",
             "max_context": max_context,
         },
     }

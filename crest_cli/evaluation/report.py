@@ -39,6 +39,16 @@ class ResultRow:
 
 
 @dataclass(frozen=True)
+class AblationStep:
+    suite: str
+    change: str  # what this step changes from the one before
+    line: str
+    lookup: str
+    storage_bytes: int
+    accepted_length: float  # every prompt, with `lookup`
+
+
+@dataclass(frozen=True)
 class LineClaims:
     line: str
     matching_bytes: int | None  # smallest store reaching REST's full-corpus accepted length
@@ -106,6 +116,7 @@ def write_plot(rows: Sequence[ResultRow], titles: dict[str, str], path: Path) ->
 
 def markdown_report(
     rows: Sequence[ResultRow],
+    ablations: Sequence[AblationStep],
     checks: Sequence[RealCheck],
     titles: dict[str, str],
     setup: str,
@@ -138,6 +149,8 @@ def markdown_report(
         for claim in claims:
             out.append(f"- **{claim.line}**: " + _describe(claim, full))
         out += ["", _lookup_comparison(suite_rows), ""]
+    if ablations:
+        out += _ablation_table(ablations, titles)
     if checks:
         agreeing = sum(c.agrees for c in checks)
         out += [
@@ -156,6 +169,33 @@ def markdown_report(
                 f"| {c.real_accepted_length:.3f} / {c.replay_accepted_length:.3f} |"
             )
     return "\n".join(out)
+
+
+def _ablation_table(steps: Sequence[AblationStep], titles: dict[str, str]) -> list[str]:
+    out = [
+        "### From the authors' CREST to ours, one difference at a time",
+        "",
+        "Every prompt, every store built to the same byte budget in our format; each row changes one thing from "
+        "the row before (the first two from the authors' trees; then ours).",
+        "",
+    ]
+    for suite in dict.fromkeys(s.suite for s in steps):
+        out += [
+            f"{titles.get(suite, suite)}:",
+            "",
+            "| change | lookup | storage | accepted length | vs the row before |",
+            "| --- | --- | ---: | ---: | ---: |",
+        ]
+        before = None
+        for step in (s for s in steps if s.suite == suite):
+            delta = "" if before is None else f"{step.accepted_length / before - 1:+.1%}"
+            out.append(
+                f"| {step.change} | {step.lookup} | {format_bytes(step.storage_bytes)} | {step.accepted_length:.3f} "
+                f"| {delta} |"
+            )
+            before = step.accepted_length
+        out.append("")
+    return out
 
 
 def _maybe(value: float | None) -> str:

@@ -23,12 +23,20 @@ from tqdm import tqdm
 from crest_cli.evaluation.doc_sections import write_section
 from crest_cli.evaluation.measure import Acceptance, replay_suite
 from crest_cli.evaluation.real_check import RealCheck, check_replays
-from crest_cli.evaluation.report import ResultRow, markdown_report, write_csv, write_plot
-from crest_cli.evaluation.store_points import VARIANTS, StorePoint, prepare_points
+from crest_cli.evaluation.report import AblationStep, ResultRow, markdown_report, write_csv, write_plot
+from crest_cli.evaluation.store_points import (
+    DEFAULT_VARIANTS,
+    VARIANTS,
+    AuthorsVariant,
+    CrestVariant,
+    StorePoint,
+    prepare_points,
+)
 from crest_cli.evaluation.suites import SUITES, Suite, halves
 from datastore_service.build.corpus import corpus_spec
 from datastore_service.errors import CrestError
 from datastore_service.lookup.index_loader import load_index
+from datastore_service.sizes import format_bytes
 from decoder.references import greedy_references
 from decoder.target_model import TargetModel, load_target
 
@@ -41,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.quiet
     target = load_target(args.model, args.dtype, args.device)
     rows: list[ResultRow] = []
+    ablations: list[AblationStep] = []
     checks: list[RealCheck] = []
     reference_seconds, started = 0.0, time.perf_counter()
     for name in args.suites:
@@ -50,12 +59,16 @@ def run(args: argparse.Namespace) -> int:
         references = greedy_references(target, prompts, args.max_new_tokens, progress)
         reference_seconds += time.perf_counter() - reference_started
         corpus = corpus_spec(_corpus_label(args, suite))
-        variants = args.large_variants if name == "humaneval-python" else args.variants
+        variants = args.variants or DEFAULT_VARIANTS[name]
         points = prepare_points(
             corpus, args.model, args.fractions, args.budgets, [VARIANTS[v] for v in variants], progress
         )
+        extra = []
+        if args.ablation_budget and name in ABLATION_STEPS:
+            extra = prepare_points(corpus, args.model, [], [args.ablation_budget], _ablation_variants(name), progress)
+            extra = [point for point in extra if point not in points]
         replayed: dict[tuple[Path, str], Acceptance] = {}
-        for point in tqdm(points, desc=f"replay {suite.title}", unit="store", disable=not progress):
+        for point in tqdm(points + extra, desc=f"replay {suite.title}", unit="store", disable=not progress):
             index = load_index(point.path)
             _require_same_tokenizer(index.info.tokenizer_fingerprint, target, point)
             for lookup in point.lookups:
@@ -64,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
                         index, prompts, references, args.max_nodes, args.max_new_tokens, lookup
                     )
         rows += _rows(name, points, replayed, halves(name, len(prompts)))
+        if extra:
+            ablations += _ablation(name, points + extra, replayed, args.ablation_budget)
         for point, lookup in _checked_stores(points, rows, name):
             if args.real_check > 0:
                 count = args.real_check
@@ -80,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
                     lookup,
                 )
     sweep_seconds = time.perf_counter() - started - reference_seconds
-    _write_outputs(args, rows, checks, target, sweep_seconds)
+    _write_outputs(args, rows, ablations, checks, target, sweep_seconds)
     disagreeing = [c for c in checks if not c.agrees]
     if disagreeing:
         raise CrestError(
@@ -129,6 +144,49 @@ def _rows(
     return rows
 
 
+# From the authors' CREST to ours, one difference at a time, at one budget: (what changes, variant, lookup).
+ABLATION_STEPS = {
+    suite: [
+        (
+            "the authors' CREST: REST's trees (first 5,000 occurrences, m=10, top 64, cut), longest match",
+            authors,
+            "longest",
+        ),
+        ("without REST's cut of the trees", authors + "-uncut", "longest"),
+        ("our trees instead: every occurrence counted, depth 8, 32 nodes (N<=4)", "raw-n4", "longest"),
+        ("+ the scored lookup", "raw-n4", "scored"),
+        ("back-off trees instead of raw counts (longest match)", "ours-n4", "longest"),
+        ("+ the scored lookup", "ours-n4", "scored"),
+        ("back-off trees, contexts of up to 2 tokens (longest match)", "ours", "longest"),
+        ("back-off trees, gain per byte instead of the paper's rule, N<=4 (longest match)", "gain", "longest"),
+    ]
+    for suite, authors in (("humaneval", "authors"), ("mtbench", "authors-n5"))
+}
+
+
+def _ablation_variants(suite: str) -> list[CrestVariant | AuthorsVariant]:
+    """Every variant of the ablation; stores the sweep already built at that budget come from its cache."""
+    return [VARIANTS[v] for v in dict.fromkeys(v for _, v, _ in ABLATION_STEPS[suite])]
+
+
+def _ablation(
+    suite: str, points: Sequence[StorePoint], replayed: dict[tuple[Path, str], Acceptance], budget_mb: float
+) -> list[AblationStep]:
+    """Every prompt's accepted length at `budget_mb`, one step of the ablation at a time."""
+    setting = format_bytes(budget_mb * 1e6)
+    steps = []
+    for change, variant, lookup in ABLATION_STEPS[suite]:
+        line = VARIANTS[variant].line
+        point = next((p for p in points if p.line == line and p.setting == setting), None)
+        if point is not None and (point.path, lookup) in replayed:
+            steps.append(
+                AblationStep(
+                    suite, change, line, lookup, point.lookup_bytes, replayed[point.path, lookup].accepted_length
+                )
+            )
+    return steps
+
+
 def _accepted_length(
     stores: Sequence[StorePoint], replayed: dict[tuple[Path, str], Acceptance], lookup: str, prompts: list[int]
 ) -> float:
@@ -156,7 +214,12 @@ def _require_same_tokenizer(fingerprint: str, target: TargetModel, point: StoreP
 
 
 def _write_outputs(
-    args: argparse.Namespace, rows: list[ResultRow], checks: list[RealCheck], target: TargetModel, sweep_seconds: float
+    args: argparse.Namespace,
+    rows: list[ResultRow],
+    ablations: list[AblationStep],
+    checks: list[RealCheck],
+    target: TargetModel,
+    sweep_seconds: float,
 ) -> None:
     folder = args.output_dir
     titles = {name: f"{SUITES[name].title} ({_corpus_label(args, SUITES[name])} stores)" for name in args.suites}
@@ -179,7 +242,7 @@ def _write_outputs(
         "includes it); for the authors' trees also as they keep them, LZMA-compressed pickles. "
         "Lookup p50 = median in-process lookup time per step over the whole replay."
     )
-    markdown = markdown_report(rows, checks, titles, setup, PLOT_NAME, CSV_NAME)
+    markdown = markdown_report(rows, ablations, checks, titles, setup, PLOT_NAME, CSV_NAME)
     write_section(folder / RESULTS_NAME, "eval", markdown, title="Results: CREST vs REST")
     print(markdown)
 

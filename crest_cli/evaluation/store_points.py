@@ -45,23 +45,39 @@ class AuthorsVariant:
 
     line: str
     max_context: int
+    cut: bool = True  # REST's cut_to_choices, as the authors' trees had it
 
 
 VARIANTS: dict[str, CrestVariant | AuthorsVariant] = {
     "ours": CrestVariant(
-        "CREST, ours: back-off trees, gain per byte, N<=4", BuildParams(policy="gain", backoff=1.0, max_context=4)
+        "CREST, ours: back-off trees, paper's rule, N<=2", BuildParams(policy="frequency", backoff=2.0, max_context=2)
     ),
-    "paper": CrestVariant(
-        "CREST, back-off trees, paper's rule (top-t per length), N<=4",
-        BuildParams(policy="frequency", backoff=1.0, max_context=4),
+    "ours-n4": CrestVariant(
+        "CREST, ours: back-off trees, paper's rule, N<=4", BuildParams(policy="frequency", backoff=2.0, max_context=4)
+    ),
+    "gain": CrestVariant(
+        "CREST, back-off trees, gain per byte, N<=4", BuildParams(policy="gain", backoff=2.0, max_context=4)
     ),
     "raw": CrestVariant(
-        "CREST, raw trees, paper's rule, N<=2 (before back-off)",
+        "CREST, raw trees (no back-off), paper's rule, N<=2",
         BuildParams(policy="frequency", backoff=0.0, max_context=2),
     ),
-    "authors": AuthorsVariant("CREST, the authors': REST trees (cut), longest match, N<=4", max_context=4),
+    "authors": AuthorsVariant("CREST, the authors': REST trees (cut), paper's rule, longest match, N<=4", 4),
+    "authors-n5": AuthorsVariant("CREST, the authors': REST trees (cut), paper's rule, longest match, N<=5", 5),
+    # for the ablation (one budget): what each difference between the authors' CREST and ours is worth
+    "raw-n4": CrestVariant(
+        "CREST, raw trees (no back-off), paper's rule, N<=4",
+        BuildParams(policy="frequency", backoff=0.0, max_context=4),
+    ),
+    "authors-uncut": AuthorsVariant("CREST, REST trees (uncut), paper's rule, longest match, N<=4", 4, cut=False),
+    "authors-n5-uncut": AuthorsVariant("CREST, REST trees (uncut), paper's rule, longest match, N<=5", 5, cut=False),
 }
-DEFAULT_VARIANTS = ("ours", "paper", "authors")
+# the authors' contexts: up to 4 tokens for code, up to 5 for chat
+DEFAULT_VARIANTS = {
+    "humaneval": ("ours", "ours-n4", "gain", "authors"),
+    "mtbench": ("ours", "ours-n4", "gain", "authors-n5"),
+    "humaneval-python": ("ours",),
+}
 DEFAULT_FRACTIONS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 DEFAULT_BUDGETS_MB = (1.0, 1.5, 2.0, 4.0, 8.0, 16.0, 32.0)
 REST_LINE = "REST (corpus fraction)"
@@ -220,15 +236,17 @@ def _authors_points(
     budgets_mb: Sequence[float],
     progress: bool,
 ) -> list[StorePoint]:
-    names = [(mb, f"authors-n{variant.max_context}-{mb:g}MB.duckdb") for mb in budgets_mb]
+    kind = f"authors-n{variant.max_context}" + ("" if variant.cut else "-uncut")
+    names = [(mb, f"{kind}-{mb:g}MB.duckdb") for mb in budgets_mb]
     if any(cache.get(name) is None or cache.get(name + PICKLED_SUFFIX) is None for _, name in names):
         trees = cached_authors_trees(
-            cache.folder / f"authors-n{variant.max_context}-trees.parquet",
+            cache.folder / f"{kind}-trees-{max(budgets_mb):g}MB.parquet",
             rest_store,
             tokenized.parquet,
             variant.max_context,
             1.5e6 * max(budgets_mb),
             progress,
+            variant.cut,
         )
         vocabulary = vocabulary_bytes(tokenizer.pieces(), cache.folder)
         corpus = {
@@ -241,7 +259,13 @@ def _authors_points(
             if cache.get(name) is not None and cache.get(name + PICKLED_SUFFIX) is not None:
                 continue
             written = write_authors_store(
-                trees, cache.folder / name, Budget(bytes=int(mb * 1e6)), tokenizer, corpus, variant.max_context
+                trees,
+                cache.folder / name,
+                Budget(bytes=int(mb * 1e6)),
+                tokenizer,
+                corpus,
+                variant.max_context,
+                variant.cut,
             )
             ours = StorePoint(
                 "CREST",

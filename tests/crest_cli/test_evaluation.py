@@ -43,11 +43,13 @@ def test_eval_runs_end_to_end_on_a_slice(code_corpus: Path, chat_corpus: Path, t
             "--suites",
             "humaneval,mtbench",
             "--variants",
-            "ours,paper,authors",
+            "ours,gain,authors",
             "--code-corpus",
             str(code_corpus),
             "--chat-corpus",
             str(chat_corpus),
+            "--ablation-budget",
+            "1MB",
             "--real-check",
             "1",
             "--output-dir",
@@ -64,7 +66,7 @@ def test_eval_runs_end_to_end_on_a_slice(code_corpus: Path, chat_corpus: Path, t
         ("mtbench", "REST"),
         ("mtbench", "CREST"),
     }
-    # per suite: 2 REST fractions, ours, the paper's rule, the authors' store counted two ways
+    # per suite: 2 REST fractions, ours, the gain rule, the authors' store counted two ways
     assert len(rows) == 2 * (2 + 1 + 1 + 2)
     for row in rows:
         assert 1.0 <= float(row["accepted_length"]) <= 24.0
@@ -76,6 +78,12 @@ def test_eval_runs_end_to_end_on_a_slice(code_corpus: Path, chat_corpus: Path, t
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = (tmp_path / "RESULTS.md").read_text()
     assert "<!-- eval:begin -->" in results and "### HumanEval" in results and "### MT-Bench" in results
+    # the ablation: every step of each suite, one row each, at the ablation's budget
+    ablation = results.split("one difference at a time", 1)[1].split("### Replay vs real decoding", 1)[0]
+    steps = [line for line in ablation.splitlines() if line.startswith("| ") and not line.startswith("| change")]
+    steps = [line for line in steps if not line.startswith("| ---")]
+    assert len(steps) == 2 * 8 and "| without REST's cut of the trees | longest |" in ablation
+    assert all(1.0 <= float(line.split(" | ")[3]) <= 24.0 for line in steps)
     # Real decoding checked the largest REST store and the first CREST line's store, on each suite.
     assert "4 of 4 checked decodings took exactly the replayed number" in results
     assert "### HumanEval" in capsys.readouterr().out
