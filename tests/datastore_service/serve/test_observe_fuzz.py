@@ -115,6 +115,7 @@ def test_hostile_observe_requests_are_taken_or_refused_whole(learning_server):
         tree.check_integrity()
     assert server.memory_info().rss - rss[0] < RSS_GROWTH_LIMIT
     print(
-        f"\n{sent[0]} Observe requests: {outcomes}; server RSS {rss[0] / 2**20:.0f} -> {server.memory_info().rss / 2**20:.0f} MiB"
+        f"\n{sent[0]} Observe requests: {outcomes}; "
+        f"server RSS {rss[0] / 2**20:.0f} -> {server.memory_info().rss / 2**20:.0f} MiB"
     )
     channel.close()
