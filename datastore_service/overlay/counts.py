@@ -141,7 +141,10 @@ class NgramCounts:
         """Counts of n-grams by key; 0 for keys the overlay does not hold."""
         if len(self.keys) == 0:
             return np.zeros(len(keys), np.int64)
-        where = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        # Sorted needles walk the table in order: several times faster than random probes on big tables.
+        order = np.argsort(keys)
+        where = np.empty(len(keys), np.int64)
+        where[order] = np.minimum(np.searchsorted(self.keys, keys[order]), len(self.keys) - 1)
         return np.where(self.keys[where] == keys, self.counts[where], 0)
 
     def evict_before(self, generation: int) -> None:

@@ -71,6 +71,7 @@ class Overlay:
         self._queue: list[np.ndarray] = []
         self._queued_tokens = 0
         self._unsnapshotted: list[np.ndarray] = []
+        self._unsnapshotted_tokens = 0
         self._sequence = 0
         self._queue_lock = threading.Lock()  # the queue and the unsnapshotted list
         self._state_lock = threading.Lock()  # table, trees, generation (refresh, rebase)
@@ -87,12 +88,13 @@ class Overlay:
         tokens = sum(len(s) for s in sequences)
         with self._queue_lock:
             self._queue.extend(sequences)
-            self._unsnapshotted.extend(sequences)
+            if self.folder is not None:
+                self._unsnapshotted.extend(sequences)
+                self._unsnapshotted_tokens += tokens
             self._queued_tokens += tokens
             self.stats.observed_tokens += tokens
-            backlog = self._queued_tokens
-            unsnapshotted_bytes = sum(s.nbytes for s in self._unsnapshotted)
-        if unsnapshotted_bytes > self.settings.max_bytes // 4:
+            backlog, unsnapshotted = self._queued_tokens, self._unsnapshotted_tokens
+        if unsnapshotted * 4 > self.settings.max_bytes // 4:  # int32 ids
             self._snapshot_due.set()
         if backlog > self.settings.max_queued_tokens:
             self.refresh()
@@ -107,9 +109,7 @@ class Overlay:
 
     @property
     def nbytes(self) -> int:
-        with self._queue_lock:
-            queued = sum(s.nbytes for s in self._unsnapshotted)
-        return self.table.nbytes + self.trees.nbytes + queued
+        return self.table.nbytes + self.trees.nbytes + 4 * (self._unsnapshotted_tokens + self._queued_tokens)
 
     # -- maintenance ------------------------------------------------------------------------------
 
@@ -163,7 +163,7 @@ class Overlay:
             return None
         with self._snapshot_lock:
             with self._queue_lock:
-                taken, self._unsnapshotted = self._unsnapshotted, []
+                taken, self._unsnapshotted, self._unsnapshotted_tokens = self._unsnapshotted, [], 0
             if not taken:
                 return None
             self._sequence += 1
@@ -176,6 +176,7 @@ class Overlay:
             except Exception:
                 with self._queue_lock:  # keep them for the next try
                     self._unsnapshotted = taken + self._unsnapshotted
+                    self._unsnapshotted_tokens += sum(len(s) for s in taken)
                 raise
             self.stats.snapshots += 1
             return path

@@ -92,6 +92,7 @@ class StoreCollector(Collector):
         ngrams = GaugeMetricFamily("crest_overlay_ngrams", "N-grams counted in the overlay", labels=["store"])
         snapshots = CounterMetricFamily("crest_overlay_snapshots", "Snapshots written", labels=["store"])
         evictions = CounterMetricFamily("crest_overlay_evictions", "Evictions past the byte cap", labels=["store"])
+        counted = CounterMetricFamily("crest_overlay_counted_tokens", "Observed tokens lookups see", labels=["store"])
         for store in self.stores:
             holder, name = store.holder, store.name
             version.add_metric([name, holder.index.info.store_version], 1)
@@ -106,4 +107,16 @@ class StoreCollector(Collector):
                 ngrams.add_metric([name], len(overlay.table))
                 snapshots.add_metric([name], overlay.stats.snapshots)
                 evictions.add_metric([name], overlay.stats.evictions)
-        yield from (version, loaded, load_seconds, reloads, overlay_bytes, contexts, ngrams, snapshots, evictions)
+                counted.add_metric([name], overlay.stats.counted_tokens)
+        yield from (
+            version,
+            loaded,
+            load_seconds,
+            reloads,
+            overlay_bytes,
+            contexts,
+            ngrams,
+            snapshots,
+            evictions,
+            counted,
+        )
