@@ -41,7 +41,7 @@ class OverlaySettings:
     max_bytes: int = 256 * 2**20
     refresh_interval: float = 0.5  # seconds between folding queued sequences in (and reading peers' snapshots)
     snapshot_interval: float = 10.0  # seconds between snapshots: what a SIGKILL can lose
-    max_queued_tokens: int = 1_000_000  # an observe past this waits for a refresh (backpressure)
+    max_queued_tokens: int = 262_144  # an observe past this waits for a refresh (backpressure)
 
 
 @dataclass

@@ -240,6 +240,7 @@ class MergedTrees:
         order = np.lexsort((candidates.nodes, candidates.contexts))
         c = candidates.take(order)
         same = np.concatenate([[False], (c.contexts[1:] == c.contexts[:-1]) & (c.nodes[1:] == c.nodes[:-1])])
+        same = same[: len(c.contexts)]  # no candidates: no rows
         firsts = np.flatnonzero(~same)
         store_counts = np.maximum.reduceat(c.store_counts, firsts) if len(firsts) else c.store_counts
         c = c.take(firsts)
@@ -251,13 +252,13 @@ class MergedTrees:
         order = np.lexsort((c.nodes, c.depths, -merged, c.contexts))
         c, merged = c.take(order), merged[order]
         starts = _group_starts(c.contexts)
-        sizes = np.diff(np.append(starts, len(c.contexts)))
+        sizes = np.diff(np.append(starts, len(c.contexts))).astype(np.int64)
         rank = np.arange(len(c.contexts)) - np.repeat(starts, sizes)
         top = rank < p.top_c
         c, merged = c.take(np.flatnonzero(top)), merged[top]
         # Local parent index: the row of (context, parent key) inside the same tree.
         starts = _group_starts(c.contexts)
-        sizes = np.diff(np.append(starts, len(c.contexts)))
+        sizes = np.diff(np.append(starts, len(c.contexts))).astype(np.int64)
         tree_start = np.repeat(starts, sizes)
         pair = mix(c.nodes, c.contexts)
         by_pair = np.argsort(pair)
