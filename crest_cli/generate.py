@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
+from crest_cli.generate_metrics import DecodeMetrics
 from datastore_service.errors import CrestError
 from decoder.acceptance import SamplingParams
 from decoder.draft_sources import DraftSource, IndexSource, NoDrafts, ServiceSource
@@ -31,6 +33,7 @@ def draft_source(args: argparse.Namespace, target: TargetModel) -> DraftSource:
                 server_name=args.tls_server_name,
                 token=load_token(args.token_file),
             ),
+            store=args.store_name,
         )
         client.check_tokenizer(target.tokenizer_fingerprint)
         source: DraftSource = ServiceSource(client, args.selection)
@@ -56,16 +59,22 @@ def stream_to_terminal(
     max_new_tokens: int,
     stop: list[str],
     color: bool,
+    metrics: DecodeMetrics | None = None,
 ) -> Generation:
     """Print the completion as it is verified, accepted draft tokens in green when `color`."""
     tokenizer, shown, tokens = target.tokenizer, "", []
     stream = decoder.stream(prompt_ids, max_new_tokens, stop)
+    started = time.perf_counter()
     while True:
         try:
             emitted = next(stream)
         except StopIteration as done:
             print(flush=True)
             return done.value
+        if metrics is not None:
+            now = time.perf_counter()
+            metrics.step(len(emitted), now - started)
+            started = now
         accepted_drafts = len(emitted) - 1  # every emitted token but the last was drafted
         tokens.extend(emitted)
         text = tokenizer.decode(tokens, skip_special_tokens=False)
@@ -76,6 +85,14 @@ def stream_to_terminal(
         sys.stdout.write(new)
         sys.stdout.flush()
         shown = text
+
+
+def learn_from(source: DraftSource, tokens: list[int]) -> int:
+    """After a generation: send its tokens to the draft server, so later lookups draft them."""
+    inner = source.source if isinstance(source, WithPromptLookup) else source
+    if not isinstance(inner, ServiceSource):
+        raise CrestError("--learn sends outputs to a draft server: use it with --server")
+    return inner.client.observe([tokens]) if tokens else 0
 
 
 def _report(name: str, generation: Generation) -> str:
@@ -90,11 +107,19 @@ def run(args: argparse.Namespace) -> int:
     prompt_ids = target.encode_prompt(args.prompt, args.chat)
     sampling = SamplingParams(args.temperature, args.top_p) if args.temperature > 0 else None
     curve = None if args.fixed_nodes else CostCurve.measure(target)
-    decoder = SpeculativeDecoder(target, draft_source(args, target), NodeBudget(args.max_nodes, curve), sampling)
-    generation = stream_to_terminal(
-        decoder, target, prompt_ids, args.max_new_tokens, args.stop, args.color or sys.stdout.isatty()
-    )
+    source = draft_source(args, target)
+    decoder = SpeculativeDecoder(target, source, NodeBudget(args.max_nodes, curve), sampling)
+    metrics = DecodeMetrics("127.0.0.1", args.metrics_port) if args.metrics_port is not None else None
+    try:
+        generation = stream_to_terminal(
+            decoder, target, prompt_ids, args.max_new_tokens, args.stop, args.color or sys.stdout.isatty(), metrics
+        )
+    finally:
+        if metrics is not None:
+            metrics.close()
     lines = [_report("drafted", generation)]
+    if args.learn:
+        lines.append(f"   learned: the server took {learn_from(source, generation.tokens)} tokens of this output")
     if args.compare:
         plain = SpeculativeDecoder(target, NoDrafts(), NodeBudget(0), sampling).generate(
             prompt_ids, args.max_new_tokens, args.stop

@@ -12,6 +12,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--server", action="append", metavar="HOST:PORT", help="draft from `crest serve` replicas (repeat for several)"
     )
+    parser.add_argument(
+        "--store-name", default="", help="which of the servers' stores drafts (default: their default store)"
+    )
+    parser.add_argument(
+        "--learn",
+        action="store_true",
+        help="send the finished output to the server (Observe), so later lookups draft from it (needs --server)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics (accepted tokens per step, step time) on 127.0.0.1:PORT while generating",
+    )
     secure = parser.add_argument_group("server security", "for --server replicas that serve TLS or want a token")
     secure.add_argument("--tls-ca", type=Path, default=None, help="CA (PEM) that signed the servers' certificates")
     secure.add_argument("--tls-cert", type=Path, default=None, help="client certificate (PEM), for mutual TLS")
