@@ -37,7 +37,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="file holding the servers' shared token (default: $CREST_TOKEN, if set)",
     )
-    parser.add_argument("--prompt", required=True, help="the prompt text")
+    parser.add_argument(
+        "--prompt",
+        action="append",
+        required=True,
+        help="the prompt text (repeat for several prompts, decoded --batch-size at a time)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="sequences decoded together, one draft lookup and one forward pass per step for all; "
+        "with a single --prompt, that many completions of it (samples, with --temperature)",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("auto", "eager", "static", "compiled"),
+        default="auto",
+        help="decode loop: static (preallocated KV cache, Llama-family models), compiled (the same, through "
+        "torch.compile; CUDA graphs on a GPU), eager (transformers' forward, any model: the reference); "
+        "auto: compiled on a GPU, static on a CPU, eager where the model needs it",
+    )
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     parser.add_argument("--model", default="smollm2", help="target model: smollm2, gemma3, a .gguf or a HF folder")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
@@ -45,7 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (exactly plain greedy output)")
-    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument(
+        "--top-p", type=float, default=1.0, help="nucleus sampling: keep the likeliest tokens up to this mass"
+    )
+    parser.add_argument("--top-k", type=int, default=0, help="sampling: keep the k likeliest tokens (0 = all)")
     parser.add_argument("--max-nodes", type=int, default=32, help="most draft nodes verified per step")
     parser.add_argument(
         "--fixed-nodes",

@@ -506,14 +506,16 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "demo",
         help="build, serve and decode end to end on this machine (the README's first command)",
-        description="Build the default code datastore if it is not cached, serve it from a `crest serve` process on "
-        "a free loopback port, decode a few HumanEval and MT-Bench prompts with SmolLM2 through it (accepted drafts "
-        "in green), then compare with plain decoding in a table. The server is stopped on exit, Ctrl-C included.",
+        description="Build the default code store (stdlib) and chat store (ShareGPT) if they are not cached, serve "
+        "both from one `crest serve` process on a free loopback port, decode a few HumanEval prompts through the code "
+        "store and MT-Bench questions through the chat store with SmolLM2 (accepted drafts in green), each four ways "
+        "in the same engine (plain, store, prompt lookup, both), then compare them in a table. The server is stopped "
+        "on exit, Ctrl-C included.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--humaneval", type=int, default=2, help="HumanEval prompts to decode")
     parser.add_argument("--mtbench", type=int, default=1, help="MT-Bench questions to decode (chat template)")
-    # Short completions keep a rerun near a minute on a 2-core CPU (each is decoded twice).
+    # Short completions keep a rerun within a minute on a 2-core CPU (each prompt is decoded four times).
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--no-color", action="store_true", help="do not mark accepted draft tokens")
     parser.set_defaults(run=_run_demo)
