@@ -6,7 +6,8 @@ Per step, for the sequences still running:
    the pass width (1 + nodes per row, from a few fixed widths) that maximises expected tokens per
    second under the engine's measured cost curve; width 1 verifies no draft at all;
 3. one forward pass over [newest token] + tree per row through a preallocated KV cache
-   (`StaticKVCache`, `LlamaTreeForward`), optionally compiled;
+   (`StaticKVCache`, `LlamaTreeForward`); `compiled` replays it as a CUDA graph per width on a GPU
+   (`GraphedPasses`) and runs it through torch.compile on a CPU;
 4. the target's verdicts (argmax per fed token, or the sampling targets) cross to the host in one
    transfer, the only wait on the device per step; the host walks each tree, moves the accepted
    branches into place in the cache and emits tokens, stopping exactly where plain decoding would.
@@ -27,6 +28,7 @@ from datastore_service.draft import DraftTree
 
 from .acceptance import Accepted, SamplingParams, sampling_targets, walk_greedy, walk_sampling
 from .calibration import AcceptanceCalibration
+from .cuda_graphs import GraphedPasses
 from .draft_sources import DraftSource
 from .llama_forward import LlamaTreeForward
 from .node_budget import PASS_WIDTHS, CostCurve, NodeBudget, first_nodes
@@ -40,7 +42,7 @@ CAPACITY_GRANULE = 256  # caches are sized in steps of this, so one serves many 
 
 
 class TreeEngine:
-    """Speculative decoding with a static KV cache; `compiled` runs the pass through torch.compile."""
+    """Speculative decoding with a static KV cache; `compiled`: CUDA graphs on a GPU, torch.compile on a CPU."""
 
     def __init__(
         self,
@@ -54,9 +56,12 @@ class TreeEngine:
         self.target, self.source, self.budget, self.sampling = target, source, budget, sampling
         self.forward = LlamaTreeForward(target.model)
         self.compiled = compiled
-        self.run_pass: Callable[..., torch.Tensor] = (
-            torch.compile(self.forward, dynamic=True) if compiled else self.forward
-        )
+        self.graphed = compiled and target.device.type == "cuda"
+        self.run_pass: Callable[..., torch.Tensor] = self.forward
+        if self.graphed:
+            self.run_pass = GraphedPasses(self.forward)
+        elif compiled:
+            self.run_pass = torch.compile(self.forward, dynamic=True)
         self.calibration = AcceptanceCalibration()
         self.host_generator = torch.Generator().manual_seed(seed)
         self.device_generator = torch.Generator(device=target.device).manual_seed(seed)
@@ -117,7 +122,7 @@ class TreeEngine:
             cache.reset()
             for row in range(rows):
                 cache.advance(row, history)
-            fed = pack([1] * rows, [tree_of[width]] * rows, cache.host_lengths, width, FILLER_TOKEN, *self._where())
+            fed = self._pack(cache, [1] * rows, [tree_of[width]] * rows, width)
             started = time.perf_counter()
             self._verdicts(self._pass(cache, fed), fed)
             return time.perf_counter() - started
@@ -178,7 +183,7 @@ class TreeEngine:
         width = self.budget.plan_width(gains)
         trees = [first_nodes(tree, width - 1) for tree in trees]
         roots = [history[-1] for history in histories]
-        fed = pack(roots, trees, cache.host_lengths, width, FILLER_TOKEN, *self._where())
+        fed = self._pack(cache, roots, trees, width)
         prepared = time.perf_counter()
         verdicts = self._verdicts(self._pass(cache, fed), fed)
         verified = time.perf_counter()
@@ -231,6 +236,10 @@ class TreeEngine:
             self._cache = self.forward.new_cache(rows, capacity)
         self._cache.reset()
         return self._cache
+
+    def _pack(self, cache: StaticKVCache, roots: list[int], trees: list[DraftTree], width: int) -> FedBatch:
+        visible = cache.capacity if self.graphed else None
+        return pack(roots, trees, cache.host_lengths, width, FILLER_TOKEN, *self._where(), visible=visible)
 
     def _pass(self, cache: StaticKVCache, fed: FedBatch) -> torch.Tensor:
         return self.run_pass(cache, fed.input_ids, fed.positions, fed.slots, fed.mask)
