@@ -62,6 +62,9 @@ class TreeEngine:
             self.run_pass = GraphedPasses(self.forward)
         elif compiled:
             self.run_pass = torch.compile(self.forward, dynamic=True)
+        # Read once: transformers computes these from the parameters and config on every access.
+        self.dtype, self.device = target.model.dtype, target.device
+        self.eos = target.eos_token_ids
         self.calibration = AcceptanceCalibration()
         self.host_generator = torch.Generator().manual_seed(seed)
         self.device_generator = torch.Generator(device=target.device).manual_seed(seed)
@@ -144,14 +147,14 @@ class TreeEngine:
         done = [max_new_tokens <= 0] * rows
         for row, prompt in enumerate(prompts):
             started = time.perf_counter()
-            fed = prefill_inputs(prompt, *self._where())
+            fed = prefill_inputs(prompt, self.dtype, self.device)
             logits = self.run_pass(cache, fed.input_ids, fed.positions, fed.slots, fed.mask, rows=slice(row, row + 1))
             cache.advance(row, len(prompt))
             first = self._first_token(logits[0, -1])
             generations[row].prefill_seconds = time.perf_counter() - started
             if done[row]:
                 continue
-            emitted, generations[row].stopped_by = emitted_until_stop(self.target, [first], [], stop_strings)
+            emitted, generations[row].stopped_by = emitted_until_stop(self.target, [first], [], stop_strings, self.eos)
             generations[row].tokens.extend(emitted)
             histories[row].extend(emitted)
             done[row] = generations[row].stopped_by != "max_tokens" or max_new_tokens <= 1
@@ -195,7 +198,7 @@ class TreeEngine:
             on_path[[i - 1 for i in accepted.fed_path]] = True
             self.calibration.observe(trees[row].probabilities, on_path)
             emitted, generations[row].stopped_by = emitted_until_stop(
-                self.target, accepted.tokens, generations[row].tokens, stop_strings
+                self.target, accepted.tokens, generations[row].tokens, stop_strings, self.eos
             )
             kept[row] = [0] + accepted.fed_path
             outcomes[row] = (accepted, emitted)
@@ -225,12 +228,9 @@ class TreeEngine:
 
     # -- pieces ---------------------------------------------------------------------------------
 
-    def _where(self) -> tuple[torch.dtype, torch.device]:
-        return self.target.model.dtype, self.target.device
-
     def _cache_for(self, rows: int, tokens: int) -> StaticKVCache:
         """The engine's cache, reallocated only when a batch needs more rows or room than it has."""
-        dtype, device = self._where()
+        dtype, device = self.dtype, self.device
         if self._cache is None or not self._cache.fits(rows, tokens, dtype, device):
             capacity = -(-tokens // CAPACITY_GRANULE) * CAPACITY_GRANULE
             self._cache = self.forward.new_cache(rows, capacity)
@@ -239,7 +239,7 @@ class TreeEngine:
 
     def _pack(self, cache: StaticKVCache, roots: list[int], trees: list[DraftTree], width: int) -> FedBatch:
         visible = cache.capacity if self.graphed else None
-        return pack(roots, trees, cache.host_lengths, width, FILLER_TOKEN, *self._where(), visible=visible)
+        return pack(roots, trees, cache.host_lengths, width, FILLER_TOKEN, self.dtype, self.device, visible=visible)
 
     def _pass(self, cache: StaticKVCache, fed: FedBatch) -> torch.Tensor:
         return self.run_pass(cache, fed.input_ids, fed.positions, fed.slots, fed.mask)

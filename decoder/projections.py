@@ -4,7 +4,9 @@ On a CPU, PyTorch's default linear switches from a matrix-vector kernel for one 
 general matrix kernel for two or more, and the latter is slow on the narrow inputs of verification
 (a pass of 2 to 16 tokens cost ~1.4-1.6x a pass of one, on SmolLM2 with 2 threads). oneDNN with
 weights reordered once for it ("prepacked", as torch.compile's freezing does) keeps narrow inputs
-near the cost of one token and is faster for one token too. The packed copies live beside the
+near the cost of one token and is faster for one token too. We call the oneDNN linear that
+torch.compile's CPU backend emits for frozen weights (`mkldnn._linear_pointwise`), which takes
+and returns ordinary tensors, so no layout conversion runs per call. The packed copies live beside the
 model (its own modules stay as they are, so `generate` is untouched), and the projections that
 read the same input are fused: q, k and v in one product, the MLP's gate and up in another.
 
@@ -24,7 +26,10 @@ PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 def can_pack(model: nn.Module) -> bool:
     parameter = next(model.parameters())
     return (
-        parameter.device.type == "cpu" and parameter.dtype in PACKABLE_DTYPES and torch.backends.mkldnn.is_available()
+        parameter.device.type == "cpu"
+        and parameter.dtype in PACKABLE_DTYPES
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
     )
 
 
@@ -33,18 +38,19 @@ class PackedLinear:
 
     def __init__(self, *linears: nn.Linear) -> None:
         weight = torch.cat([linear.weight.detach() for linear in linears])
-        bias = torch.cat(
-            [
-                linear.bias.detach().float() if linear.bias is not None else torch.zeros(linear.out_features)
-                for linear in linears
-            ]
-        )
-        self.weight = weight.to_mkldnn()
-        self.bias = bias.to_mkldnn()  # float32 even for bfloat16 weights, as oneDNN recommends
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+        self.bias = None
+        if any(linear.bias is not None for linear in linears):
+            self.bias = torch.cat(
+                [
+                    linear.bias.detach() if linear.bias is not None else weight.new_zeros(linear.out_features)
+                    for linear in linears
+                ]
+            )
         self.sizes = [linear.out_features for linear in linears]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch._C._nn.mkldnn_linear(x.to_mkldnn(), self.weight, self.bias).to_dense()
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self(x).split(self.sizes, dim=-1)
