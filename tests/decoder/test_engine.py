@@ -68,7 +68,7 @@ def test_the_pass_gives_the_logits_of_a_plain_causal_pass_on_every_branch(llama)
         prompt = prefill_inputs(PROMPT[:-1], torch.float32, torch.device("cpu"))
         forward(cache, prompt.input_ids, prompt.positions, prompt.slots, prompt.mask)
         cache.advance(0, len(PROMPT) - 1)
-        fed = pack([PROMPT[-1]], [draft], cache.host_lengths, 8, 0, torch.float32, torch.device("cpu"))
+        fed = pack([PROMPT[-1]], [draft], cache.lengths, 8, 0, torch.float32, torch.device("cpu"))
         logits = forward(cache, fed.input_ids, fed.positions, fed.slots, fed.mask)[0]
         for node, _ in enumerate(fed.fed_tokens[0]):
             branch, i = [], node
