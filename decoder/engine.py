@@ -6,8 +6,8 @@ Per step, for the sequences still running:
    the pass width (1 + nodes per row, from a few fixed widths) that maximises expected tokens per
    second under the engine's measured cost curve; width 1 verifies no draft at all;
 3. one forward pass over [newest token] + tree per row through a preallocated KV cache
-   (`StaticKVCache`, `LlamaTreeForward`); `compiled` replays it as a CUDA graph per width on a GPU
-   (`GraphedPasses`) and runs it through torch.compile on a CPU;
+   (`StaticKVCache`, `LlamaTreeForward`: oneDNN products with prepacked weights on a CPU);
+   `compiled` replays it as one CUDA graph per (rows, width) on a GPU (`GraphedPasses`);
 4. the target's verdicts (argmax per fed token, or the sampling targets) cross to the host in one
    transfer, the only wait on the device per step; the host walks each tree, moves the accepted
    branches into place in the cache and emits tokens, stopping exactly where plain decoding would.
@@ -42,7 +42,7 @@ CAPACITY_GRANULE = 256  # caches are sized in steps of this, so one serves many 
 
 
 class TreeEngine:
-    """Speculative decoding with a static KV cache; `compiled`: CUDA graphs on a GPU, torch.compile on a CPU."""
+    """Speculative decoding with a static KV cache; `compiled`: each pass replayed as a CUDA graph (GPU)."""
 
     def __init__(
         self,
@@ -54,14 +54,11 @@ class TreeEngine:
         compiled: bool = False,
     ) -> None:
         self.target, self.source, self.budget, self.sampling = target, source, budget, sampling
-        self.forward = LlamaTreeForward(target.model)
+        if compiled and target.device.type != "cuda":
+            raise ValueError("the compiled engine replays CUDA graphs: it needs a GPU")
         self.compiled = compiled
-        self.graphed = compiled and target.device.type == "cuda"
-        self.run_pass: Callable[..., torch.Tensor] = self.forward
-        if self.graphed:
-            self.run_pass = GraphedPasses(self.forward)
-        elif compiled:
-            self.run_pass = torch.compile(self.forward, dynamic=True)
+        self.forward = LlamaTreeForward(target.model)
+        self.run_pass: Callable[..., torch.Tensor] = GraphedPasses(self.forward) if compiled else self.forward
         # Read once: transformers computes these from the parameters and config on every access.
         self.dtype, self.device = target.model.dtype, target.device
         self.eos = target.eos_token_ids
@@ -256,7 +253,7 @@ class TreeEngine:
         return self._cache
 
     def _pack(self, cache: StaticKVCache, roots: list[int], trees: list[DraftTree], width: int) -> FedBatch:
-        visible = cache.capacity if self.graphed else None
+        visible = cache.capacity if self.compiled else None
         return pack(
             roots, trees, cache.lengths[: len(roots)], width, FILLER_TOKEN, self.dtype, self.device, visible=visible
         )

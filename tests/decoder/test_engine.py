@@ -205,3 +205,5 @@ def test_models_outside_the_llama_family_fall_back_to_the_eager_loop():
 def test_auto_picks_the_static_engine_for_llama_on_a_cpu(llama):
     assert resolve_engine(llama, "auto") == "static"
     assert isinstance(make_decoder(llama, NoDrafts(), measure_costs=False), TreeEngine)
+    with pytest.raises(CrestError, match="needs --device cuda"):
+        resolve_engine(llama, "compiled")
