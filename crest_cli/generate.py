@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from datastore_service.build.tokenizer import TargetTokenizer
 from datastore_service.errors import CrestError
 from decoder.acceptance import SamplingParams
 from decoder.draft_sources import DraftSource, IndexSource, NoDrafts, ServiceSource
@@ -16,8 +17,13 @@ from decoder.target_model import TargetModel, load_target
 ACCEPTED_STYLE, RESET = "\033[32m", "\033[0m"
 
 
-def draft_source(args: argparse.Namespace, target: TargetModel) -> DraftSource:
-    """The source the flags ask for, refusing a store built for another tokenizer than the model's."""
+def draft_source(args: argparse.Namespace, tokenizer_fingerprint: str | None) -> DraftSource:
+    """The source the flags ask for, checked before the model loads (it takes seconds): the store opens
+    or the server answers and accepts the token, and either was built with the model's tokenizer."""
+    if args.no_store:
+        if args.no_prompt_lookup:
+            raise CrestError("--no-store with --no-prompt-lookup leaves nothing to draft from (use --compare)")
+        return WithPromptLookup(NoDrafts())
     if args.server:
         from datastore_service.serve.client import DraftClient
         from datastore_service.serve.security import ClientSecurity, load_token
@@ -32,20 +38,18 @@ def draft_source(args: argparse.Namespace, target: TargetModel) -> DraftSource:
                 token=load_token(args.token_file),
             ),
         )
-        client.check_tokenizer(target.tokenizer_fingerprint)
+        client.check_tokenizer(tokenizer_fingerprint)
         source: DraftSource = ServiceSource(client, args.selection)
-    elif args.store:
+    else:
         from datastore_service.lookup.index_loader import load_index
 
         index = load_index(args.store)
-        if index.info.tokenizer_fingerprint != target.tokenizer_fingerprint:
+        if index.info.tokenizer_fingerprint != tokenizer_fingerprint:
             raise CrestError(
                 f"store {args.store} was built for tokenizer {index.info.tokenizer_name!r}, "
-                f"not the one of model {target.name!r}"
+                f"not the one of model {args.model!r}"
             )
         source = IndexSource(index, args.selection)
-    else:
-        source = NoDrafts()
     return source if args.no_prompt_lookup else WithPromptLookup(source)
 
 
@@ -86,11 +90,14 @@ def _report(name: str, generation: Generation) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Before the model: a wrong server, token or store fails in a second, not after the model loaded.
+    fingerprint = None if args.no_store else TargetTokenizer.load(args.model).fingerprint
+    source = draft_source(args, fingerprint)
     target = load_target(args.model, args.dtype, args.device)
     prompt_ids = target.encode_prompt(args.prompt, args.chat)
     sampling = SamplingParams(args.temperature, args.top_p) if args.temperature > 0 else None
     curve = None if args.fixed_nodes else CostCurve.measure(target)
-    decoder = SpeculativeDecoder(target, draft_source(args, target), NodeBudget(args.max_nodes, curve), sampling)
+    decoder = SpeculativeDecoder(target, source, NodeBudget(args.max_nodes, curve), sampling)
     generation = stream_to_terminal(
         decoder, target, prompt_ids, args.max_new_tokens, args.stop, args.color or sys.stdout.isatty()
     )

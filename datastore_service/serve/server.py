@@ -3,7 +3,8 @@
 Binds to loopback unless told otherwise; with `ServerSecurity` it speaks TLS (mutual TLS when a
 client CA is given) and asks every call but health checks for the shared token (security.py).
 SIGTERM or SIGINT stop accepting calls, let the calls in flight finish (up to `grace` seconds),
-then exit.
+then exit. It logs refused calls and one summary line per `summary_interval` (activity.py), and
+keeps a lease in the store's versions folder naming the version it serves (lease_keeper.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from grpc_reflection.v1alpha import reflection
 
 from crest.v1 import datastore_pb2 as pb
 from crest.v1 import datastore_pb2_grpc as pb_grpc
+from datastore_service.serve.activity import CallLog, CallStats, SummaryLogger
 from datastore_service.serve.index_holder import IndexHolder, ReloadWatcher
+from datastore_service.serve.lease_keeper import LeaseKeeper
+from datastore_service.serve.logs import fields
 from datastore_service.serve.request_decoding import DecodeInHandler
 from datastore_service.serve.security import ServerSecurity
 from datastore_service.serve.service import DraftStoreService
@@ -39,6 +43,7 @@ class ServerSettings:
     max_message_bytes: int = 4 * 1024 * 1024
     reload_interval: float = 1.0  # seconds between checks for a newly published version
     grace: float = 10.0  # seconds in-flight calls get at shutdown
+    summary_interval: float = 60.0  # seconds between summary log lines; 0 = none
     security: ServerSecurity = ServerSecurity()
 
 
@@ -57,10 +62,12 @@ class RunningServer:
     def __init__(self, store: Path, settings: ServerSettings) -> None:
         self.holder = IndexHolder(store)
         self.settings = settings
+        self.calls = CallStats()
         security = settings.security
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="crest-rpc"),
-            interceptors=[*security.interceptors(), DecodeInHandler()],
+            # CallLog first: the outermost, it sees refusals by the token check too
+            interceptors=[CallLog(self.calls), *security.interceptors(), DecodeInHandler()],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", 16 * settings.max_message_bytes),
@@ -88,6 +95,10 @@ class RunningServer:
             elif security.token and not security.tls:
                 log.warning("serving on %s without TLS: the token crosses the network in clear text", settings.host)
         self.watcher = ReloadWatcher(self.holder, settings.reload_interval)
+        self.lease = LeaseKeeper(self.holder, self.address)
+        self.summary = SummaryLogger(
+            self.calls, settings.summary_interval, lambda: self.holder.index.info.store_version
+        )
 
     @property
     def address(self) -> str:
@@ -99,12 +110,18 @@ class RunningServer:
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.watcher.start()
+        self.lease.refresh()
+        self.lease.start()
+        if self.settings.summary_interval > 0:
+            self.summary.start()
         return self
 
     def stop(self, grace: float | None = None) -> None:
         self.health.enter_graceful_shutdown()
         self.watcher.stop()
         self.server.stop(self.settings.grace if grace is None else grace).wait()
+        self.summary.stop()
+        self.lease.stop()
 
 
 def serve_forever(store: Path, settings: ServerSettings) -> None:
@@ -114,6 +131,13 @@ def serve_forever(store: Path, settings: ServerSettings) -> None:
     mode = ("mutual TLS" if security.tls_client_ca else "TLS") if security.tls else "plain TCP"
     mode += ", token required" if security.token else ""
     print(f"serving {store} version {info.store_version} ({mode}) on {running.address}", flush=True)
+    log.info(
+        "started: %d workers, new versions checked every %g s, a summary every %g s",
+        settings.workers,
+        settings.reload_interval,
+        settings.summary_interval,
+        extra=fields(event="start", store=str(store), store_version=info.store_version, address=running.address),
+    )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
