@@ -24,7 +24,7 @@ PRUNABLE = ("tokens", "counts")
 def mark_used(path: Path) -> None:
     """Record a cache hit: the access time moves, the modification time stays."""
     try:
-        os.utime(path, (time.time(), path.stat().st_mtime))
+        os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns))  # in ns: the mtime stays exact
     except OSError:
         pass  # a read-only cache still serves; it just cannot record the use
 
