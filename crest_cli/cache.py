@@ -15,10 +15,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     prune = actions.add_parser(
         "prune",
-        help=f"remove {' and '.join(PRUNABLE)} files not used for a while (the next build remakes them)",
-        description=f"Remove cached {' and '.join(PRUNABLE)} files (a corpus's token ids, a shard's n-gram "
-        "counts) not used by a build for --unused-days days, and scratch files of builds that died. A build "
-        "that needs a removed file makes it again. Stores, models and tokenizers are never pruned.",
+        help="remove token and count files no build used for a while (the next build remakes them)",
+        description=f"Remove the files in {' and '.join(f'$CREST_CACHE/{name}' for name in PRUNABLE)} (a corpus's "
+        "token ids, a shard's n-gram counts) that no build used for --unused-days days, and scratch files of builds "
+        "that died. A build that needs a removed file makes it again. Stores, models and tokenizers are never "
+        "pruned.",
     )
     prune.add_argument(
         "--unused-days",
