@@ -29,7 +29,6 @@ from datastore_service.store.replicas import pid_alive, read_leases, remove_dead
 KEEP_OLD_VERSIONS = 2  # versions kept besides the published, pinned and served ones
 PINS_FOLDER = "pins"
 KEEP_FILE = "keep"  # the last --keep given for this store, used by later publishes that give none
-VERSION_ALIASES = ("published", "previous")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -215,7 +214,6 @@ class VersionedStore:
         if not dry_run:
             for version in removable:
                 remove_path(version.file)
-                (self.versions / PINS_FOLDER / version.name).unlink(missing_ok=True)
         return removable
 
 
