@@ -31,7 +31,7 @@ PINS_FOLDER = "pins"
 KEEP_FILE = "keep"  # the last --keep given for this store, used by later publishes that give none
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     descriptor = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(descriptor)
@@ -114,7 +114,7 @@ class VersionedStore:
         fsync_file(partial)
         final = self.versions / f"{version}{self.suffix}"
         os.replace(partial, final)
-        _fsync_dir(self.versions)
+        fsync_dir(self.versions)
         self._point_at(final)
         self.prune()
         return final
@@ -141,7 +141,7 @@ class VersionedStore:
         link.unlink(missing_ok=True)
         link.symlink_to(final.relative_to(self.path.parent))
         os.replace(link, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def list_versions(self) -> list[Version]:
         """Every version file, most recently published first."""

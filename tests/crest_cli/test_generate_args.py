@@ -77,6 +77,7 @@ def test_a_draft_source_is_required(capsys):
         (["--store", "STORE"], "built for tokenizer 'test-vocab'"),
         (["--store", "/no/such/store.duckdb"], "datastore not found"),
         (["--no-store", "--no-prompt-lookup"], "nothing to draft from"),
+        (["--store", "STORE", "--learn"], "use it with --server"),
     ],
 )
 def test_bad_sources_fail_before_the_model_loads(
