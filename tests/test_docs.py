@@ -23,7 +23,7 @@ DOCS = ["README.md", "docs/DEPLOY.md"]
 RUN_LANGUAGES = {"bash", "sh", "shell", "python"}
 NOT_RUN = "# not run by the doc test:"
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```", re.M | re.S)
-DOC_PORTS = range(50051, 50055)  # the ports the docs' replicas listen on
+DOC_PORTS = [*range(50051, 50056), 9464]  # the ports the docs' replicas listen on
 
 
 @dataclass(frozen=True)
