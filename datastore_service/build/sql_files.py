@@ -21,7 +21,8 @@ class SqlConnection(Protocol):
 
 @cache
 def _text(name: str) -> str:
-    return resources.files(__package__).joinpath("sql", name).read_text(encoding="utf-8")
+    # One name per joinpath: build/ is a namespace package, whose MultiplexedPath takes one on Python 3.11.
+    return resources.files(__package__).joinpath("sql").joinpath(name).read_text(encoding="utf-8")
 
 
 def statements(name: str, **fragments: Any) -> list[str]:
