@@ -19,6 +19,7 @@ import pyarrow as pa
 from datastore_service.store import schema as store_schema
 from datastore_service.errors import BudgetError
 from datastore_service.store.publishing import VersionedStore, fsync_file, remove_path
+from datastore_service.store.serving_arrays import SERVING_SUFFIX, write_serving_for
 from datastore_service.build.selection import contexts_within, estimated_bytes_of
 from datastore_service.sizes import Budget, format_bytes
 
@@ -134,15 +135,17 @@ def write_and_publish(
     info: dict[str, Any],
     before_publish: Callable[[], None] = lambda: None,
 ) -> tuple[WrittenStore, Path]:
-    """Write the ranked trees into a new version of `store` within `budget` and publish it
-    (unless `before_publish` raises)."""
+    """Write the ranked trees into a new version of `store` within `budget` and publish it with its
+    serving file (unless `before_publish` raises)."""
     version = info["store_version"]
     template, partial = store.scratch(version, "template"), store.scratch(version, "partial")
+    serving = store.scratch(version, "serving")
     try:
         create_template(template, pieces)
         written = write_within_budget(connection, template, partial, budget, candidates, info)
+        write_serving_for(partial, serving)
         before_publish()
-        return written, store.publish(partial, version)
+        return written, store.publish(partial, version, companions={SERVING_SUFFIX: serving})
     finally:
-        remove_path(template)
-        remove_path(partial)
+        for scratch in (template, partial, serving):
+            remove_path(scratch)

@@ -4,6 +4,10 @@ A store path `S` (e.g. `stdlib.duckdb`) is a symlink to `S.versions/<version>.du
 writes `S.versions/<version>.partial-<pid>`, checkpoints and fsyncs it, renames it to its final
 name, then atomically swaps the symlink. Readers resolve `S` once and open the versioned file, so
 a reader never sees a half-written file, and a killed build leaves the old version published.
+
+Files derived from a version (the serving file `<version>.serving`) are its companions: published
+under the same version before the symlink swap, so a reader that finds the version finds them
+too, and pruned with it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -74,10 +79,15 @@ class VersionedStore:
         """The file readers open now, or None if nothing is published."""
         return self.path.resolve() if self.path.exists() else None
 
-    def publish(self, partial: Path, version: str) -> Path:
-        fsync_file(partial)
+    def publish(self, partial: Path, version: str, companions: Mapping[str, Path] | None = None) -> Path:
+        """Publish `partial` as `version`, with `companions` ({suffix: private file}) beside it."""
+        companions = companions or {}
+        for path in (partial, *companions.values()):
+            fsync_file(path)
         final = self.versions / f"{version}{self.suffix}"
         os.replace(partial, final)
+        for suffix, path in companions.items():
+            os.replace(path, self.versions / f"{version}{suffix}")
         _fsync_dir(self.versions)
         link = self.path.with_name(f".{self.path.name}.link-{os.getpid()}")
         link.unlink(missing_ok=True)
@@ -88,9 +98,13 @@ class VersionedStore:
         return final
 
     def _prune_old(self, current: Path) -> None:
+        """Remove all but the newest KEEP_OLD_VERSIONS older versions, companions included."""
         older = sorted(p for p in self.versions.glob(f"*{self.suffix}") if p != current)
         for stale in older[: max(0, len(older) - KEEP_OLD_VERSIONS)]:
-            stale.unlink(missing_ok=True)
+            version = stale.name.removesuffix(self.suffix)
+            for entry in self.versions.glob(f"{version}.*"):
+                if "-" not in entry.name.partition(".")[2]:  # a published file, not a build's scratch
+                    remove_path(entry)
 
 
 def remove_path(path: Path) -> None:
