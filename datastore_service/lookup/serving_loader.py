@@ -3,7 +3,8 @@ DuckDB file, else rebuild it from the DuckDB file (one log line says why), never
 
 - Missing (a store published before serving files, or copied without it): built and written beside.
 - Damaged (a checksum, bound or format check fails) or another version's: rebuilt and replaced.
-- The folder is read-only: built in this process's memory (one warning: replicas won't share it).
+- It can't be written (read-only folder, full disk): built in this process's memory (one warning:
+  replicas won't share it).
 - The DuckDB file itself is damaged: the StoreError from reading it (one line) refuses the store.
 """
 
@@ -33,18 +34,19 @@ log = logging.getLogger("crest.lookup")
 
 def open_serving_file(store_file: Path, info: StoreInfo) -> ServingFile:
     path = serving_path(store_file)
+    rebuilding = f"rebuilding it from {store_file.name}"
     try:
         serving = map_serving_file(path)
         problem = _mismatch(serving, info)
+        if problem is None:
+            return serving
+        log.warning("%s; %s", problem, rebuilding)
     except FileNotFoundError:
-        serving, problem = None, None
         log.info("building %s from %s (no serving file yet)", path.name, store_file.name)
     except DamagedServingFile as exc:
-        serving, problem = None, str(exc)
-    if serving is not None and problem is None:
-        return serving
-    if problem is not None:
-        log.warning("%s; rebuilding it from %s", problem, store_file.name)
+        log.warning("%s; %s", exc, rebuilding)
+    except OSError as exc:  # there, but not a file this process can read
+        log.warning("serving file %s is unreadable (%s); %s", path, exc.strerror or exc, rebuilding)
     try:
         return map_serving_file(rebuild_serving_file(store_file))
     except OSError as exc:  # read-only folder, full disk: serve from memory rather than not at all
