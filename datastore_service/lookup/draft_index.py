@@ -1,10 +1,10 @@
 """The CREST index: a store version's serving file, mapped, answering lookups.
 
-Loading reads the DuckDB file's metadata and maps `<version>.serving` beside it (store/
-serving_arrays.py says what it holds, store/serving_file.py how it is laid out; serving_loader.py
-rebuilds it when missing or damaged). No array is built or copied at load, so loading takes
-milliseconds and a few MB of private memory, and every replica that serves the version shares the
-file's pages in the page cache.
+Loading maps `<version>.serving` beside the version's DuckDB file (store/serving_arrays.py says
+what it holds, store/serving_file.py how it is laid out; serving_loader.py checks that it was
+derived from exactly that DuckDB file and rebuilds it when missing or damaged). No array is built
+or copied at load, so loading takes milliseconds and a few MB of private memory, and every replica
+that serves the version shares the file's pages in the page cache.
 
 Two paths give the same answers, bit for bit:
 - up to SMALL_BATCH sequences: small_batch.py, plain Python over memoryviews (microseconds);
@@ -31,7 +31,7 @@ from datastore_service.lookup.serving_loader import open_serving_file
 from datastore_service.lookup.small_batch import SMALL_BATCH, SmallBatchLookup
 from datastore_service.store.context_hash import suffix_hashes
 from datastore_service.store.info import StoreInfo
-from datastore_service.store.reader import open_store, reading, resolve_store
+from datastore_service.store.reader import resolve_store
 from datastore_service.store.serving_arrays import concatenated_ranges, depths_within
 from datastore_service.store.serving_file import ServingFile
 
@@ -54,14 +54,17 @@ class DraftIndex:
         self.node_parents = arrays["node_parents"]
         self.node_cumulative = arrays["node_cumulative"]
         self.small = SmallBatchLookup(arrays, metadata, self._default_nodes, info.vocab_size)
+        # Per suffix length n (rows) and position (columns): outside the query's last n tokens.
+        self._suffix_lengths = np.arange(1, self.width + 1)[None, :]  # [1, N]
+        self._outside_suffix = np.arange(self.width)[None, None, :] < (self.width - self._suffix_lengths)[:, :, None]
 
     @classmethod
     def load(cls, path: Path) -> DraftIndex:
-        """Open a published store's current version: its metadata from DuckDB, its arrays mapped."""
+        """Open a published store's current version: its serving file mapped, checked against the
+        DuckDB file's bytes (rebuilt from them if it must be)."""
         resolved = resolve_store(path)
-        with open_store(resolved) as connection, reading(resolved):
-            info = StoreInfo.read(connection, resolved)
-        return cls(info, resolved, open_serving_file(resolved, info))
+        info, serving = open_serving_file(resolved)
+        return cls(info, resolved, serving)
 
     @property
     def _default_nodes(self) -> int:
@@ -73,6 +76,10 @@ class DraftIndex:
         self, sequences: Sequence[Sequence[int]], max_nodes: Sequence[int] | int = 0, max_depth: Sequence[int] | int = 0
     ) -> QueryBatch:
         """Validate queries (QueryError says which and why) and lay them out for `lookup_batch`."""
+        if len(sequences) <= SMALL_BATCH:
+            batch = self.small.prepare(sequences, max_nodes, max_depth)
+            if batch is not None:
+                return batch
         return prepare_queries(
             sequences, max_nodes, max_depth, self.width, self.info.vocab_size, default_nodes=self._default_nodes
         )
@@ -105,15 +112,15 @@ class DraftIndex:
 
     def _choose(self, batch: QueryBatch, selection: str) -> tuple[np.ndarray, np.ndarray]:
         """Per query: the chosen tree (-1 = none) and the matched context length (0 = none)."""
-        width = self.width
+        width, suffix_length = self.width, self._suffix_lengths
         hashes = suffix_hashes(batch.tails, self.hash_seed)  # [B, N]
         where = np.minimum(np.searchsorted(self.context_hashes, hashes), len(self.context_hashes) - 1)
-        suffix_length = np.arange(1, width + 1)[None, :]  # [1, N]
         matched = (self.context_hashes[where] == hashes) & (self.context_lengths[where] == suffix_length)
         matched &= suffix_length <= batch.lengths[:, None]
-        # Exact check: the stored context equals the query's suffix of that length, token by token.
-        in_suffix = np.arange(width)[None, None, :] >= (width - suffix_length)[:, :, None]  # [1, N, N]
-        same = (self.context_matrix[where] == batch.tails[:, None, :]) | ~in_suffix
+        # Exact check: the stored context equals the query's suffix of that length, token by token
+        # (in the stored token type: valid ids fit it, and the -1 padding lies outside every suffix).
+        tails = batch.tails.astype(self.context_matrix.dtype)
+        same = (self.context_matrix.take(where, axis=0) == tails[:, None, :]) | self._outside_suffix
         matched &= same.all(axis=2)
         if selection == "longest":
             value = np.where(matched, suffix_length, 0).astype(np.float64)
@@ -135,11 +142,14 @@ class DraftIndex:
         take = np.where(found, np.minimum(batch.max_nodes, self.tree_offsets[safe + 1] - starts), 0)
         nodes = concatenated_ranges(starts, take)
         query_of_node = np.repeat(np.arange(len(trees)), take)
-        first = np.concatenate([[0], np.cumsum(take)[:-1]])  # each query's first node in `nodes`
-        # Probabilities from running counts: the first node's count is its running count.
+        first = np.cumsum(take) - take  # each query's first node in `nodes`
+        # A node's count is its running count less the previous node's (the same tree's, since
+        # each query's nodes are a prefix of its tree), except for a tree's first node.
         running = self.node_cumulative[nodes].astype(np.int64)
-        previous = np.where(nodes == starts[query_of_node], 0, self.node_cumulative[nodes - 1])
-        probabilities = ((running - previous) / self.context_counts[safe][query_of_node]).astype(np.float32)
+        counts = running.copy()
+        counts[1:] -= running[:-1]
+        counts[first[take > 0]] = running[first[take > 0]]
+        probabilities = (counts / np.repeat(self.context_counts[safe], take)).astype(np.float32)
         local_parents = self.node_parents[nodes].astype(np.int32)
         tokens = self.node_tokens[nodes]
         if (batch.max_depth < self.max_tree_depth).any():

@@ -46,12 +46,33 @@ class SmallBatchLookup:
     def lookup(
         self, sequences: Sequence[Sequence[int]], max_nodes: object, max_depth: object, selection: str
     ) -> DraftBatch | None:
-        """Answer straight from Python lists of ints; None when the input needs the full validation
-        (anything unusual, or anything wrong: `prepare` then says what)."""
-        count = len(sequences)
-        if not 0 < count <= SMALL_BATCH or type(max_nodes) is not int or type(max_depth) is not int:
+        """Answer straight from Python lists of ints; None when the input needs the full validation."""
+        checked = self.checked(sequences, max_nodes, max_depth)
+        return None if checked is None else self._answer(*checked, selection == "longest")
+
+    def prepare(self, sequences: Sequence[Sequence[int]], max_nodes: object, max_depth: object) -> QueryBatch | None:
+        """The QueryBatch `prepare_queries` would make, in a few microseconds; None as for `checked`."""
+        checked = self.checked(sequences, max_nodes, max_depth)
+        if checked is None:
             return None
-        if not (0 <= max_nodes <= MAX_NODES_LIMIT and 0 <= max_depth <= MAX_DEPTH_LIMIT):
+        rows, nodes, depths = checked
+        tails = np.full((len(rows), self.width), -1, np.int64)
+        for tail, row in zip(tails, rows):
+            tail[self.width - len(row) :] = row
+        lengths = np.array([len(row) for row in rows], np.int64)
+        return QueryBatch(tails, lengths, np.array(nodes, np.int64), np.array(depths, np.int64))
+
+    def checked(
+        self, sequences: Sequence[Sequence[int]], max_nodes: object, max_depth: object
+    ) -> tuple[list[list[int]], list[int], list[int]] | None:
+        """Rows of Python ints and per-row limits (defaults filled in) when every part is plainly
+        valid; None for anything unusual or wrong, which `prepare_queries` then handles (and names)."""
+        count = len(sequences)
+        if not 0 < count <= SMALL_BATCH:
+            return None
+        nodes = _limits(max_nodes, count, MAX_NODES_LIMIT, self.default_nodes)
+        depths = _limits(max_depth, count, MAX_DEPTH_LIMIT, MAX_DEPTH_LIMIT)
+        if nodes is None or depths is None:
             return None
         width, vocab_size = self.width, self.vocab_size
         rows = []
@@ -64,9 +85,7 @@ class SmallBatchLookup:
                 if type(token) is not int or not 0 <= token < vocab_size:
                     return None
             rows.append(sequence)
-        nodes = max_nodes or self.default_nodes
-        depth = max_depth or MAX_DEPTH_LIMIT
-        return self._answer(rows, [nodes] * count, [depth] * count, selection == "longest")
+        return rows, nodes, depths
 
     def lookup_batch(self, batch: QueryBatch, selection: str) -> DraftBatch:
         width = self.width
@@ -159,3 +178,19 @@ class SmallBatchLookup:
             else:
                 kept_index.append(-1)
             previous = running
+
+
+def _limits(values: object, count: int, limit: int, default: int) -> list[int] | None:
+    """One limit per row from an int or `count` ints (0 = default); None unless all in [0, limit]."""
+    if type(values) is int:
+        values = [values] * count
+    elif isinstance(values, np.ndarray) and values.dtype.kind in "iu" and values.shape == (count,):
+        values = values.tolist()
+    elif isinstance(values, (list, tuple)) and len(values) == count:
+        values = list(values)
+    else:
+        return None
+    for value in values:
+        if type(value) is not int or not 0 <= value <= limit:
+            return None
+    return [value or default for value in values]

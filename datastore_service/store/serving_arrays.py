@@ -14,7 +14,9 @@ T = uint16 when the vocabulary has at most 65,536 ids, else uint32):
     node_parents     int8|16|32 [M]     index of the parent inside its tree; -1 = the context
     node_cumulative  uint32|uint64 [M]  running sum of node counts inside each tree
 
-Metadata: store_version, contexts, nodes, vocab_size, width, hash_seed, max_tree_depth, max_tree_size.
+Metadata: `store_info` (the DuckDB file's StoreInfo, so loading need not open DuckDB at all),
+`store_file` (the DuckDB file's size and CRC-32: the serving file belongs to exactly those bytes),
+width, hash_seed, max_tree_depth, max_tree_size.
 
 Why cumulative counts rather than probabilities: node i's probability is (cum[i] - cum[i-1]) /
 context count, exactly the store's count ratio, and what a tree's first k nodes expect to get
@@ -26,7 +28,9 @@ when a query limits depth below `max_tree_depth`. For the default stdlib store (
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +39,12 @@ import numpy as np
 from datastore_service.draft import right_aligned
 from datastore_service.errors import StoreError
 from datastore_service.store.context_hash import HASH_SEEDS, suffix_hashes
-from datastore_service.store.reader import open_store, reading, store_info
+from datastore_service.store.info import StoreInfo
+from datastore_service.store.reader import open_store, reading
 from datastore_service.store.serving_file import write_serving_file
 
 SERVING_SUFFIX = ".serving"
 FETCH_DRAFTS = "SELECT context, context_count, tokens, parents, counts FROM drafts"
-# The metadata a serving file must share with its DuckDB file's store_info to belong to it.
-IDENTITY = ("store_version", "contexts", "nodes", "vocab_size")
 SECTIONS = (
     "context_hashes",
     "context_tokens",
@@ -59,14 +62,13 @@ def serving_path(store_file: Path) -> Path:
     return store_file.with_suffix(SERVING_SUFFIX)
 
 
-def identity(info: dict[str, Any]) -> dict[str, Any]:
-    """A store_info row's identity, as the serving file's metadata records it."""
-    return {
-        "store_version": info["store_version"],
-        "contexts": int(info["contexts_kept"]),
-        "nodes": int(info["nodes_kept"]),
-        "vocab_size": int(info["vocab_size"]),
-    }
+def store_fingerprint(store_file: Path) -> dict[str, int]:
+    """Size and CRC-32 of a DuckDB file, read through a small buffer (page cache, not this process's memory)."""
+    checksum, buffer = 0, bytearray(1 << 20)
+    with store_file.open("rb", buffering=0) as handle:
+        while read := handle.readinto(buffer):
+            checksum = zlib.crc32(memoryview(buffer)[:read], checksum)
+    return {"bytes": store_file.stat().st_size, "crc32": checksum}
 
 
 def write_serving_for(store_file: Path, target: Path) -> None:
@@ -90,13 +92,13 @@ def rebuild_serving_file(store_file: Path) -> Path:
 def serving_content(store_file: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The serving file's metadata and arrays, read from the DuckDB file (one columnar fetch)."""
     with open_store(store_file) as connection, reading(store_file):
-        info = store_info(connection, store_file)
+        info = StoreInfo.read(connection, store_file)
         table = connection.sql(FETCH_DRAFTS).to_arrow_table()
     if table.num_rows == 0:
         raise StoreError(f"{store_file} holds no drafts")
     table = table.combine_chunks()
     lists = {name: table.column(name).chunk(0) for name in ("context", "tokens", "parents", "counts")}
-    width, vocab_size = max(int(info["max_context"]), 1), int(info["vocab_size"])
+    width, vocab_size = max(info.max_context, 1), info.vocab_size
     context_offsets = lists["context"].offsets.to_numpy().astype(np.int64)
     lengths = np.diff(context_offsets)
     if lengths.min() < 1 or lengths.max() > width:
@@ -126,7 +128,8 @@ def serving_content(store_file: Path) -> tuple[dict[str, Any], dict[str, np.ndar
 
     token_type = np.uint16 if vocab_size <= 1 << 16 else np.uint32
     metadata = {
-        **identity(info),
+        "store_info": dataclasses.asdict(info),
+        "store_file": store_fingerprint(store_file),
         "width": width,
         "hash_seed": seed,
         "max_tree_depth": int(depths_within(parents, starts).max()),

@@ -91,7 +91,7 @@ def test_another_versions_serving_file_is_replaced(store: Path, edge_id_store: P
     shutil.copyfile(resolve_store(edge_id_store).with_suffix(".serving"), store.with_suffix(".serving"))
     caplog.set_level(logging.WARNING, logger="crest.lookup")
     index = DraftIndex.load(store)
-    assert "belongs to another store" in caplog.records[0].getMessage()
+    assert "was derived from another file than store.duckdb" in caplog.records[0].getMessage()
     assert_answers(index, reference)
 
 

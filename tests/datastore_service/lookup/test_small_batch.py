@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from datastore_service.draft import prepare_queries
 from datastore_service.lookup.draft_index import SELECTIONS, DraftIndex
 from datastore_service.lookup.small_batch import SMALL_BATCH
 from tests.datastore_service.lookup.stores import BIG_IDS, EDGE_IDS, assert_same_answers
@@ -53,6 +54,24 @@ def test_small_batches_answer_as_the_vectorised_path(case: tuple[DraftIndex, lis
     # Scalar limits and Python lists: `lookup` takes them to the small path without `prepare`.
     expected = index.lookup_vectorised(index.prepare(rows, max_nodes[0], max_depth[0]), selection)
     assert_same_answers(index.lookup(rows, max_nodes[0], max_depth[0], selection), expected)
+
+
+@given(data=st.data())
+@settings(max_examples=100, deadline=None)
+def test_small_batches_are_prepared_as_prepare_queries_does(case: tuple[DraftIndex, list[int]], data: st.DataObject):
+    index, alphabet = case
+    rows = data.draw(sequences(index, alphabet))
+    limit = st.integers(0, 50)
+    as_given = st.sampled_from([int, list, np.array])  # how callers pass limits: one for all, or one per row
+    limits = []
+    for _ in range(2):
+        values, kind = data.draw(st.lists(limit, min_size=len(rows), max_size=len(rows))), data.draw(as_given)
+        limits.append(values[0] if kind is int else kind(values))
+    quick = index.small.prepare(rows, *limits)
+    full = prepare_queries(rows, *limits, index.width, index.info.vocab_size, default_nodes=index.info.max_nodes)
+    for field in ("tails", "lengths", "max_nodes", "max_depth"):
+        assert np.array_equal(getattr(quick, field), getattr(full, field)), field
+        assert getattr(quick, field).dtype == getattr(full, field).dtype
 
 
 def test_the_randomized_queries_reach_hits_limits_and_misses(case: tuple[DraftIndex, list[int]]):
