@@ -38,27 +38,30 @@ log = logging.getLogger("crest.lookup")
 
 
 def open_serving_file(store_file: Path) -> tuple[StoreInfo, ServingFile]:
-    """The store's metadata and its serving file, mapped and checked."""
+    """The store's metadata and its serving file, mapped and checked. Why it was rebuilt is logged
+    once the rebuild succeeded; a rebuild that fails raises its one-line StoreError alone."""
     path = serving_path(store_file)
-    rebuilding = f"rebuilding it from {store_file.name}"
     try:
         serving = map_serving_file(path)
         info, problem = _belonging(serving, store_file)
         if info is not None:
             return info, serving
-        log.warning("%s; %s", problem, rebuilding)
     except FileNotFoundError:
-        log.info("building %s from %s (no serving file yet)", path.name, store_file.name)
+        problem = ""
     except DamagedServingFile as exc:
-        log.warning("%s; %s", exc, rebuilding)
+        problem = str(exc)
     except OSError as exc:  # there, but not a file this process can read
-        log.warning("serving file %s is unreadable (%s); %s", path, exc.strerror or exc, rebuilding)
+        problem = f"serving file {path} is unreadable ({exc.strerror or exc})"
     try:
         serving = map_serving_file(rebuild_serving_file(store_file))
     except OSError as exc:  # read-only folder, full disk: serve from memory rather than not at all
-        log.warning("cannot write %s (%s); serving from memory, unshared with other replicas", path, exc)
         metadata, arrays = serving_content(store_file)
         serving = parse_serving(serving_bytes(metadata, arrays), f"{path.name} (in memory)")
+        log.warning("cannot write %s (%s); serving from memory, unshared with other replicas", path, exc)
+    if problem:
+        log.warning("%s; rebuilt it from %s", problem, store_file.name)
+    else:
+        log.info("built %s from %s (it had no serving file)", path.name, store_file.name)
     return StoreInfo(**serving.metadata["store_info"]), serving
 
 

@@ -56,7 +56,7 @@ def test_a_missing_serving_file_is_built_beside_the_store(store: Path, reference
     index = DraftIndex.load(store)
     assert index.serving_file == str(store.with_suffix(".serving")) and store.with_suffix(".serving").is_file()
     assert [r.getMessage() for r in caplog.records] == [
-        "building store.serving from store.duckdb (no serving file yet)"
+        "built store.serving from store.duckdb (it had no serving file)"
     ]
     assert_answers(index, reference)
 
@@ -81,7 +81,7 @@ def test_a_damaged_serving_file_is_rebuilt_with_one_warning(store: Path, referen
     caplog.set_level(logging.WARNING, logger="crest.lookup")
     index = DraftIndex.load(store)
     [record] = caplog.records
-    assert reason in record.getMessage() and "rebuilding it from store.duckdb" in record.getMessage()
+    assert reason in record.getMessage() and "rebuilt it from store.duckdb" in record.getMessage()
     assert "\n" not in record.getMessage()
     assert_answers(index, reference)
     map_serving_file(store.with_suffix(".serving"))  # sound on disk again
@@ -102,7 +102,7 @@ def test_a_serving_file_that_cannot_be_written_is_served_from_memory(store: Path
     caplog.set_level(logging.WARNING, logger="crest.lookup")
     index = DraftIndex.load(store)
     assert index.serving_file == "store.serving (in memory)"
-    assert "serving from memory" in caplog.records[-1].getMessage()
+    assert any("serving from memory" in record.getMessage() for record in caplog.records)
     assert_answers(index, reference)
 
 

@@ -65,7 +65,7 @@ def test_migrate_gives_a_current_store_without_a_serving_file_one(small_store: P
     head = store_schema.head_revision()
     assert migrate_store(published_before) == (head, head)
     assert not published_before.is_symlink()  # nothing to migrate: the same file
-    assert map_serving_file(tmp_path / "before.serving").metadata["contexts"] == 50
+    assert map_serving_file(tmp_path / "before.serving").metadata["store_info"]["contexts"] == 50
 
 
 def test_newer_schema_is_refused(small_store: Path, tmp_path: Path):
