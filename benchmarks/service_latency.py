@@ -18,6 +18,7 @@ what the second adds to the host's memory, as the sum of the replicas' proportio
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import multiprocessing
 import os
@@ -421,12 +422,15 @@ def main() -> None:
 
     start_load = os.getloadavg()[0]
     old_folder = old_path_folder()
-    new_index = DraftIndex.load(args.store)  # builds the serving file if the store predates it
-    queries = query_contexts(new_index.width)
+    index = DraftIndex.load(args.store)  # builds the serving file if the store predates it
+    info, queries = index.info, query_contexts(index.width)
+    del index  # unmapped: the replicas' memory is measured with no other process sharing the file
+    gc.collect()
+    assert ".serving" not in Path("/proc/self/maps").read_text(), "this process still maps the serving file"
     load = load_figures(args.store, queries[0], old_folder)
     replicas = replica_figures(args.store, queries[0], old_folder)
 
-    indexes = {"old": index_class("old", old_folder).load(args.store), "new": new_index}
+    indexes = {"old": index_class("old", old_folder).load(args.store), "new": DraftIndex.load(args.store)}
     os.sched_setaffinity(0, {0})  # one core for the in-process engine figures
     engine = engine_figures(indexes, queries, args.seconds)
     os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
@@ -455,7 +459,7 @@ def main() -> None:
         "replicas": replicas,
         "servers": server_memory,
     }
-    markdown = report(args.store, new_index.info, file_mb, serving_mb, figures, (start_load, os.getloadavg()[0]))
+    markdown = report(args.store, info, file_mb, serving_mb, figures, (start_load, os.getloadavg()[0]))
     print(markdown)
     if args.write:
         write_section("service-mapped", markdown)
