@@ -155,14 +155,12 @@ class SmallBatchLookup:
         count = self.counts[tree]
         cumulative = self.cumulative[start:end].tolist()
         tree_tokens, tree_parents = self.tokens[start:end].tolist(), self.parents[start:end].tolist()
-        previous = 0
         if max_depth >= self.max_tree_depth:
             tokens += tree_tokens
             parents += tree_parents
-            for running in cumulative:
-                ratios.append((running - previous) / count)
-                previous = running
+            ratios += [(running - before) / count for before, running in zip([0, *cumulative], cumulative)]
             return
+        previous = 0
         depths: list[int] = []
         kept_index: list[int] = []  # each node's index among the kept nodes (-1 = dropped)
         kept = 0
