@@ -41,28 +41,41 @@ def open_serving_file(store_file: Path) -> tuple[StoreInfo, ServingFile]:
     """The store's metadata and its serving file, mapped and checked. Why it was rebuilt is logged
     once the rebuild succeeded; a rebuild that fails raises its one-line StoreError alone."""
     path = serving_path(store_file)
+    info, serving, problem = _sound(path, store_file)
+    if info is not None:
+        return info, serving
     try:
-        serving = map_serving_file(path)
-        info, problem = _belonging(serving, store_file)
-        if info is not None:
-            return info, serving
-    except FileNotFoundError:
-        problem = ""
-    except DamagedServingFile as exc:
-        problem = str(exc)
-    except OSError as exc:  # there, but not a file this process can read
-        problem = f"serving file {path} is unreadable ({exc.strerror or exc})"
-    try:
-        serving = map_serving_file(rebuild_serving_file(store_file))
+        # Missing: keep one that a replica starting beside us may have just published; else replace.
+        info, serving, _ = _sound(rebuild_serving_file(store_file, replace=bool(problem)), store_file)
+        if info is None:
+            info, serving, _ = _sound(rebuild_serving_file(store_file), store_file)
     except OSError as exc:  # read-only folder, full disk: serve from memory rather than not at all
         metadata, arrays = serving_content(store_file)
         serving = parse_serving(serving_bytes(metadata, arrays), f"{path.name} (in memory)")
+        info = StoreInfo(**serving.metadata["store_info"])
         log.warning("cannot write %s (%s); serving from memory, unshared with other replicas", path, exc)
+    if info is None:
+        raise DamagedServingFile(f"serving file {path} was rebuilt from {store_file.name} but does not check")
     if problem:
         log.warning("%s; rebuilt it from %s", problem, store_file.name)
     else:
         log.info("built %s from %s (it had no serving file)", path.name, store_file.name)
-    return StoreInfo(**serving.metadata["store_info"]), serving
+    return info, serving
+
+
+def _sound(path: Path, store_file: Path) -> tuple[StoreInfo | None, ServingFile | None, str]:
+    """(metadata, mapping, "") for a sound serving file derived from `store_file`; else (None, None,
+    why not), where why is "" for a missing file."""
+    try:
+        serving = map_serving_file(path)
+    except FileNotFoundError:
+        return None, None, ""
+    except DamagedServingFile as exc:
+        return None, None, str(exc)
+    except OSError as exc:  # there, but not a file this process can read
+        return None, None, f"serving file {path} is unreadable ({exc.strerror or exc})"
+    info, problem = _belonging(serving, store_file)
+    return info, (serving if info is not None else None), problem
 
 
 def _belonging(serving: ServingFile, store_file: Path) -> tuple[StoreInfo | None, str]:

@@ -77,12 +77,22 @@ def write_serving_for(store_file: Path, target: Path) -> None:
     write_serving_file(target, metadata, arrays)
 
 
-def rebuild_serving_file(store_file: Path) -> Path:
-    """Write the serving file beside `store_file` under a private name, then rename it into place."""
+def rebuild_serving_file(store_file: Path, replace: bool = True) -> Path:
+    """Write the serving file beside `store_file` under a private name, then move it into place.
+    With `replace=False` (it was missing) a file another process put there first is kept, so
+    replicas that start together on an old store end up sharing one file's pages."""
     final = serving_path(store_file)
     private = final.with_name(f"{final.name}-{os.getpid()}")  # a scratch name VersionedStore cleans up
     try:
         write_serving_for(store_file, private)
+        if not replace:
+            try:
+                os.link(private, final)  # fails if it exists, where rename would silently replace
+                return final
+            except FileExistsError:
+                return final
+            except OSError:  # no hard links on this file system: fall back to a rename
+                pass
         os.replace(private, final)
     finally:
         private.unlink(missing_ok=True)

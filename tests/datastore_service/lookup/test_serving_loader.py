@@ -13,6 +13,7 @@ import pytest
 from datastore_service.errors import StoreError
 from datastore_service.lookup.draft_index import DraftIndex
 from datastore_service.store.reader import resolve_store
+from datastore_service.store.serving_arrays import rebuild_serving_file
 from datastore_service.store.serving_file import map_serving_file
 from tests.datastore_service.lookup.stores import BIG_IDS, assert_same_answers
 
@@ -111,3 +112,14 @@ def test_a_damaged_duckdb_file_is_refused_in_one_line_even_beside_a_sound_servin
     with pytest.raises(StoreError, match="not a readable DuckDB file") as refused:
         DraftIndex.load(store)
     assert "\n" not in str(refused.value)
+
+
+def test_replicas_building_a_missing_serving_file_keep_the_first_one(store: Path):
+    """A replica that finds the file missing links its build in place only if none is there yet,
+    so replicas starting together on an old store end up mapping one file (one inode)."""
+    serving = store.with_suffix(".serving")
+    first = serving.stat().st_ino  # as if a replica starting beside this one had just published it
+    assert rebuild_serving_file(store, replace=False) == serving and serving.stat().st_ino == first
+    rebuild_serving_file(store)  # damaged ones are replaced
+    assert serving.stat().st_ino != first
+    assert sorted(p.name for p in store.parent.iterdir()) == ["store.duckdb", "store.serving"]  # no scratch left
