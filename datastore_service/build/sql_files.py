@@ -12,7 +12,6 @@ from importlib import resources
 from typing import Any, Protocol
 
 
-
 class SqlConnection(Protocol):
     """What the build needs of an engine: DuckDB's connection, or spark_sql.SparkConnection."""
 
@@ -21,8 +20,7 @@ class SqlConnection(Protocol):
 
 @cache
 def _text(name: str) -> str:
-    # One name per joinpath: build/ is a namespace package, whose MultiplexedPath takes one on Python 3.11.
-    return resources.files(__package__).joinpath("sql").joinpath(name).read_text(encoding="utf-8")
+    return resources.files(__package__).joinpath("sql", name).read_text(encoding="utf-8")
 
 
 def statements(name: str, **fragments: Any) -> list[str]:

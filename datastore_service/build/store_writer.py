@@ -9,19 +9,20 @@ file, corrects the guess in proportion and rewrites, until the file is within th
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import duckdb
 import pyarrow as pa
 
-from datastore_service.store import schema as store_schema
+from datastore_service.build.selection import contexts_within, estimated_bytes_of
 from datastore_service.errors import BudgetError
+from datastore_service.sizes import Budget, format_bytes
+from datastore_service.store import schema as store_schema
 from datastore_service.store.publishing import VersionedStore, fsync_file, remove_path
 from datastore_service.store.serving_arrays import SERVING_SUFFIX, write_serving_for
-from datastore_service.build.selection import contexts_within, estimated_bytes_of
-from datastore_service.sizes import Budget, format_bytes
 
 # Accept a file between these fractions of the byte budget (the published file may be at most
 # 10% above the budget; below 92% it wastes room that more contexts could use).
@@ -46,7 +47,7 @@ def create_template(path: Path, pieces: list[str]) -> int:
         connection.execute(f"ATTACH '{path}' AS store (BLOCK_SIZE {STORE_BLOCK_SIZE})")
     store_schema.upgrade(path)
     with duckdb.connect(str(path)) as connection:
-        pieces_table = pa.table(
+        pieces_table = pa.table(  # noqa: F841 (DuckDB reads it by name)
             {"token_id": pa.array(range(len(pieces)), pa.int32()), "piece": pa.array(pieces, pa.string())}
         )
         connection.execute("INSERT INTO vocab SELECT * FROM pieces_table")
