@@ -145,9 +145,10 @@ class DraftIndex:
         first = np.cumsum(take) - take  # each query's first node in `nodes`
         # A node's count is its running count less the previous node's (the same tree's, since
         # each query's nodes are a prefix of its tree), except for a tree's first node.
-        running = self.node_cumulative[nodes].astype(np.int64)
-        counts = running.copy()
-        counts[1:] -= running[:-1]
+        # (Unsigned: a difference across two trees wraps, and is overwritten with the first node's.)
+        running = self.node_cumulative[nodes]
+        counts = np.empty_like(running)
+        np.subtract(running[1:], running[:-1], out=counts[1:])
         counts[first[take > 0]] = running[first[take > 0]]
         probabilities = (counts / np.repeat(self.context_counts[safe], take)).astype(np.float32)
         local_parents = self.node_parents[nodes].astype(np.int32)
