@@ -39,6 +39,7 @@ from datastore_service.build.corpus import stdlib_corpus
 from datastore_service.build.pipeline import default_store_path
 from datastore_service.build.tokenizer import TargetTokenizer
 from datastore_service.lookup.draft_index import DraftIndex
+from datastore_service.lookup.small_batch import SMALL_BATCH
 from datastore_service.paths import cache_dir
 from datastore_service.serve.service import SERVER_TIME_KEY
 from datastore_service.store.reader import resolve_store
@@ -296,7 +297,7 @@ def report(store: Path, info, file_mb: float, serving_mb: float, figures: dict, 
         f"Command: `{COMMAND}`. Store: `{store.name}` ({info.contexts:,} contexts, {info.nodes:,} nodes, max context "
         f"{info.max_context}): DuckDB file **{file_mb:.1f} MB**, serving file {serving_mb:.1f} MB. Old path: the index "
         f"at commit {OLD_PATH_COMMIT} (arrays built in memory from DuckDB at every load, numpy for every batch); new path: "
-        "the serving file mapped, plain Python for batches up to 8. Both run in this one invocation, alternating. "
+        f"the serving file mapped, plain Python for batches up to {SMALL_BATCH}. Both run in this one invocation, alternating. "
         "Queries: real 3-token contexts from the stdlib `json` package, up to 32 nodes each, scored selection. "
         f"1-minute load average {loads[0]:.2f} at the start, {loads[1]:.2f} at the end (2 cores, shared).",
         "",

@@ -23,7 +23,9 @@ import numpy as np
 from datastore_service.draft import MAX_DEPTH_LIMIT, MAX_NODES_LIMIT, DraftBatch, QueryBatch
 from datastore_service.store.context_hash import HASH_MULTIPLIER
 
-SMALL_BATCH = 8
+# Where the paths cross: measured (CPU time, 32-node trees of the stdlib store) one sequence 18 µs
+# here against 66 µs vectorised, 6 sequences 67 against 76, 8 sequences 89 against 78.
+SMALL_BATCH = 6
 _MASK = (1 << 64) - 1
 
 
