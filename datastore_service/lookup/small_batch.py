@@ -38,9 +38,10 @@ class SmallBatchLookup:
         self.lengths = memoryview(arrays["context_lengths"])
         self.counts = memoryview(arrays["context_counts"])
         self.offsets = memoryview(arrays["tree_offsets"])
-        self.tokens = memoryview(arrays["node_tokens"])
         self.parents = memoryview(arrays["node_parents"])
         self.cumulative = memoryview(arrays["node_cumulative"])
+        # Trees' tokens and parents are sliced as numpy views of the same arrays.
+        self.node_tokens, self.node_parents = arrays["node_tokens"], arrays["node_parents"]
         self.width, self.seed = int(metadata["width"]), int(metadata["hash_seed"])
         self.max_tree_depth = int(metadata["max_tree_depth"])
         self.default_nodes, self.vocab_size = default_nodes, vocab_size
@@ -95,29 +96,23 @@ class SmallBatchLookup:
         return self._answer(rows, batch.max_nodes.tolist(), batch.max_depth.tolist(), selection == "longest")
 
     def _answer(self, rows: list[list[int]], max_nodes: list[int], max_depth: list[int], longest: bool) -> DraftBatch:
-        tokens: list[int] = []
-        parents: list[int] = []
-        ratios: list[float] = []
-        offsets, context_lengths = [0], []
+        trees: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        sizes, context_lengths, scores = [0], [], []
         for row, nodes, depth in zip(rows, max_nodes, max_depth):
             tree, length = self._choose(row, nodes, longest)
+            score = 0.0
             if tree >= 0:
-                self._gather(tree, nodes, depth, tokens, parents, ratios)
-            offsets.append(len(tokens))
+                trees.append(self._nodes(tree, nodes, depth))
+                for probability in trees[-1][2].tolist():  # left to right in float64, as np.bincount adds
+                    score += probability
+            sizes.append(sizes[-1] + (len(trees[-1][0]) if tree >= 0 else 0))
             context_lengths.append(length)
-        probabilities = np.array(ratios, np.float32)
-        rounded = probabilities.tolist()
-        scores = []
-        for start, end in zip(offsets, offsets[1:]):
-            total = 0.0
-            for probability in rounded[start:end]:  # left to right, as np.bincount adds
-                total += probability
-            scores.append(total)
+            scores.append(score)
         return DraftBatch(
-            np.array(tokens, np.int32),
-            np.array(parents, np.int32),
-            probabilities,
-            np.array(offsets, np.int64),
+            _joined([tree[0] for tree in trees], np.int32),
+            _joined([tree[1] for tree in trees], np.int32),
+            _joined([tree[2] for tree in trees], np.float32),
+            np.array(sizes, np.int64),
             np.array(context_lengths, np.int32),
             np.array(scores, np.float32),
         )
@@ -148,36 +143,44 @@ class SmallBatchLookup:
                 best, best_length, best_value = found, length, value
         return best, best_length
 
-    def _gather(
-        self, tree: int, max_nodes: int, max_depth: int, tokens: list[int], parents: list[int], ratios: list[float]
-    ) -> None:
-        """Append the tree's first max_nodes nodes, less those deeper than max_depth."""
+    def _nodes(self, tree: int, max_nodes: int, max_depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The tree's first max_nodes nodes less those deeper than max_depth: tokens, parents
+        (renumbered among the kept nodes) and probabilities (count ratios, as float32)."""
         start = self.offsets[tree]
         end = start + min(max_nodes, self.offsets[tree + 1] - start)
-        count = self.counts[tree]
-        cumulative = self.cumulative[start:end].tolist()
-        tree_tokens, tree_parents = self.tokens[start:end].tolist(), self.parents[start:end].tolist()
+        count, running = self.counts[tree], self.cumulative[start:end].tolist()
+        ratios = [(now - before) / count for before, now in zip([0, *running], running)]
+        probabilities = np.array(ratios, np.float32)
+        tokens = self.node_tokens[start:end].astype(np.int32)
         if max_depth >= self.max_tree_depth:
-            tokens += tree_tokens
-            parents += tree_parents
-            ratios += [(running - before) / count for before, running in zip([0, *cumulative], cumulative)]
-            return
-        previous = 0
-        depths: list[int] = []
-        kept_index: list[int] = []  # each node's index among the kept nodes (-1 = dropped)
-        kept = 0
-        for token, parent, running in zip(tree_tokens, tree_parents, cumulative):
-            depth = 1 if parent < 0 else depths[parent] + 1
-            depths.append(depth)
-            if depth <= max_depth:  # a kept node's parent is shallower, so kept too
-                kept_index.append(kept)
-                kept += 1
-                tokens.append(token)
-                parents.append(-1 if parent < 0 else kept_index[parent])
-                ratios.append((running - previous) / count)
-            else:
-                kept_index.append(-1)
-            previous = running
+            return tokens, self.node_parents[start:end].astype(np.int32), probabilities
+        keep, parents = _within_depth(self.parents[start:end].tolist(), max_depth)
+        return tokens[keep], np.array(parents, np.int32), probabilities[keep]
+
+
+def _within_depth(parents: list[int], max_depth: int) -> tuple[list[bool], list[int]]:
+    """Which nodes lie within max_depth, and the kept nodes' parents renumbered among them (a kept
+    node's parent is shallower, so kept too)."""
+    depths: list[int] = []
+    kept_index: list[int] = []  # each node's index among the kept nodes (-1 = dropped)
+    keep: list[bool] = []
+    renumbered: list[int] = []
+    for parent in parents:
+        depth = 1 if parent < 0 else depths[parent] + 1
+        depths.append(depth)
+        keep.append(depth <= max_depth)
+        if depth <= max_depth:
+            kept_index.append(len(renumbered))
+            renumbered.append(-1 if parent < 0 else kept_index[parent])
+        else:
+            kept_index.append(-1)
+    return keep, renumbered
+
+
+def _joined(arrays: list[np.ndarray], dtype: type) -> np.ndarray:
+    if len(arrays) == 1:
+        return arrays[0]
+    return np.concatenate(arrays) if arrays else np.empty(0, dtype)
 
 
 def _limits(values: object, count: int, limit: int, default: int) -> list[int] | None:
