@@ -204,11 +204,32 @@ def engine_figures(indexes: dict, queries: list[list[int]], seconds: float) -> d
 # -- over gRPC -------------------------------------------------------------------------------
 
 
+class _EmptyLookup(pb_grpc.DraftStoreServicer):
+    """The gRPC floor: a Lookup handler that answers an empty response at once."""
+
+    def Lookup(self, request: pb.LookupRequest, context: grpc.ServicerContext) -> pb.LookupResponse:
+        context.set_trailing_metadata(((SERVER_TIME_KEY, "0"),))
+        return pb.LookupResponse()
+
+
 def serve(path: str, store: Path) -> None:
-    """The server child: `crest serve`'s RunningServer, answering from the chosen path's index."""
+    """The server child: `crest serve`'s RunningServer answering from the chosen path's index, or
+    ("floor") a plain gRPC server with as many threads and an empty Lookup: what gRPC alone costs."""
+    from concurrent import futures
+
     from datastore_service.serve.server import RunningServer, ServerSettings
 
-    running = RunningServer(store, ServerSettings(port=0))
+    settings = ServerSettings(port=0)
+    if path == "floor":
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.workers))
+        pb_grpc.add_DraftStoreServicer_to_server(_EmptyLookup(), server)
+        port = server.add_insecure_port(f"{settings.host}:0")
+        server.start()
+        print(f"serving floor on {settings.host}:{port}", flush=True)
+        sys.stdin.readline()
+        server.stop(0)
+        return
+    running = RunningServer(store, settings)
     if path == "old":
         running.holder.index = index_class("old", old_path_folder()).load(store)
     running.start()
@@ -390,15 +411,17 @@ def report(store: Path, info, file_mb: float, serving_mb: float, figures: dict, 
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     lines += [
         "",
-        "gRPC, one server per path on 127.0.0.1 (8 worker threads), calls alternating between them:",
+        "gRPC, one server per path on 127.0.0.1 (8 worker threads), calls alternating between them; the floor is a "
+        "plain gRPC server with 8 threads whose Lookup answers an empty response at once (what gRPC alone costs here):",
         "",
-        "| batch | old round trip p50 / p99 ms | new round trip p50 / p99 ms | old server p50 / p99 ms | new server p50 / p99 ms | new round trip p50 / 36 ms decode step |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| batch | floor round trip p50 / p99 ms | old round trip p50 / p99 ms | new round trip p50 / p99 ms | old server p50 / p99 ms | new server p50 / p99 ms | new round trip p50 / 36 ms decode step |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for size in latency["new"]:
-        o, n = latency["old"][size], latency["new"][size]
+        f, o, n = latency["floor"][size], latency["old"][size], latency["new"][size]
         lines.append(
-            f"| {size} | {o['round_trip'][0]:.2f} / {o['round_trip'][1]:.2f} | {n['round_trip'][0]:.2f} / {n['round_trip'][1]:.2f} "
+            f"| {size} | {f['round_trip'][0]:.2f} / {f['round_trip'][1]:.2f} "
+            f"| {o['round_trip'][0]:.2f} / {o['round_trip'][1]:.2f} | {n['round_trip'][0]:.2f} / {n['round_trip'][1]:.2f} "
             f"| {o['server'][0]:.2f} / {o['server'][1]:.2f} | {n['server'][0]:.2f} / {n['server'][1]:.2f} "
             f"| {100 * n['round_trip'][0] / DECODE_STEP_MS:.1f}% |"
         )
@@ -413,7 +436,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per path for each throughput figure")
     parser.add_argument("--calls", type=int, default=300, help="gRPC calls per batch size and path for latency")
     parser.add_argument("--write", action="store_true", help="write the section into docs/BENCHMARKS.md")
-    parser.add_argument("--serve", choices=PATHS, help="(internal) run as this benchmark's server child for a path")
+    parser.add_argument(
+        "--serve", choices=(*PATHS, "floor"), help="(internal) run as this benchmark's server child for a path"
+    )
     args, rest = parser.parse_known_args()
     if args.serve:
         serve(args.serve, Path(rest[0]))
@@ -437,14 +462,12 @@ def main() -> None:
     os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     del indexes
 
-    servers = {path: start_server(path, args.store) for path in PATHS}
+    servers = {path: start_server(path, args.store) for path in (*PATHS, "floor")}
     try:
         addresses = {path: address for path, (_, address) in servers.items()}
         latency = grpc_figures(addresses, queries, [1, 8, 64, 256], args.calls)
-        concurrent = {
-            path: concurrent_throughput(address, queries, 8, 64, args.seconds) for path, address in addresses.items()
-        }
-        server_memory = {path: memory_mb(process.pid) for path, (process, _) in servers.items()}
+        concurrent = {path: concurrent_throughput(addresses[path], queries, 8, 64, args.seconds) for path in PATHS}
+        server_memory = {path: memory_mb(servers[path][0].pid) for path in PATHS}
     finally:
         for process, _ in servers.values():
             process.stdin.close()
