@@ -22,7 +22,7 @@ from pathlib import Path
 KEEP_OLD_VERSIONS = 2
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     descriptor = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(descriptor)
@@ -88,12 +88,12 @@ class VersionedStore:
         os.replace(partial, final)
         for suffix, path in companions.items():
             os.replace(path, self.versions / f"{version}{suffix}")
-        _fsync_dir(self.versions)
+        fsync_dir(self.versions)
         link = self.path.with_name(f".{self.path.name}.link-{os.getpid()}")
         link.unlink(missing_ok=True)
         link.symlink_to(final.relative_to(self.path.parent))
         os.replace(link, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         self._prune_old(final)
         return final
 

@@ -1,0 +1,268 @@
+"""The fast decode loop: B sequences, one draft lookup and one verification pass per step.
+
+Per step, for the sequences still running:
+1. one call to the draft source for every sequence's newest tokens;
+2. calibrate each tree's node probabilities (what this source's drafts are really worth) and pick
+   the pass width (1 + nodes per row, from a few fixed widths) that maximises expected tokens per
+   second under the engine's measured cost curve; width 1 verifies no draft at all;
+3. one forward pass over [newest token] + tree per row through a preallocated KV cache
+   (`StaticKVCache`, `LlamaTreeForward`), optionally compiled;
+4. the target's verdicts (argmax per fed token, or the sampling targets) cross to the host in one
+   transfer, the only wait on the device per step; the host walks each tree, moves the accepted
+   branches into place in the cache and emits tokens, stopping exactly where plain decoding would.
+
+Greedy output equals plain greedy decoding up to floating-point ties (token-identical in float32,
+tested); sampling draws each token exactly from the target's distribution (chi-square tested).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from datastore_service.draft import DraftTree
+
+from .acceptance import Accepted, SamplingParams, sampling_targets, walk_greedy, walk_sampling
+from .calibration import AcceptanceCalibration
+from .draft_sources import DraftSource
+from .llama_forward import LlamaTreeForward
+from .node_budget import PASS_WIDTHS, CostCurve, NodeBudget, first_nodes
+from .speculative import Generation, StepRecord, emitted_until_stop, limit_depth
+from .static_cache import StaticKVCache
+from .target_model import TargetModel
+from .tree_batch import FedBatch, pack, prefill_inputs
+
+FILLER_TOKEN = 0
+CAPACITY_GRANULE = 256  # caches are sized in steps of this, so one serves many generations
+
+
+class TreeEngine:
+    """Speculative decoding with a static KV cache; `compiled` runs the pass through torch.compile."""
+
+    def __init__(
+        self,
+        target: TargetModel,
+        source: DraftSource,
+        budget: NodeBudget,
+        sampling: SamplingParams | None = None,
+        seed: int = 0,
+        compiled: bool = False,
+    ) -> None:
+        self.target, self.source, self.budget, self.sampling = target, source, budget, sampling
+        self.forward = LlamaTreeForward(target.model)
+        self.compiled = compiled
+        self.run_pass: Callable[..., torch.Tensor] = (
+            torch.compile(self.forward, dynamic=True) if compiled else self.forward
+        )
+        self.calibration = AcceptanceCalibration()
+        self.host_generator = torch.Generator().manual_seed(seed)
+        self.device_generator = torch.Generator(device=target.device).manual_seed(seed)
+        self._cache: StaticKVCache | None = None
+
+    @property
+    def name(self) -> str:
+        return "compiled" if self.compiled else "static"
+
+    # -- public API, as SpeculativeDecoder's ---------------------------------------------------
+
+    def stream(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        stop_strings: Sequence[str] = (),
+        on_step: Callable[[StepRecord], None] | None = None,
+    ) -> Iterator[list[int]]:
+        """Yield the tokens of each step as they are accepted; the Generation is the return value."""
+        steps = self._decode([prompt_ids], max_new_tokens, stop_strings)
+        while True:
+            try:
+                outcome = next(steps)[0]
+            except StopIteration as done:
+                return done.value[0]
+            if outcome is None:
+                continue
+            emitted, record = outcome
+            if on_step is not None and record is not None:
+                on_step(record)
+            yield emitted
+
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, stop_strings: Sequence[str] = ()) -> Generation:
+        return self.generate_batch([prompt_ids], max_new_tokens, stop_strings)[0]
+
+    def generate_batch(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_strings: Sequence[str] = ()
+    ) -> list[Generation]:
+        steps = self._decode(prompts, max_new_tokens, stop_strings)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def cost_curve(self, rows: int = 1, history: int = 118) -> CostCurve:
+        """Seconds of one pass per width for `rows` sequences of `history` cached tokens (cached on disk)."""
+        target = self.target
+        key = (
+            f"{target.name}-{self.name}-{target.device}-{target.model.dtype}-{torch.get_num_threads()}threads"
+            f"-rows{rows}-past{history}"
+        )
+        cache = self._cache_for(rows, history + PASS_WIDTHS[-1])
+        tree_of = {w: _chain_tree(w - 1) for w in PASS_WIDTHS}
+
+        @torch.inference_mode()
+        def time_pass(width: int) -> float:
+            cache.reset()
+            for row in range(rows):
+                cache.advance(row, history)
+            fed = pack([1] * rows, [tree_of[width]] * rows, cache.host_lengths, width, FILLER_TOKEN, *self._where())
+            started = time.perf_counter()
+            self._verdicts(self._pass(cache, fed), fed)
+            return time.perf_counter() - started
+
+        return CostCurve.measure_with(key, time_pass)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _decode(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_strings: Sequence[str]
+    ) -> Iterator[list[tuple[list[int], StepRecord | None] | None]]:
+        """Yields, per step, for each row: (tokens emitted, step record), or None if the row was idle."""
+        rows = len(prompts)
+        widest = max(self.budget.widths())
+        cache = self._cache_for(rows, max(len(p) for p in prompts) + max_new_tokens + widest)
+        generations = [Generation() for _ in prompts]
+        histories = [list(p) for p in prompts]
+        done = [max_new_tokens <= 0] * rows
+        for row, prompt in enumerate(prompts):
+            started = time.perf_counter()
+            fed = prefill_inputs(prompt, *self._where())
+            logits = self.run_pass(cache, fed.input_ids, fed.positions, fed.slots, fed.mask, rows=slice(row, row + 1))
+            cache.advance(row, len(prompt))
+            first = self._first_token(logits[0, -1])
+            generations[row].prefill_seconds = time.perf_counter() - started
+            if done[row]:
+                continue
+            emitted, generations[row].stopped_by = emitted_until_stop(self.target, [first], [], stop_strings)
+            generations[row].tokens.extend(emitted)
+            histories[row].extend(emitted)
+            done[row] = generations[row].stopped_by != "max_tokens" or max_new_tokens <= 1
+        yield [([generations[r].tokens[0]], None) if generations[r].tokens else None for r in range(rows)]
+        while not all(done):
+            yield self._step(cache, generations, histories, done, max_new_tokens, stop_strings)
+        return generations
+
+    def _step(
+        self,
+        cache: StaticKVCache,
+        generations: list[Generation],
+        histories: list[list[int]],
+        done: list[bool],
+        max_new_tokens: int,
+        stop_strings: Sequence[str],
+    ) -> list[tuple[list[int], StepRecord] | None]:
+        rows = len(histories)
+        active = [r for r in range(rows) if not done[r]]
+        started = time.perf_counter()
+        context = self.source.max_context
+        looked_up = self.source.drafts([histories[r][-context:] for r in active], self.budget.max_nodes)
+        lookup_done = time.perf_counter()
+        trees = [DraftTree.empty()] * rows
+        gains = []
+        for row, tree in zip(active, looked_up):
+            trees[row] = limit_depth(tree, max_new_tokens - len(generations[row].tokens) - 1)
+            gains.append(self.calibration.calibrate(trees[row].probabilities))
+        width = self.budget.plan_width(gains)
+        trees = [first_nodes(tree, width - 1) for tree in trees]
+        roots = [history[-1] for history in histories]
+        fed = pack(roots, trees, cache.host_lengths, width, FILLER_TOKEN, *self._where())
+        prepared = time.perf_counter()
+        verdicts = self._verdicts(self._pass(cache, fed), fed)
+        verified = time.perf_counter()
+        kept: list[list[int]] = [[] for _ in range(rows)]
+        outcomes: dict[int, tuple[Accepted, list[int]]] = {}
+        for row in active:
+            accepted = verdicts(row)
+            on_path = np.zeros(len(trees[row]), bool)
+            on_path[[i - 1 for i in accepted.fed_path]] = True
+            self.calibration.observe(trees[row].probabilities, on_path)
+            emitted, generations[row].stopped_by = emitted_until_stop(
+                self.target, accepted.tokens, generations[row].tokens, stop_strings
+            )
+            kept[row] = [0] + accepted.fed_path
+            outcomes[row] = (accepted, emitted)
+        accepted_done = time.perf_counter()
+        cache.keep(kept)
+        finished = time.perf_counter()
+        results: list[tuple[list[int], StepRecord] | None] = [None] * rows
+        for row, (accepted, emitted) in outcomes.items():
+            generation = generations[row]
+            generation.tokens.extend(emitted)
+            histories[row].extend(emitted)
+            done[row] = generation.stopped_by != "max_tokens" or len(generation.tokens) >= max_new_tokens
+            record = StepRecord(
+                drafted=len(trees[row]),
+                accepted=len(accepted.fed_path),
+                emitted=emitted,
+                seconds=finished - started,
+                forward_seconds=verified - prepared,
+                lookup_seconds=lookup_done - started,
+                prepare_seconds=prepared - lookup_done,
+                accept_seconds=accepted_done - verified,
+                compact_seconds=finished - accepted_done,
+            )
+            generation.steps.append(record)
+            results[row] = (emitted, record)
+        return results
+
+    # -- pieces ---------------------------------------------------------------------------------
+
+    def _where(self) -> tuple[torch.dtype, torch.device]:
+        return self.target.model.dtype, self.target.device
+
+    def _cache_for(self, rows: int, tokens: int) -> StaticKVCache:
+        """The engine's cache, reallocated only when a batch needs more rows or room than it has."""
+        dtype, device = self._where()
+        if self._cache is None or not self._cache.fits(rows, tokens, dtype, device):
+            capacity = -(-tokens // CAPACITY_GRANULE) * CAPACITY_GRANULE
+            self._cache = self.forward.new_cache(rows, capacity)
+        self._cache.reset()
+        return self._cache
+
+    def _pass(self, cache: StaticKVCache, fed: FedBatch) -> torch.Tensor:
+        return self.run_pass(cache, fed.input_ids, fed.positions, fed.slots, fed.mask)
+
+    def _verdicts(self, logits: torch.Tensor, fed: FedBatch) -> Callable[[int], Accepted]:
+        """Bring the target's verdicts to the host (the step's one device sync); a walk per row."""
+        if self.sampling is None:
+            predicted = logits.argmax(dim=-1).tolist()
+            return lambda row: walk_greedy(fed.fed_tokens[row], fed.fed_parents[row], predicted[row])
+        targets = sampling_targets(logits, fed.fed_tokens, fed.fed_parents, self.sampling, self.device_generator)
+        return lambda row: walk_sampling(
+            fed.fed_tokens[row],
+            fed.fed_parents[row],
+            targets.drafted_probability[row],
+            targets.bonus[row],
+            self.host_generator,
+        )
+
+    def _first_token(self, logits: torch.Tensor) -> int:
+        if self.sampling is None:
+            return int(logits.argmax())
+        distribution = self.sampling.distribution(logits).float()
+        return int(torch.multinomial(distribution, 1, generator=self.device_generator))
+
+
+def _chain_tree(nodes: int) -> DraftTree:
+    """A chain of `nodes` tokens, to time passes of a given width."""
+    probabilities = np.linspace(0.9, 0.5, nodes).astype(np.float32) if nodes else np.empty(0, np.float32)
+    return DraftTree(
+        np.arange(1, nodes + 1, dtype=np.int32),
+        np.arange(-1, nodes - 1, dtype=np.int32),
+        probabilities,
+        1 if nodes else 0,
+        float(probabilities.sum()),
+    )
