@@ -6,7 +6,8 @@ Per step, for the sequences still running:
    the pass width (1 + nodes per row, from a few fixed widths) that maximises expected tokens per
    second under the engine's measured cost curve; width 1 verifies no draft at all;
 3. one forward pass over [newest token] + tree per row through a preallocated KV cache
-   (`StaticKVCache`, `LlamaTreeForward`), optionally compiled;
+   (`StaticKVCache`, `LlamaTreeForward`); `compiled` replays it as a CUDA graph per width on a GPU
+   (`GraphedPasses`) and runs it through torch.compile on a CPU;
 4. the target's verdicts (argmax per fed token, or the sampling targets) cross to the host in one
    transfer, the only wait on the device per step; the host walks each tree, moves the accepted
    branches into place in the cache and emits tokens, stopping exactly where plain decoding would.
@@ -27,6 +28,7 @@ from datastore_service.draft import DraftTree
 
 from .acceptance import Accepted, SamplingParams, sampling_targets, walk_greedy, walk_sampling
 from .calibration import AcceptanceCalibration
+from .cuda_graphs import GraphedPasses
 from .draft_sources import DraftSource
 from .llama_forward import LlamaTreeForward
 from .node_budget import PASS_WIDTHS, CostCurve, NodeBudget, first_nodes
@@ -40,7 +42,7 @@ CAPACITY_GRANULE = 256  # caches are sized in steps of this, so one serves many 
 
 
 class TreeEngine:
-    """Speculative decoding with a static KV cache; `compiled` runs the pass through torch.compile."""
+    """Speculative decoding with a static KV cache; `compiled`: CUDA graphs on a GPU, torch.compile on a CPU."""
 
     def __init__(
         self,
@@ -54,9 +56,15 @@ class TreeEngine:
         self.target, self.source, self.budget, self.sampling = target, source, budget, sampling
         self.forward = LlamaTreeForward(target.model)
         self.compiled = compiled
-        self.run_pass: Callable[..., torch.Tensor] = (
-            torch.compile(self.forward, dynamic=True) if compiled else self.forward
-        )
+        self.graphed = compiled and target.device.type == "cuda"
+        self.run_pass: Callable[..., torch.Tensor] = self.forward
+        if self.graphed:
+            self.run_pass = GraphedPasses(self.forward)
+        elif compiled:
+            self.run_pass = torch.compile(self.forward, dynamic=True)
+        # Read once: transformers computes these from the parameters and config on every access.
+        self.dtype, self.device = target.model.dtype, target.device
+        self.eos = target.eos_token_ids
         self.calibration = AcceptanceCalibration()
         self.host_generator = torch.Generator().manual_seed(seed)
         self.device_generator = torch.Generator(device=target.device).manual_seed(seed)
@@ -117,7 +125,7 @@ class TreeEngine:
             cache.reset()
             for row in range(rows):
                 cache.advance(row, history)
-            fed = pack([1] * rows, [tree_of[width]] * rows, cache.host_lengths, width, FILLER_TOKEN, *self._where())
+            fed = self._pack(cache, [1] * rows, [tree_of[width]] * rows, width)
             started = time.perf_counter()
             self._verdicts(self._pass(cache, fed), fed)
             return time.perf_counter() - started
@@ -139,14 +147,14 @@ class TreeEngine:
         done = [max_new_tokens <= 0] * rows
         for row, prompt in enumerate(prompts):
             started = time.perf_counter()
-            fed = prefill_inputs(prompt, *self._where())
+            fed = prefill_inputs(prompt, self.dtype, self.device)
             logits = self.run_pass(cache, fed.input_ids, fed.positions, fed.slots, fed.mask, rows=slice(row, row + 1))
             cache.advance(row, len(prompt))
             first = self._first_token(logits[0, -1])
             generations[row].prefill_seconds = time.perf_counter() - started
             if done[row]:
                 continue
-            emitted, generations[row].stopped_by = emitted_until_stop(self.target, [first], [], stop_strings)
+            emitted, generations[row].stopped_by = emitted_until_stop(self.target, [first], [], stop_strings, self.eos)
             generations[row].tokens.extend(emitted)
             histories[row].extend(emitted)
             done[row] = generations[row].stopped_by != "max_tokens" or max_new_tokens <= 1
@@ -178,7 +186,7 @@ class TreeEngine:
         width = self.budget.plan_width(gains)
         trees = [first_nodes(tree, width - 1) for tree in trees]
         roots = [history[-1] for history in histories]
-        fed = pack(roots, trees, cache.host_lengths, width, FILLER_TOKEN, *self._where())
+        fed = self._pack(cache, roots, trees, width)
         prepared = time.perf_counter()
         verdicts = self._verdicts(self._pass(cache, fed), fed)
         verified = time.perf_counter()
@@ -190,7 +198,7 @@ class TreeEngine:
             on_path[[i - 1 for i in accepted.fed_path]] = True
             self.calibration.observe(trees[row].probabilities, on_path)
             emitted, generations[row].stopped_by = emitted_until_stop(
-                self.target, accepted.tokens, generations[row].tokens, stop_strings
+                self.target, accepted.tokens, generations[row].tokens, stop_strings, self.eos
             )
             kept[row] = [0] + accepted.fed_path
             outcomes[row] = (accepted, emitted)
@@ -220,17 +228,18 @@ class TreeEngine:
 
     # -- pieces ---------------------------------------------------------------------------------
 
-    def _where(self) -> tuple[torch.dtype, torch.device]:
-        return self.target.model.dtype, self.target.device
-
     def _cache_for(self, rows: int, tokens: int) -> StaticKVCache:
         """The engine's cache, reallocated only when a batch needs more rows or room than it has."""
-        dtype, device = self._where()
+        dtype, device = self.dtype, self.device
         if self._cache is None or not self._cache.fits(rows, tokens, dtype, device):
             capacity = -(-tokens // CAPACITY_GRANULE) * CAPACITY_GRANULE
             self._cache = self.forward.new_cache(rows, capacity)
         self._cache.reset()
         return self._cache
+
+    def _pack(self, cache: StaticKVCache, roots: list[int], trees: list[DraftTree], width: int) -> FedBatch:
+        visible = cache.capacity if self.graphed else None
+        return pack(roots, trees, cache.host_lengths, width, FILLER_TOKEN, self.dtype, self.device, visible=visible)
 
     def _pass(self, cache: StaticKVCache, fed: FedBatch) -> torch.Tensor:
         return self.run_pass(cache, fed.input_ids, fed.positions, fed.slots, fed.mask)

@@ -140,7 +140,7 @@ class SpeculativeDecoder:
                 accepted = accept_sampling(fed_tokens, inputs.fed_parents, logits, self.sampling, self.generator)
             keep_accepted(cache, past, [0] + accepted.fed_path)
             emitted, generation.stopped_by = emitted_until_stop(
-                self.target, accepted.tokens, generation.tokens, stop_strings
+                self.target, accepted.tokens, generation.tokens, stop_strings, eos
             )
             generation.tokens.extend(emitted)
             history.extend(emitted)
@@ -176,14 +176,20 @@ class SpeculativeDecoder:
 
 
 def emitted_until_stop(
-    target: TargetModel, accepted: list[int], before: list[int], stop_strings: Sequence[str]
+    target: TargetModel,
+    accepted: list[int],
+    before: list[int],
+    stop_strings: Sequence[str],
+    eos: set[int] | None = None,
 ) -> tuple[list[int], str]:
     """The accepted tokens up to and including the first that stops plain decoding (EOS or a stop
-    string completed after the `before` tokens), and what stopped it ("max_tokens" if nothing did)."""
+    string completed after the `before` tokens), and what stopped it ("max_tokens" if nothing did).
+    `eos`: the target's EOS ids, when the caller has them at hand (reading them costs a few µs)."""
+    eos = target.eos_token_ids if eos is None else eos
     emitted = []
     for token in accepted:
         emitted.append(token)
-        if token in target.eos_token_ids:
+        if token in eos:
             return emitted, "eos"
         if stop_strings and any(stop in target.tokenizer.decode((before + emitted)[-64:]) for stop in stop_strings):
             return emitted, "stop_string"

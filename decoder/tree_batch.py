@@ -53,8 +53,10 @@ def pack(
     filler: int,
     dtype: torch.dtype,
     device: torch.device,
+    visible: int | None = None,
 ) -> FedBatch:
-    """Lay out one pass: `roots[b]` and `trees[b]` (at most width - 1 nodes) after `lengths[b]` cached tokens."""
+    """Lay out one pass: `roots[b]` and `trees[b]` (at most width - 1 nodes) after `lengths[b]` cached tokens.
+    `visible` fixes the mask's key span (CUDA graphs need one shape); by default it follows the lengths."""
     rows = len(roots)
     ids = np.full((rows, width), filler, np.int64)
     depths = np.zeros((rows, width), np.int64)
@@ -72,7 +74,8 @@ def pack(
     # The host sends the small per-row arrays once; the wide mask is made where it is used.
     start = torch.tensor(np.asarray(lengths, np.int64), device=device)[:, None]
     offsets = torch.arange(width, device=device)[None, :]
-    visible = -(-(max(lengths) + width) // VISIBLE_GRANULE) * VISIBLE_GRANULE
+    if visible is None:
+        visible = -(-(max(lengths) + width) // VISIBLE_GRANULE) * VISIBLE_GRANULE
     history = torch.arange(visible, device=device)[None, None, :] < start[:, :, None]  # [rows, 1, visible]
     allowed = history.expand(rows, width, visible).clone()
     tree_slots = (start + offsets)[:, None, :].expand(rows, width, width)
