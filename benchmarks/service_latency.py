@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+import timeit
 from pathlib import Path
 
 import grpc
@@ -41,7 +42,7 @@ from datastore_service.build.tokenizer import TargetTokenizer
 from datastore_service.lookup.draft_index import DraftIndex
 from datastore_service.lookup.small_batch import SMALL_BATCH
 from datastore_service.paths import cache_dir
-from datastore_service.serve.service import SERVER_TIME_KEY
+from datastore_service.serve.service import SERVER_TIME_KEY, drafts_to_proto
 from datastore_service.store.reader import resolve_store
 
 COMMAND = "python benchmarks/service_latency.py " + " ".join(sys.argv[1:])
@@ -201,6 +202,40 @@ def engine_figures(indexes: dict, queries: list[list[int]], seconds: float) -> d
     return {path: {"single_us": percentiles(single[path]), "throughput": done[path] / spent[path]} for path in indexes}
 
 
+def server_split(index: DraftIndex, queries: list[list[int]], sizes: list[int]) -> dict:
+    """Where a Lookup's server time goes on the new path (CPU µs, best of 7): the request to a
+    query batch, the lookup, the answer to protobuf, as service.py does them."""
+    split = {}
+    for size in sizes:
+        request = pb.LookupRequest(selection=pb.SCORED)
+        for tokens in queries[:size]:
+            request.sequences.add(tokens=tokens, max_nodes=32)
+        split[size] = _server_steps(index, request)
+    return split
+
+
+def _server_steps(index: DraftIndex, request: pb.LookupRequest) -> dict:
+    sequences = request.sequences
+
+    def prepare():
+        nodes = np.fromiter((q.max_nodes for q in sequences), np.int64, len(sequences))
+        depths = np.fromiter((q.max_depth for q in sequences), np.int64, len(sequences))
+        return index.prepare([q.tokens for q in sequences], nodes, depths)
+
+    batch = prepare()
+    drafts = index.lookup_batch(batch)
+    stages = {
+        "prepare": prepare,
+        "lookup": lambda: index.lookup_batch(batch),
+        "to proto": lambda: drafts_to_proto(drafts, index.info.store_version),
+    }
+    steps = {
+        name: min(timeit.Timer(stage, timer=time.thread_time).repeat(repeat=7, number=20)) / 20 * 1e6
+        for name, stage in stages.items()
+    }
+    return {**steps, "nodes": len(drafts.tokens)}
+
+
 # -- over gRPC -------------------------------------------------------------------------------
 
 
@@ -309,8 +344,8 @@ def concurrent_throughput(address: str, queries: list[list[int]], clients: int, 
 
 
 def report(store: Path, info, file_mb: float, serving_mb: float, figures: dict, loads: tuple) -> str:
-    load, engine, latency, throughput, replicas, servers = (
-        figures[k] for k in ("load", "engine", "grpc", "concurrent", "replicas", "servers")
+    load, engine, latency, throughput, replicas, servers, split = (
+        figures[k] for k in ("load", "engine", "grpc", "concurrent", "replicas", "servers", "split")
     )
     lines = [
         "## Service, memory-mapped serving file and small-batch path (issue 15)",
@@ -425,6 +460,17 @@ def report(store: Path, info, file_mb: float, serving_mb: float, figures: dict, 
             f"| {o['server'][0]:.2f} / {o['server'][1]:.2f} | {n['server'][0]:.2f} / {n['server'][1]:.2f} "
             f"| {100 * n['round_trip'][0] / DECODE_STEP_MS:.1f}% |"
         )
+    lines += [
+        "",
+        "Where the new path's server time goes (in process, CPU time, best of 7; the steps of `service.py`'s Lookup):",
+        "",
+        "| batch | nodes answered | request to query batch µs | lookup µs | answer to protobuf µs |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for size, steps in split.items():
+        lines.append(
+            f"| {size} | {steps['nodes']:,} | {steps['prepare']:.0f} | {steps['lookup']:.0f} | {steps['to proto']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -459,6 +505,7 @@ def main() -> None:
     indexes = {"old": index_class("old", old_folder).load(args.store), "new": DraftIndex.load(args.store)}
     os.sched_setaffinity(0, {0})  # one core for the in-process engine figures
     engine = engine_figures(indexes, queries, args.seconds)
+    split = server_split(indexes["new"], queries, [1, 64])
     os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     del indexes
 
@@ -482,6 +529,7 @@ def main() -> None:
         "concurrent": concurrent,
         "replicas": replicas,
         "servers": server_memory,
+        "split": split,
     }
     markdown = report(args.store, info, file_mb, serving_mb, figures, (start_load, os.getloadavg()[0]))
     print(markdown)
