@@ -190,16 +190,27 @@ def engine_figures(indexes: dict, queries: list[list[int]], seconds: float) -> d
             started = time.perf_counter()
             index.lookup([query], max_nodes=32)
             single[path].append((time.perf_counter() - started) * 1e6)
-    batch, done, spent = queries[:256], dict.fromkeys(indexes, 0), dict.fromkeys(indexes, 0.0)
-    slices = 10
+    # Throughput by the wall clock and by this thread's CPU time (what the lookups cost, whoever
+    # else the shared machine runs meanwhile), in slices that alternate between the paths.
+    batch, done = queries[:256], dict.fromkeys(indexes, 0)
+    wall, cpu = dict.fromkeys(indexes, 0.0), dict.fromkeys(indexes, 0.0)
+    slices = 20
     for _ in range(slices):
         for path, index in indexes.items():
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.thread_time()
             while time.perf_counter() - started < seconds / slices:
                 index.lookup(batch, max_nodes=32)
                 done[path] += len(batch)
-            spent[path] += time.perf_counter() - started
-    return {path: {"single_us": percentiles(single[path]), "throughput": done[path] / spent[path]} for path in indexes}
+            wall[path] += time.perf_counter() - started
+            cpu[path] += time.thread_time() - started_cpu
+    return {
+        path: {
+            "single_us": percentiles(single[path]),
+            "throughput": done[path] / wall[path],
+            "throughput_cpu": done[path] / cpu[path],
+        }
+        for path in indexes
+    }
 
 
 def server_split(index: DraftIndex, queries: list[list[int]], sizes: list[int]) -> dict:
@@ -389,9 +400,9 @@ def report(store: Path, info, file_mb: float, serving_mb: float, figures: dict, 
             "≤ 20 / 60 µs",
         ),
         (
-            "batch 256 in process, one core",
-            f"{engine['old']['throughput']:,.0f} lookups/s",
-            f"{engine['new']['throughput']:,.0f} lookups/s",
+            "batch 256 in process, one core: by the wall clock (by CPU time)",
+            f"{engine['old']['throughput']:,.0f} ({engine['old']['throughput_cpu']:,.0f}) lookups/s",
+            f"{engine['new']['throughput']:,.0f} ({engine['new']['throughput_cpu']:,.0f}) lookups/s",
             "≥ old",
         ),
         (
