@@ -1,4 +1,4 @@
-"""Verification passes replayed as CUDA graphs: one graph per pass width, captured once per cache.
+"""Verification passes replayed as CUDA graphs: one graph per (rows, width), captured once per cache.
 
 On a GPU a small model's forward pass is a few hundred tiny kernels; launching them from Python
 costs far more than running them. A captured graph launches them all at once. Graphs need fixed
@@ -24,7 +24,7 @@ class GraphedPasses:
     def __init__(self, forward: LlamaTreeForward) -> None:
         self.forward = forward
         self._cache: StaticKVCache | None = None
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]] = {}
+        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]] = {}
 
     def __call__(
         self,
@@ -35,15 +35,14 @@ class GraphedPasses:
         mask: torch.Tensor,
         rows: slice = slice(None),
     ) -> torch.Tensor:
-        whole_cache = rows == slice(None) and mask.shape[-1] == cache.capacity
-        if not whole_cache:  # a prefill, or a mask that does not span the cache: run it as it is
+        if rows.start not in (None, 0) or mask.shape[-1] != cache.capacity:  # not a pass over rows 0..n-1
             return self.forward(cache, input_ids, positions, slots, mask, rows)
         if cache is not self._cache:  # graphs hold the cache's addresses: a new cache needs new graphs
             self._cache, self._graphs = cache, {}
-        width = input_ids.shape[1]
-        if width not in self._graphs:
-            self._graphs[width] = self._capture(cache, input_ids.shape, mask.dtype)
-        graph, inputs, logits = self._graphs[width]
+        shape = tuple(input_ids.shape)  # (rows, width)
+        if shape not in self._graphs:
+            self._graphs[shape] = self._capture(cache, shape, mask.dtype)
+        graph, inputs, logits = self._graphs[shape]
         inputs["input_ids"].copy_(input_ids)
         inputs["positions"].copy_(positions)
         inputs["slots"].copy_(slots)
@@ -52,7 +51,7 @@ class GraphedPasses:
         return logits
 
     def _capture(
-        self, cache: StaticKVCache, shape: torch.Size, dtype: torch.dtype
+        self, cache: StaticKVCache, shape: tuple[int, int], dtype: torch.dtype
     ) -> tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]:
         rows, width = shape
         device = cache.keys.device
@@ -66,9 +65,9 @@ class GraphedPasses:
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(WARMUP_RUNS):
-                self.forward(cache, **inputs)
+                self.forward(cache, **inputs, rows=slice(0, rows))
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            logits = self.forward(cache, **inputs)
+            logits = self.forward(cache, **inputs, rows=slice(0, rows))
         return graph, inputs, logits

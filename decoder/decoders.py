@@ -1,10 +1,12 @@
 """Choosing a decode loop: the static-cache engine where the model allows it, else the eager reference.
 
 - `eager`: `SpeculativeDecoder`, transformers' own forward with a dynamic cache; any causal LM.
-- `static`: `TreeEngine`, a preallocated KV cache and a lean forward pass (Llama-family models).
-- `compiled`: the same engine with the pass compiled by torch.compile (CUDA graphs on a GPU).
-- `auto` (default): `compiled` on a GPU, `static` on a CPU (where compilation takes minutes and,
-  measured in benchmarks/decode_speed.py, does not pay for itself), `eager` for other models.
+- `static`: `TreeEngine`, a preallocated KV cache and a lean forward pass (Llama-family models);
+  on a CPU every product runs through oneDNN with weights prepacked once, the kernels
+  torch.compile's CPU backend would pick, without its compile time (torch.compile of this pass
+  measured 18 s to compile and hit its recompile limit, leaving a slower eager pass).
+- `compiled`: the same engine with each pass replayed as a CUDA graph (GPU only).
+- `auto` (default): `compiled` on a GPU, `static` on a CPU, `eager` for other models.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def resolve_engine(target: TargetModel, engine: str) -> str:
         return "compiled" if target.device.type == "cuda" else "static"
     if engine != "eager" and reason is not None:
         raise CrestError(f"--engine {engine} does not support {target.name}: {reason}; use --engine eager")
+    if engine == "compiled" and target.device.type != "cuda":
+        raise CrestError("--engine compiled replays CUDA graphs and needs --device cuda; on a CPU use --engine static")
     return engine
 
 

@@ -6,8 +6,8 @@ Per step, for the sequences still running:
    the pass width (1 + nodes per row, from a few fixed widths) that maximises expected tokens per
    second under the engine's measured cost curve; width 1 verifies no draft at all;
 3. one forward pass over [newest token] + tree per row through a preallocated KV cache
-   (`StaticKVCache`, `LlamaTreeForward`); `compiled` replays it as a CUDA graph per width on a GPU
-   (`GraphedPasses`) and runs it through torch.compile on a CPU;
+   (`StaticKVCache`, `LlamaTreeForward`: oneDNN products with prepacked weights on a CPU);
+   `compiled` replays it as one CUDA graph per (rows, width) on a GPU (`GraphedPasses`);
 4. the target's verdicts (argmax per fed token, or the sampling targets) cross to the host in one
    transfer, the only wait on the device per step; the host walks each tree, moves the accepted
    branches into place in the cache and emits tokens, stopping exactly where plain decoding would.
@@ -42,7 +42,7 @@ CAPACITY_GRANULE = 256  # caches are sized in steps of this, so one serves many 
 
 
 class TreeEngine:
-    """Speculative decoding with a static KV cache; `compiled`: CUDA graphs on a GPU, torch.compile on a CPU."""
+    """Speculative decoding with a static KV cache; `compiled`: each pass replayed as a CUDA graph (GPU)."""
 
     def __init__(
         self,
@@ -54,14 +54,11 @@ class TreeEngine:
         compiled: bool = False,
     ) -> None:
         self.target, self.source, self.budget, self.sampling = target, source, budget, sampling
-        self.forward = LlamaTreeForward(target.model)
+        if compiled and target.device.type != "cuda":
+            raise ValueError("the compiled engine replays CUDA graphs: it needs a GPU")
         self.compiled = compiled
-        self.graphed = compiled and target.device.type == "cuda"
-        self.run_pass: Callable[..., torch.Tensor] = self.forward
-        if self.graphed:
-            self.run_pass = GraphedPasses(self.forward)
-        elif compiled:
-            self.run_pass = torch.compile(self.forward, dynamic=True)
+        self.forward = LlamaTreeForward(target.model)
+        self.run_pass: Callable[..., torch.Tensor] = GraphedPasses(self.forward) if compiled else self.forward
         # Read once: transformers computes these from the parameters and config on every access.
         self.dtype, self.device = target.model.dtype, target.device
         self.eos = target.eos_token_ids
@@ -111,26 +108,29 @@ class TreeEngine:
                 return done.value
 
     def cost_curve(self, rows: int = 1, history: int = 118) -> CostCurve:
-        """Seconds of one pass per width for `rows` sequences of `history` cached tokens (cached on disk)."""
+        """Seconds of one pass by tokens fed (one row up to the widest pass, then `rows` rows), each row
+        after `history` cached tokens; cached on disk per model, engine, device, dtype and threads."""
         target = self.target
         key = (
-            f"{target.name}-{self.name}-{target.device}-{target.model.dtype}-{torch.get_num_threads()}threads"
-            f"-rows{rows}-past{history}"
+            f"{target.name}-{self.name}-{target.device}-{self.dtype}-{torch.get_num_threads()}threads"
+            f"-rows{rows}-past{history}-by-tokens"
         )
-        cache = self._cache_for(rows, history + PASS_WIDTHS[-1])
-        tree_of = {w: _chain_tree(w - 1) for w in PASS_WIDTHS}
+        widest = PASS_WIDTHS[-1]
+        points = list(PASS_WIDTHS) + [rows * width for width in PASS_WIDTHS if rows * width > widest]
+        cache = self._cache_for(rows, history + widest)
 
         @torch.inference_mode()
-        def time_pass(width: int) -> float:
+        def time_pass(tokens: int) -> float:
+            used, width = (1, tokens) if tokens <= widest else (rows, tokens // rows)
             cache.reset()
-            for row in range(rows):
+            for row in range(used):
                 cache.advance(row, history)
-            fed = self._pack(cache, [1] * rows, [tree_of[width]] * rows, width)
+            fed = self._pack(cache, [1] * used, [_chain_tree(width - 1)] * used, width)
             started = time.perf_counter()
             self._verdicts(self._pass(cache, fed), fed)
             return time.perf_counter() - started
 
-        return CostCurve.measure_with(key, time_pass)
+        return CostCurve.measure_with(key, time_pass, points)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -138,79 +138,79 @@ class TreeEngine:
     def _decode(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_strings: Sequence[str]
     ) -> Iterator[list[tuple[list[int], StepRecord | None] | None]]:
-        """Yields, per step, for each row: (tokens emitted, step record), or None if the row was idle."""
-        rows = len(prompts)
+        """Yields, per step, for each sequence: (tokens emitted, step record), or None if it was idle.
+
+        Sequences still running sit in cache rows 0..n-1 (`seated[row]` is the sequence in that row);
+        one that finishes hands its row to the last running one, so a pass is never wider than the
+        sequences it serves."""
+        count = len(prompts)
         widest = max(self.budget.widths())
-        cache = self._cache_for(rows, max(len(p) for p in prompts) + max_new_tokens + widest)
+        cache = self._cache_for(count, max(len(p) for p in prompts) + max_new_tokens + widest)
         generations = [Generation() for _ in prompts]
         histories = [list(p) for p in prompts]
-        done = [max_new_tokens <= 0] * rows
         for row, prompt in enumerate(prompts):
             started = time.perf_counter()
             fed = prefill_inputs(prompt, self.dtype, self.device)
-            logits = self.run_pass(cache, fed.input_ids, fed.positions, fed.slots, fed.mask, rows=slice(row, row + 1))
+            logits = self.forward(cache, fed.input_ids, fed.positions, fed.slots, fed.mask, rows=slice(row, row + 1))
             cache.advance(row, len(prompt))
-            first = self._first_token(logits[0, -1])
+            scores = self._scores(logits[:, -1:], [[prompt[-1]]], [[-1]], [list(prompt)])
+            first = self._first_token(scores[0, -1])
             generations[row].prefill_seconds = time.perf_counter() - started
-            if done[row]:
+            if max_new_tokens <= 0:
                 continue
-            emitted, generations[row].stopped_by = emitted_until_stop(self.target, [first], [], stop_strings, self.eos)
+            emitted, generations[row].stopped_by = self._until_stop(row, [first], [], stop_strings)
             generations[row].tokens.extend(emitted)
             histories[row].extend(emitted)
-            done[row] = generations[row].stopped_by != "max_tokens" or max_new_tokens <= 1
-        yield [([generations[r].tokens[0]], None) if generations[r].tokens else None for r in range(rows)]
-        while not all(done):
-            yield self._step(cache, generations, histories, done, max_new_tokens, stop_strings)
+        yield [([g.tokens[0]], None) if g.tokens else None for g in generations]
+        seated = list(range(count))
+        self._unseat_finished(cache, seated, generations, max_new_tokens)
+        while seated:
+            yield self._step(cache, seated, generations, histories, max_new_tokens, stop_strings)
+            self._unseat_finished(cache, seated, generations, max_new_tokens)
         return generations
 
     def _step(
         self,
         cache: StaticKVCache,
+        seated: list[int],
         generations: list[Generation],
         histories: list[list[int]],
-        done: list[bool],
         max_new_tokens: int,
         stop_strings: Sequence[str],
     ) -> list[tuple[list[int], StepRecord] | None]:
-        rows = len(histories)
-        active = [r for r in range(rows) if not done[r]]
         started = time.perf_counter()
         context = self.source.max_context
-        looked_up = self.source.drafts([histories[r][-context:] for r in active], self.budget.max_nodes)
+        looked_up = self.source.drafts([histories[s][-context:] for s in seated], self.budget.max_nodes)
+        if len(looked_up) != len(seated):
+            raise ValueError(f"the draft source answered {len(looked_up)} trees for {len(seated)} sequences")
         lookup_done = time.perf_counter()
-        trees = [DraftTree.empty()] * rows
-        gains = []
-        for row, tree in zip(active, looked_up):
-            trees[row] = limit_depth(tree, max_new_tokens - len(generations[row].tokens) - 1)
-            gains.append(self.calibration.calibrate(trees[row].probabilities))
-        width = self.budget.plan_width(gains)
+        trees = [
+            limit_depth(tree, max_new_tokens - len(generations[s].tokens) - 1) for s, tree in zip(seated, looked_up)
+        ]
+        width = self.budget.plan_width([self.calibration.calibrate(tree.probabilities) for tree in trees])
         trees = [first_nodes(tree, width - 1) for tree in trees]
-        roots = [history[-1] for history in histories]
-        fed = self._pack(cache, roots, trees, width)
+        fed = self._pack(cache, [histories[s][-1] for s in seated], trees, width)
         prepared = time.perf_counter()
-        verdicts = self._verdicts(self._pass(cache, fed), fed)
+        scores = self._scores(self._pass(cache, fed), fed.fed_tokens, fed.fed_parents, [histories[s] for s in seated])
+        verdicts = self._verdicts(scores, fed)
         verified = time.perf_counter()
-        kept: list[list[int]] = [[] for _ in range(rows)]
-        outcomes: dict[int, tuple[Accepted, list[int]]] = {}
-        for row in active:
+        outcomes = []
+        for row, sequence in enumerate(seated):
             accepted = verdicts(row)
             on_path = np.zeros(len(trees[row]), bool)
             on_path[[i - 1 for i in accepted.fed_path]] = True
             self.calibration.observe(trees[row].probabilities, on_path)
-            emitted, generations[row].stopped_by = emitted_until_stop(
-                self.target, accepted.tokens, generations[row].tokens, stop_strings, self.eos
+            emitted, generations[sequence].stopped_by = self._until_stop(
+                sequence, accepted.tokens, generations[sequence].tokens, stop_strings
             )
-            kept[row] = [0] + accepted.fed_path
-            outcomes[row] = (accepted, emitted)
+            outcomes.append((accepted, emitted))
         accepted_done = time.perf_counter()
-        cache.keep(kept)
+        cache.keep([[0] + accepted.fed_path for accepted, _ in outcomes])
         finished = time.perf_counter()
-        results: list[tuple[list[int], StepRecord] | None] = [None] * rows
-        for row, (accepted, emitted) in outcomes.items():
-            generation = generations[row]
-            generation.tokens.extend(emitted)
-            histories[row].extend(emitted)
-            done[row] = generation.stopped_by != "max_tokens" or len(generation.tokens) >= max_new_tokens
+        results: list[tuple[list[int], StepRecord] | None] = [None] * len(generations)
+        for row, (sequence, (accepted, emitted)) in enumerate(zip(seated, outcomes)):
+            generations[sequence].tokens.extend(emitted)
+            histories[sequence].extend(emitted)
             record = StepRecord(
                 drafted=len(trees[row]),
                 accepted=len(accepted.fed_path),
@@ -222,9 +222,26 @@ class TreeEngine:
                 accept_seconds=accepted_done - verified,
                 compact_seconds=finished - accepted_done,
             )
-            generation.steps.append(record)
-            results[row] = (emitted, record)
+            generations[sequence].steps.append(record)
+            results[sequence] = (emitted, record)
         return results
+
+    @staticmethod
+    def _unseat_finished(
+        cache: StaticKVCache, seated: list[int], generations: list[Generation], max_new_tokens: int
+    ) -> None:
+        """Free the rows of sequences that stopped: the last running sequence moves into each."""
+        row = 0
+        while row < len(seated):
+            generation = generations[seated[row]]
+            if generation.stopped_by == "max_tokens" and len(generation.tokens) < max_new_tokens:
+                row += 1
+                continue
+            last = len(seated) - 1
+            if row != last:
+                cache.move_row(last, row)
+            seated[row] = seated[last]
+            seated.pop()
 
     # -- pieces ---------------------------------------------------------------------------------
 
@@ -238,11 +255,31 @@ class TreeEngine:
         return self._cache
 
     def _pack(self, cache: StaticKVCache, roots: list[int], trees: list[DraftTree], width: int) -> FedBatch:
-        visible = cache.capacity if self.graphed else None
-        return pack(roots, trees, cache.host_lengths, width, FILLER_TOKEN, self.dtype, self.device, visible=visible)
+        visible = cache.capacity if self.compiled else None
+        return pack(
+            roots, trees, cache.lengths[: len(roots)], width, FILLER_TOKEN, self.dtype, self.device, visible=visible
+        )
 
     def _pass(self, cache: StaticKVCache, fed: FedBatch) -> torch.Tensor:
-        return self.run_pass(cache, fed.input_ids, fed.positions, fed.slots, fed.mask)
+        rows = slice(0, fed.input_ids.shape[0])
+        return self.run_pass(cache, fed.input_ids, fed.positions, fed.slots, fed.mask, rows=rows)
+
+    def _scores(
+        self,
+        logits: torch.Tensor,
+        fed_tokens: list[list[int]],
+        fed_parents: list[list[int]],
+        histories: list[list[int]],
+    ) -> torch.Tensor:
+        """What acceptance is decided on, per fed token: the logits themselves here; a subclass may
+        process them knowing each fed token's sequence (`histories[row]` ends with the row's root)."""
+        return logits
+
+    def _until_stop(
+        self, sequence: int, accepted: list[int], before: list[int], stop_strings: Sequence[str]
+    ) -> tuple[list[int], str]:
+        """The accepted tokens up to the first that stops the sequence, and why it stopped."""
+        return emitted_until_stop(self.target, accepted, before, stop_strings, self.eos)
 
     def _verdicts(self, logits: torch.Tensor, fed: FedBatch) -> Callable[[int], Accepted]:
         """Bring the target's verdicts to the host (the step's one device sync); a walk per row."""

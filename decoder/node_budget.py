@@ -39,18 +39,18 @@ class CostCurve:
 
     @classmethod
     def measure_with(
-        cls, key: str, time_pass: Callable[[int], float], widths: Sequence[int] = PASS_WIDTHS, repeats: int = 5
+        cls, key: str, time_pass: Callable[[int], float], fed_tokens: Sequence[int], repeats: int = 5
     ) -> CostCurve:
-        """The fastest of `repeats` timings of `time_pass(width)` per width, cached under `key`. The
-        fastest, not the median: on a busy machine the others measure the neighbours, not the pass."""
+        """The fastest of `repeats` timings of `time_pass(tokens)` per count of fed tokens, cached under
+        `key`. The fastest, not the median: on a busy machine the others measure the neighbours."""
         path = cache_dir("costs") / (key.replace("/", "_").replace(":", "_") + ".json")
         if path.exists():
             return cls(**json.loads(path.read_text()))
         seconds = []
-        for width in widths:
-            time_pass(width)  # warm-up: first-call allocations, kernel selection, compilation
-            seconds.append(min(time_pass(width) for _ in range(repeats)))
-        curve = cls(list(widths), seconds)
+        for tokens in fed_tokens:
+            time_pass(tokens)  # warm-up: first-call allocations, kernel selection, compilation
+            seconds.append(min(time_pass(tokens) for _ in range(repeats)))
+        curve = cls(list(fed_tokens), seconds)
         path.write_text(json.dumps(asdict(curve)))
         return curve
 
@@ -101,13 +101,13 @@ class NodeBudget:
         return first_nodes(tree, self.best_count(tree.probabilities))
 
     def widths(self) -> list[int]:
-        """Pass widths (root + nodes) the static engine may use: those of the curve within max_nodes."""
-        measured = self.curve.fed_tokens if self.curve is not None else PASS_WIDTHS
-        return [width for width in measured if width - 1 <= self.max_nodes] or [1]
+        """Pass widths (root + nodes per sequence) the static engine may use within max_nodes."""
+        return [width for width in PASS_WIDTHS if width - 1 <= self.max_nodes]
 
     def plan_width(self, gains: Sequence[np.ndarray]) -> int:
         """The width of one batched pass that maximises expected tokens per second, each row keeping
-        its best width - 1 nodes; `gains[b]` are row b's ranked nodes' acceptance probabilities."""
+        its best width - 1 nodes; `gains[b]` are row b's ranked nodes' acceptance probabilities. The
+        curve prices a pass by the tokens it feeds: rows x width."""
         longest = max((len(g) for g in gains), default=0)
         widths = self.widths()
         fitting = [w for w in widths if w - 1 < longest] + [next((w for w in widths if w - 1 >= longest), widths[-1])]
@@ -115,7 +115,8 @@ class NodeBudget:
             return fitting[-1]
         running = [np.concatenate([[0.0], np.cumsum(g)]) for g in gains]
         expected = [sum(1.0 + r[min(len(r) - 1, w - 1)] for r in running) for w in fitting]
-        return fitting[int(np.argmax(np.asarray(expected) / self.curve.cost(np.asarray(fitting))))]
+        cost = self.curve.cost(len(gains) * np.asarray(fitting))
+        return fitting[int(np.argmax(np.asarray(expected) / cost))]
 
 
 def first_nodes(tree: DraftTree, count: int) -> DraftTree:

@@ -31,8 +31,7 @@ class StaticKVCache:
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.capacity = capacity
-        self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
-        self.host_lengths = [0] * rows  # the same, on the host: the loop reads it without a device sync
+        self.lengths = [0] * rows  # kept on the host: the loop reads it without waiting on the device
 
     @property
     def rows(self) -> int:
@@ -42,28 +41,32 @@ class StaticKVCache:
         return self.rows == rows and self.capacity >= tokens and self.keys.dtype == dtype and self.keys.device == device
 
     def reset(self) -> None:
-        self.lengths.zero_()
-        self.host_lengths = [0] * self.rows
+        self.lengths = [0] * self.rows
 
     def advance(self, row: int, tokens: int) -> None:
         """Count `tokens` slots written after row `row`'s history (a prefill) as kept."""
-        self.host_lengths[row] += tokens
-        self.lengths[row] = self.host_lengths[row]
+        self.lengths[row] += tokens
+
+    def move_row(self, source: int, target: int) -> None:
+        """Row `target` takes over row `source`'s history (whatever `target` held is dropped)."""
+        self.keys[:, target].copy_(self.keys[:, source])
+        self.values[:, target].copy_(self.values[:, source])
+        self.lengths[target] = self.lengths[source]
 
     def keep(self, kept: Sequence[Sequence[int]]) -> None:
-        """Keep, per row, the fed tokens at offsets `kept[b]` (ascending, from the row's length on)
-        and make them the row's next slots; rows with an empty list keep nothing."""
+        """Keep, per row from row 0 on, the fed tokens at offsets `kept[b]` (ascending, from the row's
+        length on) and make them the row's next slots; rows past `kept` are left as they are."""
         width = max(len(k) for k in kept)
         if width == 0:
             return
         scratch = self.capacity
         sources, targets, moved = [], [], False
         for row, offsets in enumerate(kept):
-            start = self.host_lengths[row]
+            start = self.lengths[row]
             sources.append([start + o for o in offsets] + [scratch] * (width - len(offsets)))
             targets.append([start + i for i in range(len(offsets))] + [scratch] * (width - len(offsets)))
             moved |= list(offsets) != list(range(len(offsets)))
-            self.host_lengths[row] = start + len(offsets)
+            self.lengths[row] = start + len(offsets)
         if moved:  # a chain accepted from its first node is already in place
             device = self.keys.device
             rows = torch.arange(len(kept), device=device)[:, None]
@@ -71,4 +74,3 @@ class StaticKVCache:
             target = torch.tensor(targets, device=device)
             for tensor in (self.keys, self.values):
                 tensor[:, rows, :, target] = tensor[:, rows, :, source]
-        self.lengths.copy_(torch.tensor(self.host_lengths), non_blocking=True)

@@ -20,7 +20,7 @@ from datastore_service.store.reader import resolve_store
 from datastore_service.store.serving_arrays import SERVING_SUFFIX, rebuild_serving_file, serving_path, write_serving_for
 
 
-def migrate_store(path: Path, revision: str = "head") -> tuple[str | None, str]:
+def migrate_store(path: Path, revision: str = "head", keep: int | None = None) -> tuple[str | None, str]:
     """Return (revision before, revision after)."""
     source = resolve_store(path)
     with duckdb.connect(str(source), read_only=True) as connection:
@@ -34,7 +34,7 @@ def migrate_store(path: Path, revision: str = "head") -> tuple[str | None, str]:
         if target == store_schema.head_revision() and not serving_path(source).exists():
             rebuild_serving_file(source)
         return before, target
-    store = VersionedStore(path)
+    store = VersionedStore(path, keep=keep)
     version = store.new_version()
     partial, serving = store.scratch(version, "partial"), store.scratch(version, "serving")
     try:

@@ -68,7 +68,7 @@ def test_the_pass_gives_the_logits_of_a_plain_causal_pass_on_every_branch(llama)
         prompt = prefill_inputs(PROMPT[:-1], torch.float32, torch.device("cpu"))
         forward(cache, prompt.input_ids, prompt.positions, prompt.slots, prompt.mask)
         cache.advance(0, len(PROMPT) - 1)
-        fed = pack([PROMPT[-1]], [draft], cache.host_lengths, 8, 0, torch.float32, torch.device("cpu"))
+        fed = pack([PROMPT[-1]], [draft], cache.lengths, 8, 0, torch.float32, torch.device("cpu"))
         logits = forward(cache, fed.input_ids, fed.positions, fed.slots, fed.mask)[0]
         for node, _ in enumerate(fed.fed_tokens[0]):
             branch, i = [], node
@@ -205,3 +205,5 @@ def test_models_outside_the_llama_family_fall_back_to_the_eager_loop():
 def test_auto_picks_the_static_engine_for_llama_on_a_cpu(llama):
     assert resolve_engine(llama, "auto") == "static"
     assert isinstance(make_decoder(llama, NoDrafts(), measure_costs=False), TreeEngine)
+    with pytest.raises(CrestError, match="needs --device cuda"):
+        resolve_engine(llama, "compiled")
