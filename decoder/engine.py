@@ -4,7 +4,9 @@ Per step, for the sequences still running:
 1. one call to the draft source for every sequence's newest tokens;
 2. calibrate each tree's node probabilities (what this source's drafts are really worth) and pick
    the pass width (1 + nodes per row, from a few fixed widths) that maximises expected tokens per
-   second under the engine's measured cost curve; width 1 verifies no draft at all;
+   second under the engine's measured cost curve; width 1 verifies no draft at all; and while
+   drafting steps, lookup included, deliver fewer tokens per second than plain ones, skip the
+   lookup itself for a while (`DraftGate`);
 3. one forward pass over [newest token] + tree per row through a preallocated KV cache
    (`StaticKVCache`, `LlamaTreeForward`: oneDNN products with prepacked weights on a CPU);
    `compiled` replays it as one CUDA graph per (rows, width) on a GPU (`GraphedPasses`);
@@ -29,6 +31,7 @@ from datastore_service.draft import DraftTree
 from .acceptance import Accepted, SamplingParams, sampling_targets, walk_greedy, walk_sampling
 from .calibration import AcceptanceCalibration
 from .cuda_graphs import GraphedPasses
+from .draft_gate import DraftGate
 from .draft_sources import DraftSource
 from .llama_forward import LlamaTreeForward
 from .node_budget import PASS_WIDTHS, CostCurve, NodeBudget, first_nodes
@@ -167,9 +170,11 @@ class TreeEngine:
             histories[row].extend(emitted)
         yield [([g.tokens[0]], None) if g.tokens else None for g in generations]
         seated = list(range(count))
+        curve = self.budget.curve
+        gate = DraftGate(float(curve.cost(count)) if curve is not None and self.budget.max_nodes > 0 else None)
         self._unseat_finished(cache, seated, generations, max_new_tokens)
         while seated:
-            yield self._step(cache, seated, generations, histories, max_new_tokens, stop_strings)
+            yield self._step(cache, seated, generations, histories, max_new_tokens, stop_strings, gate)
             self._unseat_finished(cache, seated, generations, max_new_tokens)
         return generations
 
@@ -181,12 +186,17 @@ class TreeEngine:
         histories: list[list[int]],
         max_new_tokens: int,
         stop_strings: Sequence[str],
+        gate: DraftGate,
     ) -> list[tuple[list[int], StepRecord] | None]:
         started = time.perf_counter()
-        context = self.source.max_context
-        looked_up = self.source.drafts([histories[s][-context:] for s in seated], self.budget.max_nodes)
-        if len(looked_up) != len(seated):
-            raise ValueError(f"the draft source answered {len(looked_up)} trees for {len(seated)} sequences")
+        drafting = gate.should_draft()
+        if drafting:
+            context = self.source.max_context
+            looked_up = self.source.drafts([histories[s][-context:] for s in seated], self.budget.max_nodes)
+            if len(looked_up) != len(seated):
+                raise ValueError(f"the draft source answered {len(looked_up)} trees for {len(seated)} sequences")
+        else:
+            looked_up = [DraftTree.empty()] * len(seated)
         lookup_done = time.perf_counter()
         trees = [
             limit_depth(tree, max_new_tokens - len(generations[s].tokens) - 1) for s, tree in zip(seated, looked_up)
@@ -211,6 +221,7 @@ class TreeEngine:
         accepted_done = time.perf_counter()
         cache.keep([[0] + accepted.fed_path for accepted, _ in outcomes])
         finished = time.perf_counter()
+        gate.record(drafting, sum(len(emitted) for _, emitted in outcomes) / len(outcomes), finished - started)
         results: list[tuple[list[int], StepRecord] | None] = [None] * len(generations)
         for row, (sequence, (accepted, emitted)) in enumerate(zip(seated, outcomes)):
             generations[sequence].tokens.extend(emitted)

@@ -4,6 +4,7 @@ sampling keeps the target's distribution; the budget drafts nothing when draftin
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import numpy as np
@@ -11,10 +12,12 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from datastore_service.draft import DraftTree
 from datastore_service.errors import CrestError
 from decoder.acceptance import SamplingParams
 from decoder.calibration import AcceptanceCalibration
 from decoder.decoders import make_decoder, resolve_engine
+from decoder.draft_gate import DraftGate
 from decoder.draft_sources import NoDrafts
 from decoder.engine import TreeEngine
 from decoder.llama_forward import LlamaTreeForward, unsupported_reason
@@ -207,3 +210,33 @@ def test_auto_picks_the_static_engine_for_llama_on_a_cpu(llama):
     assert isinstance(make_decoder(llama, NoDrafts(), measure_costs=False), TreeEngine)
     with pytest.raises(CrestError, match="needs --device cuda"):
         resolve_engine(llama, "compiled")
+
+
+def test_a_slow_source_that_does_not_pay_is_asked_less_and_less(llama):
+    """Lookups that cost more than their drafts bring: the gate skips them, for longer and longer."""
+    reference = plain_greedy(llama, PROMPT, 120)
+
+    class SlowUselessSource:
+        max_context = 10_000
+        calls = 0
+
+        def drafts(self, contexts, max_nodes):
+            SlowUselessSource.calls += 1
+            time.sleep(0.02)
+            return [DraftTree.empty() for _ in contexts]
+
+    engine = TreeEngine(
+        llama, SlowUselessSource(), NodeBudget(7, CostCurve([1, 2, 4, 8], [0.002, 0.003, 0.004, 0.005]))
+    )
+    generation = engine.generate(PROMPT, 120)
+    assert generation.tokens == reference
+    assert SlowUselessSource.calls < len(generation.steps) / 3, (SlowUselessSource.calls, len(generation.steps))
+    asked = [step.lookup_seconds > 0.01 for step in generation.steps]
+    assert any(not before and now for before, now in zip(asked, asked[1:]))  # it asks again, in case it pays
+
+
+def test_the_gate_keeps_asking_a_source_that_pays():
+    gate = DraftGate(plain_step_seconds=0.02)
+    for _ in range(50):
+        assert gate.should_draft()
+        gate.record(drafted=True, tokens_per_sequence=2.5, seconds=0.025)  # 100 tokens/s against 50
