@@ -7,12 +7,12 @@ The same SQL files run on either engine: `connection` is a DuckDB connection, or
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
-from datastore_service.build.params import BuildParams
 from datastore_service.build.draft_trees import build_candidate_trees
 from datastore_service.build.ngram_counting import count_ngrams
+from datastore_service.build.params import BuildParams
 from datastore_service.build.selection import CostModel, rank_contexts
 from datastore_service.build.sql_files import SqlConnection, run_sql
 
@@ -33,7 +33,10 @@ class Stopwatch:
 
 
 def rank_draft_trees(
-    connection: SqlConnection, params: BuildParams, vocab_size: int, clock: Stopwatch | None = None,
+    connection: SqlConnection,
+    params: BuildParams,
+    vocab_size: int,
+    clock: Stopwatch | None = None,
     progress: bool = True,
 ) -> int:
     """Fill `compact_drafts` (sql/09) from table `tokens`; returns the candidate context count."""

@@ -77,7 +77,7 @@ class CorpusReport:
     files_read: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     truncated_tail: bool = False
-    _digest: "hashlib._Hash" = field(default_factory=hashlib.sha256, repr=False)
+    _digest: hashlib._Hash = field(default_factory=hashlib.sha256, repr=False)
 
     def add(self, text: str) -> None:
         self.documents += 1
@@ -164,7 +164,11 @@ def _read_sharegpt(spec: CorpusSpec, report: CorpusReport) -> Iterator[str]:
             continue
         for conversation in _complete_json_objects(text, report):
             for turn in conversation.get("conversations", ()):
-                if isinstance(turn, dict) and turn.get("from") in ASSISTANT_ROLES and isinstance(turn.get("value"), str):
+                if (
+                    isinstance(turn, dict)
+                    and turn.get("from") in ASSISTANT_ROLES
+                    and isinstance(turn.get("value"), str)
+                ):
                     yield turn["value"]
 
 

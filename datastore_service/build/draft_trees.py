@@ -22,17 +22,25 @@ CREATE OR REPLACE TEMP TABLE tree_candidates (
     context_key BIGINT, context_count BIGINT, context_floor BIGINT, depth TINYINT
 )
 """
-CREATE_CONTEXT_TOKENS = "CREATE OR REPLACE TEMP TABLE context_tokens (level TINYINT, context_key BIGINT, context INTEGER[])"
+CREATE_CONTEXT_TOKENS = (
+    "CREATE OR REPLACE TEMP TABLE context_tokens (level TINYINT, context_key BIGINT, context INTEGER[])"
+)
 
 
 def build_candidate_trees(connection: SqlConnection, params: BuildParams, progress: bool = True) -> None:
     run_sql(connection, "04_context_floors.sql", {"max_context": params.max_context, "top_c": params.top_c})
     connection.execute(CREATE_TREE_CANDIDATES)
     for level in tqdm(range(1, params.levels + 1), desc="draft trees", unit="level", disable=not progress):
-        run_sql(connection, "05_tree_candidates.sql", {
-            "level": level, "max_context": params.max_context, "max_depth": params.max_depth,
-            "min_probability": params.min_probability,
-        })
+        run_sql(
+            connection,
+            "05_tree_candidates.sql",
+            {
+                "level": level,
+                "max_context": params.max_context,
+                "max_depth": params.max_depth,
+                "min_probability": params.min_probability,
+            },
+        )
     run_sql(connection, "06_rank_nodes.sql", {"top_c": params.top_c})
     connection.execute("DROP TABLE tree_candidates; DROP TABLE context_floors")
     connection.execute(CREATE_CONTEXT_TOKENS)

@@ -17,8 +17,8 @@ from __future__ import annotations
 from tqdm import tqdm
 
 from datastore_service.build.params import BuildParams
-from datastore_service.errors import CrestError
 from datastore_service.build.sql_files import SqlConnection, run_sql
+from datastore_service.errors import CrestError
 
 
 def token_bits(vocab_size: int) -> int:
@@ -42,14 +42,24 @@ def count_ngrams_up_to(
     """`ngrams` of lengths 1..levels seen at least `min_count` times (1: every n-gram, for shards)."""
     bits, last = token_bits(vocab_size), levels - 1
     counts = {"min_count": min_count}
-    run_sql(connection, "01_count_start.sql", counts, token_bits=bits,
-            future_tokens=_carried_tokens(2, last, ", lead(token, {k}) OVER next_in_document AS t{k}"))
+    run_sql(
+        connection,
+        "01_count_start.sql",
+        counts,
+        token_bits=bits,
+        future_tokens=_carried_tokens(2, last, ", lead(token, {k}) OVER next_in_document AS t{k}"),
+    )
     for level in tqdm(range(2, levels + 1), desc="count n-grams", unit="level", disable=not progress):
         run_sql(connection, "02_level_extend.sql", counts, level=level, token_bits=bits, token_mask=(1 << bits) - 1)
         distinct = connection.execute("SELECT count(*) FROM level_grams").fetchall()[0][0]
         if distinct >= 1 << (63 - bits):
             raise CrestError(f"level {level} has {distinct} distinct n-grams: too many to pack with {bits}-bit tokens")
         if level < levels:
-            run_sql(connection, "03_level_advance.sql", level=level, token_bits=bits,
-                    future_tokens=_carried_tokens(level + 1, last, ", keys.t{k}"))
+            run_sql(
+                connection,
+                "03_level_advance.sql",
+                level=level,
+                token_bits=bits,
+                future_tokens=_carried_tokens(level + 1, last, ", keys.t{k}"),
+            )
     connection.execute("DROP TABLE level_keys; DROP TABLE level_grams")

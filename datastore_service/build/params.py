@@ -46,7 +46,9 @@ class BuildParams:
             raise ValueError("min_probability must be in [0, 1)")
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}")
-        if (self.budget.bytes is None) == (self.budget.rows is None) or (self.budget.bytes or self.budget.rows or 0) <= 0:
+        if (self.budget.bytes is None) == (self.budget.rows is None) or (
+            self.budget.bytes or self.budget.rows or 0
+        ) <= 0:
             raise ValueError("budget must be a positive number of bytes or rows")
 
     @property

@@ -5,30 +5,30 @@ from __future__ import annotations
 import errno
 import hashlib
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from dataclasses import replace as replace_params
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import duckdb
 
 from datastore_service import __version__
-from datastore_service.build.params import BuildParams
 from datastore_service.build.compact_table import Stopwatch, rank_counted_trees, rank_draft_trees, rerank_compact_table
 from datastore_service.build.corpus import CorpusSpec
-from datastore_service.errors import CrestError, StoreError
 from datastore_service.build.interrupts import InterruptGuard
-from datastore_service.paths import cache_dir
-from datastore_service.store.publishing import VersionedStore, remove_path
+from datastore_service.build.params import BuildParams
 from datastore_service.build.shard_counts import merge_shard_counts
-from datastore_service.sizes import Budget
 from datastore_service.build.spark.engine import SparkSettings
-from datastore_service.store.reader import read_store_info
 from datastore_service.build.store_writer import write_and_publish
 from datastore_service.build.token_table import TokenizedCorpus, tokenize_corpus
 from datastore_service.build.tokenizer import TargetTokenizer
+from datastore_service.errors import CrestError, StoreError
+from datastore_service.paths import cache_dir
+from datastore_service.sizes import Budget
+from datastore_service.store.publishing import VersionedStore, remove_path
+from datastore_service.store.reader import read_store_info
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,10 @@ def _disk_full_as_user_error() -> Iterator[None]:
         if not _disk_full(exc):
             raise
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CrestError(f"out of disk space (or over a file-size limit) while building: {first}; "
-                         "the version being written was not published, the last published one stays") from exc
+        raise CrestError(
+            f"out of disk space (or over a file-size limit) while building: {first}; "
+            "the version being written was not published, the last published one stays"
+        ) from exc
 
 
 @contextmanager
@@ -131,8 +133,14 @@ def _refuse_other_tokenizer(store: VersionedStore, tokenizer: TargetTokenizer, r
 
 
 def _compact_table_on_spark(
-    connection: duckdb.DuckDBPyConnection, spark: SparkSettings, tokens: Path, params: BuildParams, vocab_size: int,
-    work_dir: Path, clock: Stopwatch, progress: bool,
+    connection: duckdb.DuckDBPyConnection,
+    spark: SparkSettings,
+    tokens: Path,
+    params: BuildParams,
+    vocab_size: int,
+    work_dir: Path,
+    clock: Stopwatch,
+    progress: bool,
 ) -> int:
     """Run the SQL on Spark, then load its compact table (Parquet) into the work database."""
     from datastore_service.build.spark.engine import build_compact_table, spark_session
@@ -141,14 +149,22 @@ def _compact_table_on_spark(
     with spark_session(spark) as session:
         candidates = build_compact_table(session, tokens, params, vocab_size, exported, clock, progress)
     with clock.phase("load"):
-        connection.execute("CREATE TEMP TABLE compact_drafts AS SELECT * FROM read_parquet($files)",
-                           {"files": str(exported / "*.parquet")})
+        connection.execute(
+            "CREATE TEMP TABLE compact_drafts AS SELECT * FROM read_parquet($files)",
+            {"files": str(exported / "*.parquet")},
+        )
     return candidates
 
 
 def _compact_table(
-    connection: duckdb.DuckDBPyConnection, parts: list[TokenizedCorpus], params: BuildParams, vocab_size: int,
-    spark: SparkSettings | None, work_dir: Path, clock: Stopwatch, progress: bool,
+    connection: duckdb.DuckDBPyConnection,
+    parts: list[TokenizedCorpus],
+    params: BuildParams,
+    vocab_size: int,
+    spark: SparkSettings | None,
+    work_dir: Path,
+    clock: Stopwatch,
+    progress: bool,
 ) -> int:
     """Fill `compact_drafts` in the work database by the chosen engine; returns the candidate count."""
     if len(parts) > 1:  # shards: counts summed in DuckDB
@@ -156,7 +172,9 @@ def _compact_table(
             merge_shard_counts(connection, parts, params.levels, params.min_count, vocab_size, progress)
         return rank_counted_trees(connection, params, clock, progress)
     if spark is not None:
-        return _compact_table_on_spark(connection, spark, parts[0].parquet, params, vocab_size, work_dir, clock, progress)
+        return _compact_table_on_spark(
+            connection, spark, parts[0].parquet, params, vocab_size, work_dir, clock, progress
+        )
     connection.execute("CREATE TEMP TABLE tokens AS SELECT * FROM read_parquet($path)", {"path": str(parts[0].parquet)})
     return rank_draft_trees(connection, params, vocab_size, clock, progress)
 
@@ -209,13 +227,23 @@ def build_stores(
     if spark is not None and any(target.policy != params.policy for target in targets):
         raise CrestError("a Spark build ranks by one policy; build other policies separately")
     with _disk_full_as_user_error(), InterruptGuard() as interrupts:
-        return _build_stores(corpus, tokenizer_spec, params, targets, settings, replace, progress, spark, shards,
-                             interrupts)
+        return _build_stores(
+            corpus, tokenizer_spec, params, targets, settings, replace, progress, spark, shards, interrupts
+        )
 
 
-def _build_stores(corpus: CorpusSpec, tokenizer_spec: str, params: BuildParams, targets: Sequence[StoreTarget],
-                  settings: EngineSettings, replace: bool, progress: bool, spark: SparkSettings | None,
-                  shards: tuple[CorpusSpec, ...], interrupts: InterruptGuard) -> list[BuildSummary]:
+def _build_stores(
+    corpus: CorpusSpec,
+    tokenizer_spec: str,
+    params: BuildParams,
+    targets: Sequence[StoreTarget],
+    settings: EngineSettings,
+    replace: bool,
+    progress: bool,
+    spark: SparkSettings | None,
+    shards: tuple[CorpusSpec, ...],
+    interrupts: InterruptGuard,
+) -> list[BuildSummary]:
     clock = Stopwatch()
     started = time.perf_counter()
     stores = [VersionedStore(target.output) for target in targets]
@@ -228,8 +256,11 @@ def _build_stores(corpus: CorpusSpec, tokenizer_spec: str, params: BuildParams, 
     documents = sum(part.report.documents for part in parts)
     tokens = sum(part.tokens for part in parts)
     # order-free, so the same set of shards is the same corpus
-    fingerprint = parts[0].report.fingerprint if not shards else hashlib.sha256(
-        ":".join(sorted(part.report.fingerprint for part in parts)).encode()).hexdigest()
+    fingerprint = (
+        parts[0].report.fingerprint
+        if not shards
+        else hashlib.sha256(":".join(sorted(part.report.fingerprint for part in parts)).encode()).hexdigest()
+    )
 
     for store in stores:
         store.remove_stale_scratch()
@@ -238,7 +269,9 @@ def _build_stores(corpus: CorpusSpec, tokenizer_spec: str, params: BuildParams, 
     summaries = []
     try:
         with _duckdb_errors_as_user_errors(settings), _open_work_database(work_dir, settings) as connection:
-            candidates = _compact_table(connection, parts, params, tokenizer.vocab_size, spark, work_dir, clock, progress)
+            candidates = _compact_table(
+                connection, parts, params, tokenizer.vocab_size, spark, work_dir, clock, progress
+            )
             ranked_policy = params.policy
             for store, target in zip(stores, targets):
                 own = Stopwatch()
@@ -265,22 +298,25 @@ def _build_stores(corpus: CorpusSpec, tokenizer_spec: str, params: BuildParams, 
                         "policy": store_params.policy,
                         "build_params": store_params.as_dict(),
                     }
-                    written, final = write_and_publish(connection, store, target.budget, candidates,
-                                                       tokenizer.pieces(), info, interrupts.check)
+                    written, final = write_and_publish(
+                        connection, store, target.budget, candidates, tokenizer.pieces(), info, interrupts.check
+                    )
                 seconds = {**clock.seconds, **own.seconds}
                 seconds["total"] = sum(seconds.values())
-                summaries.append(BuildSummary(
-                    store=store.path,
-                    version_file=final,
-                    documents=documents,
-                    skipped=[skip for part in parts for skip in part.report.skipped],
-                    tokens=tokens,
-                    candidate_contexts=candidates,
-                    contexts_kept=written.contexts,
-                    nodes_kept=written.nodes,
-                    file_bytes=written.file_bytes,
-                    seconds=seconds,
-                ))
+                summaries.append(
+                    BuildSummary(
+                        store=store.path,
+                        version_file=final,
+                        documents=documents,
+                        skipped=[skip for part in parts for skip in part.report.skipped],
+                        tokens=tokens,
+                        candidate_contexts=candidates,
+                        contexts_kept=written.contexts,
+                        nodes_kept=written.nodes,
+                        file_bytes=written.file_bytes,
+                        seconds=seconds,
+                    )
+                )
     finally:
         remove_path(work_dir)
     if len(summaries) == 1:  # one store: its total is simply the wall time

@@ -17,9 +17,9 @@ import duckdb
 from tqdm import tqdm
 
 from datastore_service.build.ngram_counting import count_ngrams_up_to
-from datastore_service.paths import cache_dir
 from datastore_service.build.sql_files import run_sql
 from datastore_service.build.token_table import TokenizedCorpus
+from datastore_service.paths import cache_dir
 
 SHARD_NGRAMS_SCHEMA = "(shard INTEGER, level TINYINT, gid BIGINT, parent BIGINT, token INTEGER, count BIGINT)"
 
@@ -33,8 +33,9 @@ def shard_counts(tokenized: TokenizedCorpus, levels: int, vocab_size: int) -> Pa
     try:
         with duckdb.connect() as connection:
             connection.execute("SET preserve_insertion_order = false")
-            connection.execute("CREATE TEMP TABLE tokens AS SELECT * FROM read_parquet($path)",
-                               {"path": str(tokenized.parquet)})
+            connection.execute(
+                "CREATE TEMP TABLE tokens AS SELECT * FROM read_parquet($path)", {"path": str(tokenized.parquet)}
+            )
             count_ngrams_up_to(connection, levels, 1, vocab_size, progress=False)
             quoted = str(partial).replace("'", "''")
             connection.execute(f"COPY ngrams TO '{quoted}' (FORMAT parquet)")
@@ -45,18 +46,27 @@ def shard_counts(tokenized: TokenizedCorpus, levels: int, vocab_size: int) -> Pa
 
 
 def merge_shard_counts(
-    connection: duckdb.DuckDBPyConnection, shards: list[TokenizedCorpus], levels: int, min_count: int,
-    vocab_size: int, progress: bool = True,
+    connection: duckdb.DuckDBPyConnection,
+    shards: list[TokenizedCorpus],
+    levels: int,
+    min_count: int,
+    vocab_size: int,
+    progress: bool = True,
 ) -> None:
     """Fill `ngrams` with the summed counts of `shards`, as a count over their union would."""
-    files = [shard_counts(shard, levels, vocab_size)
-             for shard in tqdm(shards, desc="count shards", unit="shard", disable=not progress)]
+    files = [
+        shard_counts(shard, levels, vocab_size)
+        for shard in tqdm(shards, desc="count shards", unit="shard", disable=not progress)
+    ]
     connection.execute(f"CREATE OR REPLACE TEMP TABLE shard_ngrams {SHARD_NGRAMS_SCHEMA}")
     for index, path in enumerate(files):
-        connection.execute("INSERT INTO shard_ngrams SELECT $shard, * FROM read_parquet($path)",
-                           {"shard": index, "path": str(path)})
+        connection.execute(
+            "INSERT INTO shard_ngrams SELECT $shard, * FROM read_parquet($path)", {"shard": index, "path": str(path)}
+        )
     counts = {"min_count": min_count}
     run_sql(connection, "01_merge_shards_start.sql", counts)
     for level in tqdm(range(2, levels + 1), desc="merge counts", unit="level", disable=not progress):
         run_sql(connection, "02_merge_shards_level.sql", counts, level=level)
-    connection.execute("DROP TABLE shard_ngrams; DROP TABLE shard_gids; DROP TABLE shard_level; DROP TABLE merged_level")
+    connection.execute(
+        "DROP TABLE shard_ngrams; DROP TABLE shard_gids; DROP TABLE shard_level; DROP TABLE merged_level"
+    )

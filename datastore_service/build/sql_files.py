@@ -12,7 +12,6 @@ from importlib import resources
 from typing import Any, Protocol
 
 
-
 class SqlConnection(Protocol):
     """What the build needs of an engine: DuckDB's connection, or spark_sql.SparkConnection."""
 

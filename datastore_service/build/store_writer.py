@@ -9,18 +9,19 @@ file, corrects the guess in proportion and rewrites, until the file is within th
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import duckdb
 import pyarrow as pa
 
-from datastore_service.store import schema as store_schema
-from datastore_service.errors import BudgetError
-from datastore_service.store.publishing import VersionedStore, fsync_file, remove_path
 from datastore_service.build.selection import contexts_within, estimated_bytes_of
+from datastore_service.errors import BudgetError
 from datastore_service.sizes import Budget, format_bytes
+from datastore_service.store import schema as store_schema
+from datastore_service.store.publishing import VersionedStore, fsync_file, remove_path
 
 # Accept a file between these fractions of the byte budget (the published file may be at most
 # 10% above the budget; below 92% it wastes room that more contexts could use).

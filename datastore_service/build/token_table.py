@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from datastore_service.build.corpus import CorpusReport, CorpusSpec, read_documents
+from datastore_service.build.tokenizer import TargetTokenizer
 from datastore_service.errors import CorpusError
 from datastore_service.paths import cache_dir
-from datastore_service.build.tokenizer import TargetTokenizer
 
 TOKEN_SCHEMA = pa.schema([("doc_id", pa.int32()), ("pos", pa.int64()), ("token", pa.int32())])
 
@@ -47,9 +47,10 @@ def tokenize_corpus(
     partial = target.with_suffix(f".partial-{os.getpid()}")
     position = 0
     try:
-        with pq.ParquetWriter(partial, TOKEN_SCHEMA) as writer, tqdm(
-            total=len(documents), unit="doc", desc="tokenize", disable=not progress
-        ) as bar:
+        with (
+            pq.ParquetWriter(partial, TOKEN_SCHEMA) as writer,
+            tqdm(total=len(documents), unit="doc", desc="tokenize", disable=not progress) as bar,
+        ):
             for first in range(0, len(documents), batch_documents):
                 batch_ids = tokenizer.encode_batch(documents[first : first + batch_documents])
                 lengths = np.fromiter((len(ids) for ids in batch_ids), dtype=np.int64, count=len(batch_ids))

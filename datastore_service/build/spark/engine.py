@@ -12,13 +12,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from datastore_service.build.params import BuildParams
 from datastore_service.build.compact_table import Stopwatch, rank_draft_trees
+from datastore_service.build.params import BuildParams
 from datastore_service.errors import CrestError
 
 # Local mode on a laptop-sized machine; any key can be overridden with --spark-conf.
@@ -74,8 +75,13 @@ def spark_session(settings: SparkSettings) -> Iterator[Any]:
 
 
 def build_compact_table(
-    session: Any, tokens: Path, params: BuildParams, vocab_size: int, output: Path,
-    clock: Stopwatch | None = None, progress: bool = True,
+    session: Any,
+    tokens: Path,
+    params: BuildParams,
+    vocab_size: int,
+    output: Path,
+    clock: Stopwatch | None = None,
+    progress: bool = True,
 ) -> int:
     """Write the compact table of the corpus in `tokens` as Parquet under `output`; return the candidate count."""
     from datastore_service.build.spark.transpile import SparkConnection

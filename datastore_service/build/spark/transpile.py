@@ -82,8 +82,10 @@ class SparkConnection:
             if statement.expression is not None:
                 self.register(name, self._query(statement.expression, parameters))
             else:  # an empty table of the declared columns, made in the JVM (no Python worker)
-                columns = ", ".join(f"CAST(NULL AS {column.args['kind'].sql(WRITE)}) AS {column.name}"
-                                    for column in statement.this.expressions)
+                columns = ", ".join(
+                    f"CAST(NULL AS {column.args['kind'].sql(WRITE)}) AS {column.name}"
+                    for column in statement.this.expressions
+                )
                 self.register(name, self.session.sql(f"SELECT {columns} LIMIT 0"))
         elif isinstance(statement, exp.Insert):
             name = _table_name(statement.this)

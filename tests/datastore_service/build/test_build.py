@@ -7,9 +7,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from datastore_service.build.pipeline import StoreTarget, build_store, build_stores
-from datastore_service.build.params import BuildParams
 from datastore_service.build.corpus import corpus_spec
+from datastore_service.build.params import BuildParams
+from datastore_service.build.pipeline import StoreTarget, build_store, build_stores
 from datastore_service.errors import BudgetError, CorpusError, CrestError
 from datastore_service.sizes import Budget
 from datastore_service.store.reader import open_store, read_store_info, resolve_store
@@ -117,8 +117,10 @@ def test_empty_corpus_is_refused(tmp_path: Path):
 
 def test_one_count_many_stores_equal_separate_builds(code_corpus: Path, tmp_path: Path):
     spec = corpus_spec(str(code_corpus), glob="*.py")
-    targets = [StoreTarget(tmp_path / "small-benefit.duckdb", Budget(rows=300), "benefit"),
-               StoreTarget(tmp_path / "large-frequency.duckdb", Budget(rows=3000), "frequency")]
+    targets = [
+        StoreTarget(tmp_path / "small-benefit.duckdb", Budget(rows=300), "benefit"),
+        StoreTarget(tmp_path / "large-frequency.duckdb", Budget(rows=3000), "frequency"),
+    ]
     summaries = build_stores(spec, "smollm2", BuildParams(), targets, progress=False)
     query = "SELECT context, context_count, tokens, parents, counts FROM drafts ORDER BY context"
     for target, summary in zip(targets, summaries):

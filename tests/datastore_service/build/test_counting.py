@@ -9,37 +9,40 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from datastore_service.build.pipeline import rank_draft_trees
-from datastore_service.build.params import BuildParams
 from datastore_service.build.ngram_counting import token_bits
+from datastore_service.build.params import BuildParams
+from datastore_service.build.pipeline import rank_draft_trees
 from datastore_service.sizes import Budget
-from datastore_service.build.sql_files import run_sql
-
 from tests.datastore_service.reference import ngram_counts, reference_trees
 
 
 def sql_trees(documents: list[list[int]], params: BuildParams, vocab_size: int) -> dict:
     connection = duckdb.connect()
     lengths = [len(doc) for doc in documents]
-    tokens = pa.table({
-        "doc_id": np.repeat(np.arange(len(documents), dtype=np.int32), lengths),
-        "pos": np.arange(sum(lengths), dtype=np.int64),
-        "token": np.array([t for doc in documents for t in doc], dtype=np.int32),
-    })
+    tokens = pa.table(
+        {
+            "doc_id": np.repeat(np.arange(len(documents), dtype=np.int32), lengths),
+            "pos": np.arange(sum(lengths), dtype=np.int64),
+            "token": np.array([t for doc in documents for t in doc], dtype=np.int32),
+        }
+    )
     connection.execute("CREATE TABLE tokens AS SELECT * FROM tokens")
     candidates = rank_draft_trees(connection, params, vocab_size, progress=False)
     rows = connection.execute(
         "SELECT context, context_count, expected_accepted, tokens, parents, counts FROM compact_drafts"
     ).fetchall()
     assert len(rows) == candidates
-    return {tuple(context): (count, expected, tokens, parents, counts)
-            for context, count, expected, tokens, parents, counts in rows}
+    return {
+        tuple(context): (count, expected, tokens, parents, counts)
+        for context, count, expected, tokens, parents, counts in rows
+    }
 
 
 def assert_matches_reference(documents, params: BuildParams, vocab_size: int) -> None:
     got = sql_trees(documents, params, vocab_size)
-    want = reference_trees(documents, params.max_context, params.max_depth, params.top_c, params.min_count,
-                           params.min_probability)
+    want = reference_trees(
+        documents, params.max_context, params.max_depth, params.top_c, params.min_count, params.min_probability
+    )
     assert got.keys() == want.keys()
     for context, tree in want.items():
         count, expected, tokens, parents, counts = got[context]
@@ -60,8 +63,14 @@ documents_strategy = st.lists(st.lists(st.integers(0, 5), min_size=0, max_size=4
     min_probability=st.sampled_from([0.0, 0.25, 0.5]),
 )
 def test_trees_equal_brute_force(documents, max_context, max_depth, top_c, min_count, min_probability):
-    params = BuildParams(max_context=max_context, max_depth=max_depth, top_c=top_c, min_count=min_count,
-                         min_probability=min_probability, budget=Budget(rows=10**9))
+    params = BuildParams(
+        max_context=max_context,
+        max_depth=max_depth,
+        top_c=top_c,
+        min_count=min_count,
+        min_probability=min_probability,
+        budget=Budget(rows=10**9),
+    )
     assert_matches_reference(documents, params, vocab_size=6)
 
 

@@ -9,15 +9,15 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from datastore_service.build.pipeline import build_store
-from datastore_service.build.params import BuildParams
 from datastore_service.build.compact_table import rank_draft_trees
 from datastore_service.build.corpus import corpus_spec
+from datastore_service.build.params import BuildParams
+from datastore_service.build.pipeline import build_store
+from datastore_service.build.spark.engine import SparkSettings, build_compact_table, require_spark
+from datastore_service.build.token_table import tokenize_corpus
 from datastore_service.errors import CrestError
 from datastore_service.sizes import Budget
-from datastore_service.build.spark.engine import SparkSettings, build_compact_table, require_spark
 from datastore_service.store.reader import open_store
-from datastore_service.build.token_table import tokenize_corpus
 
 PARAMS = BuildParams(max_context=3, max_depth=6, top_c=16, min_probability=0.05, budget=Budget(rows=10**9))
 
@@ -29,8 +29,13 @@ def spark():
     pytest.importorskip("sqlglot")
     from pyspark.sql import SparkSession
 
-    session = (SparkSession.builder.master("local[2]").config("spark.driver.memory", "1g")
-               .config("spark.sql.shuffle.partitions", "2").config("spark.ui.enabled", "false").getOrCreate())
+    session = (
+        SparkSession.builder.master("local[2]")
+        .config("spark.driver.memory", "1g")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.ui.enabled", "false")
+        .getOrCreate()
+    )
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
@@ -48,8 +53,9 @@ def test_spark_and_duckdb_compact_tables_are_identical(spark, code_corpus: Path,
     want = duckdb_compact_table(tokens, PARAMS, smollm2.vocab_size)
     candidates = build_compact_table(spark, tokens, PARAMS, smollm2.vocab_size, tmp_path / "compact", progress=False)
     with duckdb.connect() as connection:
-        got = connection.execute("SELECT * FROM read_parquet($files) ORDER BY priority",
-                                 {"files": str(tmp_path / "compact" / "*.parquet")}).fetchall()
+        got = connection.execute(
+            "SELECT * FROM read_parquet($files) ORDER BY priority", {"files": str(tmp_path / "compact" / "*.parquet")}
+        ).fetchall()
     assert candidates == len(want) > 10_000
     assert [row[0] for row in want] == list(range(1, len(want) + 1))
     for expected, actual in zip(want, got, strict=True):  # row by row, every column
@@ -62,8 +68,14 @@ def test_spark_build_publishes_the_same_store_within_a_budget(spark, code_corpus
     params = BuildParams(max_context=2, max_depth=4, top_c=8, budget=Budget(rows=1_000))
     stores = {}
     for engine, settings in (("duckdb", None), ("spark", SparkSettings(master="local[2]"))):
-        summary = build_store(corpus_spec(str(corpus), glob="*.py"), "smollm2", tmp_path / f"{engine}.duckdb", params,
-                              progress=False, spark=settings)
+        summary = build_store(
+            corpus_spec(str(corpus), glob="*.py"),
+            "smollm2",
+            tmp_path / f"{engine}.duckdb",
+            params,
+            progress=False,
+            spark=settings,
+        )
         assert 0 < summary.contexts_kept < summary.candidate_contexts
         with open_store(tmp_path / f"{engine}.duckdb") as connection:
             stores[engine] = connection.execute("SELECT * FROM drafts ORDER BY context").fetchall()
