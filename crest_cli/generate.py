@@ -20,7 +20,7 @@ def draft_source(args: argparse.Namespace, target: TargetModel) -> DraftSource:
     """The source the flags ask for, refusing a store built for another tokenizer than the model's."""
     if args.server:
         from datastore_service.serve.client import DraftClient
-        from datastore_service.serve.security import ClientSecurity, load_token
+        from datastore_service.serve.credentials import ClientSecurity, load_token
 
         client = DraftClient(
             args.server,

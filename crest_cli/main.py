@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from datastore_service import __version__
 from datastore_service.build.corpus import FORMATS
 from datastore_service.build.corpus import PRESETS as CORPUS_PRESETS
 from datastore_service.build.params import POLICIES, BuildParams
@@ -328,7 +329,8 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     import logging
 
-    from datastore_service.serve.security import ServerSecurity, load_token
+    from datastore_service.serve.credentials import load_token
+    from datastore_service.serve.security import ServerSecurity
     from datastore_service.serve.server import ServerSettings, serve_forever
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -424,6 +426,7 @@ def parser() -> argparse.ArgumentParser:
         prog="crest",
         description="CREST: compact n-gram draft datastore for retrieval-based speculative decoding.",
     )
+    root.add_argument("--version", action="version", version=f"crest {__version__}")
     commands = root.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_build(commands)
     _add_inspect(commands)

@@ -1,0 +1,143 @@
+"""The thin client: `pip install 'crest[client]'` into a fresh venv brings grpcio, protobuf and numpy
+only, and its DraftClient calls a real `crest serve` (token included) like the full install's does.
+
+The venv is cached under the user's cache, keyed by the client's files and pyproject.toml, so a
+second run reuses it; a clean machine builds it (a pip install of the local tree, ~20 s).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import venv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crest_cli.server_process import ServerProcess
+from datastore_service.lookup.index_loader import load_index
+from tests.datastore_service.store_factory import publish_token_store
+
+ROOT = Path(__file__).resolve().parents[3]
+# What the wheel is built from, and (the first two lines) what the installed client runs.
+CLIENT_FILES = [
+    "datastore_service/__init__.py", "datastore_service/draft.py", "datastore_service/errors.py",
+    "datastore_service/serve/__init__.py", "datastore_service/serve/client.py",
+    "datastore_service/serve/credentials.py", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "proto").rglob("*.py")),
+    "pyproject.toml",
+]  # fmt: skip
+WHEEL_SOURCES = ["pyproject.toml", "README.md", "LICENSE", "datastore_service", "decoder", "crest_cli", "migrations",
+                 "proto"]  # fmt: skip
+ALLOWED = {"crest", "grpcio", "protobuf", "numpy", "typing-extensions", "pip", "setuptools"}
+HEAVY = ("duckdb", "torch", "transformers", "pyarrow", "tokenizers", "sqlalchemy", "grpc_health", "grpc_tools")
+TOKEN = "thin-client-token"
+DOCUMENTS = [[1, 2, 3, 4, 1, 2, 3, 5] * 20, [6, 7, 1, 2, 3, 4] * 10]
+QUERIES = [[1, 2], [3, 4, 1], [9]]
+
+CALLER = """
+import json, sys
+from datastore_service.serve.client import DraftClient, ServiceError
+from datastore_service.serve.credentials import ClientSecurity
+
+address, token, queries = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+with DraftClient(address, timeout=5, security=ClientSecurity(token=token)) as client:
+    info = client.info()
+    trees = client.lookup(queries, max_nodes=6)
+with DraftClient(address, timeout=5) as tokenless:
+    try:
+        tokenless.info()
+        refused = None
+    except ServiceError as error:
+        refused = error.code.name
+import datastore_service
+print(json.dumps({
+    "module": datastore_service.__file__,
+    "max_context": info.max_context,
+    "trees": [[t.tokens.tolist(), t.parents.tolist(), t.context_length] for t in trees],
+    "refused": refused,
+    "heavy": sorted(m for m in sys.modules if m.split(".")[0] in HEAVY),
+}))
+"""
+
+
+def _python(venv_dir: Path) -> Path:
+    return venv_dir / "bin" / "python"
+
+
+def _client_key() -> str:
+    digest = hashlib.sha256()
+    for name in CLIENT_FILES:
+        digest.update(name.encode() + b"\0" + (ROOT / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _build_venv(target: Path, scratch: Path) -> None:
+    """pip install '<tree>[client]' into a new venv at `target` (built aside, then renamed in)."""
+    source = scratch / "source"
+    source.mkdir()
+    for name in WHEEL_SOURCES:
+        path = ROOT / name
+        if path.is_dir():
+            shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(path, source / name)
+    building = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(building, ignore_errors=True)
+    venv.create(building, with_pip=True)
+    subprocess.run(
+        [_python(building), "-m", "pip", "install", "--disable-pip-version-check", "-q", f"{source}[client]"],
+        check=True,
+        timeout=300,
+    )
+    try:
+        building.rename(target)
+    except OSError:  # another run finished the same venv first
+        shutil.rmtree(building, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def thin_venv(user_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = user_cache / "client-venvs" / _client_key()
+    if not _python(target).exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _build_venv(target, tmp_path_factory.mktemp("thin-client"))
+    return target
+
+
+def _clean_env() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "VIRTUAL_ENV"))}
+
+
+def test_thin_install_holds_only_grpc_protobuf_and_numpy(thin_venv: Path):
+    listed = subprocess.run(
+        [_python(thin_venv), "-m", "pip", "list", "--format=json", "--disable-pip-version-check"],
+        capture_output=True, text=True, check=True, env=_clean_env(),
+    )  # fmt: skip
+    installed = {entry["name"].lower().replace("_", "-") for entry in json.loads(listed.stdout)}
+    assert {"crest", "grpcio", "protobuf", "numpy"} <= installed <= ALLOWED, installed
+
+
+def test_thin_client_calls_a_real_server(thin_venv: Path, tmp_path: Path):
+    store = publish_token_store(tmp_path / "store.duckdb", DOCUMENTS, vocab_size=16)
+    with ServerProcess(store, env={**os.environ, "CREST_TOKEN": TOKEN}) as server:
+        assert server.address.startswith("127.0.0.1:")
+        result = subprocess.run(
+            [_python(thin_venv), "-c", CALLER.replace("HEAVY", repr(HEAVY)), server.address, TOKEN,
+             json.dumps(QUERIES)],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path, env=_clean_env(),
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert Path(answer["module"]).is_relative_to(thin_venv)  # the installed client, not this checkout
+    assert answer["heavy"] == []
+    assert answer["refused"] == "UNAUTHENTICATED"
+    expected = load_index(store).lookup(QUERIES, max_nodes=6).trees()
+    assert answer["max_context"] == 3
+    assert [tree[2] for tree in answer["trees"]] == [t.context_length for t in expected]
+    for (tokens, parents, _), tree in zip(answer["trees"], expected, strict=True):
+        assert np.array_equal(tokens, tree.tokens) and np.array_equal(parents, tree.parents)
+    assert sum(len(tree[0]) for tree in answer["trees"]) > 0
