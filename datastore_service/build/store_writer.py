@@ -46,7 +46,8 @@ def create_template(path: Path, pieces: list[str]) -> int:
         connection.execute(f"ATTACH '{path}' AS store (BLOCK_SIZE {STORE_BLOCK_SIZE})")
     store_schema.upgrade(path)
     with duckdb.connect(str(path)) as connection:
-        pieces_table = pa.table(
+        # DuckDB reads this local by name (replacement scan) in the INSERT below.
+        pieces_table = pa.table(  # noqa: F841
             {"token_id": pa.array(range(len(pieces)), pa.int32()), "piece": pa.array(pieces, pa.string())}
         )
         connection.execute("INSERT INTO vocab SELECT * FROM pieces_table")
