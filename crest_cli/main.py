@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,30 @@ if TYPE_CHECKING:
     from datastore_service.build.spark.engine import SparkSettings
 
 DEFAULTS = BuildParams()
+# REST's lookup parameters, as flags: (field of RestParams, flag, what it sets).
+REST_FLAGS = (
+    ("n_max", "--rest-n-max", "longest query suffix REST tries first (n)"),
+    ("n_min", "--rest-n-min", "shortest query suffix REST tries last"),
+    ("k", "--rest-k", "occurrences of the matched suffix read per lookup (k)"),
+    ("m", "--rest-m", "continuation length in tokens: the deepest draft node (m)"),
+    ("c", "--rest-c", "draft nodes kept: the most frequent continuation prefixes (c)"),
+)
+
+
+def _add_rest_flags(parser: argparse.ArgumentParser, title: str, description: str, defaults: bool) -> None:
+    """REST's k/n/m/c; `defaults`: REST's published values, else none (unset flags keep the store's)."""
+    from datastore_service.rest.index import RestParams
+
+    group = parser.add_argument_group(title, description)
+    for name, flag, what in REST_FLAGS:
+        default = getattr(RestParams(), name) if defaults else argparse.SUPPRESS
+        group.add_argument(flag, dest=f"rest_{name}", type=int, default=default, metavar="N", help=what)
+
+
+def _rest_overrides(args: argparse.Namespace) -> dict[str, int]:
+    """REST's k/n/m/c from the flags that have a value."""
+    values = {name: getattr(args, f"rest_{name}", None) for name, _, _ in REST_FLAGS}
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def _add_build(commands: argparse._SubParsersAction) -> None:
@@ -69,6 +94,13 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
         type=float,
         default=1.0,
         help="rest only: index this fraction of the corpus's tokens (whole documents, seeded draw)",
+    )
+    _add_rest_flags(
+        parser,
+        "REST lookups (rest)",
+        "How the REST store looks drafts up, stored in the file as its defaults (crest serve --rest-* can "
+        "override them); the defaults are REST's published values.",
+        defaults=True,
     )
 
     counting = parser.add_argument_group("counting and selection (crest)")
@@ -158,6 +190,10 @@ def _run_build(args: argparse.Namespace) -> int:
         if args.engine != "duckdb" or args.add_shard:
             raise CrestError("--engine spark and --add-shard build crest stores, not --kind rest")
         return _run_rest_build(args, corpus)
+    from datastore_service.rest.index import RestParams
+
+    if _rest_overrides(args) != asdict(RestParams()):
+        raise CrestError("--rest-n-max/--rest-n-min/--rest-k/--rest-m/--rest-c set a --kind rest store")
     try:
         params = BuildParams(
             max_context=args.max_context,
@@ -217,9 +253,11 @@ def _run_build(args: argparse.Namespace) -> int:
 
 def _run_rest_build(args: argparse.Namespace, corpus) -> int:
     from datastore_service.rest.build import build_rest_store, default_rest_path
+    from datastore_service.rest.index import RestParams
 
+    lookup = RestParams(**_rest_overrides(args))
     output = args.output or default_rest_path(corpus.display_name, args.fraction)
-    summary = build_rest_store(corpus, args.tokenizer, output, args.fraction, progress=not args.quiet)
+    summary = build_rest_store(corpus, args.tokenizer, output, args.fraction, progress=not args.quiet, lookup=lookup)
     phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in summary.seconds.items())
     print(f"published   {summary.store} -> {summary.version_file.name}")
     print(f"corpus      {summary.documents:,} documents, {summary.tokens:,} of {summary.corpus_tokens:,} tokens")
@@ -227,6 +265,7 @@ def _run_rest_build(args: argparse.Namespace, corpus) -> int:
         f"size        {format_bytes(summary.file_bytes)} (tokens + suffix array, "
         f"{summary.file_bytes / max(summary.tokens, 1):.2f} bytes per token)"
     )
+    print(f"lookups     n {lookup.n_max}..{lookup.n_min}, k {lookup.k}, m {lookup.m}, c {lookup.c}")
     print(f"time        {phases}")
     return 0
 
@@ -323,6 +362,12 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="file holding the shared token every call must send (default: $CREST_TOKEN, if set)",
     )
+    _add_rest_flags(
+        parser,
+        "REST stores",
+        "Override a REST store's k/n/m/c (default: the values it was built with); an error for a CREST store.",
+        defaults=False,
+    )
     parser.set_defaults(run=_run_serve)
 
 
@@ -348,6 +393,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         reload_interval=args.reload_interval,
         grace=args.grace,
         security=security,
+        rest_overrides=_rest_overrides(args),
     )
     try:
         serve_forever(args.store, settings)

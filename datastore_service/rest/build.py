@@ -9,7 +9,7 @@ files. The suffix array is built with divsufsort (`pydivsufsort`).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from datastore_service.build.tokenizer import TargetTokenizer
 from datastore_service.errors import CrestError
 from datastore_service.paths import cache_dir
 from datastore_service.rest.format import separator_of, token_dtype, write_rest_file
+from datastore_service.rest.index import RestParams
 from datastore_service.store.publishing import VersionedStore, remove_path
 
 REST_SUFFIX = ".rest"
@@ -73,8 +74,14 @@ def suffix_array(tokens: np.ndarray) -> np.ndarray:
 
 
 def build_rest_store(
-    corpus: CorpusSpec, tokenizer_spec: str, output: Path, fraction: float = 1.0, progress: bool = True
+    corpus: CorpusSpec,
+    tokenizer_spec: str,
+    output: Path,
+    fraction: float = 1.0,
+    progress: bool = True,
+    lookup: RestParams = RestParams(),
 ) -> RestBuildSummary:
+    """`lookup`: the k/n/m/c the store serves with unless a server overrides them."""
     if not 0.0 < fraction <= 1.0:
         raise CrestError(f"--fraction must be in (0, 1], got {fraction}")
     started = time.perf_counter()
@@ -90,7 +97,7 @@ def build_rest_store(
     }
     tokenize_seconds = time.perf_counter() - started
     summary = publish_rest_store(
-        table.column("doc_id").to_numpy(), table.column("token").to_numpy(), fraction, output, identity
+        table.column("doc_id").to_numpy(), table.column("token").to_numpy(), fraction, output, identity, lookup
     )
     summary.seconds["tokenize"] = tokenize_seconds
     summary.seconds["total"] = time.perf_counter() - started
@@ -98,7 +105,12 @@ def build_rest_store(
 
 
 def publish_rest_store(
-    doc_ids: np.ndarray, tokens: np.ndarray, fraction: float, output: Path, identity: dict[str, Any]
+    doc_ids: np.ndarray,
+    tokens: np.ndarray,
+    fraction: float,
+    output: Path,
+    identity: dict[str, Any],
+    lookup: RestParams = RestParams(),
 ) -> RestBuildSummary:
     """Suffix-index the (fraction of the) token table and publish it as a new version of `output`.
 
@@ -125,6 +137,7 @@ def publish_rest_store(
         "corpus_documents": documents,
         "corpus_tokens": kept_tokens,
         "build_params": {"fraction": fraction, "fraction_seed": FRACTION_SEED},
+        "lookup_params": asdict(lookup),
     }
     try:
         file_bytes = write_rest_file(partial, metadata, corpus_tokens.astype(dtype), suffixes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 from datastore_service.errors import CrestError
@@ -20,9 +21,9 @@ log = logging.getLogger("crest.serve")
 
 
 class IndexHolder:
-    def __init__(self, store: Path) -> None:
-        self.store = store
-        self.index = load_index(store)
+    def __init__(self, store: Path, rest_overrides: Mapping[str, int] | None = None) -> None:
+        self.store, self.rest_overrides = store, rest_overrides  # REST's k/n/m/c, kept across reloads
+        self.index = load_index(store, rest_overrides)
         self._refused: Path | None = None
         self._lock = threading.Lock()
 
@@ -37,7 +38,7 @@ class IndexHolder:
             if target in (self.index.path, self._refused):
                 return False
             try:
-                candidate = load_index(target)
+                candidate = load_index(target, self.rest_overrides)
             except Exception as exc:  # any failure to load means: keep serving the old version
                 self._refused = target
                 log.error("refusing %s, keeping version %s: %s", target.name, self.index.info.store_version, exc)

@@ -12,8 +12,9 @@ import ipaddress
 import logging
 import signal
 import threading
+from collections.abc import Mapping
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -40,6 +41,7 @@ class ServerSettings:
     reload_interval: float = 1.0  # seconds between checks for a newly published version
     grace: float = 10.0  # seconds in-flight calls get at shutdown
     security: ServerSecurity = ServerSecurity()
+    rest_overrides: Mapping[str, int] = field(default_factory=dict)  # REST stores: k/n/m/c replacing the stored ones
 
 
 def is_loopback(host: str) -> bool:
@@ -55,7 +57,7 @@ class RunningServer:
     """A started server: its port, its index holder, and a clean stop."""
 
     def __init__(self, store: Path, settings: ServerSettings) -> None:
-        self.holder = IndexHolder(store)
+        self.holder = IndexHolder(store, settings.rest_overrides)
         self.settings = settings
         security = settings.security
         self.server = grpc.server(

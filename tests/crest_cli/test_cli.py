@@ -56,6 +56,17 @@ def published(code_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return output
 
 
+def test_rest_build_stores_its_lookup_parameters(code_corpus: Path, tmp_path: Path):
+    from datastore_service.lookup.index_loader import load_index
+    from datastore_service.rest.index import RestParams
+
+    output = tmp_path / "json.rest"
+    corpus = ["--corpus", str(code_corpus / "json"), "--output", str(output), "--quiet"]
+    result = crest("build", "--kind", "rest", *corpus, "--rest-k", "50", "--rest-c", "12", check=True)
+    assert "lookups     n 16..2, k 50, m 10, c 12" in result.stdout
+    assert load_index(output).params == RestParams(k=50, c=12)
+
+
 def test_inspect_prints_metadata_and_drafts(published: Path):
     result = crest("inspect", str(published), "--top", "3", check=True)
     assert "tokenizer_fingerprint" in result.stdout and "most common contexts" in result.stdout
@@ -74,6 +85,8 @@ def test_inspect_prints_metadata_and_drafts(published: Path):
         (["build", "--engine", "spark", "--spark-conf", "no-value"], "takes KEY=VALUE"),
         (["build", "--engine", "spark", "--add-shard", "/no/such/shard"], "on --engine duckdb only"),
         (["build", "--kind", "rest", "--add-shard", "/no/such/shard"], "not --kind rest"),
+        (["build", "--rest-k", "10"], "set a --kind rest store"),
+        (["build", "--kind", "rest", "--rest-n-min", "20"], "1 <= n_min <= n_max"),
     ],
 )
 def test_bad_input_is_one_clear_line(args: list[str], message: str):
