@@ -135,7 +135,7 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
     output.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all cores)")
     output.add_argument("--memory-limit", default=None, help="DuckDB memory limit, e.g. 4GB (default: 80%% of RAM)")
     output.add_argument("--max-temp-size", default=None, help="DuckDB spill limit on disk, e.g. 20GB")
-    output.add_argument("--quiet", action="store_true", help="no progress bars")
+    output.add_argument("--quiet", action="store_true", help="no progress bars, and no Spark start-up lines")
 
     engine = parser.add_argument_group(
         "engine",
@@ -156,6 +156,13 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="extra Spark setting, repeatable (e.g. spark.driver.memory=8g); only with --engine spark",
     )
+    engine.add_argument(
+        "--spark-bind-address",
+        default=None,
+        metavar="ADDRESS",
+        help="address the Spark driver and its block manager listen on (default: $SPARK_LOCAL_IP, else "
+        "127.0.0.1 with a local or loopback master, else Spark's choice: a remote cluster must reach the driver)",
+    )
     parser.set_defaults(run=_run_build)
 
 
@@ -163,15 +170,18 @@ def _spark_settings(args: argparse.Namespace) -> SparkSettings | None:
     from datastore_service.build.spark.engine import SparkSettings
 
     if args.engine != "spark":
-        if args.master or args.spark_conf:
-            raise CrestError("--master and --spark-conf need --engine spark")
+        if args.master or args.spark_conf or args.spark_bind_address:
+            raise CrestError("--master, --spark-conf and --spark-bind-address need --engine spark")
         return None
     pairs = [item.partition("=") for item in args.spark_conf]
     for item, (key, _, value) in zip(args.spark_conf, pairs):
         if not (key and value):
             raise CrestError(f"--spark-conf takes KEY=VALUE, got {item!r}")
     return SparkSettings(
-        master=args.master or SparkSettings.master, conf=tuple((key, value) for key, _, value in pairs)
+        master=args.master or SparkSettings.master,
+        conf=tuple((key, value) for key, _, value in pairs),
+        bind_address=args.spark_bind_address,
+        quiet=args.quiet,
     )
 
 
