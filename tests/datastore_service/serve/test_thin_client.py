@@ -20,6 +20,7 @@ import pytest
 
 from crest_cli.server_process import ServerProcess
 from datastore_service.lookup.index_loader import load_index
+from tests.datastore_service.listening_sockets import ListeningSockets
 from tests.datastore_service.store_factory import publish_token_store
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -123,7 +124,7 @@ def test_thin_install_holds_only_grpc_protobuf_and_numpy(thin_venv: Path):
 
 def test_thin_client_calls_a_real_server(thin_venv: Path, tmp_path: Path):
     store = publish_token_store(tmp_path / "store.duckdb", DOCUMENTS, vocab_size=16)
-    with ServerProcess(store, env={**os.environ, "CREST_TOKEN": TOKEN}) as server:
+    with ListeningSockets() as sockets, ServerProcess(store, env={**os.environ, "CREST_TOKEN": TOKEN}) as server:
         assert server.address.startswith("127.0.0.1:")
         result = subprocess.run(
             [_python(thin_venv), "-c", CALLER.replace("HEAVY", repr(HEAVY)), server.address, TOKEN,
@@ -131,6 +132,8 @@ def test_thin_client_calls_a_real_server(thin_venv: Path, tmp_path: Path):
             capture_output=True, text=True, timeout=60, cwd=tmp_path, env=_clean_env(),
         )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    port = int(server.address.rsplit(":", 1)[1])
+    assert any(entry[1] == port for entry in sockets.seen) and sockets.not_loopback() == []  # crest serve: loopback
     answer = json.loads(result.stdout)
     assert Path(answer["module"]).is_relative_to(thin_venv)  # the installed client, not this checkout
     assert answer["heavy"] == []
