@@ -1,8 +1,11 @@
 """The thin client: `pip install 'crest[client]'` into a fresh venv brings grpcio, protobuf and numpy
-only, and its DraftClient calls a real `crest serve` (token included) like the full install's does.
+only, and its DraftClient calls a real `crest serve` (token included) like the full install's does:
+with the newest runtimes pip picks, and with older ones an engine image may pin (protobuf 6,
+grpcio 1.84, numpy 1.x), which the generated code's floors allow.
 
-The venv is cached under the user's cache, keyed by the client's files and pyproject.toml, so a
-second run reuses it; a clean machine builds it (a pip install of the local tree, ~20 s).
+Each venv is cached under the user's cache, keyed by the client's files, pyproject.toml and the
+pins, so a second run reuses it; a clean machine builds them (a pip install of the local tree,
+~16 s each).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import venv
 from pathlib import Path
 
@@ -34,7 +38,10 @@ CLIENT_FILES = [
 WHEEL_SOURCES = ["pyproject.toml", "README.md", "LICENSE", "datastore_service", "decoder", "crest_cli", "migrations",
                  "proto"]  # fmt: skip
 ALLOWED = {"crest", "grpcio", "protobuf", "numpy", "typing-extensions", "pip", "setuptools"}
+# Runtimes to install the client with: pip's choice, and older majors/minors than we develop on.
+RUNTIMES = {"newest": (), "older": ("protobuf==6.33.6", "grpcio==1.84.0", "numpy==1.26.4")}
 HEAVY = ("duckdb", "torch", "transformers", "pyarrow", "tokenizers", "sqlalchemy", "grpc_health", "grpc_tools")
+STALE_SECONDS = 24 * 3600
 TOKEN = "thin-client-token"
 DOCUMENTS = [[1, 2, 3, 4, 1, 2, 3, 5] * 20, [6, 7, 1, 2, 3, 4] * 10]
 QUERIES = [[1, 2], [3, 4, 1], [9]]
@@ -69,15 +76,15 @@ def _python(venv_dir: Path) -> Path:
     return venv_dir / "bin" / "python"
 
 
-def _client_key() -> str:
-    digest = hashlib.sha256()
+def _client_key(pins: tuple[str, ...]) -> str:
+    digest = hashlib.sha256(" ".join(pins).encode())
     for name in CLIENT_FILES:
         digest.update(name.encode() + b"\0" + (ROOT / name).read_bytes())
     return digest.hexdigest()[:16]
 
 
-def _build_venv(target: Path, scratch: Path) -> None:
-    """pip install '<tree>[client]' into a new venv at `target` (built aside, then renamed in)."""
+def _build_venv(target: Path, scratch: Path, pins: tuple[str, ...]) -> None:
+    """pip install '<tree>[client]' (and `pins`) into a new venv at `target` (built aside, then renamed in)."""
     source = scratch / "source"
     source.mkdir()
     for name in WHEEL_SOURCES:
@@ -90,7 +97,7 @@ def _build_venv(target: Path, scratch: Path) -> None:
     shutil.rmtree(building, ignore_errors=True)
     venv.create(building, with_pip=True)
     subprocess.run(
-        [_python(building), "-m", "pip", "install", "--disable-pip-version-check", "-q", f"{source}[client]"],
+        [_python(building), "-m", "pip", "install", "--disable-pip-version-check", "-q", f"{source}[client]", *pins],
         check=True,
         timeout=300,
     )
@@ -100,12 +107,18 @@ def _build_venv(target: Path, scratch: Path) -> None:
         shutil.rmtree(building, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def thin_venv(user_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    target = user_cache / "client-venvs" / _client_key()
+@pytest.fixture(scope="module", params=sorted(RUNTIMES))
+def thin_venv(request: pytest.FixtureRequest, user_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pins = RUNTIMES[request.param]
+    target = user_cache / "client-venvs" / f"{request.param}-{_client_key(pins)}"
     if not _python(target).exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        _build_venv(target, tmp_path_factory.mktemp("thin-client"))
+        _build_venv(target, tmp_path_factory.mktemp("thin-client"), pins)
+    target.touch()  # in use: see below
+    # Venvs of earlier client files pile up (~120 MB each): drop those nobody used for a day.
+    for stale in target.parent.glob(f"{request.param}-*"):
+        if stale != target and time.time() - stale.stat().st_mtime > STALE_SECONDS:
+            shutil.rmtree(stale, ignore_errors=True)
     return target
 
 
@@ -118,8 +131,10 @@ def test_thin_install_holds_only_grpc_protobuf_and_numpy(thin_venv: Path):
         [_python(thin_venv), "-m", "pip", "list", "--format=json", "--disable-pip-version-check"],
         capture_output=True, text=True, check=True, env=_clean_env(),
     )  # fmt: skip
-    installed = {entry["name"].lower().replace("_", "-") for entry in json.loads(listed.stdout)}
-    assert {"crest", "grpcio", "protobuf", "numpy"} <= installed <= ALLOWED, installed
+    installed = {entry["name"].lower().replace("_", "-"): entry["version"] for entry in json.loads(listed.stdout)}
+    assert {"crest", "grpcio", "protobuf", "numpy"} <= set(installed) <= ALLOWED, installed
+    pins = RUNTIMES[thin_venv.name.partition("-")[0]]
+    assert all(installed[name] == version for name, _, version in (pin.partition("==") for pin in pins))
 
 
 def test_thin_client_calls_a_real_server(thin_venv: Path, tmp_path: Path):
