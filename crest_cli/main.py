@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,20 +30,19 @@ REST_FLAGS = (
 )
 
 
-def _add_rest_flags(parser: argparse.ArgumentParser, title: str, description: str, defaults: bool) -> None:
-    """REST's k/n/m/c; `defaults`: REST's published values, else none (unset flags keep the store's)."""
+def _add_rest_flags(parser: argparse.ArgumentParser, title: str, description: str, show_defaults: bool) -> None:
+    """REST's k/n/m/c; a flag not given is absent from the namespace (REST's default, or the store's)."""
     from datastore_service.rest.index import RestParams
 
     group = parser.add_argument_group(title, description)
     for name, flag, what in REST_FLAGS:
-        default = getattr(RestParams(), name) if defaults else argparse.SUPPRESS
-        group.add_argument(flag, dest=f"rest_{name}", type=int, default=default, metavar="N", help=what)
+        shown = f"{what} (default: {getattr(RestParams(), name)})" if show_defaults else what
+        group.add_argument(flag, dest=f"rest_{name}", type=int, default=argparse.SUPPRESS, metavar="N", help=shown)
 
 
 def _rest_overrides(args: argparse.Namespace) -> dict[str, int]:
-    """REST's k/n/m/c from the flags that have a value."""
-    values = {name: getattr(args, f"rest_{name}", None) for name, _, _ in REST_FLAGS}
-    return {name: value for name, value in values.items() if value is not None}
+    """REST's k/n/m/c from the flags given on the command line."""
+    return {name: getattr(args, f"rest_{name}") for name, _, _ in REST_FLAGS if hasattr(args, f"rest_{name}")}
 
 
 def _add_build(commands: argparse._SubParsersAction) -> None:
@@ -100,7 +98,7 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
         "REST lookups (rest)",
         "How the REST store looks drafts up, stored in the file as its defaults (crest serve --rest-* can "
         "override them); the defaults are REST's published values.",
-        defaults=True,
+        show_defaults=True,
     )
 
     counting = parser.add_argument_group("counting and selection (crest)")
@@ -200,9 +198,7 @@ def _run_build(args: argparse.Namespace) -> int:
         if args.engine != "duckdb" or args.add_shard:
             raise CrestError("--engine spark and --add-shard build crest stores, not --kind rest")
         return _run_rest_build(args, corpus)
-    from datastore_service.rest.index import RestParams
-
-    if _rest_overrides(args) != asdict(RestParams()):
+    if _rest_overrides(args):
         raise CrestError("--rest-n-max/--rest-n-min/--rest-k/--rest-m/--rest-c set a --kind rest store")
     try:
         params = BuildParams(
@@ -376,7 +372,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         parser,
         "REST stores",
         "Override a REST store's k/n/m/c (default: the values it was built with); an error for a CREST store.",
-        defaults=False,
+        show_defaults=False,
     )
     parser.set_defaults(run=_run_serve)
 

@@ -1,7 +1,7 @@
 """`crest build --engine spark`: the build's SQL on Apache Spark, tokens Parquet -> compact table Parquet.
 
 Spark reads the tokenized corpus (token_table.py's Parquet), runs the very SQL files the DuckDB
-build runs (transpiled, see spark_sql.py) and writes `compact_drafts` as Parquet; the DuckDB
+build runs (transpiled, see transpile.py) and writes `compact_drafts` as Parquet; the DuckDB
 writer then loads it and publishes the store within the budget. No key is wider than 64 bits
 (n-gram keys pack (level|gid, token) into BIGINT), so every table travels through Parquet as is.
 Spark is optional (`pip install 'crest[spark]'`, Java 17+); DuckDB stays the default engine.
@@ -13,8 +13,8 @@ The driver and its block manager listen on loopback by default with a local mast
 on loopback (Spark would otherwise take the first non-loopback interface); a remote cluster must
 reach the driver, so there the operator's (or Spark's) address stands. `quiet` sends the JVM's own
 output (startup banner, warnings) to a temporary file: with `crest build --quiet` only the build's
-summary reaches the terminal. Starting Spark costs a fixed ~15-50 s (JVM, then the first queries'
-planning) whatever the corpus size: small corpora build faster on DuckDB.
+summary reaches the terminal. Starting Spark and planning its many small jobs is a fixed cost
+whatever the corpus size (measured in docs/DEPLOY.md): small corpora build faster on DuckDB.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def spark_session(settings: SparkSettings) -> Iterator[Any]:
     for key, value in conf.items():
         builder = builder.config(key, value)
     try:
-        with _jvm_launch(conf.get("spark.driver.bindAddress"), settings.quiet):
+        with _jvm_launch(conf.get("spark.driver.host"), settings.quiet):
             session = builder.getOrCreate()
     except Exception as exc:  # the JVM did not start: wrong Java, bad master URL or conf
         raise CrestError(f"Spark did not start (master {settings.master}): {str(exc).splitlines()[0]}") from exc
@@ -129,7 +129,8 @@ def spark_session(settings: SparkSettings) -> Iterator[Any]:
 
 @contextmanager
 def _jvm_launch(local_ip: str | None, quiet: bool) -> Iterator[None]:
-    """While pyspark starts its JVM (the first session of a process): $SPARK_LOCAL_IP for it, and
+    """While pyspark starts its JVM (the first session of a process): $SPARK_LOCAL_IP for it (the
+    address Spark names itself by, which also silences its warning that it picked an interface), and
     with `quiet` its stdout and stderr on a temporary file, which it keeps for its lifetime."""
     saved_ip = os.environ.get(LOCAL_IP_ENV)
     if local_ip:
