@@ -34,7 +34,7 @@ from tests.datastore_service.listening_sockets import ListeningSockets
 
 START_TIMEOUT = 120.0
 # Small and shallow: Spark's cost here is per statement, not per token.
-PARAMS = BuildParams(max_context=1, max_depth=2, top_c=4, budget=Budget(rows=300))
+PARAMS = BuildParams(max_context=1, max_depth=1, top_c=4, budget=Budget(rows=300))
 _PR_SET_PDEATHSIG = 1
 
 
@@ -135,7 +135,7 @@ def test_sharded_build_on_a_standalone_cluster(
         shutil.copy(code_corpus / "email" / name, shards[1] / name)
     tokenized = [tokenize_corpus(corpus_spec(str(shard), glob="*.py"), smollm2, progress=False) for shard in shards]
     shard_counts(tokenized[0], PARAMS.levels, smollm2.vocab_size)  # counted earlier, by DuckDB
-    flags = ["--glob", "*.py", "--budget", "300rows", "--max-context", "1", "--max-depth", "2", "--top-c", "4"]
+    flags = ["--glob", "*.py", "--budget", "300rows", "--max-context", "1", "--max-depth", "1", "--top-c", "4"]
     spark_conf = {
         "spark.executor.memory": "512m",
         "spark.executor.cores": "1",
