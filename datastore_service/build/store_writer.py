@@ -46,8 +46,7 @@ def create_template(path: Path, pieces: list[str]) -> int:
         connection.execute(f"ATTACH '{path}' AS store (BLOCK_SIZE {STORE_BLOCK_SIZE})")
     store_schema.upgrade(path)
     with duckdb.connect(str(path)) as connection:
-        # DuckDB reads this local by name (replacement scan) in the INSERT below.
-        pieces_table = pa.table(  # noqa: F841
+        pieces_table = pa.table(  # noqa: F841 (DuckDB reads it by name)
             {"token_id": pa.array(range(len(pieces)), pa.int32()), "piece": pa.array(pieces, pa.string())}
         )
         connection.execute("INSERT INTO vocab SELECT * FROM pieces_table")

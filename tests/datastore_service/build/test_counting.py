@@ -19,8 +19,7 @@ from tests.datastore_service.reference import ngram_counts, reference_trees
 def sql_trees(documents: list[list[int]], params: BuildParams, vocab_size: int) -> dict:
     connection = duckdb.connect()
     lengths = [len(doc) for doc in documents]
-    # DuckDB reads this local by name (replacement scan) in the CREATE below.
-    tokens = pa.table(  # noqa: F841
+    tokens = pa.table(  # noqa: F841 (DuckDB reads it by name)
         {
             "doc_id": np.repeat(np.arange(len(documents), dtype=np.int32), lengths),
             "pos": np.arange(sum(lengths), dtype=np.int64),
