@@ -20,7 +20,7 @@ class ListeningSockets:
 
     def __init__(self, interval: float = 0.2) -> None:
         self.interval = interval
-        self.seen: set[tuple[str, int, str]] = set()  # (ip, port, process name)
+        self.seen: set[tuple[str, int, str, int]] = set()  # (ip, port, process name, pid)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample_until_stopped, daemon=True)
 
@@ -47,7 +47,7 @@ class ListeningSockets:
                 continue
         for connection in psutil.net_connections(kind="tcp"):
             if connection.status == psutil.CONN_LISTEN and connection.pid in processes:
-                self.seen.add((connection.laddr.ip, connection.laddr.port, processes[connection.pid]))
+                self.seen.add((connection.laddr.ip, connection.laddr.port, processes[connection.pid], connection.pid))
 
-    def not_loopback(self) -> list[tuple[str, int, str]]:
+    def not_loopback(self) -> list[tuple[str, int, str, int]]:
         return sorted(entry for entry in self.seen if not is_loopback(entry[0]))

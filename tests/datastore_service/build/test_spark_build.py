@@ -77,7 +77,7 @@ def test_spark_build_publishes_the_same_store_within_a_budget(spark, code_corpus
     assert stores["spark"] == stores["duckdb"]
     assert spark.getActiveSession() is not None  # the build reused the module's session and left it running
     # The driver, its block manager and py4j: all on loopback, though this host has another interface.
-    assert {name for _, _, name in sockets.seen} >= {"java"} and sockets.not_loopback() == []
+    assert {name for _, _, name, _ in sockets.seen} >= {"java"} and sockets.not_loopback() == []
 
 
 def test_loopback_by_default_for_local_and_loopback_masters_only(monkeypatch: pytest.MonkeyPatch):
