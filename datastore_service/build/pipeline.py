@@ -24,7 +24,7 @@ from datastore_service.build.spark.engine import SparkSettings
 from datastore_service.build.store_writer import write_and_publish
 from datastore_service.build.token_table import TokenizedCorpus, tokenize_corpus
 from datastore_service.build.tokenizer import TargetTokenizer
-from datastore_service.errors import CrestError, StoreError
+from datastore_service.errors import CorpusError, CrestError, StoreError
 from datastore_service.paths import cache_dir
 from datastore_service.sizes import Budget
 from datastore_service.store.publishing import VersionedStore, remove_path
@@ -225,6 +225,9 @@ def build_stores(
     built from the union of their documents."""
     if spark is not None and any(target.policy != params.policy for target in targets):
         raise CrestError("a Spark build ranks by one policy; build other policies separately")
+    for spec in (corpus, *shards):  # before tokenizing the others: a mistyped shard fails in a second
+        if not spec.path.exists():
+            raise CorpusError(f"corpus not found: {spec.path}")
     with _disk_full_as_user_error(), InterruptGuard() as interrupts:
         return _build_stores(
             corpus, tokenizer_spec, params, targets, settings, replace, progress, spark, shards, interrupts
