@@ -324,6 +324,7 @@ def _run_migrate(args: argparse.Namespace) -> int:
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
+    from datastore_service.overlay.overlay import OverlaySettings
     from datastore_service.serve.server import ServerSettings
 
     defaults = ServerSettings()
@@ -335,7 +336,17 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         "SIGTERM drains calls in flight, then exits.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("store", type=Path, help="published store path")
+    parser.add_argument(
+        "store", type=Path, nargs="?", default=None, help="published store path, served as the default store"
+    )
+    parser.add_argument(
+        "--store",
+        dest="named_stores",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="another store, served under NAME (repeatable); requests name it, an empty name means the default",
+    )
     parser.add_argument("--host", default=defaults.host, help="address to bind (loopback unless told otherwise)")
     parser.add_argument("--port", type=int, default=defaults.port, help="port (0: any free port, printed at start)")
     parser.add_argument("--workers", type=int, default=defaults.workers, help="threads answering calls")
@@ -368,10 +379,44 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="file holding the shared token every call must send (default: $CREST_TOKEN, if set)",
     )
+    security.add_argument(
+        "--tenant-tokens",
+        type=Path,
+        default=None,
+        help='JSON file of tokens scoped to stores, {"TENANT": {"token": "...", "stores": ["NAME", ...]}}: '
+        "a tenant's token reaches its own stores only (PERMISSION_DENIED otherwise)",
+    )
+    learn_defaults = OverlaySettings()
+    learn = parser.add_argument_group(
+        "learning",
+        "With --learn, Observe calls send emitted tokens; their n-gram counts live in an in-memory overlay that "
+        "every Lookup merges with the store, are snapshotted beside the store, and `crest compact` folds them "
+        "into a new version.",
+    )
+    learn.add_argument("--learn", action="store_true", help="accept Observe calls and learn from them")
+    learn.add_argument(
+        "--overlay-mb", type=float, default=learn_defaults.max_bytes / 2**20, help="memory cap of each store's overlay"
+    )
+    learn.add_argument(
+        "--refresh-interval",
+        type=float,
+        default=learn_defaults.refresh_interval,
+        help="seconds between folding observed tokens (and other replicas' snapshots) into lookups",
+    )
+    learn.add_argument(
+        "--snapshot-interval",
+        type=float,
+        default=learn_defaults.snapshot_interval,
+        help="seconds between snapshots of observed counts (what a crash can lose)",
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port (0: any free port)"
+    )
     _add_rest_flags(
         parser,
         "REST stores",
-        "Override a REST store's k/n/m/c (default: the values it was built with); an error for a CREST store.",
+        "Override the served REST stores' k/n/m/c (default: the values each was built with); CREST stores "
+        "ignore them, and giving them with no REST store served is an error.",
         show_defaults=False,
     )
     parser.set_defaults(run=_run_serve)
@@ -380,9 +425,17 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     import logging
 
+    from datastore_service.overlay.overlay import OverlaySettings
     from datastore_service.serve.credentials import load_token
-    from datastore_service.serve.security import ServerSecurity
+    from datastore_service.serve.security import ServerSecurity, TenantTokens
     from datastore_service.serve.server import ServerSettings, serve_forever
+    from datastore_service.serve.stores import DEFAULT_NAME, StoreSpec
+
+    stores = ([StoreSpec(DEFAULT_NAME, args.store)] if args.store else []) + [
+        StoreSpec.parse(text) for text in args.named_stores
+    ]
+    if not stores:
+        raise CrestError("give a store to serve (STORE, or --store NAME=PATH)")
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     security = ServerSecurity(
@@ -390,7 +443,15 @@ def _run_serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
         token=load_token(args.token_file),
+        tenants=TenantTokens.load(args.tenant_tokens) if args.tenant_tokens else None,
     )
+    learn = None
+    if args.learn:
+        learn = OverlaySettings(
+            max_bytes=int(args.overlay_mb * 2**20),
+            refresh_interval=args.refresh_interval,
+            snapshot_interval=args.snapshot_interval,
+        )
     settings = ServerSettings(
         host=args.host,
         port=args.port,
@@ -399,12 +460,58 @@ def _run_serve(args: argparse.Namespace) -> int:
         reload_interval=args.reload_interval,
         grace=args.grace,
         security=security,
+        learn=learn,
+        metrics_port=args.metrics_port,
         rest_overrides=_rest_overrides(args),
     )
     try:
-        serve_forever(args.store, settings)
+        serve_forever(stores, settings)
     except (RuntimeError, OSError) as exc:  # grpc, or our own check, reports a port it cannot bind
         raise CrestError(f"cannot serve on {args.host}:{args.port}: {exc}") from exc
+    return 0
+
+
+def _add_compact(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "compact",
+        help="fold a learning store's snapshots into a new published version",
+        description="Sum the snapshots `crest serve --learn` wrote beside STORE (those its published version does "
+        "not hold yet) with the counts of the corpus it was built from, and publish a new version with exact "
+        "counts and the same build parameters. Every replica hot-reloads it and drops what it holds from its "
+        "overlay. Give the same corpus options as the build.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("store", type=Path, help="published store path (the one `crest serve --learn` serves)")
+    parser.add_argument("--corpus", default="stdlib", help="the corpus the store was built from (preset or path)")
+    parser.add_argument("--format", choices=FORMATS, default=None, help="corpus format (auto: from the path)")
+    parser.add_argument("--glob", default=None, help="file pattern inside a folder")
+    parser.add_argument("--text-field", default=None, help="JSONL field holding the text")
+    parser.add_argument("--add-shard", action="append", default=[], metavar="PATH", help="a shard of the build")
+    parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help="the store's tokenizer")
+    parser.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all cores)")
+    parser.add_argument("--memory-limit", default=None, help="DuckDB memory limit, e.g. 4GB")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(run=_run_compact)
+
+
+def _run_compact(args: argparse.Namespace) -> int:
+    from datastore_service.build.compaction import compact_store
+    from datastore_service.build.corpus import corpus_spec
+    from datastore_service.build.pipeline import EngineSettings
+
+    options = {"format": args.format, "glob": args.glob, "text_field": args.text_field}
+    summary = compact_store(
+        args.store,
+        corpus_spec(args.corpus, **options),
+        args.tokenizer,
+        tuple(corpus_spec(path, **options) for path in args.add_shard),
+        EngineSettings(threads=args.threads, memory_limit=args.memory_limit),
+        progress=not args.quiet,
+    )
+    print(f"published   {summary.build.store} -> {summary.build.version_file.name}")
+    print(f"folded      {summary.snapshots} snapshots; the store now holds {summary.observed_tokens:,} observed tokens")
+    print(f"contexts    {summary.build.contexts_kept:,} kept, {summary.build.nodes_kept:,} draft nodes")
+    print(f"removed     {summary.removed_files} files every kept version holds")
     return 0
 
 
@@ -454,14 +561,16 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "demo",
         help="build, serve and decode end to end on this machine (the README's first command)",
-        description="Build the default code datastore if it is not cached, serve it from a `crest serve` process on "
-        "a free loopback port, decode a few HumanEval and MT-Bench prompts with SmolLM2 through it (accepted drafts "
-        "in green), then compare with plain decoding in a table. The server is stopped on exit, Ctrl-C included.",
+        description="Build the default code store (stdlib) and chat store (ShareGPT) if they are not cached, serve "
+        "both from one `crest serve` process on a free loopback port, decode a few HumanEval prompts through the code "
+        "store and MT-Bench questions through the chat store with SmolLM2 (accepted drafts in green), each four ways "
+        "in the same engine (plain, store, prompt lookup, both), then compare them in a table. The server is stopped "
+        "on exit, Ctrl-C included.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--humaneval", type=int, default=2, help="HumanEval prompts to decode")
     parser.add_argument("--mtbench", type=int, default=1, help="MT-Bench questions to decode (chat template)")
-    # Short completions keep a rerun near a minute on a 2-core CPU (each is decoded twice).
+    # Short completions keep a rerun within a minute on a 2-core CPU (each prompt is decoded four times).
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--no-color", action="store_true", help="do not mark accepted draft tokens")
     parser.set_defaults(run=_run_demo)
@@ -484,6 +593,7 @@ def parser() -> argparse.ArgumentParser:
     _add_inspect(commands)
     _add_migrate(commands)
     _add_serve(commands)
+    _add_compact(commands)
     _add_generate(commands)
     _add_eval(commands)
     _add_demo(commands)

@@ -82,4 +82,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Path("docs"),
         help="where RESULTS.md (its eval section), results.csv and results.png go",
     )
+    parser.add_argument(
+        "--online",
+        action="store_true",
+        help="instead of the storage sweep: replay each suite in order with a store that learns every output "
+        "after its prompt, against the same store static (each with and without prompt lookup)",
+    )
+    parser.add_argument(
+        "--turns", type=int, choices=(1, 2), default=2, help="--online: MT-Bench turns (2: the second after the first)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

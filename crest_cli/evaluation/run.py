@@ -32,6 +32,11 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     progress = not args.quiet
     target = load_target(args.model, args.dtype, args.device)
+    if args.online:
+        from crest_cli.evaluation.online import run_online
+
+        run_online(args, target)
+        return 0
     rows: list[ResultRow] = []
     checks: list[RealCheck] = []
     reference_seconds, started = 0.0, time.perf_counter()

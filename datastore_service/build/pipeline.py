@@ -168,16 +168,28 @@ def _compact_table(
     work_dir: Path,
     clock: Stopwatch,
     progress: bool,
+    counted: tuple[Path, ...] = (),
 ) -> int:
     """Fill `compact_drafts` in the work database by the chosen engine; returns the candidate count."""
     if spark is not None:
         return _compact_table_on_spark(connection, spark, parts, params, vocab_size, work_dir, clock, progress)
-    if len(parts) > 1:  # shards: counts summed in DuckDB
+    if len(parts) + len(counted) > 1:  # shards: counts summed in DuckDB
         with clock.phase("count"):
-            merge_shard_counts(connection, parts, params.levels, params.min_count, vocab_size, progress)
+            merge_shard_counts(connection, parts, params.levels, params.min_count, vocab_size, progress, counted)
         return rank_counted_trees(connection, params, clock, progress)
     connection.execute("CREATE TEMP TABLE tokens AS SELECT * FROM read_parquet($path)", {"path": str(parts[0].parquet)})
     return rank_draft_trees(connection, params, vocab_size, clock, progress)
+
+
+@dataclass(frozen=True)
+class ObservedCounts:
+    """Counts a learning server observed (one complete count file) and the snapshots they sum."""
+
+    path: Path
+    tokens: int
+    folded: dict[str, int]  # per snapshot writer, the last snapshot included
+    fingerprint: str
+    base_fingerprint: str | None  # the corpus the store was built from; another corpus is refused
 
 
 @dataclass(frozen=True)
@@ -199,9 +211,12 @@ def build_store(
     progress: bool = True,
     spark: SparkSettings | None = None,
     shards: tuple[CorpusSpec, ...] = (),
+    observed: ObservedCounts | None = None,
 ) -> BuildSummary:
     target = StoreTarget(output, params.budget, params.policy)
-    return build_stores(corpus, tokenizer_spec, params, [target], settings, replace, progress, spark, shards)[0]
+    return build_stores(corpus, tokenizer_spec, params, [target], settings, replace, progress, spark, shards, observed)[
+        0
+    ]
 
 
 def build_stores(
@@ -214,6 +229,7 @@ def build_stores(
     progress: bool = True,
     spark: SparkSettings | None = None,
     shards: tuple[CorpusSpec, ...] = (),
+    observed: ObservedCounts | None = None,
 ) -> list[BuildSummary]:
     """Count once, then publish one store per target (budgets and policies only change the selection).
 
@@ -222,7 +238,10 @@ def build_stores(
 
     `spark` runs counting and ranking on Spark instead of in DuckDB. With `shards`, `corpus` and
     each shard are counted apart (cached per shard) and the counts summed: the stores equal those
-    built from the union of their documents."""
+    built from the union of their documents. `observed` adds counts a learning server snapshotted
+    (compaction.py) the same way, and records in the store which snapshots it holds."""
+    if observed and spark is not None:
+        raise CrestError("folding observed counts (crest compact) runs on --engine duckdb only")
     if spark is not None and any(target.policy != params.policy for target in targets):
         raise CrestError("a Spark build ranks by one policy; build other policies separately")
     for spec in (corpus, *shards):  # before tokenizing the others: a mistyped shard fails in a second
@@ -230,7 +249,7 @@ def build_stores(
             raise CorpusError(f"corpus not found: {spec.path}")
     with _disk_full_as_user_error(), InterruptGuard() as interrupts:
         return _build_stores(
-            corpus, tokenizer_spec, params, targets, settings, replace, progress, spark, shards, interrupts
+            corpus, tokenizer_spec, params, targets, settings, replace, progress, spark, shards, interrupts, observed
         )
 
 
@@ -245,6 +264,7 @@ def _build_stores(
     spark: SparkSettings | None,
     shards: tuple[CorpusSpec, ...],
     interrupts: InterruptGuard,
+    observed: ObservedCounts | None = None,
 ) -> list[BuildSummary]:
     clock = Stopwatch()
     started = time.perf_counter()
@@ -263,6 +283,19 @@ def _build_stores(
         if not shards
         else hashlib.sha256(":".join(sorted(part.report.fingerprint for part in parts)).encode()).hexdigest()
     )
+    corpus_fingerprint, corpus_name, extra_params = fingerprint, "+".join(s.display_name for s in (corpus, *shards)), {}
+    if observed is not None:
+        if observed.base_fingerprint not in (None, fingerprint):
+            raise CrestError(
+                "this corpus is not the one the store was built from (other content): compaction "
+                "adds observed counts to the same corpus, give its --corpus and --add-shard again"
+            )
+        tokens += observed.tokens
+        corpus_name += "+observed"
+        corpus_fingerprint = hashlib.sha256(f"{fingerprint}:{observed.fingerprint}".encode()).hexdigest()
+        extra_params = {
+            "overlay": {"folded": observed.folded, "counts": observed.path.name, "base_corpus_fingerprint": fingerprint}
+        }
 
     for store in stores:
         store.remove_stale_scratch()
@@ -272,7 +305,15 @@ def _build_stores(
     try:
         with _duckdb_errors_as_user_errors(settings), _open_work_database(work_dir, settings) as connection:
             candidates = _compact_table(
-                connection, parts, params, tokenizer.vocab_size, spark, work_dir, clock, progress
+                connection,
+                parts,
+                params,
+                tokenizer.vocab_size,
+                spark,
+                work_dir,
+                clock,
+                progress,
+                (observed.path,) if observed is not None else (),
             )
             ranked_policy = params.policy
             for store, target in zip(stores, targets):
@@ -291,14 +332,14 @@ def _build_stores(
                         "tokenizer_name": tokenizer.name,
                         "tokenizer_fingerprint": tokenizer.fingerprint,
                         "vocab_size": tokenizer.vocab_size,
-                        "corpus_name": "+".join(spec.display_name for spec in (corpus, *shards)),
-                        "corpus_fingerprint": fingerprint,
+                        "corpus_name": corpus_name,
+                        "corpus_fingerprint": corpus_fingerprint,
                         "corpus_documents": documents,
                         "corpus_tokens": tokens,
                         "max_context": store_params.max_context,
                         "max_depth": store_params.max_depth,
                         "policy": store_params.policy,
-                        "build_params": store_params.as_dict(),
+                        "build_params": {**store_params.as_dict(), **extra_params},
                     }
                     written, final = write_and_publish(
                         connection, store, target.budget, candidates, tokenizer.pieces(), info, interrupts.check

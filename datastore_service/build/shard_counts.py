@@ -11,6 +11,7 @@ tokens x levels rows per shard), where a pruned count keeps only the frequent on
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
@@ -62,12 +63,21 @@ def merge_shard_counts(
     min_count: int,
     vocab_size: int,
     progress: bool = True,
+    counted: Sequence[Path] = (),
 ) -> None:
-    """Fill `ngrams` with the summed counts of `shards`, as a count over their union would."""
+    """Fill `ngrams` with the summed counts of `shards` (and of already `counted` shard files), as a
+    count over their union would."""
     files = [
         shard_counts(shard, levels, vocab_size)
         for shard in tqdm(shards, desc="count shards", unit="shard", disable=not progress)
     ]
+    merge_count_files(connection, [*files, *counted], levels, min_count, progress)
+
+
+def merge_count_files(
+    connection: duckdb.DuckDBPyConnection, files: Sequence[Path], levels: int, min_count: int, progress: bool = True
+) -> None:
+    """Fill `ngrams` with the summed counts of shard count files, keeping n-grams seen >= min_count times."""
     connection.execute(f"CREATE OR REPLACE TEMP TABLE shard_ngrams {SHARD_NGRAMS_SCHEMA}")
     for index, path in enumerate(files):
         connection.execute(

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from datastore_service.errors import CrestError
 from datastore_service.lookup.draft_index import DraftIndex
 from datastore_service.rest.format import is_rest_file
 from datastore_service.rest.index import RestIndex
@@ -20,10 +19,8 @@ LookupIndex = DraftIndex | RestIndex
 
 
 def load_index(path: Path, rest_overrides: Mapping[str, int] | None = None) -> LookupIndex:
-    """`rest_overrides` replace a REST store's stored k/n/m/c (an error for a CREST store)."""
+    """`rest_overrides` replace a REST store's stored k/n/m/c (a CREST store has none to replace)."""
     resolved = resolve_store(path)
     if resolved.is_file() and is_rest_file(resolved):
         return RestIndex.load(resolved, rest_overrides)
-    if rest_overrides:
-        raise CrestError(f"{path} is a CREST store: REST's k/n/m/c settings apply to REST stores only")
     return DraftIndex.load(resolved)

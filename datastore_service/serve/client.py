@@ -91,11 +91,13 @@ class DraftClient:
         timeout: float = 1.0,
         retries: int = 3,
         security: ClientSecurity = ClientSecurity(),
+        store: str = "",
     ) -> None:
+        """`store`: which of the servers' stores to use (empty = their default store)."""
         addresses = [addresses] if isinstance(addresses, str) else list(addresses)
         if not addresses:
             raise CrestError("no server address given")
-        self.timeout, self.retries = timeout, retries
+        self.timeout, self.retries, self.store = timeout, retries, store
         self.servers = ", ".join(addresses)
         self.metadata = security.call_metadata()
         target, options = (
@@ -144,7 +146,7 @@ class DraftClient:
         raise AssertionError("unreachable")
 
     def info(self) -> pb.InfoResponse:
-        return self._call(self.stub.Info, pb.InfoRequest())
+        return self._call(self.stub.Info, pb.InfoRequest(store=self.store))
 
     def check_tokenizer(self, fingerprint: str) -> pb.InfoResponse:
         """Refuse a store built for another tokenizer (token ids would mean other text)."""
@@ -158,7 +160,7 @@ class DraftClient:
     def lookup(
         self, sequences: Sequence[Sequence[int]], max_nodes: int = 0, max_depth: int = 0, selection: str = "scored"
     ) -> list[DraftTree]:
-        request = pb.LookupRequest(selection=SELECTIONS[selection])
+        request = pb.LookupRequest(selection=SELECTIONS[selection], store=self.store)
         for tokens in sequences:
             request.sequences.add(tokens=list(tokens), max_nodes=max_nodes, max_depth=max_depth)
         response = self._call(self.stub.Lookup, request)
@@ -173,3 +175,12 @@ class DraftClient:
             )
             for d in response.drafts
         ]
+
+    def observe(self, sequences: Sequence[Sequence[int]]) -> int:
+        """Send emitted token sequences for the store to learn from; returns the tokens the server took.
+
+        Each replica learns what it is sent and reads the others' snapshots, so one replica suffices."""
+        request = pb.ObserveRequest(store=self.store)
+        for tokens in sequences:
+            request.sequences.add(tokens=list(tokens))
+        return self._call(self.stub.Observe, request).tokens

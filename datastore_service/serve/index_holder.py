@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
 from datastore_service.errors import CrestError
 from datastore_service.lookup.index_loader import load_index
@@ -23,7 +25,10 @@ log = logging.getLogger("crest.serve")
 class IndexHolder:
     def __init__(self, store: Path, rest_overrides: Mapping[str, int] | None = None) -> None:
         self.store, self.rest_overrides = store, rest_overrides  # REST's k/n/m/c, kept across reloads
+        started = time.perf_counter()
         self.index = load_index(store, rest_overrides)
+        self.load_seconds, self.loaded_at = time.perf_counter() - started, time.time()
+        self.reloads = self.refusals = 0  # for metrics
         self._refused: Path | None = None
         self._lock = threading.Lock()
 
@@ -38,14 +43,18 @@ class IndexHolder:
             if target in (self.index.path, self._refused):
                 return False
             try:
+                started = time.perf_counter()
                 candidate = load_index(target, self.rest_overrides)
+                load_seconds = time.perf_counter() - started
             except Exception as exc:  # any failure to load means: keep serving the old version
                 self._refused = target
+                self.refusals += 1
                 log.error("refusing %s, keeping version %s: %s", target.name, self.index.info.store_version, exc)
                 return False
             current = self.index.info
             if candidate.info.tokenizer_fingerprint != current.tokenizer_fingerprint:
                 self._refused = target
+                self.refusals += 1
                 log.error(
                     "refusing %s: built for tokenizer %r, this server serves %r; keeping version %s",
                     target.name,
@@ -55,14 +64,19 @@ class IndexHolder:
                 )
                 return False
             self.index, self._refused = candidate, None
+            self.load_seconds, self.loaded_at, self.reloads = load_seconds, time.time(), self.reloads + 1
             log.info("now serving version %s (%d contexts)", candidate.info.store_version, candidate.info.contexts)
             return True
 
 
-class ReloadWatcher(threading.Thread):
-    """Polls the published store path and hot-reloads new versions."""
+class Reloadable(Protocol):
+    def reload_if_published(self) -> object: ...
 
-    def __init__(self, holder: IndexHolder, interval: float) -> None:
+
+class ReloadWatcher(threading.Thread):
+    """Polls the published store paths and hot-reloads new versions."""
+
+    def __init__(self, holder: Reloadable, interval: float) -> None:
         super().__init__(name="crest-reload", daemon=True)
         self.holder, self.interval = holder, interval
         self.stopped = threading.Event()

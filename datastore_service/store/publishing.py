@@ -17,7 +17,7 @@ from pathlib import Path
 KEEP_OLD_VERSIONS = 2
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     descriptor = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(descriptor)
@@ -78,12 +78,12 @@ class VersionedStore:
         fsync_file(partial)
         final = self.versions / f"{version}{self.suffix}"
         os.replace(partial, final)
-        _fsync_dir(self.versions)
+        fsync_dir(self.versions)
         link = self.path.with_name(f".{self.path.name}.link-{os.getpid()}")
         link.unlink(missing_ok=True)
         link.symlink_to(final.relative_to(self.path.parent))
         os.replace(link, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         self._prune_old(final)
         return final
 

@@ -24,27 +24,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63rest/v1/datastore.proto\x12\x08\x63rest.v1\"E\n\rSequenceQuery\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\x12\x11\n\tmax_nodes\x18\x02 \x01(\r\x12\x11\n\tmax_depth\x18\x03 \x01(\r\"c\n\rLookupRequest\x12*\n\tsequences\x18\x01 \x03(\x0b\x32\x17.crest.v1.SequenceQuery\x12&\n\tselection\x18\x02 \x01(\x0e\x32\x13.crest.v1.Selection\"j\n\tDraftTree\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\x12\x0f\n\x07parents\x18\x02 \x03(\x05\x12\x15\n\rprobabilities\x18\x03 \x03(\x02\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\r\x12\r\n\x05score\x18\x05 \x01(\x02\"L\n\x0eLookupResponse\x12#\n\x06\x64rafts\x18\x01 \x03(\x0b\x32\x13.crest.v1.DraftTree\x12\x15\n\rstore_version\x18\x02 \x01(\t\"\r\n\x0bInfoRequest\"\xe5\x02\n\x0cInfoResponse\x12\x15\n\rstore_version\x18\x01 \x01(\t\x12\x16\n\x0etokenizer_name\x18\x02 \x01(\t\x12\x1d\n\x15tokenizer_fingerprint\x18\x03 \x01(\t\x12\x12\n\nvocab_size\x18\x04 \x01(\r\x12\x13\n\x0bmax_context\x18\x05 \x01(\r\x12\x11\n\tmax_depth\x18\x06 \x01(\r\x12\x11\n\tmax_nodes\x18\x07 \x01(\r\x12\x10\n\x08\x63ontexts\x18\x08 \x01(\x04\x12\r\n\x05nodes\x18\t \x01(\x04\x12\x13\n\x0b\x63orpus_name\x18\n \x01(\t\x12\x15\n\rcorpus_tokens\x18\x0b \x01(\x04\x12\x0e\n\x06policy\x18\x0c \x01(\t\x12\x19\n\x11\x62uild_params_json\x18\r \x01(\t\x12\x16\n\x0eschema_version\x18\x0e \x01(\t\x12\x15\n\rcrest_version\x18\x0f \x01(\t\x12\x11\n\tmax_batch\x18\x10 \x01(\r*E\n\tSelection\x12\x19\n\x15SELECTION_UNSPECIFIED\x10\x00\x12\n\n\x06SCORED\x10\x01\x12\x11\n\rLONGEST_MATCH\x10\x02\x32\x80\x01\n\nDraftStore\x12;\n\x06Lookup\x12\x17.crest.v1.LookupRequest\x1a\x18.crest.v1.LookupResponse\x12\x35\n\x04Info\x12\x15.crest.v1.InfoRequest\x1a\x16.crest.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63rest/v1/datastore.proto\x12\x08\x63rest.v1\"E\n\rSequenceQuery\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\x12\x11\n\tmax_nodes\x18\x02 \x01(\r\x12\x11\n\tmax_depth\x18\x03 \x01(\r\"r\n\rLookupRequest\x12*\n\tsequences\x18\x01 \x03(\x0b\x32\x17.crest.v1.SequenceQuery\x12&\n\tselection\x18\x02 \x01(\x0e\x32\x13.crest.v1.Selection\x12\r\n\x05store\x18\x03 \x01(\t\"j\n\tDraftTree\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\x12\x0f\n\x07parents\x18\x02 \x03(\x05\x12\x15\n\rprobabilities\x18\x03 \x03(\x02\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\r\x12\r\n\x05score\x18\x05 \x01(\x02\"L\n\x0eLookupResponse\x12#\n\x06\x64rafts\x18\x01 \x03(\x0b\x32\x13.crest.v1.DraftTree\x12\x15\n\rstore_version\x18\x02 \x01(\t\"\x1c\n\x0bInfoRequest\x12\r\n\x05store\x18\x01 \x01(\t\"\xa4\x03\n\x0cInfoResponse\x12\x15\n\rstore_version\x18\x01 \x01(\t\x12\x16\n\x0etokenizer_name\x18\x02 \x01(\t\x12\x1d\n\x15tokenizer_fingerprint\x18\x03 \x01(\t\x12\x12\n\nvocab_size\x18\x04 \x01(\r\x12\x13\n\x0bmax_context\x18\x05 \x01(\r\x12\x11\n\tmax_depth\x18\x06 \x01(\r\x12\x11\n\tmax_nodes\x18\x07 \x01(\r\x12\x10\n\x08\x63ontexts\x18\x08 \x01(\x04\x12\r\n\x05nodes\x18\t \x01(\x04\x12\x13\n\x0b\x63orpus_name\x18\n \x01(\t\x12\x15\n\rcorpus_tokens\x18\x0b \x01(\x04\x12\x0e\n\x06policy\x18\x0c \x01(\t\x12\x19\n\x11\x62uild_params_json\x18\r \x01(\t\x12\x16\n\x0eschema_version\x18\x0e \x01(\t\x12\x15\n\rcrest_version\x18\x0f \x01(\t\x12\x11\n\tmax_batch\x18\x10 \x01(\r\x12\x12\n\nstore_name\x18\x11 \x01(\t\x12\x10\n\x08learning\x18\x12 \x01(\x08\x12\x17\n\x0fobserved_tokens\x18\x13 \x01(\x04\"\"\n\x10ObservedSequence\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\"N\n\x0eObserveRequest\x12\r\n\x05store\x18\x01 \x01(\t\x12-\n\tsequences\x18\x02 \x03(\x0b\x32\x1a.crest.v1.ObservedSequence\"8\n\x0fObserveResponse\x12\x0e\n\x06tokens\x18\x01 \x01(\x04\x12\x15\n\rstore_version\x18\x02 \x01(\t*E\n\tSelection\x12\x19\n\x15SELECTION_UNSPECIFIED\x10\x00\x12\n\n\x06SCORED\x10\x01\x12\x11\n\rLONGEST_MATCH\x10\x02\x32\xc0\x01\n\nDraftStore\x12;\n\x06Lookup\x12\x17.crest.v1.LookupRequest\x1a\x18.crest.v1.LookupResponse\x12\x35\n\x04Info\x12\x15.crest.v1.InfoRequest\x1a\x16.crest.v1.InfoResponse\x12>\n\x07Observe\x12\x18.crest.v1.ObserveRequest\x1a\x19.crest.v1.ObserveResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'crest.v1.datastore_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SELECTION']._serialized_start=771
-  _globals['_SELECTION']._serialized_end=840
+  _globals['_SELECTION']._serialized_start=1038
+  _globals['_SELECTION']._serialized_end=1107
   _globals['_SEQUENCEQUERY']._serialized_start=38
   _globals['_SEQUENCEQUERY']._serialized_end=107
   _globals['_LOOKUPREQUEST']._serialized_start=109
-  _globals['_LOOKUPREQUEST']._serialized_end=208
-  _globals['_DRAFTTREE']._serialized_start=210
-  _globals['_DRAFTTREE']._serialized_end=316
-  _globals['_LOOKUPRESPONSE']._serialized_start=318
-  _globals['_LOOKUPRESPONSE']._serialized_end=394
-  _globals['_INFOREQUEST']._serialized_start=396
-  _globals['_INFOREQUEST']._serialized_end=409
-  _globals['_INFORESPONSE']._serialized_start=412
-  _globals['_INFORESPONSE']._serialized_end=769
-  _globals['_DRAFTSTORE']._serialized_start=843
-  _globals['_DRAFTSTORE']._serialized_end=971
+  _globals['_LOOKUPREQUEST']._serialized_end=223
+  _globals['_DRAFTTREE']._serialized_start=225
+  _globals['_DRAFTTREE']._serialized_end=331
+  _globals['_LOOKUPRESPONSE']._serialized_start=333
+  _globals['_LOOKUPRESPONSE']._serialized_end=409
+  _globals['_INFOREQUEST']._serialized_start=411
+  _globals['_INFOREQUEST']._serialized_end=439
+  _globals['_INFORESPONSE']._serialized_start=442
+  _globals['_INFORESPONSE']._serialized_end=862
+  _globals['_OBSERVEDSEQUENCE']._serialized_start=864
+  _globals['_OBSERVEDSEQUENCE']._serialized_end=898
+  _globals['_OBSERVEREQUEST']._serialized_start=900
+  _globals['_OBSERVEREQUEST']._serialized_end=978
+  _globals['_OBSERVERESPONSE']._serialized_start=980
+  _globals['_OBSERVERESPONSE']._serialized_end=1036
+  _globals['_DRAFTSTORE']._serialized_start=1110
+  _globals['_DRAFTSTORE']._serialized_end=1302
 # @@protoc_insertion_point(module_scope)

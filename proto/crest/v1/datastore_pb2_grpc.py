@@ -44,6 +44,11 @@ class DraftStoreStub(object):
                 request_serializer=crest_dot_v1_dot_datastore__pb2.InfoRequest.SerializeToString,
                 response_deserializer=crest_dot_v1_dot_datastore__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.Observe = channel.unary_unary(
+                '/crest.v1.DraftStore/Observe',
+                request_serializer=crest_dot_v1_dot_datastore__pb2.ObserveRequest.SerializeToString,
+                response_deserializer=crest_dot_v1_dot_datastore__pb2.ObserveResponse.FromString,
+                _registered_method=True)
 
 
 class DraftStoreServicer(object):
@@ -63,6 +68,15 @@ class DraftStoreServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Observe(self, request, context):
+        """Tokens a worker emitted, so the store learns from them: the server counts their n-grams into
+        an in-memory overlay that every later Lookup merges with the stored trees (servers started
+        with --learn; others answer FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DraftStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +89,11 @@ def add_DraftStoreServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=crest_dot_v1_dot_datastore__pb2.InfoRequest.FromString,
                     response_serializer=crest_dot_v1_dot_datastore__pb2.InfoResponse.SerializeToString,
+            ),
+            'Observe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Observe,
+                    request_deserializer=crest_dot_v1_dot_datastore__pb2.ObserveRequest.FromString,
+                    response_serializer=crest_dot_v1_dot_datastore__pb2.ObserveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +150,33 @@ class DraftStore(object):
             '/crest.v1.DraftStore/Info',
             crest_dot_v1_dot_datastore__pb2.InfoRequest.SerializeToString,
             crest_dot_v1_dot_datastore__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Observe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crest.v1.DraftStore/Observe',
+            crest_dot_v1_dot_datastore__pb2.ObserveRequest.SerializeToString,
+            crest_dot_v1_dot_datastore__pb2.ObserveResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,6 +22,7 @@ from datastore_service.rest.format import open_rest_file, token_dtype
 from datastore_service.rest.index import RestIndex, RestParams
 from datastore_service.serve.client import DraftClient
 from datastore_service.serve.server import RunningServer, ServerSettings
+from datastore_service.serve.stores import StoreSet, StoreSpec
 from datastore_service.store.publishing import VersionedStore
 from tests.datastore_service.store_factory import publish_token_store
 
@@ -244,5 +245,7 @@ def test_lookup_parameters_are_stored_by_the_build_and_overridden_by_a_server(tm
         trees = client.lookup([d[:5] for d in documents[:10]])
     assert any(len(t) for t in trees) and all(len(t) <= 3 and t.depths().max(initial=0) <= 2 for t in trees)
     crest_store = publish_token_store(tmp_path / "crest.duckdb", [[1, 2, 3, 1, 2, 4] * 5], vocab_size=8)
-    with pytest.raises(CrestError, match="REST stores only"):
-        load_index(crest_store, {"k": 5})
+    with pytest.raises(CrestError, match="apply to REST stores, and none is served"):
+        StoreSet([StoreSpec("default", crest_store)], rest_overrides={"k": 5})
+    mixed = StoreSet([StoreSpec("default", crest_store), StoreSpec("rest", store)], rest_overrides={"k": 5})
+    assert mixed.get("rest").holder.index.params.k == 5
