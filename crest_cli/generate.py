@@ -7,6 +7,7 @@ import sys
 import time
 
 from crest_cli.generate_metrics import DecodeMetrics
+from datastore_service.build.tokenizer import TargetTokenizer
 from datastore_service.errors import CrestError
 from decoder.acceptance import SamplingParams
 from decoder.decoders import Decoder, make_decoder
@@ -18,8 +19,15 @@ from decoder.target_model import TargetModel, load_target
 ACCEPTED_STYLE, RESET = "\033[32m", "\033[0m"
 
 
-def draft_source(args: argparse.Namespace, target: TargetModel) -> DraftSource:
-    """The source the flags ask for, refusing a store built for another tokenizer than the model's."""
+def draft_source(args: argparse.Namespace, tokenizer_fingerprint: str | None) -> DraftSource:
+    """The source the flags ask for, checked before the model loads (it takes seconds): the store opens
+    or the server answers and accepts the token, and either was built with the model's tokenizer."""
+    if args.learn and not args.server:
+        raise CrestError("--learn sends outputs to a draft server: use it with --server")
+    if args.no_store:
+        if args.no_prompt_lookup:
+            raise CrestError("--no-store with --no-prompt-lookup leaves nothing to draft from (use --compare)")
+        return WithPromptLookup(NoDrafts())
     if args.server:
         from datastore_service.serve.client import DraftClient
         from datastore_service.serve.credentials import ClientSecurity, load_token
@@ -35,20 +43,18 @@ def draft_source(args: argparse.Namespace, target: TargetModel) -> DraftSource:
             ),
             store=args.store_name,
         )
-        client.check_tokenizer(target.tokenizer_fingerprint)
+        client.check_tokenizer(tokenizer_fingerprint)
         source: DraftSource = ServiceSource(client, args.selection)
-    elif args.store:
+    else:
         from datastore_service.lookup.index_loader import load_index
 
         index = load_index(args.store)
-        if index.info.tokenizer_fingerprint != target.tokenizer_fingerprint:
+        if index.info.tokenizer_fingerprint != tokenizer_fingerprint:
             raise CrestError(
                 f"store {args.store} was built for tokenizer {index.info.tokenizer_name!r}, "
-                f"not the one of model {target.name!r}"
+                f"not the one of model {args.model!r}"
             )
         source = IndexSource(index, args.selection)
-    else:
-        source = NoDrafts()
     return source if args.no_prompt_lookup else WithPromptLookup(source)
 
 
@@ -108,12 +114,14 @@ def _report(name: str, generations: list[Generation], seconds: float) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CrestError("--batch-size must be at least 1")
+    # Before the model: a wrong server, token or store fails in a second, not after the model loaded.
+    fingerprint = None if args.no_store else TargetTokenizer.load(args.model).fingerprint
+    source = draft_source(args, fingerprint)
     target = load_target(args.model, args.dtype, args.device)
     prompts = [target.encode_prompt(prompt, args.chat) for prompt in args.prompt]
     if len(prompts) == 1 and args.batch_size > 1:
         prompts *= args.batch_size
     sampling = SamplingParams(args.temperature, args.top_p, args.top_k) if args.temperature > 0 else None
-    source = draft_source(args, target)
     rows = min(args.batch_size, len(prompts))
     settings = dict(sampling=sampling, engine=args.engine, rows=rows, measure_costs=not args.fixed_nodes)
     decoder = make_decoder(target, source, args.max_nodes, **settings)

@@ -7,10 +7,18 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--store", type=Path, help="draft from this store, in process")
+    sources = parser.add_argument_group(
+        "draft source (one is required)",
+        "Checked before the model loads: the store opens, or a server answers and accepts the token, and the "
+        "store was built with the model's tokenizer.",
+    )
+    source = sources.add_mutually_exclusive_group(required=True)
+    source.add_argument("--store", type=Path, help="draft from this store (.duckdb or .rest), in process")
     source.add_argument(
         "--server", action="append", metavar="HOST:PORT", help="draft from `crest serve` replicas (repeat for several)"
+    )
+    source.add_argument(
+        "--no-store", action="store_true", help="no store: draft only from the sequence itself (prompt lookup)"
     )
     parser.add_argument(
         "--store-name", default="", help="which of the servers' stores drafts (default: their default store)"
@@ -60,9 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     parser.add_argument("--model", default="smollm2", help="target model: smollm2, gemma3, a .gguf or a HF folder")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="weights and activations"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="stop after this many new tokens")
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (exactly plain greedy output)")
     parser.add_argument(
@@ -76,6 +86,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="always verify --max-nodes nodes instead of choosing by the measured cost curve",
     )
     parser.add_argument("--no-prompt-lookup", action="store_true", help="draft from the store only")
-    parser.add_argument("--selection", choices=("scored", "longest"), default="scored")
+    parser.add_argument(
+        "--selection",
+        choices=("scored", "longest"),
+        default="scored",
+        help="scored: the matching tree expected to get the most tokens accepted; longest: the longest matching "
+        "context (REST's rule)",
+    )
     parser.add_argument("--compare", action="store_true", help="also decode without drafts and compare")
     parser.add_argument("--color", action="store_true", help="mark accepted draft tokens in green")

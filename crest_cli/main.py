@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from crest_cli.help_format import CrestParser
+from crest_cli.versions import with_default_action
 from datastore_service import __version__
 from datastore_service.build.corpus import FORMATS
 from datastore_service.build.corpus import PRESETS as CORPUS_PRESETS
@@ -15,6 +17,7 @@ from datastore_service.build.tokenizer import DEFAULT_TOKENIZER
 from datastore_service.build.tokenizer import PRESETS as TOKENIZER_PRESETS
 from datastore_service.errors import CrestError
 from datastore_service.sizes import format_bytes, parse_budget
+from datastore_service.store.publishing import KEEP_OLD_VERSIONS
 
 if TYPE_CHECKING:
     from datastore_service.build.spark.engine import SparkSettings
@@ -50,8 +53,11 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
         "build",
         help="build a datastore from a corpus and publish it",
         description="Tokenize a corpus, count its n-grams in DuckDB, keep the best contexts with their "
-        "precomputed draft trees within a budget, and publish the store atomically.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "precomputed draft trees within a budget, and publish the store atomically: the store path is a symlink "
+        "to <store>.versions/<version>.duckdb, swapped only once the new version is complete. A build equal to "
+        "the published version publishes nothing. --kind rest builds the REST baseline instead (a .rest store: "
+        "the tokenized corpus, or a fraction of it, with its suffix array), which `crest serve`, `crest generate "
+        "--store` and `crest eval` read like a CREST store.",
     )
     source = parser.add_argument_group("corpus")
     source.add_argument(
@@ -127,7 +133,19 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
 
     output = parser.add_argument_group("output and resources")
     output.add_argument(
-        "--output", type=Path, default=None, help="published store path (default: <cache>/stores/<corpus>.duckdb)"
+        "--output",
+        type=Path,
+        default=None,
+        help="published store path (default: $CREST_CACHE/stores/<corpus>.duckdb, $CREST_CACHE defaulting to "
+        "~/.cache/crest; <corpus> is the preset or the corpus path's name, with the --add-shard names joined by + "
+        "for a sharded build, e.g. repo_a+repo_b.duckdb; --kind rest: <corpus>.rest, or <corpus>-<fraction>.rest)",
+    )
+    output.add_argument(
+        "--keep",
+        type=int,
+        default=None,
+        help="older versions to keep besides the published, pinned and served ones (default: as last given for "
+        f"this store, else {KEEP_OLD_VERSIONS}); remembered for later builds; see `crest versions`",
     )
     output.add_argument("--replace", action="store_true", help="replace a store built with another tokenizer")
     output.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all cores)")
@@ -139,7 +157,7 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
         "engine",
         "Where counting, tree ranking and selection run. `spark` runs the same SQL (transpiled) on "
         "Apache Spark from the tokenized Parquet and loads its compact table (Parquet) into the store; it needs "
-        "pip install 'crest[spark]' and Java 17+.",
+        "pyspark (`pip install '.[spark]'` in the checkout; scripts/setup installs it) and Java 17+.",
     )
     engine.add_argument("--engine", choices=("duckdb", "spark"), default="duckdb", help="build engine")
     engine.add_argument(
@@ -223,7 +241,7 @@ def _run_build(args: argparse.Namespace) -> int:
         for path in args.add_shard
     )
     spark = _spark_settings(args)
-    output = args.output or default_store_path(corpus.display_name)
+    output = args.output or default_store_path("+".join(spec.display_name for spec in (corpus, *shards)))
     settings = EngineSettings(threads=args.threads, memory_limit=args.memory_limit, max_temp_size=args.max_temp_size)
     summary = build_store(
         corpus,
@@ -235,9 +253,10 @@ def _run_build(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         spark=spark,
         shards=shards,
+        keep=args.keep,
     )
     phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in summary.seconds.items())
-    print(f"published   {summary.store} -> {summary.version_file.name}")
+    _print_published(summary.store, summary.version_file, summary.unchanged)
     print(
         f"corpus      {summary.documents:,} documents ({len(summary.skipped)} files skipped), {summary.tokens:,} tokens"
     )
@@ -257,15 +276,24 @@ def _run_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_published(store: Path, version_file: Path, unchanged: bool) -> None:
+    if unchanged:
+        print(f"unchanged   {store} -> {version_file.name}: the build equals the published version; nothing published")
+    else:
+        print(f"published   {store} -> {version_file.name}")
+
+
 def _run_rest_build(args: argparse.Namespace, corpus) -> int:
     from datastore_service.rest.build import build_rest_store, default_rest_path
     from datastore_service.rest.index import RestParams
 
     lookup = RestParams(**_rest_overrides(args))
     output = args.output or default_rest_path(corpus.display_name, args.fraction)
-    summary = build_rest_store(corpus, args.tokenizer, output, args.fraction, progress=not args.quiet, lookup=lookup)
+    summary = build_rest_store(
+        corpus, args.tokenizer, output, args.fraction, progress=not args.quiet, keep=args.keep, lookup=lookup
+    )
     phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in summary.seconds.items())
-    print(f"published   {summary.store} -> {summary.version_file.name}")
+    _print_published(summary.store, summary.version_file, summary.unchanged)
     print(f"corpus      {summary.documents:,} documents, {summary.tokens:,} of {summary.corpus_tokens:,} tokens")
     print(
         f"size        {format_bytes(summary.file_bytes)} (tokens + suffix array, "
@@ -310,13 +338,20 @@ def _add_migrate(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("store", type=Path, help="published store path")
     parser.add_argument("--revision", default="head", help="target schema revision")
+    parser.add_argument(
+        "--keep",
+        type=int,
+        default=None,
+        help=f"older versions to keep besides the published, pinned and served ones (default: as last given, "
+        f"else {KEEP_OLD_VERSIONS})",
+    )
     parser.set_defaults(run=_run_migrate)
 
 
 def _run_migrate(args: argparse.Namespace) -> int:
     from datastore_service.store.migrate import migrate_store
 
-    before, after = migrate_store(args.store, args.revision)
+    before, after = migrate_store(args.store, args.revision, keep=args.keep)
     print(
         f"{args.store}: schema {before} -> {after}" if before != after else f"{args.store}: already at schema {after}"
     )
@@ -325,6 +360,7 @@ def _run_migrate(args: argparse.Namespace) -> int:
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
     from datastore_service.overlay.overlay import OverlaySettings
+    from datastore_service.serve.logs import FORMATS, LEVELS
     from datastore_service.serve.server import ServerSettings
 
     defaults = ServerSettings()
@@ -334,7 +370,6 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         description="Serve a published store to decoding workers over gRPC. The server hot-reloads new "
         "versions published at the same path, refusing corrupt ones and ones of another tokenizer. "
         "SIGTERM drains calls in flight, then exits.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "store", type=Path, nargs="?", default=None, help="published store path, served as the default store"
@@ -360,6 +395,22 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         help="seconds between checks for a newly published version",
     )
     parser.add_argument("--grace", type=float, default=defaults.grace, help="seconds in-flight calls get at shutdown")
+    logging_flags = parser.add_argument_group(
+        "logging",
+        "The log (stderr) shows start, reloads, refused calls with the peer's address (wrong or missing token), "
+        "and one summary line per interval: calls by method, sequences looked up, Lookup p50/p99, errors by "
+        "status, refused calls. A failed TLS handshake never reaches the server's code: the client sees UNAVAILABLE.",
+    )
+    logging_flags.add_argument("--log-level", choices=LEVELS, default="info", help="debug also logs every call")
+    logging_flags.add_argument(
+        "--log-format", choices=FORMATS, default="text", help="text lines, or one JSON object per line"
+    )
+    logging_flags.add_argument(
+        "--summary-interval",
+        type=float,
+        default=defaults.summary_interval,
+        help="seconds between summary lines (0: none)",
+    )
     security = parser.add_argument_group(
         "security",
         "TLS and a shared token, so a store shared across hosts answers only its clients. "
@@ -423,10 +474,9 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    import logging
-
     from datastore_service.overlay.overlay import OverlaySettings
     from datastore_service.serve.credentials import load_token
+    from datastore_service.serve.logs import configure_logging
     from datastore_service.serve.security import ServerSecurity, TenantTokens
     from datastore_service.serve.server import ServerSettings, serve_forever
     from datastore_service.serve.stores import DEFAULT_NAME, StoreSpec
@@ -437,7 +487,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     if not stores:
         raise CrestError("give a store to serve (STORE, or --store NAME=PATH)")
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(args.log_level, args.log_format)
     security = ServerSecurity(
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
@@ -459,6 +509,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         max_message_bytes=int(args.max_message_mb * 2**20),
         reload_interval=args.reload_interval,
         grace=args.grace,
+        summary_interval=args.summary_interval,
         security=security,
         learn=learn,
         metrics_port=args.metrics_port,
@@ -471,6 +522,45 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_versions(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "versions",
+        help="list a store's versions; pin, unpin, roll back (publish), prune",
+        description="A store path is a symlink to <store>.versions/<version>. `crest versions STORE` lists the "
+        "versions: which is published, which are pinned, which live replicas (`crest serve`) report serving "
+        "them. Pruning never removes the published version, a pinned one or one a live replica serves.",
+    )
+    from crest_cli.versions import add_arguments
+
+    add_arguments(parser)
+    parser.set_defaults(run=_run_versions)
+
+
+def _run_versions(args: argparse.Namespace) -> int:
+    from crest_cli.versions import run
+
+    return run(args)
+
+
+def _add_cache(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "cache",
+        help="what the cache holds ($CREST_CACHE, default ~/.cache/crest); `crest cache prune` trims it",
+        description="List the cache folders under $CREST_CACHE (default ~/.cache/crest) with their sizes. "
+        "`crest cache prune` removes cached token and count files no build used for a while.",
+    )
+    from crest_cli.cache import add_arguments
+
+    add_arguments(parser)
+    parser.set_defaults(run=_run_cache)
+
+
+def _run_cache(args: argparse.Namespace) -> int:
+    from crest_cli.cache import run
+
+    return run(args)
+
+
 def _add_compact(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "compact",
@@ -479,7 +569,6 @@ def _add_compact(commands: argparse._SubParsersAction) -> None:
         "not hold yet) with the counts of the corpus it was built from, and publish a new version with exact "
         "counts and the same build parameters. Every replica hot-reloads it and drops what it holds from its "
         "overlay. Give the same corpus options as the build.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("store", type=Path, help="published store path (the one `crest serve --learn` serves)")
     parser.add_argument("--corpus", default="stdlib", help="the corpus the store was built from (preset or path)")
@@ -522,7 +611,6 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
         description="Stream a completion from the target model, verifying drafts from a store (in process) or "
         "from `crest serve` replicas in one tree-attention pass per step. Greedy output equals plain greedy "
         "decoding. Prints tokens, steps, accepted tokens per step and tokens/s at the end.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     from crest_cli.generate_args import add_arguments
 
@@ -543,7 +631,6 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         description="Build REST stores over corpus fractions and CREST stores over byte budgets, replay the "
         "target's cached greedy outputs against each (exact, no model forward), check the replay against real "
         "decoding on a few prompts, and write a table (Markdown + CSV) and a plot into the output folder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     from crest_cli.evaluation.args import add_arguments
 
@@ -566,7 +653,6 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         "store and MT-Bench questions through the chat store with SmolLM2 (accepted drafts in green), each four ways "
         "in the same engine (plain, store, prompt lookup, both), then compare them in a table. The server is stopped "
         "on exit, Ctrl-C included.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--humaneval", type=int, default=2, help="HumanEval prompts to decode")
     parser.add_argument("--mtbench", type=int, default=1, help="MT-Bench questions to decode (chat template)")
@@ -583,7 +669,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(
+    root = CrestParser(
         prog="crest",
         description="CREST: compact n-gram draft datastore for retrieval-based speculative decoding.",
     )
@@ -593,6 +679,8 @@ def parser() -> argparse.ArgumentParser:
     _add_inspect(commands)
     _add_migrate(commands)
     _add_serve(commands)
+    _add_versions(commands)
+    _add_cache(commands)
     _add_compact(commands)
     _add_generate(commands)
     _add_eval(commands)
@@ -601,7 +689,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_args(with_default_action(sys.argv[1:] if argv is None else argv))
     try:
         return args.run(args)
     except CrestError as exc:

@@ -153,11 +153,12 @@ class TreeEngine:
             fed = prefill_inputs(prompt, self.dtype, self.device)
             logits = self.forward(cache, fed.input_ids, fed.positions, fed.slots, fed.mask, rows=slice(row, row + 1))
             cache.advance(row, len(prompt))
-            first = self._first_token(logits[0, -1])
+            scores = self._scores(logits[:, -1:], [[prompt[-1]]], [[-1]], [list(prompt)])
+            first = self._first_token(scores[0, -1])
             generations[row].prefill_seconds = time.perf_counter() - started
             if max_new_tokens <= 0:
                 continue
-            emitted, generations[row].stopped_by = emitted_until_stop(self.target, [first], [], stop_strings, self.eos)
+            emitted, generations[row].stopped_by = self._until_stop(row, [first], [], stop_strings)
             generations[row].tokens.extend(emitted)
             histories[row].extend(emitted)
         yield [([g.tokens[0]], None) if g.tokens else None for g in generations]
@@ -190,7 +191,8 @@ class TreeEngine:
         trees = [first_nodes(tree, width - 1) for tree in trees]
         fed = self._pack(cache, [histories[s][-1] for s in seated], trees, width)
         prepared = time.perf_counter()
-        verdicts = self._verdicts(self._pass(cache, fed), fed)
+        scores = self._scores(self._pass(cache, fed), fed.fed_tokens, fed.fed_parents, [histories[s] for s in seated])
+        verdicts = self._verdicts(scores, fed)
         verified = time.perf_counter()
         outcomes = []
         for row, sequence in enumerate(seated):
@@ -198,8 +200,8 @@ class TreeEngine:
             on_path = np.zeros(len(trees[row]), bool)
             on_path[[i - 1 for i in accepted.fed_path]] = True
             self.calibration.observe(trees[row].probabilities, on_path)
-            emitted, generations[sequence].stopped_by = emitted_until_stop(
-                self.target, accepted.tokens, generations[sequence].tokens, stop_strings, self.eos
+            emitted, generations[sequence].stopped_by = self._until_stop(
+                sequence, accepted.tokens, generations[sequence].tokens, stop_strings
             )
             outcomes.append((accepted, emitted))
         accepted_done = time.perf_counter()
@@ -261,6 +263,23 @@ class TreeEngine:
     def _pass(self, cache: StaticKVCache, fed: FedBatch) -> torch.Tensor:
         rows = slice(0, fed.input_ids.shape[0])
         return self.run_pass(cache, fed.input_ids, fed.positions, fed.slots, fed.mask, rows=rows)
+
+    def _scores(
+        self,
+        logits: torch.Tensor,
+        fed_tokens: list[list[int]],
+        fed_parents: list[list[int]],
+        histories: list[list[int]],
+    ) -> torch.Tensor:
+        """What acceptance is decided on, per fed token: the logits themselves here; a subclass may
+        process them knowing each fed token's sequence (`histories[row]` ends with the row's root)."""
+        return logits
+
+    def _until_stop(
+        self, sequence: int, accepted: list[int], before: list[int], stop_strings: Sequence[str]
+    ) -> tuple[list[int], str]:
+        """The accepted tokens up to the first that stops the sequence, and why it stopped."""
+        return emitted_until_stop(self.target, accepted, before, stop_strings, self.eos)
 
     def _verdicts(self, logits: torch.Tensor, fed: FedBatch) -> Callable[[int], Accepted]:
         """Bring the target's verdicts to the host (the step's one device sync); a walk per row."""

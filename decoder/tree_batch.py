@@ -71,21 +71,19 @@ def pack(
         sees[b], depths[b] = ancestry(parents, width)
         fed_tokens.append(tokens)
         fed_parents.append(parents)
-    # The host sends the small per-row arrays once; the wide mask is made where it is used.
-    start = torch.tensor(np.asarray(lengths, np.int64), device=device)[:, None]
-    offsets = torch.arange(width, device=device)[None, :]
+    start = np.asarray(lengths, np.int64)[:, None]
+    slots = start + np.arange(width)[None, :]
     if visible is None:
-        visible = -(-(max(lengths) + width) // VISIBLE_GRANULE) * VISIBLE_GRANULE
-    history = torch.arange(visible, device=device)[None, None, :] < start[:, :, None]  # [rows, 1, visible]
-    allowed = history.expand(rows, width, visible).clone()
-    tree_slots = (start + offsets)[:, None, :].expand(rows, width, width)
-    allowed.scatter_(2, tree_slots, torch.from_numpy(sees).to(device))
+        visible = -(-(int(start.max()) + width) // VISIBLE_GRANULE) * VISIBLE_GRANULE
+    # Blocked unless history (slots before the row's length) or an ancestor in the row's own tree.
+    blocked = np.broadcast_to(np.arange(visible)[None, None, :] >= start[:, :, None], (rows, width, visible)).copy()
+    blocked[np.arange(rows)[:, None, None], np.arange(width)[None, :, None], slots[:, None, :]] = ~sees
     mask = torch.zeros(rows, 1, width, visible, dtype=dtype, device=device)
-    mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+    mask.masked_fill_(torch.from_numpy(blocked).to(device)[:, None], torch.finfo(dtype).min)
     return FedBatch(
         input_ids=torch.from_numpy(ids).to(device),
-        positions=start + torch.from_numpy(depths).to(device),
-        slots=start + offsets,
+        positions=torch.from_numpy(start + depths).to(device),
+        slots=torch.from_numpy(slots).to(device),
         mask=mask,
         fed_tokens=fed_tokens,
         fed_parents=fed_parents,

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 import torch
 from tqdm import tqdm
 
+from crest_cli.evaluation.args import output_folder
 from crest_cli.evaluation.doc_sections import write_section
 from crest_cli.evaluation.measure import replay_suite
 from crest_cli.evaluation.real_check import RealCheck, check_replays
@@ -28,6 +29,7 @@ CSV_NAME, PLOT_NAME, RESULTS_NAME = "results.csv", "results.png", "RESULTS.md"
 
 
 def run(args: argparse.Namespace) -> int:
+    args.output_dir = output_folder(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     progress = not args.quiet
@@ -131,6 +133,7 @@ def _write_outputs(
     markdown = markdown_report(rows, checks, titles, setup, PLOT_NAME, CSV_NAME)
     write_section(folder / RESULTS_NAME, "eval", markdown, title="Results: CREST vs REST")
     print(markdown)
+    print(f"\nwrote {RESULTS_NAME} (its eval section), {CSV_NAME} and {PLOT_NAME} into {folder}", file=sys.stderr)
 
 
 def _corpus_label(args: argparse.Namespace, suite: Suite) -> str:

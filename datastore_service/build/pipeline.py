@@ -52,6 +52,7 @@ class BuildSummary:
     nodes_kept: int
     file_bytes: int
     seconds: dict[str, float] = field(default_factory=dict)
+    unchanged: bool = False  # the build equalled the published version, which stays: nothing was published
 
     @property
     def bytes_per_context(self) -> float:
@@ -194,11 +195,13 @@ class ObservedCounts:
 
 @dataclass(frozen=True)
 class StoreTarget:
-    """One store to publish from a build's ranked trees: where, within which budget, by which policy."""
+    """One store to publish from a build's ranked trees: where, within which budget, by which policy,
+    and how many older versions to keep besides the published, pinned and served ones."""
 
     output: Path
     budget: Budget
     policy: str
+    keep: int | None = None  # None: as last given for this store, else KEEP_OLD_VERSIONS
 
 
 def build_store(
@@ -212,8 +215,9 @@ def build_store(
     spark: SparkSettings | None = None,
     shards: tuple[CorpusSpec, ...] = (),
     observed: ObservedCounts | None = None,
+    keep: int | None = None,
 ) -> BuildSummary:
-    target = StoreTarget(output, params.budget, params.policy)
+    target = StoreTarget(output, params.budget, params.policy, keep)
     return build_stores(corpus, tokenizer_spec, params, [target], settings, replace, progress, spark, shards, observed)[
         0
     ]
@@ -268,7 +272,7 @@ def _build_stores(
 ) -> list[BuildSummary]:
     clock = Stopwatch()
     started = time.perf_counter()
-    stores = [VersionedStore(target.output) for target in targets]
+    stores = [VersionedStore(target.output, keep=target.keep) for target in targets]
     tokenizer = TargetTokenizer.load(tokenizer_spec)
     for store in stores:
         _refuse_other_tokenizer(store, tokenizer, replace)
@@ -358,6 +362,7 @@ def _build_stores(
                         nodes_kept=written.nodes,
                         file_bytes=written.file_bytes,
                         seconds=seconds,
+                        unchanged=final.name != f"{version}{store.suffix}",
                     )
                 )
     finally:

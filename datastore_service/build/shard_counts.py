@@ -17,6 +17,7 @@ from pathlib import Path
 import duckdb
 from tqdm import tqdm
 
+from datastore_service.build.caches import mark_used
 from datastore_service.build.ngram_counting import count_ngrams_up_to
 from datastore_service.build.sql_files import SqlConnection, run_sql
 from datastore_service.build.token_table import TokenizedCorpus
@@ -39,6 +40,7 @@ def shard_counts(tokenized: TokenizedCorpus, levels: int, vocab_size: int) -> Pa
     """Parquet `(level, gid, parent, token, count)` of every n-gram of the shard up to `levels` tokens."""
     target = shard_counts_path(tokenized, levels)
     if target.exists():
+        mark_used(target)
         return target
     partial = target.with_suffix(f".partial-{os.getpid()}")
     try:

@@ -22,6 +22,7 @@ from datastore_service.errors import BudgetError
 from datastore_service.sizes import Budget, format_bytes
 from datastore_service.store import schema as store_schema
 from datastore_service.store.publishing import VersionedStore, fsync_file, remove_path
+from datastore_service.store.same_content import same_store_content
 
 # Accept a file between these fractions of the byte budget (the published file may be at most
 # 10% above the budget; below 92% it wastes room that more contexts could use).
@@ -136,14 +137,16 @@ def write_and_publish(
     before_publish: Callable[[], None] = lambda: None,
 ) -> tuple[WrittenStore, Path]:
     """Write the ranked trees into a new version of `store` within `budget` and publish it
-    (unless `before_publish` raises)."""
+    (unless `before_publish` raises). Returns the published file: the new version, or the
+    published one when the new file holds exactly the same (then nothing is published)."""
     version = info["store_version"]
     template, partial = store.scratch(version, "template"), store.scratch(version, "partial")
     try:
         create_template(template, pieces)
         written = write_within_budget(connection, template, partial, budget, candidates, info)
         before_publish()
-        return written, store.publish(partial, version)
+        final, _ = store.publish_unless_identical(partial, version, same_store_content)
+        return written, final
     finally:
         remove_path(template)
         remove_path(partial)

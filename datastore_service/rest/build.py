@@ -21,14 +21,16 @@ from datastore_service import __version__
 from datastore_service.build.corpus import CorpusSpec
 from datastore_service.build.token_table import tokenize_corpus
 from datastore_service.build.tokenizer import TargetTokenizer
-from datastore_service.errors import CrestError
+from datastore_service.errors import CrestError, StoreError
 from datastore_service.paths import cache_dir
-from datastore_service.rest.format import separator_of, token_dtype, write_rest_file
+from datastore_service.rest.format import open_rest_file, separator_of, token_dtype, write_rest_file
 from datastore_service.rest.index import RestParams
 from datastore_service.store.publishing import VersionedStore, remove_path
 
 REST_SUFFIX = ".rest"
 FRACTION_SEED = 20231114
+# What makes two REST files serve the same drafts, besides their arrays.
+IDENTITY_KEYS = ("format", "kind", "tokenizer_fingerprint", "corpus_fingerprint", "build_params", "lookup_params")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class RestBuildSummary:
     corpus_tokens: int
     file_bytes: int
     seconds: dict[str, float]
+    unchanged: bool = False  # equal to the published version, which stays: nothing was published
 
 
 def corpus_with_separators(
@@ -79,6 +82,7 @@ def build_rest_store(
     output: Path,
     fraction: float = 1.0,
     progress: bool = True,
+    keep: int | None = None,
     lookup: RestParams = RestParams(),
 ) -> RestBuildSummary:
     """`lookup`: the k/n/m/c the store serves with unless a server overrides them."""
@@ -97,11 +101,24 @@ def build_rest_store(
     }
     tokenize_seconds = time.perf_counter() - started
     summary = publish_rest_store(
-        table.column("doc_id").to_numpy(), table.column("token").to_numpy(), fraction, output, identity, lookup
+        table.column("doc_id").to_numpy(), table.column("token").to_numpy(), fraction, output, identity, keep, lookup
     )
     summary.seconds["tokenize"] = tokenize_seconds
     summary.seconds["total"] = time.perf_counter() - started
     return summary
+
+
+def same_rest_content(published: Path, candidate: Path) -> bool:
+    """True when both files hold the same tokenizer, corpus, fraction, tokens and suffix array."""
+    try:
+        old, new = open_rest_file(published), open_rest_file(candidate)
+    except StoreError:
+        return False  # a damaged published file: publish the new one
+    return (
+        all(old.metadata.get(key) == new.metadata.get(key) for key in IDENTITY_KEYS)
+        and np.array_equal(old.tokens, new.tokens)
+        and np.array_equal(old.suffix_array, new.suffix_array)
+    )
 
 
 def publish_rest_store(
@@ -110,9 +127,11 @@ def publish_rest_store(
     fraction: float,
     output: Path,
     identity: dict[str, Any],
+    keep: int | None = None,
     lookup: RestParams = RestParams(),
 ) -> RestBuildSummary:
-    """Suffix-index the (fraction of the) token table and publish it as a new version of `output`.
+    """Suffix-index the (fraction of the) token table and publish it as a new version of `output`,
+    unless the published version holds exactly the same (then the summary says `unchanged`).
 
     `identity` names the tokenizer (name, fingerprint, vocab_size) and the corpus (name, fingerprint)."""
     seconds: dict[str, float] = {}
@@ -123,7 +142,7 @@ def publish_rest_store(
     seconds["suffix_array"] = time.perf_counter() - phase
 
     phase = time.perf_counter()
-    store = VersionedStore(output, suffix=REST_SUFFIX)
+    store = VersionedStore(output, suffix=REST_SUFFIX, keep=keep)
     store.remove_stale_scratch()
     version = store.new_version()
     partial = store.scratch(version, "partial")
@@ -141,11 +160,13 @@ def publish_rest_store(
     }
     try:
         file_bytes = write_rest_file(partial, metadata, corpus_tokens.astype(dtype), suffixes)
-        final = store.publish(partial, version)
+        final, new = store.publish_unless_identical(partial, version, same_rest_content)
     finally:
         remove_path(partial)
     seconds["write"] = time.perf_counter() - phase
-    return RestBuildSummary(store.path, final, documents, kept_tokens, len(tokens), file_bytes, seconds)
+    return RestBuildSummary(
+        store.path, final, documents, kept_tokens, len(tokens), file_bytes, seconds, unchanged=not new
+    )
 
 
 def default_rest_path(corpus_name: str, fraction: float = 1.0) -> Path:

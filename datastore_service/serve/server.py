@@ -3,7 +3,8 @@
 Binds to loopback unless told otherwise; with `ServerSecurity` it speaks TLS (mutual TLS when a
 client CA is given) and asks every call but health checks for the shared token (security.py).
 SIGTERM or SIGINT stop accepting calls, let the calls in flight finish (up to `grace` seconds),
-then exit.
+then exit. It logs refused calls and one summary line per `summary_interval` (activity.py), and
+keeps a lease in the store's versions folder naming the version it serves (lease_keeper.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ from grpc_reflection.v1alpha import reflection
 from crest.v1 import datastore_pb2 as pb
 from crest.v1 import datastore_pb2_grpc as pb_grpc
 from datastore_service.overlay.overlay import OverlaySettings
+from datastore_service.serve.activity import CallLog, CallStats, SummaryLogger
 from datastore_service.serve.index_holder import IndexHolder, ReloadWatcher
+from datastore_service.serve.lease_keeper import LeaseKeeper
+from datastore_service.serve.logs import fields
 from datastore_service.serve.metrics import ServiceMetrics
 from datastore_service.serve.request_decoding import DecodeInHandler
 from datastore_service.serve.security import ServerSecurity, StoreAccess
@@ -43,6 +47,7 @@ class ServerSettings:
     max_message_bytes: int = 4 * 1024 * 1024
     reload_interval: float = 1.0  # seconds between checks for a newly published version
     grace: float = 10.0  # seconds in-flight calls get at shutdown
+    summary_interval: float = 60.0  # seconds between summary log lines; 0 = none
     security: ServerSecurity = ServerSecurity()
     learn: OverlaySettings | None = None  # given: stores learn from Observe calls (datastore_service/overlay/)
     metrics_port: int | None = None  # given: Prometheus metrics on http://host:port/metrics (0 = any free port)
@@ -65,10 +70,12 @@ class RunningServer:
         specs = [StoreSpec(DEFAULT_NAME, stores)] if isinstance(stores, Path) else stores
         self.stores = StoreSet(specs, settings.learn, settings.rest_overrides)
         self.settings = settings
+        self.calls = CallStats()
         security = settings.security
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="crest-rpc"),
-            interceptors=[*security.interceptors(), DecodeInHandler()],
+            # CallLog first: the outermost, it sees refusals by the token check too
+            interceptors=[CallLog(self.calls), *security.interceptors(), DecodeInHandler()],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", 16 * settings.max_message_bytes),
@@ -100,11 +107,22 @@ class RunningServer:
         self.watcher = ReloadWatcher(self.stores, settings.reload_interval)
         self.metrics_port: int | None = None
         self._metrics_server = None
+        self.leases = [LeaseKeeper(store.holder, self.address) for store in self.stores]
+        self.summary = SummaryLogger(self.calls, settings.summary_interval, self.versions)
 
     @property
     def holder(self) -> IndexHolder:
         """The default store's (or the only store's) index holder."""
         return self.stores.get(self.stores.resolve("") or next(iter(self.stores.stores))).holder
+
+    def versions(self) -> str:
+        """The version each store serves, for the log."""
+        return ", ".join(
+            s.holder.index.info.store_version
+            if s.name == DEFAULT_NAME
+            else f"{s.name}={s.holder.index.info.store_version}"
+            for s in self.stores
+        )
 
     @property
     def address(self) -> str:
@@ -118,6 +136,11 @@ class RunningServer:
         self.watcher.start()
         if self.metrics is not None:
             self._metrics_server, self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
+        for lease in self.leases:
+            lease.refresh()
+            lease.start()
+        if self.settings.summary_interval > 0:
+            self.summary.start()
         return self
 
     def stop(self, grace: float | None = None) -> None:
@@ -127,6 +150,9 @@ class RunningServer:
         self.stores.stop()  # a last snapshot of what the overlays observed
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
+        self.summary.stop()
+        for lease in self.leases:
+            lease.stop()
 
 
 def serve_forever(stores: Path | list[StoreSpec], settings: ServerSettings) -> None:
@@ -140,6 +166,13 @@ def serve_forever(stores: Path | list[StoreSpec], settings: ServerSettings) -> N
     served = ", ".join(f"{s.path}" if s.name == DEFAULT_NAME else f"{s.name}={s.path}" for s in running.stores)
     versions = ", ".join(s.holder.index.info.store_version for s in running.stores)
     print(f"serving {served} version {versions} ({mode}) on {running.address}", flush=True)
+    log.info(
+        "started: %d workers, new versions checked every %g s, a summary every %g s",
+        settings.workers,
+        settings.reload_interval,
+        settings.summary_interval,
+        extra=fields(event="start", stores=served, store_version=versions, address=running.address),
+    )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -17,7 +17,7 @@ from datastore_service.store.publishing import VersionedStore, remove_path
 from datastore_service.store.reader import resolve_store
 
 
-def migrate_store(path: Path, revision: str = "head") -> tuple[str | None, str]:
+def migrate_store(path: Path, revision: str = "head", keep: int | None = None) -> tuple[str | None, str]:
     """Return (revision before, revision after)."""
     source = resolve_store(path)
     with duckdb.connect(str(source), read_only=True) as connection:
@@ -29,7 +29,7 @@ def migrate_store(path: Path, revision: str = "head") -> tuple[str | None, str]:
     target = store_schema.head_revision() if revision == "head" else revision
     if before == target:
         return before, target
-    store = VersionedStore(path)
+    store = VersionedStore(path, keep=keep)
     version = store.new_version()
     partial = store.scratch(version, "partial")
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from crest_cli.main import parser
 from datastore_service.store.reader import read_store_info, resolve_store
 
 
@@ -171,3 +173,25 @@ def test_duckdb_out_of_memory_is_a_clear_error(code_corpus: Path, tmp_path: Path
     )
     assert result.returncode == 1 and "DuckDB ran out of" in result.stderr
     assert not (tmp_path / "s.duckdb").exists()
+
+
+def all_parsers(root: argparse.ArgumentParser):
+    yield root
+    for action in root._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from all_parsers(sub)
+
+
+def test_every_flag_shows_its_default_once():
+    for command in all_parsers(parser()):
+        formatter = command._get_formatter()
+        for action in command._actions:
+            if not action.option_strings or action.help == argparse.SUPPRESS:
+                continue
+            text = formatter._expand_help(action)
+            where = f"{command.prog} {action.option_strings[0]}: {text}"
+            assert text.count("(default") <= 1 and "(default: None)" not in text, where
+            says_nothing = action.default is None or action.default is False or action.default == []
+            if not (says_nothing or isinstance(action, argparse._HelpAction)):
+                assert "default" in text, where

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from crest_cli.evaluation.report import ResultRow, claims_for
-from crest_cli.main import main
+import crest_cli
+from crest_cli.evaluation.args import output_folder
+from crest_cli.evaluation.report import ResultRow, claims_for, markdown_report
+from crest_cli.main import main, parser
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +99,27 @@ def test_claims_compare_at_rest_full_corpus_and_at_equal_storage():
     assert weak.matching_bytes is None and weak.best_at_thirtieth == 1.1
     assert [b for b, _ in weak.equal_storage_gains] == [10_000_000]
     assert weak.equal_storage_gains[0][1] == pytest.approx((1.1 + 0.2 * 0.69897) / 1.4 - 1, rel=1e-6)
+
+
+def test_a_reduced_run_says_what_it_compared():
+    rows = [
+        ResultRow("suite", "REST", "REST", "0.3%", 1_000_000, 1_000_000, 1.2, 0.0, 0.0),
+        ResultRow("suite", "REST", "REST", "1%", 3_000_000, 3_000_000, 1.3, 0.0, 0.0),
+        ResultRow("suite", "CREST", "big", "8 MB", 5_400_000, 5_400_000, 1.4, 0.0, 0.0),
+    ]
+    report = markdown_report(rows, [], {}, "setup", "plot.png", "rows.csv")
+    assert "REST on 1% of the corpus (this run's largest REST): accepted length 1.300" in report
+    assert "reaches the accepted length of REST on 1% of the corpus" in report and "1.8x more storage" in report
+    assert "whole corpus" not in report and "less storage" not in report
+
+
+def test_eval_writes_the_checkout_docs_only_when_asked(crest_cache: Path, tmp_path: Path):
+    def folder(*flags: str) -> Path:
+        return output_folder(parser().parse_args(["eval", *flags]))
+
+    checkout_docs = Path(crest_cli.__file__).resolve().parent.parent / "docs"
+    assert folder() == crest_cache / "eval" / "results"
+    assert folder("--write-docs") == checkout_docs
+    assert folder("--output-dir", str(tmp_path)) == tmp_path
+    with pytest.raises(SystemExit):
+        folder("--write-docs", "--output-dir", str(tmp_path))

@@ -233,7 +233,7 @@ def test_lookup_parameters_are_stored_by_the_build_and_overridden_by_a_server(tm
     doc_ids = np.repeat(np.arange(len(documents)), [len(d) for d in documents])
     stored = RestParams(n_max=6, n_min=1, k=40, m=4, c=9)
     store = publish_rest_store(
-        doc_ids, np.concatenate(documents), 1.0, tmp_path / "p.rest", {**IDENTITY, "vocab_size": 40}, stored
+        doc_ids, np.concatenate(documents), 1.0, tmp_path / "p.rest", {**IDENTITY, "vocab_size": 40}, lookup=stored
     ).store
     assert load_index(store).params == stored
     assert load_index(store, {"c": 3, "k": 7}).params == RestParams(n_max=6, n_min=1, k=7, m=4, c=3)
