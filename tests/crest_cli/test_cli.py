@@ -192,6 +192,8 @@ def test_every_flag_shows_its_default_once():
             text = formatter._expand_help(action)
             where = f"{command.prog} {action.option_strings[0]}: {text}"
             assert text.count("(default") <= 1 and "(default: None)" not in text, where
-            says_nothing = action.default is None or action.default is False or action.default == []
-            if not (says_nothing or isinstance(action, argparse._HelpAction)):
+            says_nothing = (  # as help_format.py reads them
+                action.default is None or action.default is False or action.default == []
+            ) or action.default is argparse.SUPPRESS
+            if not (says_nothing or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
                 assert "default" in text, where
