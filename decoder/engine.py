@@ -39,6 +39,7 @@ from .tree_batch import FedBatch, pack, prefill_inputs
 
 FILLER_TOKEN = 0
 CAPACITY_GRANULE = 256  # caches are sized in steps of this, so one serves many generations
+MEASURED_ROWS = 8  # the cost curve's widest batch
 
 
 class TreeEngine:
@@ -108,8 +109,10 @@ class TreeEngine:
                 return done.value
 
     def cost_curve(self, rows: int = 1, history: int = 118) -> CostCurve:
-        """Seconds of one pass by tokens fed (one row up to the widest pass, then `rows` rows), each row
-        after `history` cached tokens; cached on disk per model, engine, device, dtype and threads."""
+        """Seconds of one pass by tokens fed (one row up to the widest pass, then up to `rows` rows, at
+        most MEASURED_ROWS: beyond, the curve extends linearly), each row after `history` cached
+        tokens; cached on disk per model, engine, device, dtype and threads."""
+        rows = min(rows, MEASURED_ROWS)
         target = self.target
         key = (
             f"{target.name}-{self.name}-{target.device}-{self.dtype}-{torch.get_num_threads()}threads"
@@ -118,6 +121,7 @@ class TreeEngine:
         widest = PASS_WIDTHS[-1]
         points = list(PASS_WIDTHS) + [rows * width for width in PASS_WIDTHS if rows * width > widest]
         cache = self._cache_for(rows, history + widest)
+        vocab = self.target.model.config.vocab_size
 
         @torch.inference_mode()
         def time_pass(tokens: int) -> float:
@@ -125,7 +129,7 @@ class TreeEngine:
             cache.reset()
             for row in range(used):
                 cache.advance(row, history)
-            fed = self._pack(cache, [1] * used, [_chain_tree(width - 1)] * used, width)
+            fed = self._pack(cache, [0] * used, [_chain_tree(width - 1, vocab)] * used, width)
             started = time.perf_counter()
             self._verdicts(self._pass(cache, fed), fed)
             return time.perf_counter() - started
@@ -302,11 +306,11 @@ class TreeEngine:
         return int(torch.multinomial(distribution, 1, generator=self.device_generator))
 
 
-def _chain_tree(nodes: int) -> DraftTree:
+def _chain_tree(nodes: int, vocab: int) -> DraftTree:
     """A chain of `nodes` tokens, to time passes of a given width."""
     probabilities = np.linspace(0.9, 0.5, nodes).astype(np.float32) if nodes else np.empty(0, np.float32)
     return DraftTree(
-        np.arange(1, nodes + 1, dtype=np.int32),
+        (np.arange(1, nodes + 1) % vocab).astype(np.int32),
         np.arange(-1, nodes - 1, dtype=np.int32),
         probabilities,
         1 if nodes else 0,

@@ -35,7 +35,14 @@ class CostCurve:
     seconds: list[float]
 
     def cost(self, fed: np.ndarray | int) -> np.ndarray:
-        return np.interp(fed, self.fed_tokens, self.seconds)
+        """Seconds of a pass feeding `fed` tokens: interpolated, and past the last point extended along
+        the last segment (a pass is compute bound there: its cost grows linearly)."""
+        fed = np.asarray(fed, np.float64)
+        inside = np.interp(fed, self.fed_tokens, self.seconds)
+        if len(self.fed_tokens) < 2:
+            return inside
+        (x0, x1), (y0, y1) = self.fed_tokens[-2:], self.seconds[-2:]
+        return np.where(fed > x1, y1 + (fed - x1) * (y1 - y0) / (x1 - x0), inside)
 
     @classmethod
     def measure_with(

@@ -1,9 +1,12 @@
 """The index a server answers from, and hot reload when a new store version is published.
 
 Requests take `holder.index` once and use that object to the end, so a swap never changes the
-store under a running request; the old index is freed when its last request finishes. A new
-version is loaded completely and checked before the swap: a corrupt file, one of another schema
-or one built for another tokenizer is refused (logged) and the old version keeps serving.
+store under a running request; the old index is freed when its last request finishes. A CREST
+index is a pair, the version's DuckDB file and its mapped serving file, and the swap replaces
+both at once: one reference, one assignment. A new version is loaded completely and checked
+before the swap (its serving file rebuilt first if missing or damaged): a corrupt file, one of
+another schema or one built for another tokenizer is refused (logged) and the old version keeps
+serving. The old serving file stays mapped until the last request using it finishes.
 """
 
 from __future__ import annotations
@@ -65,7 +68,12 @@ class IndexHolder:
                 return False
             self.index, self._refused = candidate, None
             self.load_seconds, self.loaded_at, self.reloads = load_seconds, time.time(), self.reloads + 1
-            log.info("now serving version %s (%d contexts)", candidate.info.store_version, candidate.info.contexts)
+            log.info(
+                "now serving version %s (%d contexts) from %s",
+                candidate.info.store_version,
+                candidate.info.contexts,
+                target.name,
+            )
             return True
 
 

@@ -11,6 +11,10 @@ the `keep` most recently published other versions stay; older ones are removed u
 published, pinned or served by a live replica: those are never removed. A version's file time is
 when it was last published (a rollback touches it), so a version rolled back to counts as recent.
 A `keep` given once is remembered in `S.versions/keep` for later publishes that give none.
+
+Files derived from a version (the serving file `<version>.serving`) are its companions: published
+under the same version before the symlink swap, so a reader that finds the version finds them
+too, and pruned with it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -110,24 +114,34 @@ class VersionedStore:
         """The file readers open now, or None if nothing is published."""
         return self.path.resolve() if self.path.exists() else None
 
-    def publish(self, partial: Path, version: str) -> Path:
-        fsync_file(partial)
+    def publish(self, partial: Path, version: str, companions: Mapping[str, Path] | None = None) -> Path:
+        """Publish `partial` as `version`, with `companions` ({suffix: private file}) beside it."""
+        companions = companions or {}
+        for path in (partial, *companions.values()):
+            fsync_file(path)
         final = self.versions / f"{version}{self.suffix}"
         os.replace(partial, final)
+        for suffix, path in companions.items():
+            os.replace(path, self.versions / f"{version}{suffix}")
         fsync_dir(self.versions)
         self._point_at(final)
         self.prune()
         return final
 
     def publish_unless_identical(
-        self, partial: Path, version: str, same: Callable[[Path, Path], bool]
+        self,
+        partial: Path,
+        version: str,
+        same: Callable[[Path, Path], bool],
+        companions: Mapping[str, Path] | None = None,
     ) -> tuple[Path, bool]:
-        """Publish `partial` unless `same(published, partial)`; returns (the file now published, whether
-        it is new). An identical rebuild thus adds no version and pushes no older one out."""
+        """Publish `partial` (with its companions) unless `same(published, partial)`; returns (the
+        file now published, whether it is new). An identical rebuild thus adds no version and pushes
+        no older one out."""
         current = self.published()
         if current is not None and same(current, partial):
             return current, False
-        return self.publish(partial, version), True
+        return self.publish(partial, version, companions), True
 
     def republish(self, spec: str) -> Version:
         """Point the store at an existing version (a rollback, or forward again); prunes nothing."""
@@ -213,7 +227,9 @@ class VersionedStore:
         removable = [v for v in self.list_versions() if not v.protected][keep:]
         if not dry_run:
             for version in removable:
-                remove_path(version.file)
+                for entry in self.versions.glob(f"{version.name}.*"):  # its file and companions
+                    if "-" not in entry.name.partition(".")[2]:  # not a build's scratch
+                        remove_path(entry)
         return removable
 
 
