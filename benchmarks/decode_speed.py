@@ -1,13 +1,20 @@
-"""Decoder benchmark: speculative vs plain greedy decoding, same prompts, same run.
+"""Decoder benchmark: every draft configuration against `generate` and against the same engine
+without drafts, side by side, prompt by prompt.
 
-    python benchmarks/decode_speed.py [--prompts 20] [--max-new-tokens 128] [--device cpu] [--dtype float32] [--write]
+    python benchmarks/decode_speed.py [--prompts 20] [--max-new-tokens 128] [--device cpu] [--dtype float32]
+                                      [--engine auto] [--batch-size 8] [--write]
 
 HumanEval prompts (plain code completion) draft from the stdlib store; MT-Bench first turns (chat
-template) from the ShareGPT store. Both stores are the defaults, built if missing. Plain greedy is
-`model.generate(do_sample=False)`: its output is the reference every drafted run must equal.
-Reported per configuration: total tokens/s, median per-prompt speedup, mean accepted tokens per
-step (tokens per target forward, bonus token included), and the median share of a step spent
-outside the model forward (lookup, tree building, mask, cache gather).
+template) from the ShareGPT store. Both stores are the defaults, built if missing. For each prompt
+every configuration runs back to back (plain `generate`, the engine without drafts, with the store,
+with prompt lookup, with both), so a ratio compares runs made seconds apart on the same machine.
+
+Reported per configuration: total tokens/s; median per-prompt speedup over `generate` and over the
+same engine without drafts (and the slowest prompt's); accepted tokens per step (tokens per target
+forward, bonus token included); the mean ms of a step split into lookup, draft preparation,
+forward, acceptance and cache compaction; and exactness: how many outputs equal the float32
+reference (`generate` in float32) and, for those that differ, the mean first differing position.
+With --batch-size, also a batch of that many HumanEval prompts decoded together, with and without drafts.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -25,13 +34,14 @@ from _report import write_section
 from crest_cli.benchmark_prompts import humaneval_prompts, mtbench_questions
 from datastore_service.build.pipeline import default_store_path
 from datastore_service.lookup.draft_index import DraftIndex
-from decoder.draft_sources import IndexSource, NoDrafts
-from decoder.node_budget import CostCurve, NodeBudget
+from decoder.decoders import Decoder, make_decoder, resolve_engine
+from decoder.draft_sources import DraftSource, IndexSource, NoDrafts
 from decoder.prompt_lookup import WithPromptLookup
-from decoder.speculative import SpeculativeDecoder
-from decoder.target_model import load_target
+from decoder.speculative import Generation
+from decoder.target_model import TargetModel, load_target
 
 COMMAND = "python benchmarks/decode_speed.py " + " ".join(sys.argv[1:])
+PHASES = ("lookup", "prepare", "forward", "accept", "compact")
 
 
 def store_index(corpus: str) -> DraftIndex:
@@ -41,9 +51,15 @@ def store_index(corpus: str) -> DraftIndex:
     return DraftIndex.load(path)
 
 
+def synchronize(target: TargetModel) -> None:
+    if target.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 @torch.inference_mode()
-def plain_greedy(target, ids: list[int], max_new_tokens: int) -> tuple[list[int], float]:
+def plain_generate(target: TargetModel, ids: list[int], max_new_tokens: int) -> tuple[list[int], float]:
     device = target.device
+    synchronize(target)
     started = time.perf_counter()
     output = target.model.generate(
         torch.tensor([ids], device=device),
@@ -51,99 +67,183 @@ def plain_greedy(target, ids: list[int], max_new_tokens: int) -> tuple[list[int]
         do_sample=False,
         attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
     )
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(target)
     return output[0, len(ids) :].tolist(), time.perf_counter() - started
 
 
-def run_benchmark(target, prompts: list[list[int]], index: DraftIndex, budget: NodeBudget, max_new_tokens: int) -> dict:
-    configurations = {
-        "datastore": IndexSource(index),
+def timed(decode: Callable[[], Generation], target: TargetModel) -> tuple[Generation, float]:
+    synchronize(target)
+    started = time.perf_counter()
+    generation = decode()
+    synchronize(target)
+    return generation, time.perf_counter() - started
+
+
+@dataclass
+class Tally:
+    """One configuration over a suite's prompts."""
+
+    tokens: int = 0
+    seconds: float = 0.0
+    vs_generate: list[float] = field(default_factory=list)
+    vs_no_drafts: list[float] = field(default_factory=list)
+    accepted: list[float] = field(default_factory=list)
+    phase_seconds: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PHASES})
+    identical: int = 0
+    first_difference: list[int] = field(default_factory=list)
+
+    def add(self, tokens: list[int], seconds: float, reference: list[int], generation: Generation | None) -> None:
+        self.tokens += len(tokens)
+        self.seconds += seconds
+        self.identical += tokens == reference
+        if tokens != reference:
+            self.first_difference.append(
+                next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), min(len(tokens), len(reference)))
+            )
+        if generation is not None:
+            self.accepted.append(generation.mean_accepted_length)
+            for step in generation.steps:
+                for phase in PHASES:
+                    self.phase_seconds[phase].append(getattr(step, f"{phase}_seconds"))
+
+
+def run_suite(
+    target: TargetModel,
+    reference_target: TargetModel,
+    prompts: list[list[int]],
+    index: DraftIndex,
+    engine: str,
+    max_new_tokens: int,
+) -> dict[str, Tally]:
+    sources: dict[str, DraftSource] = {
+        "store": IndexSource(index),
         "prompt lookup": WithPromptLookup(NoDrafts()),
-        "datastore + prompt lookup": WithPromptLookup(IndexSource(index)),
+        "store + prompt lookup": WithPromptLookup(IndexSource(index)),
     }
-    plain_tokens, plain_seconds, references = 0, 0.0, []
+    decoders: dict[str, Decoder] = {"no drafts": make_decoder(target, NoDrafts(), max_nodes=0, engine=engine)}
+    decoders.update({name: make_decoder(target, source, engine=engine) for name, source in sources.items()})
+    tallies = {"generate": Tally(), **{name: Tally() for name in decoders}}
     for ids in prompts:
-        tokens, seconds = plain_greedy(target, ids, max_new_tokens)
-        references.append((tokens, seconds))
-        plain_tokens += len(tokens)
-        plain_seconds += seconds
-    rows = {
-        "plain greedy (generate)": {
-            "tokens_per_second": plain_tokens / plain_seconds,
-            "speedup": 1.0,
-            "accepted": 1.0,
-            "overhead": 0.0,
-            "identical": len(prompts),
-        }
-    }
-    for name, source in configurations.items():
-        decoder = SpeculativeDecoder(target, source, budget)
-        tokens, seconds, speedups, accepted, overheads, identical = 0, 0.0, [], [], [], 0
-        for ids, (reference, reference_seconds) in zip(prompts, references):
-            started = time.perf_counter()
-            generation = decoder.generate(ids, max_new_tokens)
-            elapsed = time.perf_counter() - started
-            identical += generation.tokens == reference
-            tokens += len(generation.tokens)
-            seconds += elapsed
-            speedups.append((len(generation.tokens) / elapsed) / (len(reference) / reference_seconds))
-            accepted.append(generation.mean_accepted_length)
-            overheads.extend(1 - step.forward_seconds / step.seconds for step in generation.steps)
-        rows[name] = {
-            "tokens_per_second": tokens / seconds,
-            "speedup": statistics.median(speedups),
-            "accepted": float(np.mean(accepted)),
-            "overhead": statistics.median(overheads),
-            "identical": identical,
-        }
-    return rows
+        reference = plain_generate(reference_target, ids, max_new_tokens)[0] if reference_target is not target else None
+        tokens, generate_seconds = plain_generate(target, ids, max_new_tokens)
+        reference = tokens if reference is None else reference
+        tallies["generate"].add(tokens, generate_seconds, reference, None)
+        rates = {"generate": len(tokens) / generate_seconds}
+        for name, decoder in decoders.items():
+            generation, seconds = timed(lambda d=decoder, i=ids: d.generate(i, max_new_tokens), target)
+            tallies[name].add(generation.tokens, seconds, reference, generation)
+            rates[name] = len(generation.tokens) / seconds
+        for name in tallies:
+            tallies[name].vs_generate.append(rates[name] / rates["generate"])
+            tallies[name].vs_no_drafts.append(rates[name] / rates["no drafts"])
+    return tallies
+
+
+def batch_rates(
+    target: TargetModel, prompts: list[list[int]], index: DraftIndex, engine: str, rows: int, max_new_tokens: int
+) -> dict[str, float]:
+    """Total tokens/s of `rows` prompts decoded together, without and with drafts (same engine)."""
+    batch = prompts[:rows]
+    rates = {}
+    for name, source, nodes in (
+        ("no drafts", NoDrafts(), 0),
+        ("store + prompt lookup", WithPromptLookup(IndexSource(index)), 32),
+    ):
+        decoder = make_decoder(target, source, max_nodes=nodes, engine=engine, rows=rows)
+        decoder.generate_batch(batch, 8)  # warm-up
+        generations, seconds = timed(lambda d=decoder: d.generate_batch(batch, max_new_tokens), target)
+        rates[name] = sum(len(g.tokens) for g in generations) / seconds
+    return rates
+
+
+def table(suite: str, tallies: dict[str, Tally], prompts: int) -> list[str]:
+    lines = []
+    for name, tally in tallies.items():
+        phases = [1e3 * float(np.mean(tally.phase_seconds[p])) if tally.phase_seconds[p] else 0.0 for p in PHASES]
+        step = sum(phases)
+        outside = 100 * (step - phases[2]) / step if step else 0.0
+        differ = f"{np.mean(tally.first_difference):.0f}" if tally.first_difference else "-"
+        lines.append(
+            f"| {suite} | {name} | {tally.tokens / tally.seconds:.1f} | {statistics.median(tally.vs_generate):.2f}x | "
+            f"{statistics.median(tally.vs_no_drafts):.2f}x | {min(tally.vs_no_drafts):.2f}x | "
+            f"{np.mean(tally.accepted) if tally.accepted else 1.0:.2f} | "
+            + (" / ".join(f"{p:.1f}" for p in phases) + f" ({outside:.1f}%)" if tally.accepted else "-")
+            + f" | {tally.identical}/{prompts} | {differ} |"
+        )
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prompts", type=int, default=20)
+    parser.add_argument("--prompts", type=int, default=20, help="prompts per suite")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--engine", default="auto", choices=("auto", "eager", "static", "compiled"))
+    parser.add_argument("--batch-size", type=int, default=8, help="rows of the batch measurement (0: skip it)")
+    parser.add_argument("--suites", default="humaneval,mtbench", help="comma-separated: humaneval, mtbench")
     parser.add_argument("--write", action="store_true", help="write the section into docs/BENCHMARKS.md")
     args = parser.parse_args()
 
     target = load_target(args.model, args.dtype, args.device)
-    budget = NodeBudget(32, CostCurve.measure(target))
-    benchmarks = {
-        "HumanEval (stdlib store)": (
-            [target.encode_prompt(p, chat=False) for p in humaneval_prompts(args.prompts)],
-            store_index("stdlib"),
-        ),
-        "MT-Bench (ShareGPT store)": (
-            [target.encode_prompt(q, chat=True) for q in mtbench_questions(args.prompts)],
-            store_index("sharegpt"),
-        ),
-    }
-    curve = ", ".join(f"{n}: {s * 1e3:.0f} ms" for n, s in zip(budget.curve.fed_tokens, budget.curve.seconds))
+    reference_target = target if args.dtype == "float32" else load_target(args.model, "float32", args.device)
+    engine = resolve_engine(target, args.engine)
+    probe = make_decoder(target, NoDrafts(), engine=engine)
+    curve = getattr(getattr(probe, "budget", None), "curve", None)
+    curve_text = (
+        ", ".join(f"{n}: {s * 1e3:.1f} ms" for n, s in zip(curve.fed_tokens, curve.seconds)) if curve else "n/a"
+    )
+    suites = {
+        "humaneval": ("HumanEval (stdlib store)", lambda n: [target.encode_prompt(p, False) for p in humaneval_prompts(n)], "stdlib"),
+        "mtbench": ("MT-Bench (ShareGPT store)", lambda n: [target.encode_prompt(q, True) for q in mtbench_questions(n)], "sharegpt"),
+    }  # fmt: skip
     lines = [
-        "## Decoder (issue 4)",
+        f"## Decoder: {args.device}, {args.dtype} (issue 11)",
         "",
         f"Command: `{COMMAND}`. Model {args.model} ({args.dtype}, {args.device}, {torch.get_num_threads()} threads), "
-        f"{args.prompts} prompts each, {args.max_new_tokens} new tokens, greedy. Node budget chosen per step from "
-        f"the measured cost curve (fed tokens: forward time) {curve}.",
+        f"engine `{engine}`, {args.prompts} prompts per suite, {args.max_new_tokens} new tokens, greedy. Pass width "
+        f"per step chosen from the engine's measured cost of one pass (fed tokens: time) {curve_text}; "
+        f"1-minute load average before the run: {_load()}.",
         "",
-        "| benchmark | drafts from | tokens/s | median speedup | accepted tokens/step | step overhead outside forward | output identical to plain |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "Speedups are medians of per-prompt ratios, each from runs made back to back; `no drafts` is the same engine "
+        "verifying nothing. Step ms: lookup / preparation / forward / acceptance / compaction (share outside the "
+        "forward). Exactness: outputs identical to the float32 `generate` reference, and the mean first differing "
+        "position of the others.",
+        "",
+        "| suite | decoding | tokens/s | vs generate | vs no drafts | slowest prompt vs no drafts | "
+        "accepted tokens/step | step ms | identical to fp32 | first difference |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
-    for benchmark, (prompts, index) in benchmarks.items():
-        for name, row in run_benchmark(target, prompts, index, budget, args.max_new_tokens).items():
-            lines.append(
-                f"| {benchmark} | {name} | {row['tokens_per_second']:.1f} | {row['speedup']:.2f}x | "
-                f"{row['accepted']:.2f} | {100 * row['overhead']:.1f}% | {row['identical']}/{len(prompts)} |"
-            )
-            print(lines[-1], flush=True)
+    indexes = {}
+    for key in args.suites.split(","):
+        title, encode, corpus = suites[key]
+        indexes[key] = store_index(corpus)
+        prompts = encode(args.prompts)
+        tallies = run_suite(target, reference_target, prompts, indexes[key], engine, args.max_new_tokens)
+        for line in table(title, tallies, len(prompts)):
+            lines.append(line)
+            print(line, flush=True)
+    if args.batch_size > 1 and "humaneval" in indexes:
+        prompts = [target.encode_prompt(p, False) for p in humaneval_prompts(args.batch_size)]
+        rates = batch_rates(target, prompts, indexes["humaneval"], engine, args.batch_size, args.max_new_tokens)
+        lines += [
+            "",
+            f"Batch of {args.batch_size} HumanEval prompts decoded together ({args.max_new_tokens} new tokens each): "
+            f"{rates['no drafts']:.1f} tokens/s without drafts, {rates['store + prompt lookup']:.1f} with store + "
+            f"prompt lookup: **{rates['store + prompt lookup'] / rates['no drafts']:.2f}x**.",
+        ]
     markdown = "\n".join(lines)
     print(markdown)
     if args.write:
         write_section(f"decoder-{args.device}-{args.dtype}", markdown)
+
+
+def _load() -> str:
+    try:
+        return open("/proc/loadavg").read().split()[0]
+    except OSError:
+        return "unknown"
 
 
 if __name__ == "__main__":

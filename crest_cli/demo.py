@@ -1,9 +1,12 @@
 """`crest demo`: the whole system on this machine, start to finish.
 
-Builds the default code datastore (stdlib, SmolLM2's tokenizer) unless it is cached, serves it
-from a `crest serve` child process on a free loopback port, decodes a few HumanEval and MT-Bench
-prompts through the service (drafts accepted by the model are shown in green), decodes the same
-prompts without drafts, and ends with a table. The server is stopped on every exit path.
+Builds the default code store (Python stdlib) and chat store (ShareGPT) with SmolLM2's tokenizer
+unless they are cached, serves both from one `crest serve` child process on a free loopback port
+(the chat store by name), and decodes a few HumanEval prompts through the code store and MT-Bench
+questions through the chat store. Each prompt is decoded four ways by the same engine: plain (no
+drafts), the store alone, prompt lookup alone, and both; the last is shown as it is generated, the
+tokens it accepted from drafts in green. A table then compares them. The server is stopped on every
+exit path.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import argparse
 import signal
 import statistics
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -19,33 +24,47 @@ from rich.table import Table
 from crest_cli.benchmark_prompts import humaneval_prompts, mtbench_questions
 from crest_cli.generate import stream_to_terminal
 from crest_cli.server_process import ServerProcess
-from datastore_service.build.corpus import stdlib_corpus
+from datastore_service.build.corpus import corpus_spec
 from datastore_service.build.params import BuildParams
 from datastore_service.build.pipeline import build_store, default_store_path
 from datastore_service.serve.client import DraftClient
 from datastore_service.sizes import format_bytes
 from datastore_service.store.reader import resolve_store
-from decoder.draft_sources import NoDrafts, ServiceSource, TimedSource
-from decoder.node_budget import CostCurve, NodeBudget
+from decoder.decoders import Decoder, make_decoder
+from decoder.draft_sources import DraftSource, NoDrafts, ServiceSource, TimedSource
 from decoder.prompt_lookup import WithPromptLookup
-from decoder.speculative import SpeculativeDecoder
-from decoder.target_model import load_target
+from decoder.speculative import Generation
+from decoder.target_model import TargetModel, load_target
 
 MODEL = "smollm2"
+STORES = {"code": "stdlib", "chat": "sharegpt"}  # store name on the server -> corpus preset it is built from
+CONFIGURATIONS = ("store", "lookup", "both")
+
+
+@dataclass(frozen=True)
+class DemoPrompt:
+    title: str
+    text: str
+    chat: bool
+
+    @property
+    def store(self) -> str:
+        return "chat" if self.chat else "code"
 
 
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
-    store = default_store_path("stdlib")
-    if not store.exists():
-        console.print(f"[bold]Building the default code datastore[/] (first run only) into {store}")
-        build_store(stdlib_corpus(), MODEL, store, BuildParams())
+    paths = {name: default_store_path(corpus) for name, corpus in STORES.items()}
+    for name, path in paths.items():
+        if not path.exists():
+            console.print(f"[bold]Building the default {name} store[/] (first run only) into {path}")
+            build_store(corpus_spec(STORES[name]), MODEL, path, BuildParams())
     # A SIGTERM must also stop the server: turn it into the same path as Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        with ServerProcess(store) as server:
-            console.print(f"[bold]Serving[/] {store} on {server.address}; loading {MODEL}")
-            return _decode_through(server.address, store, args, console)
+        with ServerProcess(paths["code"], ["--store", f"chat={paths['chat']}"]) as server:
+            console.print(f"[bold]Serving[/] the code and chat stores on {server.address}; loading {MODEL}")
+            return _decode_through(server.address, paths, args, console)
     except KeyboardInterrupt:
         console.print("demo interrupted; the server was stopped")
         return 130
@@ -55,47 +74,65 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
-def _decode_through(address: str, store, args: argparse.Namespace, console: Console) -> int:
+def _decode_through(address: str, paths: dict[str, Path], args: argparse.Namespace, console: Console) -> int:
     target = load_target(MODEL)
-    with DraftClient(address) as client:
-        client.check_tokenizer(target.tokenizer_fingerprint)
-        lookups = TimedSource(ServiceSource(client))
-        drafted = SpeculativeDecoder(target, WithPromptLookup(lookups), NodeBudget(32, CostCurve.measure(target)))
-        plain = SpeculativeDecoder(target, NoDrafts(), NodeBudget(0))
-        prompts = [(f"HumanEval {i}", text, False) for i, text in enumerate(humaneval_prompts(args.humaneval))]
-        prompts += [(f"MT-Bench {i}", text, True) for i, text in enumerate(mtbench_questions(args.mtbench))]
-        table = Table(title="Speculative decoding through the datastore service vs plain greedy decoding")
-        for column in (
-            "prompt",
-            "tokens",
-            "accepted tokens/step",
-            "tokens/s drafted",
-            "tokens/s plain",
-            "speedup",
-            "same output",
-        ):
-            table.add_column(column, justify="left" if column == "prompt" else "right")
-        for title, text, chat in prompts:
-            console.rule(title)
-            ids = target.encode_prompt(text, chat)
-            print(text if not chat else f"[chat] {text}", flush=True)
-            generation = stream_to_terminal(
-                drafted, target, ids, args.max_new_tokens, [], color=not args.no_color and sys.stdout.isatty()
-            )
-            reference = plain.generate(ids, args.max_new_tokens)
-            table.add_row(
-                title,
-                str(len(generation.tokens)),
-                f"{generation.mean_accepted_length:.2f}",
-                f"{generation.tokens_per_second:.1f}",
-                f"{reference.tokens_per_second:.1f}",
-                f"{generation.tokens_per_second / max(reference.tokens_per_second, 1e-9):.2f}x",
-                "yes" if generation.tokens == reference.tokens else "NO",
-            )
+    prompts = [DemoPrompt(f"HumanEval {i}", text, False) for i, text in enumerate(humaneval_prompts(args.humaneval))]
+    prompts += [DemoPrompt(f"MT-Bench {i}", text, True) for i, text in enumerate(mtbench_questions(args.mtbench))]
+    clients = {name: DraftClient(address, store="" if name == "code" else name) for name in STORES}
+    try:
+        for client in clients.values():
+            client.check_tokenizer(target.tokenizer_fingerprint)
+        lookups = {name: TimedSource(ServiceSource(client)) for name, client in clients.items()}
+        decoders = {name: _decoders(target, lookups[name]) for name in STORES}
+        table = _table()
+        for prompt in prompts:
+            console.rule(f"{prompt.title} (drafts from the {prompt.store} store and the prompt)")
+            ids = target.encode_prompt(prompt.text, prompt.chat)
+            print(prompt.text if not prompt.chat else f"[chat] {prompt.text}", flush=True)
+            runs = decoders[prompt.store]
+            color = not args.no_color and sys.stdout.isatty()
+            both = stream_to_terminal(runs["both"], target, ids, args.max_new_tokens, [], color)
+            results = {name: runs[name].generate(ids, args.max_new_tokens) for name in ("plain", "store", "lookup")}
+            results["both"] = both
+            table.add_row(*_row(prompt.title, results))
+    finally:
+        for client in clients.values():
+            client.close()
     console.print(table)
-    latency = statistics.median(lookups.seconds) * 1e3 if lookups.seconds else 0.0
-    console.print(
-        f"datastore {format_bytes(resolve_store(store).stat().st_size)} ({store}); "
-        f"lookup round trip p50 {latency:.2f} ms over {len(lookups.seconds)} lookups"
-    )
+    seconds = [s for source in lookups.values() for s in source.seconds]
+    latency = statistics.median(seconds) * 1e3 if seconds else 0.0
+    sizes = ", ".join(f"{name} {format_bytes(resolve_store(path).stat().st_size)}" for name, path in paths.items())
+    console.print(f"stores: {sizes}; lookup p50 {latency:.2f} ms ({len(seconds)} lookups)")
     return 0
+
+
+def _decoders(target: TargetModel, store: DraftSource) -> dict[str, Decoder]:
+    """Plain decoding and the three draft configurations, all in the same engine."""
+    sources = {"store": store, "lookup": WithPromptLookup(NoDrafts()), "both": WithPromptLookup(store)}
+    decoders = {name: make_decoder(target, source) for name, source in sources.items()}
+    decoders["plain"] = make_decoder(target, NoDrafts(), max_nodes=0)
+    return decoders
+
+
+def _table() -> Table:
+    table = Table(
+        title="Speedup over plain decoding in the same engine (accepted tokens per step)",
+        title_justify="left",
+    )
+    table.add_column("prompt")
+    table.add_column("plain tok/s", justify="right")
+    for name in CONFIGURATIONS:
+        table.add_column(name, justify="right")
+    table.add_column("same", justify="center")
+    return table
+
+
+def _row(title: str, results: dict[str, Generation]) -> list[str]:
+    plain = results["plain"]
+    cells = [title, f"{plain.tokens_per_second:.1f}"]
+    for name in CONFIGURATIONS:
+        run = results[name]
+        speedup = run.tokens_per_second / max(plain.tokens_per_second, 1e-9)
+        cells.append(f"{speedup:.2f}x ({run.mean_accepted_length:.1f})")
+    cells.append("yes" if all(results[name].tokens == plain.tokens for name in CONFIGURATIONS) else "NO")
+    return cells

@@ -4,23 +4,33 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
+from crest_cli.generate_metrics import DecodeMetrics
+from datastore_service.build.tokenizer import TargetTokenizer
 from datastore_service.errors import CrestError
 from decoder.acceptance import SamplingParams
+from decoder.decoders import Decoder, make_decoder
 from decoder.draft_sources import DraftSource, IndexSource, NoDrafts, ServiceSource
-from decoder.node_budget import CostCurve, NodeBudget
 from decoder.prompt_lookup import WithPromptLookup
-from decoder.speculative import Generation, SpeculativeDecoder
+from decoder.speculative import Generation
 from decoder.target_model import TargetModel, load_target
 
 ACCEPTED_STYLE, RESET = "\033[32m", "\033[0m"
 
 
-def draft_source(args: argparse.Namespace, target: TargetModel) -> DraftSource:
-    """The source the flags ask for, refusing a store built for another tokenizer than the model's."""
+def draft_source(args: argparse.Namespace, tokenizer_fingerprint: str | None) -> DraftSource:
+    """The source the flags ask for, checked before the model loads (it takes seconds): the store opens
+    or the server answers and accepts the token, and either was built with the model's tokenizer."""
+    if args.learn and not args.server:
+        raise CrestError("--learn sends outputs to a draft server: use it with --server")
+    if args.no_store:
+        if args.no_prompt_lookup:
+            raise CrestError("--no-store with --no-prompt-lookup leaves nothing to draft from (use --compare)")
+        return WithPromptLookup(NoDrafts())
     if args.server:
         from datastore_service.serve.client import DraftClient
-        from datastore_service.serve.security import ClientSecurity, load_token
+        from datastore_service.serve.credentials import ClientSecurity, load_token
 
         client = DraftClient(
             args.server,
@@ -31,41 +41,46 @@ def draft_source(args: argparse.Namespace, target: TargetModel) -> DraftSource:
                 server_name=args.tls_server_name,
                 token=load_token(args.token_file),
             ),
+            store=args.store_name,
         )
-        client.check_tokenizer(target.tokenizer_fingerprint)
+        client.check_tokenizer(tokenizer_fingerprint)
         source: DraftSource = ServiceSource(client, args.selection)
-    elif args.store:
+    else:
         from datastore_service.lookup.index_loader import load_index
 
         index = load_index(args.store)
-        if index.info.tokenizer_fingerprint != target.tokenizer_fingerprint:
+        if index.info.tokenizer_fingerprint != tokenizer_fingerprint:
             raise CrestError(
                 f"store {args.store} was built for tokenizer {index.info.tokenizer_name!r}, "
-                f"not the one of model {target.name!r}"
+                f"not the one of model {args.model!r}"
             )
         source = IndexSource(index, args.selection)
-    else:
-        source = NoDrafts()
     return source if args.no_prompt_lookup else WithPromptLookup(source)
 
 
 def stream_to_terminal(
-    decoder: SpeculativeDecoder,
+    decoder: Decoder,
     target: TargetModel,
     prompt_ids: list[int],
     max_new_tokens: int,
     stop: list[str],
     color: bool,
+    metrics: DecodeMetrics | None = None,
 ) -> Generation:
     """Print the completion as it is verified, accepted draft tokens in green when `color`."""
     tokenizer, shown, tokens = target.tokenizer, "", []
     stream = decoder.stream(prompt_ids, max_new_tokens, stop)
+    started = time.perf_counter()
     while True:
         try:
             emitted = next(stream)
         except StopIteration as done:
             print(flush=True)
             return done.value
+        if metrics is not None:
+            now = time.perf_counter()
+            metrics.step(len(emitted), now - started)
+            started = now
         accepted_drafts = len(emitted) - 1  # every emitted token but the last was drafted
         tokens.extend(emitted)
         text = tokenizer.decode(tokens, skip_special_tokens=False)
@@ -78,31 +93,80 @@ def stream_to_terminal(
         shown = text
 
 
-def _report(name: str, generation: Generation) -> str:
+def learn_from(source: DraftSource, tokens: list[int]) -> int:
+    """After a generation: send its tokens to the draft server, so later lookups draft them."""
+    inner = source.source if isinstance(source, WithPromptLookup) else source
+    if not isinstance(inner, ServiceSource):
+        raise CrestError("--learn sends outputs to a draft server: use it with --server")
+    return inner.client.observe([tokens]) if tokens else 0
+
+
+def _report(name: str, generations: list[Generation], seconds: float) -> str:
+    tokens = sum(len(generation.tokens) for generation in generations)
+    forwards = sum(len(generation.steps) + 1 for generation in generations)
+    rows = f" in {len(generations)} sequences" if len(generations) > 1 else ""
     return (
-        f"{name:>10}: {len(generation.tokens)} tokens, {len(generation.steps) + 1} steps, "
-        f"{generation.mean_accepted_length:.2f} tokens/step, {generation.tokens_per_second:.1f} tokens/s"
+        f"{name:>10}: {tokens} tokens{rows}, {forwards} steps, {tokens / forwards:.2f} tokens/step, "
+        f"{tokens / max(seconds, 1e-9):.1f} tokens/s"
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise CrestError("--batch-size must be at least 1")
+    # Before the model: a wrong server, token or store fails in a second, not after the model loaded.
+    fingerprint = None if args.no_store else TargetTokenizer.load(args.model).fingerprint
+    source = draft_source(args, fingerprint)
     target = load_target(args.model, args.dtype, args.device)
-    prompt_ids = target.encode_prompt(args.prompt, args.chat)
-    sampling = SamplingParams(args.temperature, args.top_p) if args.temperature > 0 else None
-    curve = None if args.fixed_nodes else CostCurve.measure(target)
-    decoder = SpeculativeDecoder(target, draft_source(args, target), NodeBudget(args.max_nodes, curve), sampling)
-    generation = stream_to_terminal(
-        decoder, target, prompt_ids, args.max_new_tokens, args.stop, args.color or sys.stdout.isatty()
-    )
-    lines = [_report("drafted", generation)]
+    prompts = [target.encode_prompt(prompt, args.chat) for prompt in args.prompt]
+    if len(prompts) == 1 and args.batch_size > 1:
+        prompts *= args.batch_size
+    sampling = SamplingParams(args.temperature, args.top_p, args.top_k) if args.temperature > 0 else None
+    rows = min(args.batch_size, len(prompts))
+    settings = dict(sampling=sampling, engine=args.engine, rows=rows, measure_costs=not args.fixed_nodes)
+    decoder = make_decoder(target, source, args.max_nodes, **settings)
+    started = time.perf_counter()
+    if rows > 1:
+        generations = _decode_batches(decoder, prompts, rows, args)
+        for number, generation in enumerate(generations, start=1):
+            print(f"--- {number} ---")
+            print(target.tokenizer.decode(generation.tokens, skip_special_tokens=False), flush=True)
+    else:
+        generations = [_stream_one(decoder, target, prompts[0], args)]
+    seconds = time.perf_counter() - started
+    lines = [_report("drafted", generations, seconds)]
+    if args.learn:
+        learned = sum(learn_from(source, generation.tokens) for generation in generations)
+        lines.append(f"   learned: the server took {learned} tokens of this output")
     if args.compare:
-        plain = SpeculativeDecoder(target, NoDrafts(), NodeBudget(0), sampling).generate(
-            prompt_ids, args.max_new_tokens, args.stop
-        )
-        lines.append(_report("plain", plain))
+        started = time.perf_counter()
+        plain = _decode_batches(make_decoder(target, NoDrafts(), 0, **settings), prompts, rows, args)
+        plain_seconds = time.perf_counter() - started
+        lines.append(_report("plain", plain, plain_seconds))
+        identical = all(a.tokens == b.tokens for a, b in zip(generations, plain))
         lines.append(
-            f"   speedup: {generation.tokens_per_second / max(plain.tokens_per_second, 1e-9):.2f}x"
-            + ("" if sampling else f", identical output: {plain.tokens == generation.tokens}")
+            f"   speedup: {plain_seconds / max(seconds, 1e-9):.2f}x"
+            + ("" if sampling else f", identical output: {identical}")
         )
     print("\n".join(lines), file=sys.stderr)
     return 0
+
+
+def _stream_one(decoder: Decoder, target: TargetModel, prompt: list[int], args: argparse.Namespace) -> Generation:
+    metrics = DecodeMetrics("127.0.0.1", args.metrics_port) if args.metrics_port is not None else None
+    try:
+        color = args.color or sys.stdout.isatty()
+        return stream_to_terminal(decoder, target, prompt, args.max_new_tokens, args.stop, color, metrics)
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+def _decode_batches(
+    decoder: Decoder, prompts: list[list[int]], rows: int, args: argparse.Namespace
+) -> list[Generation]:
+    """Decode `rows` prompts at a time."""
+    generations = []
+    for start in range(0, len(prompts), rows):
+        generations += decoder.generate_batch(prompts[start : start + rows], args.max_new_tokens, args.stop)
+    return generations

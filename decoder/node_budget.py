@@ -12,18 +12,21 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from transformers import DynamicCache
 
 from datastore_service.draft import DraftTree
 from datastore_service.paths import cache_dir
 
+from .hf_compat import new_dynamic_cache, with_cache
 from .target_model import TargetModel
 
 MEASURED_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
+# Widths of the static engine's passes: few, so that compiled shapes repeat.
+PASS_WIDTHS = (1, 2, 4, 8, 16, 32, 64)
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,31 @@ class CostCurve:
     seconds: list[float]
 
     def cost(self, fed: np.ndarray | int) -> np.ndarray:
-        return np.interp(fed, self.fed_tokens, self.seconds)
+        """Seconds of a pass feeding `fed` tokens: interpolated, and past the last point extended along
+        the last segment (a pass is compute bound there: its cost grows linearly)."""
+        fed = np.asarray(fed, np.float64)
+        inside = np.interp(fed, self.fed_tokens, self.seconds)
+        if len(self.fed_tokens) < 2:
+            return inside
+        (x0, x1), (y0, y1) = self.fed_tokens[-2:], self.seconds[-2:]
+        return np.where(fed > x1, y1 + (fed - x1) * (y1 - y0) / (x1 - x0), inside)
+
+    @classmethod
+    def measure_with(
+        cls, key: str, time_pass: Callable[[int], float], fed_tokens: Sequence[int], repeats: int = 5
+    ) -> CostCurve:
+        """The fastest of `repeats` timings of `time_pass(tokens)` per count of fed tokens, cached under
+        `key`. The fastest, not the median: on a busy machine the others measure the neighbours."""
+        path = cache_dir("costs") / (key.replace("/", "_").replace(":", "_") + ".json")
+        if path.exists():
+            return cls(**json.loads(path.read_text()))
+        seconds = []
+        for tokens in fed_tokens:
+            time_pass(tokens)  # warm-up: first-call allocations, kernel selection, compilation
+            seconds.append(min(time_pass(tokens) for _ in range(repeats)))
+        curve = cls(list(fed_tokens), seconds)
+        path.write_text(json.dumps(asdict(curve)))
+        return curve
 
     @classmethod
     @torch.inference_mode()
@@ -47,13 +74,13 @@ class CostCurve:
         for size in MEASURED_SIZES:
             samples = []
             for _ in range(repeats + 1):
-                cache = DynamicCache(config=model.config)
-                model(input_ids=prefix, cache=cache, use_cache=True)
+                cache = new_dynamic_cache(model)
+                model(**with_cache(model, cache, input_ids=prefix))
                 fed = torch.randint(0, model.config.vocab_size, (1, size), device=device)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 started = time.perf_counter()
-                model(input_ids=fed, cache=cache, use_cache=True)
+                model(**with_cache(model, cache, input_ids=fed))
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 samples.append(time.perf_counter() - started)
@@ -78,14 +105,36 @@ class NodeBudget:
         return int(np.argmax(expected / self.curve.cost(1 + k)))
 
     def cut(self, tree: DraftTree) -> DraftTree:
-        keep = self.best_count(tree.probabilities)
-        if keep == len(tree):
-            return tree
-        probabilities = tree.probabilities[:keep]
-        return DraftTree(
-            tree.tokens[:keep],
-            tree.parents[:keep],
-            probabilities,
-            tree.context_length if keep else 0,
-            float(probabilities.sum()),
-        )
+        return first_nodes(tree, self.best_count(tree.probabilities))
+
+    def widths(self) -> list[int]:
+        """Pass widths (root + nodes per sequence) the static engine may use within max_nodes."""
+        return [width for width in PASS_WIDTHS if width - 1 <= self.max_nodes]
+
+    def plan_width(self, gains: Sequence[np.ndarray]) -> int:
+        """The width of one batched pass that maximises expected tokens per second, each row keeping
+        its best width - 1 nodes; `gains[b]` are row b's ranked nodes' acceptance probabilities. The
+        curve prices a pass by the tokens it feeds: rows x width."""
+        longest = max((len(g) for g in gains), default=0)
+        widths = self.widths()
+        fitting = [w for w in widths if w - 1 < longest] + [next((w for w in widths if w - 1 >= longest), widths[-1])]
+        if self.curve is None:
+            return fitting[-1]
+        running = [np.concatenate([[0.0], np.cumsum(g)]) for g in gains]
+        expected = [sum(1.0 + r[min(len(r) - 1, w - 1)] for r in running) for w in fitting]
+        cost = self.curve.cost(len(gains) * np.asarray(fitting))
+        return fitting[int(np.argmax(np.asarray(expected) / cost))]
+
+
+def first_nodes(tree: DraftTree, count: int) -> DraftTree:
+    """The tree's `count` best nodes (a prefix of a ranked tree is a tree)."""
+    if count >= len(tree):
+        return tree
+    probabilities = tree.probabilities[:count]
+    return DraftTree(
+        tree.tokens[:count],
+        tree.parents[:count],
+        probabilities,
+        tree.context_length if count else 0,
+        float(probabilities.sum()),
+    )

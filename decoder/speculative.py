@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from transformers import DynamicCache
 
 from datastore_service.draft import DraftTree
 
 from .acceptance import SamplingParams, accept_greedy, accept_sampling
 from .draft_sources import DraftSource
+from .hf_compat import new_dynamic_cache, with_cache
 from .kv_cache import keep_accepted
 from .node_budget import NodeBudget
 from .target_model import TargetModel
@@ -36,6 +36,10 @@ class StepRecord:
     emitted: list[int]  # tokens this step added to the output
     seconds: float  # wall time of the step
     forward_seconds: float  # of which the model's forward pass
+    lookup_seconds: float = 0.0  # asking the draft source
+    prepare_seconds: float = 0.0  # cutting the trees, laying out the pass (inputs, positions, mask)
+    accept_seconds: float = 0.0  # finding the accepted branch
+    compact_seconds: float = 0.0  # moving the accepted branch into place in the KV cache
 
 
 @dataclass
@@ -100,9 +104,9 @@ class SpeculativeDecoder:
         """Yield the tokens of each step as they are accepted; the Generation is the return value."""
         model, device = self.target.model, self.target.device
         eos, generation = self.target.eos_token_ids, Generation()
-        cache = DynamicCache(config=model.config)
+        cache = new_dynamic_cache(model)
         started = time.perf_counter()
-        logits = model(input_ids=torch.tensor([list(prompt_ids)], device=device), cache=cache, use_cache=True).logits
+        logits = model(**with_cache(model, cache, input_ids=torch.tensor([list(prompt_ids)], device=device))).logits
         first = self._choose_first(logits[0, -1])
         generation.prefill_seconds = time.perf_counter() - started
         generation.tokens.append(first)
@@ -120,11 +124,13 @@ class SpeculativeDecoder:
             inputs = tree_inputs(history[-1], tree, past, model.dtype, device)
             forward_started = time.perf_counter()
             logits = model(
-                input_ids=inputs.input_ids,
-                position_ids=inputs.position_ids,
-                attention_mask=inputs.attention_mask,
-                cache=cache,
-                use_cache=True,
+                **with_cache(
+                    model,
+                    cache,
+                    input_ids=inputs.input_ids,
+                    position_ids=inputs.position_ids,
+                    attention_mask=inputs.attention_mask,
+                )
             ).logits[0]
             forward_seconds = time.perf_counter() - forward_started
             fed_tokens = inputs.input_ids[0].tolist()
@@ -133,16 +139,9 @@ class SpeculativeDecoder:
             else:
                 accepted = accept_sampling(fed_tokens, inputs.fed_parents, logits, self.sampling, self.generator)
             keep_accepted(cache, past, [0] + accepted.fed_path)
-            emitted = []
-            for token in accepted.tokens:  # stop exactly where plain decoding would
-                emitted.append(token)
-                if token in eos:
-                    generation.stopped_by = "eos"
-                elif self._hit_stop_string(generation.tokens + emitted, stop_strings):
-                    generation.stopped_by = "stop_string"
-                else:
-                    continue
-                break
+            emitted, generation.stopped_by = emitted_until_stop(
+                self.target, accepted.tokens, generation.tokens, stop_strings, eos
+            )
             generation.tokens.extend(emitted)
             history.extend(emitted)
             record = StepRecord(
@@ -164,13 +163,34 @@ class SpeculativeDecoder:
             except StopIteration as done:
                 return done.value
 
+    def generate_batch(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_strings: Sequence[str] = ()
+    ) -> list[Generation]:
+        """The reference loop decodes one sequence at a time; a batch is decoded in turn."""
+        return [self.generate(prompt, max_new_tokens, stop_strings) for prompt in prompts]
+
     def _choose_first(self, logits: torch.Tensor) -> int:
         if self.sampling is None:
             return int(logits.argmax())
         return int(torch.multinomial(self.sampling.distribution(logits).float(), 1, generator=self.generator))
 
-    def _hit_stop_string(self, tokens: list[int], stop_strings: Sequence[str]) -> bool:
-        if not stop_strings:
-            return False
-        text = self.target.tokenizer.decode(tokens[-64:])
-        return any(stop in text for stop in stop_strings)
+
+def emitted_until_stop(
+    target: TargetModel,
+    accepted: list[int],
+    before: list[int],
+    stop_strings: Sequence[str],
+    eos: set[int] | None = None,
+) -> tuple[list[int], str]:
+    """The accepted tokens up to and including the first that stops plain decoding (EOS or a stop
+    string completed after the `before` tokens), and what stopped it ("max_tokens" if nothing did).
+    `eos`: the target's EOS ids, when the caller has them at hand (reading them costs a few µs)."""
+    eos = target.eos_token_ids if eos is None else eos
+    emitted = []
+    for token in accepted:
+        emitted.append(token)
+        if token in eos:
+            return emitted, "eos"
+        if stop_strings and any(stop in target.tokenizer.decode((before + emitted)[-64:]) for stop in stop_strings):
+            return emitted, "stop_string"
+    return emitted, "max_tokens"

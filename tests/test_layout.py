@@ -31,6 +31,7 @@ LAYERS = [
     ("build", ["datastore_service.build"]),
     ("rest", ["datastore_service.rest"]),
     ("lookup", ["datastore_service.lookup"]),
+    ("overlay", ["datastore_service.overlay"]),
     ("serve", ["datastore_service.serve"]),
     ("decoder", ["decoder"]),
     ("top", ["crest_cli"]),

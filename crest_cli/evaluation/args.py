@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 from crest_cli.evaluation.store_points import DEFAULT_BUDGETS_MB, DEFAULT_FRACTIONS, DEFAULT_VARIANTS, VARIANTS
+from datastore_service.errors import CrestError
+from datastore_service.paths import cache_dir
 from datastore_service.sizes import parse_budget
 
 
@@ -42,6 +44,19 @@ def _names(choices: list[str]):
         return names
 
     return parse
+
+
+def output_folder(args: argparse.Namespace) -> Path:
+    """--output-dir, the checkout's docs/ with --write-docs, else a cache folder: a run never
+    overwrites the checkout's own docs/RESULTS.md unless asked to."""
+    if args.output_dir is not None:
+        return args.output_dir
+    if args.write_docs:
+        docs = Path(__file__).resolve().parents[2] / "docs"
+        if not (docs / "RESULTS.md").exists():
+            raise CrestError(f"--write-docs: no checkout docs folder with RESULTS.md at {docs}; give --output-dir")
+        return docs
+    return cache_dir("eval", "results")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,10 +112,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--real-check", type=int, default=2, help="prompts per suite decoded for real to check the replay (0: skip)"
     )
-    parser.add_argument(
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument(
         "--output-dir",
         type=Path,
-        default=Path("docs"),
-        help="where RESULTS.md (its eval section), results.csv and results.png go",
+        default=None,
+        help="where RESULTS.md (its eval section), results.csv and results.png go "
+        "(default: $CREST_CACHE/eval/results, $CREST_CACHE defaulting to ~/.cache/crest)",
+    )
+    output.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="write into this checkout's docs/ (RESULTS.md's eval section, results.csv, results.png)",
+    )
+    parser.add_argument(
+        "--online",
+        action="store_true",
+        help="instead of the storage sweep: replay each suite in order with a store that learns every output "
+        "after its prompt, against the same store static (each with and without prompt lookup)",
+    )
+    parser.add_argument(
+        "--turns", type=int, choices=(1, 2), default=2, help="--online: MT-Bench turns (2: the second after the first)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

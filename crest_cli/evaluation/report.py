@@ -1,10 +1,11 @@
 """The sweep's results as a table (Markdown + CSV), a plot (PNG), and the claims restated.
 
 Claim 1 (storage): the smallest CREST store whose accepted length reaches REST's on the whole
-corpus, as a ratio of REST's bytes to it. Claim 2 (equal storage): CREST's accepted length at each
-REST store's size (interpolated in log size between CREST points; never extrapolated) over REST's.
-Also per CREST line: whether more bytes ever drafted worse (the largest step down between
-consecutive budgets), and per store the scored lookup against longest match.
+corpus (on the largest fraction the run built, and said so), as a ratio of REST's bytes to it.
+Claim 2 (equal storage): CREST's accepted length at each REST store's size (interpolated in log
+size between CREST points; never extrapolated) over REST's. Also per CREST line: whether more bytes
+ever drafted worse (the largest step down between consecutive budgets), and per store the scored
+lookup against longest match.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def markdown_report(
         full, claims = claims_for(suite_rows)
         out += [
             "",
-            f"REST on the whole corpus: accepted length {full.accepted_length:.3f} "
+            f"REST on {rest_reference(full)}: accepted length {full.accepted_length:.3f} "
             f"in {format_bytes(full.storage_bytes)}.",
             "",
         ]
@@ -215,21 +216,31 @@ def _lookup_comparison(rows: Sequence[ResultRow]) -> str:
     )
 
 
+def rest_reference(full: ResultRow) -> str:
+    """What the largest REST store of the run holds: the whole corpus only when the run built it."""
+    return "the whole corpus" if full.setting == "100%" else f"{full.setting} of the corpus (this run's largest REST)"
+
+
+def storage_ratio(rest_bytes: float, crest_bytes: float) -> str:
+    ratio = rest_bytes / crest_bytes
+    return f"{ratio:.1f}x less storage" if ratio >= 1 else f"{1 / ratio:.1f}x more storage"
+
+
 def _describe(claim: LineClaims, full: ResultRow) -> str:
-    parts = []
+    parts, reference = [], rest_reference(full)
     if claim.matching_bytes is None:
-        parts.append("never reaches REST's whole-corpus accepted length in this sweep")
+        parts.append(f"never reaches the accepted length of REST on {reference} in this sweep")
     else:
         parts.append(
-            f"reaches REST's whole-corpus accepted length at {format_bytes(claim.matching_bytes)}, "
-            f"{full.storage_bytes / claim.matching_bytes:.1f}x less storage"
+            f"reaches the accepted length of REST on {reference} at {format_bytes(claim.matching_bytes)}, "
+            f"{storage_ratio(full.storage_bytes, claim.matching_bytes)}"
         )
     if claim.best_at_thirtieth is None:
-        parts.append("no point within 1/30 of REST's storage")
+        parts.append("no point within 1/30 of that REST store's storage")
     else:
         verdict = "at or above" if claim.best_at_thirtieth >= full.accepted_length else "below"
         parts.append(
-            f"within 1/30 of REST's storage ({format_bytes(full.storage_bytes / 30)}) its best is "
+            f"within 1/30 of that REST store's storage ({format_bytes(full.storage_bytes / 30)}) its best is "
             f"{claim.best_at_thirtieth:.3f}, {verdict} REST's {full.accepted_length:.3f}"
         )
     if claim.equal_storage_gains:

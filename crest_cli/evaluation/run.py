@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from crest_cli.evaluation.args import output_folder
 from crest_cli.evaluation.doc_sections import write_section
 from crest_cli.evaluation.measure import Acceptance, replay_suite
 from crest_cli.evaluation.real_check import RealCheck, check_replays
@@ -44,10 +45,16 @@ CSV_NAME, PLOT_NAME, RESULTS_NAME = "results.csv", "results.png", "RESULTS.md"
 
 
 def run(args: argparse.Namespace) -> int:
+    args.output_dir = output_folder(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     progress = not args.quiet
     target = load_target(args.model, args.dtype, args.device)
+    if args.online:
+        from crest_cli.evaluation.online import run_online
+
+        run_online(args, target)
+        return 0
     rows: list[ResultRow] = []
     ablations: list[AblationStep] = []
     checks: list[RealCheck] = []
@@ -245,6 +252,7 @@ def _write_outputs(
     markdown = markdown_report(rows, ablations, checks, titles, setup, PLOT_NAME, CSV_NAME)
     write_section(folder / RESULTS_NAME, "eval", markdown, title="Results: CREST vs REST")
     print(markdown)
+    print(f"\nwrote {RESULTS_NAME} (its eval section), {CSV_NAME} and {PLOT_NAME} into {folder}", file=sys.stderr)
 
 
 def _corpus_label(args: argparse.Namespace, suite: Suite) -> str:

@@ -26,7 +26,7 @@ from datastore_service.build.spark.engine import SparkSettings
 from datastore_service.build.store_writer import write_and_publish
 from datastore_service.build.token_table import TokenizedCorpus, tokenize_corpus
 from datastore_service.build.tokenizer import TargetTokenizer
-from datastore_service.errors import CrestError, StoreError
+from datastore_service.errors import CorpusError, CrestError, StoreError
 from datastore_service.paths import cache_dir
 from datastore_service.sizes import Budget, format_bytes
 from datastore_service.store.publishing import VersionedStore, remove_path
@@ -62,6 +62,7 @@ class BuildSummary:
     memory_cap: int = 0  # the cap the build ran under (bytes)
     peak_rss: int = 0  # the process's peak resident memory when the build ended
     spilled: int = 0  # the most DuckDB held in the scratch folder at once
+    unchanged: bool = False  # the build equalled the published version, which stays: nothing was published
 
     @property
     def bytes_per_context(self) -> float:
@@ -145,19 +146,22 @@ def _refuse_other_tokenizer(store: VersionedStore, tokenizer: TargetTokenizer, r
 def _compact_table_on_spark(
     connection: duckdb.DuckDBPyConnection,
     spark: SparkSettings,
-    tokens: Path,
+    parts: list[TokenizedCorpus],
     params: BuildParams,
     vocab_size: int,
     work_dir: Path,
     clock: Stopwatch,
     progress: bool,
 ) -> int:
-    """Run the SQL on Spark, then load its compact table (Parquet) into the work database."""
-    from datastore_service.build.spark.engine import build_compact_table, spark_session
+    """Run the SQL on Spark (shards: counted apart and summed there), then load its compact table."""
+    from datastore_service.build.spark.engine import build_compact_table, build_sharded_compact_table, spark_session
 
     exported = work_dir / "compact_drafts"
     with spark_session(spark) as session:
-        candidates = build_compact_table(session, tokens, params, vocab_size, exported, clock, progress)
+        if len(parts) > 1:
+            candidates = build_sharded_compact_table(session, parts, params, vocab_size, exported, clock, progress)
+        else:
+            candidates = build_compact_table(session, parts[0].parquet, params, vocab_size, exported, clock, progress)
     with clock.phase("load"):
         connection.execute(
             "CREATE TEMP TABLE compact_drafts AS SELECT * FROM read_parquet($files)",
@@ -174,11 +178,13 @@ def _count(
     vocab_size: int,
     clock: Stopwatch,
     progress: bool,
+    counted: tuple[Path, ...] = (),
 ) -> None:
-    """Fill `ngrams` (n-grams of up to `levels` tokens) in DuckDB, from the tokens or the shards' counts."""
+    """Fill `ngrams` (n-grams of up to `levels` tokens) in DuckDB, from the tokens or, for shards and
+    `counted` count files (observed counts), from their counts summed."""
     with clock.phase("count"):
-        if len(parts) > 1:  # shards: counts summed
-            merge_shard_counts(connection, parts, levels, min_count, vocab_size, progress)
+        if len(parts) + len(counted) > 1:
+            merge_shard_counts(connection, parts, levels, min_count, vocab_size, progress, counted)
             return
         connection.execute(
             "CREATE TEMP TABLE tokens AS SELECT * FROM read_parquet($path)", {"path": str(parts[0].parquet)}
@@ -188,13 +194,26 @@ def _count(
 
 
 @dataclass(frozen=True)
+class ObservedCounts:
+    """Counts a learning server observed (one complete count file) and the snapshots they sum."""
+
+    path: Path
+    tokens: int
+    folded: dict[str, int]  # per snapshot writer, the last snapshot included
+    fingerprint: str
+    base_fingerprint: str | None  # the corpus the store was built from; another corpus is refused
+
+
+@dataclass(frozen=True)
 class StoreTarget:
-    """One store to publish from a build: where, within which budget, by which policy, and (when
-    they differ from the build's) with which tree parameters; all targets share one count."""
+    """One store to publish from a build: where, within which budget, by which policy, how many
+    older versions to keep besides the published, pinned and served ones, and (when they differ
+    from the build's) with which tree parameters; all targets share one count."""
 
     output: Path
     budget: Budget
     policy: str
+    keep: int | None = None  # None: as last given for this store, else KEEP_OLD_VERSIONS
     params: BuildParams | None = None
 
     def store_params(self, build: BuildParams) -> BuildParams:
@@ -217,9 +236,13 @@ def build_store(
     progress: bool = True,
     spark: SparkSettings | None = None,
     shards: tuple[CorpusSpec, ...] = (),
+    observed: ObservedCounts | None = None,
+    keep: int | None = None,
 ) -> BuildSummary:
-    target = StoreTarget(output, params.budget, params.policy)
-    return build_stores(corpus, tokenizer_spec, params, [target], settings, replace, progress, spark, shards)[0]
+    target = StoreTarget(output, params.budget, params.policy, keep)
+    return build_stores(corpus, tokenizer_spec, params, [target], settings, replace, progress, spark, shards, observed)[
+        0
+    ]
 
 
 def build_stores(
@@ -232,6 +255,7 @@ def build_stores(
     progress: bool = True,
     spark: SparkSettings | None = None,
     shards: tuple[CorpusSpec, ...] = (),
+    observed: ObservedCounts | None = None,
 ) -> list[BuildSummary]:
     """Count once, then publish one store per target: targets with the same tree parameters share
     the trees too, and differ only in selection (budget, policy).
@@ -241,19 +265,23 @@ def build_stores(
 
     `spark` runs counting and ranking on Spark instead of in DuckDB. With `shards`, `corpus` and
     each shard are counted apart (cached per shard) and the counts summed: the stores equal those
-    built from the union of their documents."""
-    if shards and spark is not None:
-        raise CrestError("sharded builds (--add-shard) run on --engine duckdb only")
+    built from the union of their documents. `observed` adds counts a learning server snapshotted
+    (compaction.py) the same way, and records in the store which snapshots it holds."""
+    if observed and spark is not None:
+        raise CrestError("folding observed counts (crest compact) runs on --engine duckdb only")
     if spark is not None and any(
         target.store_params(params) != replace_params(params, budget=target.budget) for target in targets
     ):
         raise CrestError("a Spark build ranks one set of parameters by one policy; build others separately")
     if len({target.store_params(params).min_count for target in targets}) > 1:
         raise CrestError("stores built from one count share its --min-count")
+    for spec in (corpus, *shards):  # before tokenizing the others: a mistyped shard fails in a second
+        if not spec.path.exists():
+            raise CorpusError(f"corpus not found: {spec.path}")
     engine_memory(settings.memory_cap)  # a cap too small for any progress fails before any work
     with _disk_full_as_user_error(), InterruptGuard() as interrupts:
         return _build_stores(
-            corpus, tokenizer_spec, params, targets, settings, replace, progress, spark, shards, interrupts
+            corpus, tokenizer_spec, params, targets, settings, replace, progress, spark, shards, interrupts, observed
         )
 
 
@@ -268,10 +296,11 @@ def _build_stores(
     spark: SparkSettings | None,
     shards: tuple[CorpusSpec, ...],
     interrupts: InterruptGuard,
+    observed: ObservedCounts | None = None,
 ) -> list[BuildSummary]:
     clock = Stopwatch()
     started = time.perf_counter()
-    stores = {target.output: VersionedStore(target.output) for target in targets}
+    stores = {target.output: VersionedStore(target.output, keep=target.keep) for target in targets}
     tokenizer = TargetTokenizer.load(tokenizer_spec)
     for store in stores.values():
         _refuse_other_tokenizer(store, tokenizer, replace)
@@ -286,13 +315,26 @@ def _build_stores(
         if not shards
         else hashlib.sha256(":".join(sorted(part.report.fingerprint for part in parts)).encode()).hexdigest()
     )
+    corpus_fingerprint, corpus_name, extra_params = fingerprint, "+".join(s.display_name for s in (corpus, *shards)), {}
+    if observed is not None:
+        if observed.base_fingerprint not in (None, fingerprint):
+            raise CrestError(
+                "this corpus is not the one the store was built from (other content): compaction "
+                "adds observed counts to the same corpus, give its --corpus and --add-shard again"
+            )
+        tokens += observed.tokens
+        corpus_name += "+observed"
+        corpus_fingerprint = hashlib.sha256(f"{fingerprint}:{observed.fingerprint}".encode()).hexdigest()
+        extra_params = {
+            "overlay": {"folded": observed.folded, "counts": observed.path.name, "base_corpus_fingerprint": fingerprint}
+        }
     identity = {
         "crest_version": __version__,
         "tokenizer_name": tokenizer.name,
         "tokenizer_fingerprint": tokenizer.fingerprint,
         "vocab_size": tokenizer.vocab_size,
-        "corpus_name": "+".join(spec.display_name for spec in (corpus, *shards)),
-        "corpus_fingerprint": fingerprint,
+        "corpus_name": corpus_name,
+        "corpus_fingerprint": corpus_fingerprint,
         "corpus_documents": documents,
         "corpus_tokens": tokens,
     }
@@ -314,7 +356,7 @@ def _build_stores(
         ):
             if spark is not None:
                 candidates = _compact_table_on_spark(
-                    connection, spark, parts[0].parquet, params, tokenizer.vocab_size, work_dir, clock, progress
+                    connection, spark, parts, params, tokenizer.vocab_size, work_dir, clock, progress
                 )
             else:
                 _count(
@@ -325,6 +367,7 @@ def _build_stores(
                     tokenizer.vocab_size,
                     clock,
                     progress,
+                    (observed.path,) if observed is not None else (),
                 )
             for tree_params, members in groups.items():
                 trees = Stopwatch()
@@ -342,16 +385,17 @@ def _build_stores(
                         ranked_policy = target.policy
                     compacted = connection.execute("SELECT count(*) FROM compact_drafts").fetchall()[0][0]
                     store_params = target.store_params(params)
+                    store = stores[target.output]
+                    version = store.new_version()
                     with own.phase("write"):
-                        store = stores[target.output]
                         info = {
                             **identity,
-                            "store_version": store.new_version(),
+                            "store_version": version,
                             "created_at": datetime.now(timezone.utc),
                             "max_context": store_params.max_context,
                             "max_depth": store_params.max_depth,
                             "policy": store_params.policy,
-                            "build_params": store_params.as_dict(),
+                            "build_params": {**store_params.as_dict(), **extra_params},
                         }
                         written, final = write_and_publish(
                             connection, store, target.budget, compacted, tokenizer.pieces(), info, interrupts.check
@@ -370,6 +414,7 @@ def _build_stores(
                         file_bytes=written.file_bytes,
                         seconds=seconds,
                         memory_cap=settings.memory_cap,
+                        unchanged=final.name != f"{version}{store.suffix}",
                     )
     finally:
         remove_path(work_dir)

@@ -11,23 +11,36 @@ tokens x levels rows per shard), where a pruned count keeps only the frequent on
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
 from tqdm import tqdm
 
+from datastore_service.build.caches import mark_used
 from datastore_service.build.ngram_counting import count_ngrams_up_to
-from datastore_service.build.sql_files import run_sql
+from datastore_service.build.sql_files import SqlConnection, run_sql
 from datastore_service.build.token_table import TokenizedCorpus
 from datastore_service.paths import cache_dir
 
 SHARD_NGRAMS_SCHEMA = "(shard INTEGER, level TINYINT, gid BIGINT, parent BIGINT, token INTEGER, count BIGINT)"
 
 
+def shard_counts_path(tokenized: TokenizedCorpus, levels: int) -> Path:
+    """Where a shard's counts are cached: one Parquet file (DuckDB wrote it) or a folder of them (Spark)."""
+    return cache_dir("counts") / f"{tokenized.parquet.stem}-levels{levels}.parquet"
+
+
+def parquet_glob(path: Path) -> str:
+    """What DuckDB's read_parquet takes for a cached file or folder."""
+    return str(path / "*.parquet") if path.is_dir() else str(path)
+
+
 def shard_counts(tokenized: TokenizedCorpus, levels: int, vocab_size: int) -> Path:
     """Parquet `(level, gid, parent, token, count)` of every n-gram of the shard up to `levels` tokens."""
-    target = cache_dir("counts") / f"{tokenized.parquet.stem}-levels{levels}.parquet"
+    target = shard_counts_path(tokenized, levels)
     if target.exists():
+        mark_used(target)
         return target
     partial = target.with_suffix(f".partial-{os.getpid()}")
     try:
@@ -52,17 +65,32 @@ def merge_shard_counts(
     min_count: int,
     vocab_size: int,
     progress: bool = True,
+    counted: Sequence[Path] = (),
 ) -> None:
-    """Fill `ngrams` with the summed counts of `shards`, as a count over their union would."""
+    """Fill `ngrams` with the summed counts of `shards` (and of already `counted` shard files), as a
+    count over their union would."""
     files = [
         shard_counts(shard, levels, vocab_size)
         for shard in tqdm(shards, desc="count shards", unit="shard", disable=not progress)
     ]
+    merge_count_files(connection, [*files, *counted], levels, min_count, progress)
+
+
+def merge_count_files(
+    connection: duckdb.DuckDBPyConnection, files: Sequence[Path], levels: int, min_count: int, progress: bool = True
+) -> None:
+    """Fill `ngrams` with the summed counts of shard count files, keeping n-grams seen >= min_count times."""
     connection.execute(f"CREATE OR REPLACE TEMP TABLE shard_ngrams {SHARD_NGRAMS_SCHEMA}")
     for index, path in enumerate(files):
         connection.execute(
-            "INSERT INTO shard_ngrams SELECT $shard, * FROM read_parquet($path)", {"shard": index, "path": str(path)}
+            "INSERT INTO shard_ngrams SELECT $shard, * FROM read_parquet($path)",
+            {"shard": index, "path": parquet_glob(path)},
         )
+    merge_counted_shards(connection, levels, min_count, progress)
+
+
+def merge_counted_shards(connection: SqlConnection, levels: int, min_count: int, progress: bool = True) -> None:
+    """`ngrams` from table `shard_ngrams` (SHARD_NGRAMS_SCHEMA), on either engine."""
     counts = {"min_count": min_count}
     run_sql(connection, "01_merge_shards_start.sql", counts)
     for level in tqdm(range(2, levels + 1), desc="merge counts", unit="level", disable=not progress):

@@ -22,6 +22,8 @@ from datastore_service.errors import BudgetError
 from datastore_service.sizes import Budget, format_bytes
 from datastore_service.store import schema as store_schema
 from datastore_service.store.publishing import VersionedStore, fsync_file, remove_path
+from datastore_service.store.same_content import same_store_content
+from datastore_service.store.serving_arrays import SERVING_SUFFIX, write_serving_for
 
 # Accept a file between these fractions of the byte budget (the published file may be at most
 # 10% above the budget; below 92% it wastes room that more contexts could use).
@@ -46,7 +48,7 @@ def create_template(path: Path, pieces: list[str]) -> int:
         connection.execute(f"ATTACH '{path}' AS store (BLOCK_SIZE {STORE_BLOCK_SIZE})")
     store_schema.upgrade(path)
     with duckdb.connect(str(path)) as connection:
-        pieces_table = pa.table(  # noqa: F841 (read by the INSERT below, by name)
+        pieces_table = pa.table(  # noqa: F841 (DuckDB reads it by name)
             {"token_id": pa.array(range(len(pieces)), pa.int32()), "piece": pa.array(pieces, pa.string())}
         )
         connection.execute("INSERT INTO vocab SELECT * FROM pieces_table")
@@ -135,15 +137,21 @@ def write_and_publish(
     info: dict[str, Any],
     before_publish: Callable[[], None] = lambda: None,
 ) -> tuple[WrittenStore, Path]:
-    """Write the ranked trees into a new version of `store` within `budget` and publish it
-    (unless `before_publish` raises)."""
+    """Write the ranked trees into a new version of `store` within `budget` and publish it with its
+    serving file (unless `before_publish` raises). Returns the published file: the new version, or
+    the published one when the new file holds exactly the same (then nothing is published)."""
     version = info["store_version"]
     template, partial = store.scratch(version, "template"), store.scratch(version, "partial")
+    serving = store.scratch(version, "serving")
     try:
         create_template(template, pieces)
         written = write_within_budget(connection, template, partial, budget, candidates, info)
+        write_serving_for(partial, serving)
         before_publish()
-        return written, store.publish(partial, version)
+        final, _ = store.publish_unless_identical(
+            partial, version, same_store_content, companions={SERVING_SUFFIX: serving}
+        )
+        return written, final
     finally:
-        remove_path(template)
-        remove_path(partial)
+        for scratch in (template, partial, serving):
+            remove_path(scratch)

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from datastore_service.build.caches import mark_used
 from datastore_service.build.corpus import CorpusReport, CorpusSpec, read_documents
 from datastore_service.build.tokenizer import TargetTokenizer
 from datastore_service.errors import CorpusError
@@ -48,6 +49,7 @@ def tokenize_corpus(
     key = hashlib.sha256(f"{report.fingerprint}:{tokenizer.fingerprint}".encode()).hexdigest()[:24]
     target = cache_dir("tokens") / f"{spec.display_name}-{key}.parquet"
     if target.exists():
+        mark_used(target)
         return TokenizedCorpus(target, pq.read_metadata(target).num_rows, report, from_cache=True)
 
     partial = target.with_suffix(f".partial-{os.getpid()}")

@@ -1,19 +1,22 @@
-"""The serving engine: a store's drafts in memory, answering batches of lookups with numpy.
+"""The CREST index: a store version's serving file, mapped, answering lookups.
 
-Layout (built once at load, from columnar fetches):
-- `context_matrix[K, N]`: stored contexts right-aligned (newest token last), -1 padded;
-  `context_lengths[K]`; `context_hashes[K]` sorted ascending (all per-tree arrays follow it).
-- Nodes of all trees flattened: `node_tokens`, `node_parents` (tree-local), `node_probabilities`,
-  `node_depths`, and `node_cumulative` (running sum of probabilities inside each tree), with
-  `tree_offsets[K+1]`.
+Loading maps `<version>.serving` beside the version's DuckDB file (store/serving_arrays.py says
+what it holds, store/serving_file.py how it is laid out; serving_loader.py checks that it was
+derived from exactly that DuckDB file and rebuilds it when missing or damaged). No array is built
+or copied at load, so loading takes milliseconds and a few MB of private memory, and every replica
+that serves the version shares the file's pages in the page cache.
 
-A batch lookup hashes every suffix (lengths 1..N) of every query at once, finds candidates with
-one `searchsorted`, verifies candidates token by token (so matches are exact whatever the hash
-does), picks one tree per query, and gathers the first `max_nodes` nodes of each chosen tree.
+Two paths give the same answers, bit for bit:
+- up to SMALL_BATCH sequences: small_batch.py, plain Python over memoryviews (microseconds);
+- larger batches: vectorised numpy (below). It hashes every suffix (lengths 1..N) of every query at
+  once, finds candidates with one `searchsorted` over the sorted context hashes, verifies them
+  token by token (so matches are exact whatever the hash does), picks one tree per query, and
+  gathers the first `max_nodes` nodes of each chosen tree.
 
 Example: a store with contexts `[12]` and `[7, 12]`; the query `[5, 7, 12]` matches both suffixes
 `[12]` and `[7, 12]`. LONGEST_MATCH answers with the tree of `[7, 12]`; SCORED answers with
-whichever tree expects more accepted tokens within the query's `max_nodes`.
+whichever tree expects more accepted tokens within the query's `max_nodes` (the longer on a tie):
+the running count of its first `max_nodes` nodes over the context's count.
 """
 
 from __future__ import annotations
@@ -23,90 +26,49 @@ from pathlib import Path
 
 import numpy as np
 
-from datastore_service.draft import DraftBatch, QueryBatch, QueryError, prepare_queries, right_aligned
-from datastore_service.errors import StoreError
+from datastore_service.draft import DraftBatch, QueryBatch, QueryError, prepare_queries
+from datastore_service.lookup.serving_loader import open_serving_file
+from datastore_service.lookup.small_batch import SMALL_BATCH, SmallBatchLookup
+from datastore_service.store.context_hash import suffix_hashes
 from datastore_service.store.info import StoreInfo
-from datastore_service.store.reader import open_store, reading, resolve_store
+from datastore_service.store.reader import resolve_store
+from datastore_service.store.serving_arrays import concatenated_ranges, depths_within
+from datastore_service.store.serving_file import ServingFile
 
 SELECTIONS = ("scored", "longest")
-_HASH_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
-_HASH_SEEDS = (0x2545F4914F6CDD1D, 0x6A09E667F3BCC909, 0xBB67AE8584CAA73B)
-
-FETCH_DRAFTS = "SELECT context, context_count, tokens, parents, counts FROM drafts"
-
-
-def suffix_hashes(tails: np.ndarray, seed: int) -> np.ndarray:
-    """hashes[:, n-1] = hash of each row's last n tokens (rows right-aligned, newest token last)."""
-    rows, width = tails.shape
-    hashes = np.empty((rows, width), np.uint64)
-    state = np.full(rows, seed, np.uint64)
-    with np.errstate(over="ignore"):
-        for n in range(1, width + 1):
-            state = (state ^ (tails[:, width - n].astype(np.uint64) + np.uint64(1))) * _HASH_MULTIPLIER
-            state ^= state >> np.uint64(31)
-            hashes[:, n - 1] = state
-    return hashes
 
 
 class DraftIndex:
-    def __init__(
-        self,
-        info: StoreInfo,
-        path: Path,
-        contexts: list[np.ndarray],
-        context_counts: np.ndarray,
-        node_tokens: np.ndarray,
-        node_parents: np.ndarray,
-        node_counts: np.ndarray,
-        tree_offsets: np.ndarray,
-    ) -> None:
-        self.info, self.path = info, path
-        width = max(info.max_context, 1)
-        lengths = np.fromiter((len(c) for c in contexts), np.int64, len(contexts))
-        if len(lengths) and lengths.max() > width:
-            raise StoreError(f"a stored context has {lengths.max()} tokens, more than max_context {width}")
-        matrix = right_aligned(np.concatenate(contexts).astype(np.int64), lengths, width)
-        seed, hashes = _collision_free_hashes(matrix, lengths)
-        order = np.argsort(hashes, kind="stable")
-        self.width, self.hash_seed = width, seed
-        self.context_hashes = hashes[order]
-        self.context_matrix, self.context_lengths = matrix[order], lengths[order]
-        # Reorder the trees to hash order, keeping each tree's nodes contiguous.
-        sizes = np.diff(tree_offsets)[order]
-        gather = _ranges(tree_offsets[:-1][order], sizes)
-        self.tree_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self.tree_sizes = sizes.astype(np.int64)
-        tree_of_node = np.repeat(np.arange(len(order)), sizes)
-        self.node_tokens = node_tokens[gather].astype(np.int32)
-        self.node_parents = node_parents[gather].astype(np.int32)
-        self.node_probabilities = (node_counts[gather] / context_counts[order][tree_of_node]).astype(np.float32)
-        self.node_cumulative = _cumsum_within(self.node_probabilities.astype(np.float64), self.tree_offsets)
-        self.node_depths = _depths(self.node_parents, self.tree_offsets[:-1][tree_of_node])
+    def __init__(self, info: StoreInfo, path: Path, serving: ServingFile) -> None:
+        self.info, self.path, self.serving_file = info, path, serving.origin
+        metadata, arrays = serving.metadata, serving.arrays
+        self.width, self.hash_seed = int(metadata["width"]), int(metadata["hash_seed"])
+        self.max_tree_depth = int(metadata["max_tree_depth"])
+        # Views of the mapping (store/serving_arrays.py documents each).
+        self.context_hashes = arrays["context_hashes"]
+        self.context_matrix = arrays["context_tokens"]
+        self.context_lengths = arrays["context_lengths"]
+        self.context_counts = arrays["context_counts"]
+        self.tree_offsets = arrays["tree_offsets"]
+        self.node_tokens = arrays["node_tokens"]
+        self.node_parents = arrays["node_parents"]
+        self.node_cumulative = arrays["node_cumulative"]
+        self.small = SmallBatchLookup(arrays, metadata, self._default_nodes, info.vocab_size)
+        # Per suffix length n (rows) and position (columns): outside the query's last n tokens.
+        self._suffix_lengths = np.arange(1, self.width + 1)[None, :]  # [1, N]
+        self._outside_suffix = np.arange(self.width)[None, None, :] < (self.width - self._suffix_lengths)[:, :, None]
 
     @classmethod
     def load(cls, path: Path) -> DraftIndex:
-        """Read a published store (its current version) into memory."""
+        """Open a published store's current version: its serving file mapped, checked against the
+        DuckDB file's bytes (rebuilt from them if it must be)."""
         resolved = resolve_store(path)
-        with open_store(resolved) as connection, reading(resolved):
-            info = StoreInfo.read(connection, resolved)
-            table = connection.sql(FETCH_DRAFTS).to_arrow_table()
-        if table.num_rows == 0:
-            raise StoreError(f"{path} holds no drafts")
-        table = table.combine_chunks()
-        lists = {name: table.column(name).chunk(0) for name in ("context", "tokens", "parents", "counts")}
-        context_values = lists["context"].values.to_numpy()
-        context_offsets = lists["context"].offsets.to_numpy()
-        contexts = np.split(context_values, context_offsets[1:-1])
-        return cls(
-            info,
-            resolved,
-            contexts,
-            table.column("context_count").to_numpy().astype(np.float64),
-            lists["tokens"].values.to_numpy(),
-            lists["parents"].values.to_numpy(),
-            lists["counts"].values.to_numpy(),
-            lists["tokens"].offsets.to_numpy().astype(np.int64),
-        )
+        info, serving = open_serving_file(resolved)
+        return cls(info, resolved, serving)
+
+    @property
+    def _default_nodes(self) -> int:
+        return max(self.info.max_nodes, 1)
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -114,8 +76,12 @@ class DraftIndex:
         self, sequences: Sequence[Sequence[int]], max_nodes: Sequence[int] | int = 0, max_depth: Sequence[int] | int = 0
     ) -> QueryBatch:
         """Validate queries (QueryError says which and why) and lay them out for `lookup_batch`."""
+        if len(sequences) <= SMALL_BATCH:
+            batch = self.small.prepare(sequences, max_nodes, max_depth)
+            if batch is not None:
+                return batch
         return prepare_queries(
-            sequences, max_nodes, max_depth, self.width, self.info.vocab_size, default_nodes=max(self.info.max_nodes, 1)
+            sequences, max_nodes, max_depth, self.width, self.info.vocab_size, default_nodes=self._default_nodes
         )
 
     def lookup(
@@ -125,31 +91,44 @@ class DraftIndex:
         max_depth: Sequence[int] | int = 0,
         selection: str = "scored",
     ) -> DraftBatch:
+        _check_selection(selection)
+        if len(sequences) <= SMALL_BATCH:
+            answer = self.small.lookup(sequences, max_nodes, max_depth, selection)
+            if answer is not None:
+                return answer
         return self.lookup_batch(self.prepare(sequences, max_nodes, max_depth), selection)
 
     def lookup_batch(self, batch: QueryBatch, selection: str = "scored") -> DraftBatch:
+        _check_selection(selection)
+        if len(batch.lengths) <= SMALL_BATCH:
+            return self.small.lookup_batch(batch, selection)
+        return self.lookup_vectorised(batch, selection)
+
+    def lookup_vectorised(self, batch: QueryBatch, selection: str = "scored") -> DraftBatch:
+        """The numpy path, whatever the batch size (`lookup_batch` takes it above SMALL_BATCH)."""
+        _check_selection(selection)
         trees, lengths = self._choose(batch, selection)
         return self._gather(trees, lengths, batch)
 
     def _choose(self, batch: QueryBatch, selection: str) -> tuple[np.ndarray, np.ndarray]:
         """Per query: the chosen tree (-1 = none) and the matched context length (0 = none)."""
-        if selection not in SELECTIONS:
-            raise QueryError(f"unknown selection {selection!r}; choose one of {', '.join(SELECTIONS)}")
-        width = self.width
+        width, suffix_length = self.width, self._suffix_lengths
         hashes = suffix_hashes(batch.tails, self.hash_seed)  # [B, N]
         where = np.minimum(np.searchsorted(self.context_hashes, hashes), len(self.context_hashes) - 1)
-        suffix_length = np.arange(1, width + 1)[None, :]  # [1, N]
         matched = (self.context_hashes[where] == hashes) & (self.context_lengths[where] == suffix_length)
         matched &= suffix_length <= batch.lengths[:, None]
-        # Exact check: the stored context equals the query's suffix of that length, token by token.
-        in_suffix = np.arange(width)[None, None, :] >= (width - suffix_length)[:, :, None]  # [1, N, N]
-        same = (self.context_matrix[where] == batch.tails[:, None, :]) | ~in_suffix
+        # Exact check: the stored context equals the query's suffix of that length, token by token
+        # (in the stored token type: valid ids fit it, and the -1 padding lies outside every suffix).
+        tails = batch.tails.astype(self.context_matrix.dtype)
+        same = (self.context_matrix.take(where, axis=0) == tails[:, None, :]) | self._outside_suffix
         matched &= same.all(axis=2)
         if selection == "longest":
             value = np.where(matched, suffix_length, 0).astype(np.float64)
         else:
-            kept = np.minimum(batch.max_nodes[:, None], self.tree_sizes[where])
-            value = np.where(matched, self.node_cumulative[self.tree_offsets[where] + kept - 1], -1.0)
+            starts = self.tree_offsets[where]
+            kept = np.minimum(batch.max_nodes[:, None], self.tree_offsets[where + 1] - starts)
+            expected = self.node_cumulative[starts + kept - 1] / self.context_counts[where]
+            value = np.where(matched, expected, -1.0)
         # Highest value wins; among equals the longest context (scan from the longest down).
         best = width - 1 - np.argmax(value[:, ::-1], axis=1)
         rows = np.arange(len(best))
@@ -159,27 +138,37 @@ class DraftIndex:
     def _gather(self, trees: np.ndarray, context_lengths: np.ndarray, batch: QueryBatch) -> DraftBatch:
         found = trees >= 0
         safe = np.where(found, trees, 0)
-        take = np.where(found, np.minimum(batch.max_nodes, self.tree_sizes[safe]), 0)
-        starts = self.tree_offsets[safe]
-        nodes = _ranges(starts, take)
+        starts = self.tree_offsets[safe].astype(np.int64)
+        take = np.where(found, np.minimum(batch.max_nodes, self.tree_offsets[safe + 1] - starts), 0)
+        nodes = concatenated_ranges(starts, take)
         query_of_node = np.repeat(np.arange(len(trees)), take)
-        keep = self.node_depths[nodes] <= batch.max_depth[query_of_node]
-        local_parents = self.node_parents[nodes]
-        if not keep.all():
-            # Dropping deep nodes shifts indices: renumber the kept nodes' parents.
-            first = np.concatenate([[0], np.cumsum(take)[:-1]])
-            new_index = np.cumsum(keep) - 1
-            has_parent = local_parents >= 0
-            parent_flat = first[query_of_node] + np.where(has_parent, local_parents, 0)
-            new_first = new_index[first[query_of_node]] + ~keep[first[query_of_node]]
-            local_parents = np.where(has_parent, new_index[parent_flat] - new_first, -1)
-            nodes, query_of_node, local_parents = nodes[keep], query_of_node[keep], local_parents[keep]
-        probabilities = self.node_probabilities[nodes]
+        first = np.cumsum(take) - take  # each query's first node in `nodes`
+        # A node's count is its running count less the previous node's (the same tree's, since
+        # each query's nodes are a prefix of its tree), except for a tree's first node.
+        # (Unsigned: a difference across two trees wraps, and is overwritten with the first node's.)
+        running = self.node_cumulative[nodes]
+        counts = np.empty_like(running)
+        np.subtract(running[1:], running[:-1], out=counts[1:])
+        counts[first[take > 0]] = running[first[take > 0]]
+        probabilities = (counts / np.repeat(self.context_counts[safe], take)).astype(np.float32)
+        local_parents = self.node_parents[nodes].astype(np.int32)
+        tokens = self.node_tokens[nodes]
+        if (batch.max_depth < self.max_tree_depth).any():
+            depths = depths_within(local_parents, first[query_of_node])
+            keep = depths <= batch.max_depth[query_of_node]
+            if not keep.all():
+                # Dropping deep nodes shifts indices: renumber the kept nodes' parents.
+                new_index = np.cumsum(keep) - 1
+                has_parent = local_parents >= 0
+                parent_flat = first[query_of_node] + np.where(has_parent, local_parents, 0)
+                new_first = new_index[first[query_of_node]] + ~keep[first[query_of_node]]
+                local_parents = np.where(has_parent, new_index[parent_flat] - new_first, -1)[keep]
+                query_of_node, probabilities, tokens = query_of_node[keep], probabilities[keep], tokens[keep]
         sizes = np.bincount(query_of_node, minlength=len(trees))
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         scores = np.bincount(query_of_node, weights=probabilities, minlength=len(trees)).astype(np.float32)
         return DraftBatch(
-            self.node_tokens[nodes],
+            tokens.astype(np.int32),
             local_parents.astype(np.int32),
             probabilities,
             offsets,
@@ -188,37 +177,6 @@ class DraftIndex:
         )
 
 
-def _collision_free_hashes(matrix: np.ndarray, lengths: np.ndarray) -> tuple[int, np.ndarray]:
-    """Hash every stored context; pick a seed under which no two stored contexts collide."""
-    for seed in _HASH_SEEDS:
-        hashes = suffix_hashes(matrix, seed)[np.arange(len(lengths)), lengths - 1]
-        if len(np.unique(hashes)) == len(hashes):
-            return seed, hashes
-    raise StoreError("stored contexts collide under every hash seed (duplicate contexts in the store?)")
-
-
-def _ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """Concatenation of arange(start, start + size) for each pair, without a Python loop."""
-    total = int(sizes.sum())
-    if total == 0:
-        return np.empty(0, np.int64)
-    ends = np.cumsum(sizes)
-    return np.repeat(starts - ends + sizes, sizes) + np.arange(total)
-
-
-def _cumsum_within(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    running = np.cumsum(values)
-    before = np.concatenate([[0.0], running])[offsets[:-1]]
-    return (running - np.repeat(before, np.diff(offsets))).astype(np.float32)
-
-
-def _depths(parents: np.ndarray, tree_start_of_node: np.ndarray) -> np.ndarray:
-    """Depth of every node; parents precede children, so a few vectorized passes settle it."""
-    depths = np.ones(len(parents), np.int32)
-    has_parent = parents >= 0
-    parent_flat = tree_start_of_node + np.where(has_parent, parents, 0)
-    while True:
-        updated = np.where(has_parent, depths[parent_flat] + 1, 1)
-        if np.array_equal(updated, depths):
-            return depths
-        depths = updated
+def _check_selection(selection: str) -> None:
+    if selection not in SELECTIONS:
+        raise QueryError(f"unknown selection {selection!r}; choose one of {', '.join(SELECTIONS)}")

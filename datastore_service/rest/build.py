@@ -9,7 +9,7 @@ files. The suffix array is built with divsufsort (`pydivsufsort`).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,13 +21,16 @@ from datastore_service import __version__
 from datastore_service.build.corpus import CorpusSpec
 from datastore_service.build.token_table import tokenize_corpus
 from datastore_service.build.tokenizer import TargetTokenizer
-from datastore_service.errors import CrestError
+from datastore_service.errors import CrestError, StoreError
 from datastore_service.paths import cache_dir
-from datastore_service.rest.format import separator_of, token_dtype, write_rest_file
+from datastore_service.rest.format import open_rest_file, separator_of, token_dtype, write_rest_file
+from datastore_service.rest.index import RestParams
 from datastore_service.store.publishing import VersionedStore, remove_path
 
 REST_SUFFIX = ".rest"
 FRACTION_SEED = 20231114
+# What makes two REST files serve the same drafts, besides their arrays.
+IDENTITY_KEYS = ("format", "kind", "tokenizer_fingerprint", "corpus_fingerprint", "build_params", "lookup_params")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class RestBuildSummary:
     corpus_tokens: int
     file_bytes: int
     seconds: dict[str, float]
+    unchanged: bool = False  # equal to the published version, which stays: nothing was published
 
 
 def corpus_with_separators(
@@ -73,8 +77,15 @@ def suffix_array(tokens: np.ndarray) -> np.ndarray:
 
 
 def build_rest_store(
-    corpus: CorpusSpec, tokenizer_spec: str, output: Path, fraction: float = 1.0, progress: bool = True
+    corpus: CorpusSpec,
+    tokenizer_spec: str,
+    output: Path,
+    fraction: float = 1.0,
+    progress: bool = True,
+    keep: int | None = None,
+    lookup: RestParams = RestParams(),
 ) -> RestBuildSummary:
+    """`lookup`: the k/n/m/c the store serves with unless a server overrides them."""
     if not 0.0 < fraction <= 1.0:
         raise CrestError(f"--fraction must be in (0, 1], got {fraction}")
     started = time.perf_counter()
@@ -90,17 +101,37 @@ def build_rest_store(
     }
     tokenize_seconds = time.perf_counter() - started
     summary = publish_rest_store(
-        table.column("doc_id").to_numpy(), table.column("token").to_numpy(), fraction, output, identity
+        table.column("doc_id").to_numpy(), table.column("token").to_numpy(), fraction, output, identity, keep, lookup
     )
     summary.seconds["tokenize"] = tokenize_seconds
     summary.seconds["total"] = time.perf_counter() - started
     return summary
 
 
+def same_rest_content(published: Path, candidate: Path) -> bool:
+    """True when both files hold the same tokenizer, corpus, fraction, tokens and suffix array."""
+    try:
+        old, new = open_rest_file(published), open_rest_file(candidate)
+    except StoreError:
+        return False  # a damaged published file: publish the new one
+    return (
+        all(old.metadata.get(key) == new.metadata.get(key) for key in IDENTITY_KEYS)
+        and np.array_equal(old.tokens, new.tokens)
+        and np.array_equal(old.suffix_array, new.suffix_array)
+    )
+
+
 def publish_rest_store(
-    doc_ids: np.ndarray, tokens: np.ndarray, fraction: float, output: Path, identity: dict[str, Any]
+    doc_ids: np.ndarray,
+    tokens: np.ndarray,
+    fraction: float,
+    output: Path,
+    identity: dict[str, Any],
+    keep: int | None = None,
+    lookup: RestParams = RestParams(),
 ) -> RestBuildSummary:
-    """Suffix-index the (fraction of the) token table and publish it as a new version of `output`.
+    """Suffix-index the (fraction of the) token table and publish it as a new version of `output`,
+    unless the published version holds exactly the same (then the summary says `unchanged`).
 
     `identity` names the tokenizer (name, fingerprint, vocab_size) and the corpus (name, fingerprint)."""
     seconds: dict[str, float] = {}
@@ -111,7 +142,7 @@ def publish_rest_store(
     seconds["suffix_array"] = time.perf_counter() - phase
 
     phase = time.perf_counter()
-    store = VersionedStore(output, suffix=REST_SUFFIX)
+    store = VersionedStore(output, suffix=REST_SUFFIX, keep=keep)
     store.remove_stale_scratch()
     version = store.new_version()
     partial = store.scratch(version, "partial")
@@ -125,14 +156,17 @@ def publish_rest_store(
         "corpus_documents": documents,
         "corpus_tokens": kept_tokens,
         "build_params": {"fraction": fraction, "fraction_seed": FRACTION_SEED},
+        "lookup_params": asdict(lookup),
     }
     try:
         file_bytes = write_rest_file(partial, metadata, corpus_tokens.astype(dtype), suffixes)
-        final = store.publish(partial, version)
+        final, new = store.publish_unless_identical(partial, version, same_rest_content)
     finally:
         remove_path(partial)
     seconds["write"] = time.perf_counter() - phase
-    return RestBuildSummary(store.path, final, documents, kept_tokens, len(tokens), file_bytes, seconds)
+    return RestBuildSummary(
+        store.path, final, documents, kept_tokens, len(tokens), file_bytes, seconds, unchanged=not new
+    )
 
 
 def default_rest_path(corpus_name: str, fraction: float = 1.0) -> Path:

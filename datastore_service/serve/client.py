@@ -4,6 +4,10 @@ With several addresses the channel balances calls over them (gRPC `round_robin`)
 replica that went away; a call that still fails with UNAVAILABLE is retried with backoff, all
 within one deadline (`timeout`). A call that fails for good raises `ServiceError`: one line that
 says what went wrong and what to check, with the gRPC status code kept in `.code`.
+
+This module is the thin client: it imports grpc, protobuf, numpy and CREST's shared types only,
+so a decoding worker installs it with `pip install 'crest[client]'` (no duckdb, torch or
+transformers; tests/datastore_service/serve/test_thin_client.py proves it in a fresh venv).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from crest.v1 import datastore_pb2 as pb
 from crest.v1 import datastore_pb2_grpc as pb_grpc
 from datastore_service.draft import DraftTree
 from datastore_service.errors import CrestError
-from datastore_service.serve.security import ClientSecurity
+from datastore_service.serve.credentials import ClientSecurity
 
 SELECTIONS = {"scored": pb.SCORED, "longest": pb.LONGEST_MATCH}
 _RETRY_POLICY = {
@@ -87,11 +91,13 @@ class DraftClient:
         timeout: float = 1.0,
         retries: int = 3,
         security: ClientSecurity = ClientSecurity(),
+        store: str = "",
     ) -> None:
+        """`store`: which of the servers' stores to use (empty = their default store)."""
         addresses = [addresses] if isinstance(addresses, str) else list(addresses)
         if not addresses:
             raise CrestError("no server address given")
-        self.timeout, self.retries = timeout, retries
+        self.timeout, self.retries, self.store = timeout, retries, store
         self.servers = ", ".join(addresses)
         self.metadata = security.call_metadata()
         target, options = (
@@ -140,7 +146,7 @@ class DraftClient:
         raise AssertionError("unreachable")
 
     def info(self) -> pb.InfoResponse:
-        return self._call(self.stub.Info, pb.InfoRequest())
+        return self._call(self.stub.Info, pb.InfoRequest(store=self.store))
 
     def check_tokenizer(self, fingerprint: str) -> pb.InfoResponse:
         """Refuse a store built for another tokenizer (token ids would mean other text)."""
@@ -154,7 +160,7 @@ class DraftClient:
     def lookup(
         self, sequences: Sequence[Sequence[int]], max_nodes: int = 0, max_depth: int = 0, selection: str = "scored"
     ) -> list[DraftTree]:
-        request = pb.LookupRequest(selection=SELECTIONS[selection])
+        request = pb.LookupRequest(selection=SELECTIONS[selection], store=self.store)
         for tokens in sequences:
             request.sequences.add(tokens=list(tokens), max_nodes=max_nodes, max_depth=max_depth)
         response = self._call(self.stub.Lookup, request)
@@ -169,3 +175,12 @@ class DraftClient:
             )
             for d in response.drafts
         ]
+
+    def observe(self, sequences: Sequence[Sequence[int]]) -> int:
+        """Send emitted token sequences for the store to learn from; returns the tokens the server took.
+
+        Each replica learns what it is sent and reads the others' snapshots, so one replica suffices."""
+        request = pb.ObserveRequest(store=self.store)
+        for tokens in sequences:
+            request.sequences.add(tokens=list(tokens))
+        return self._call(self.stub.Observe, request).tokens

@@ -5,15 +5,19 @@ to the client (and, with a client CA, the client to the server); the shared toke
 `authorization: Bearer <token>` metadata on every call, is checked by `TokenCheck` in constant
 time. Health checks stay open without a token: load balancers and orchestrators probe them with
 no secrets, and they reveal nothing but SERVING. A token over plain TCP is readable on the wire:
-without TLS it only suits loopback or a trusted network.
+without TLS it only suits loopback or a trusted network. This module is the server's side;
+the client's (`ClientSecurity`) and the file and token readers both use are in credentials.py.
+
+Tenant tokens (`TenantTokens`, `crest serve --tenant-tokens`) are scoped to stores: `TokenCheck`
+lets them in like the shared token, and `StoreAccess` lets each reach only its own stores
+(PERMISSION_DENIED otherwise, for every call that names a store). The shared token reaches all.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-import ssl
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,48 +26,44 @@ import grpc
 from grpc_health.v1 import health
 
 from datastore_service.errors import CrestError
+from datastore_service.serve.credentials import TOKEN_ENV, check_tls_files, read_file
 
-TOKEN_ENV = "CREST_TOKEN"
 TOKEN_KEYS = ("authorization", "crest-token")
 OPEN_PREFIXES = (f"/{health.SERVICE_NAME}/",)
 
 
-def read_file(path: Path, what: str) -> bytes:
-    try:
-        return Path(path).expanduser().read_bytes()
-    except OSError as exc:
-        raise CrestError(f"cannot read {what} {path}: {exc.strerror}") from exc
+@dataclass(frozen=True)
+class TenantTokens:
+    """Tokens that reach some stores only. File format (JSON), one entry per tenant:
+    `{"team-a": {"token": "...", "stores": ["code", "code-chat"]}, ...}`."""
 
+    scopes: tuple[tuple[bytes, frozenset[str]], ...]  # (sha256 of the token, the stores it reaches)
 
-def check_tls_files(cert: Path | None, key: Path | None, ca: Path | None) -> None:
-    """Refuse unusable PEM files here, in one line, before grpc reports them as a bind failure."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if cert is not None and key is not None:
-        # A missing file says so, rather than as an SSL error.
-        read_file(cert, "TLS certificate")
-        read_file(key, "TLS key")
+    @classmethod
+    def load(cls, path: Path) -> TenantTokens:
         try:
-            context.load_cert_chain(cert, key)
-        except ssl.SSLError as exc:
-            raise CrestError(
-                f"TLS certificate {cert} and key {key} are not a usable pair: {exc.reason or exc}"
-            ) from exc
-    if ca is not None:
-        read_file(ca, "TLS CA")
-        try:
-            context.load_verify_locations(cafile=str(ca))
-        except ssl.SSLError as exc:
-            raise CrestError(f"TLS CA {ca} holds no usable certificate: {exc.reason or exc}") from exc
+            tenants = json.loads(read_file(path, "tenant tokens file"))
+        except json.JSONDecodeError as exc:
+            raise CrestError(f"tenant tokens file {path} is not JSON: {exc}") from exc
+        if not isinstance(tenants, dict) or not tenants:
+            raise CrestError(f"tenant tokens file {path}: expected an object of tenants")
+        scopes = []
+        for tenant, entry in tenants.items():
+            token, stores = (entry.get("token"), entry.get("stores")) if isinstance(entry, dict) else (None, None)
+            if not isinstance(token, str) or not token.strip() or not isinstance(stores, list) or not stores:
+                raise CrestError(f'tenant {tenant!r} in {path}: needs a non-empty "token" and a list of "stores"')
+            scopes.append((_digest(token.strip()), frozenset(map(str, stores))))
+        if len({digest for digest, _ in scopes}) != len(scopes):
+            raise CrestError(f"tenant tokens file {path}: two tenants share a token")
+        return cls(tuple(scopes))
 
-
-def load_token(token_file: Path | None) -> str | None:
-    """The shared token from `token_file`, else from $CREST_TOKEN, else None (no token)."""
-    if token_file is not None:
-        token = read_file(token_file, "token file").decode("utf-8", "replace").strip()
-        if not token:
-            raise CrestError(f"token file {token_file} is empty")
-        return token
-    return os.environ.get(TOKEN_ENV, "").strip() or None
+    def scope_of(self, token: str) -> frozenset[str] | None:
+        """The stores `token` reaches, None if no tenant has it (every entry compared, in constant time)."""
+        sent, found = _digest(token), None
+        for digest, stores in self.scopes:
+            if hmac.compare_digest(sent, digest):
+                found = stores
+        return found
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,7 @@ class ServerSecurity:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # given: clients must present a certificate it signed
     token: str | None = None
+    tenants: TenantTokens | None = None  # tokens scoped to stores
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -93,7 +94,7 @@ class ServerSecurity:
         return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
 
     def interceptors(self) -> list[grpc.ServerInterceptor]:
-        return [TokenCheck(self.token)] if self.token else []
+        return [TokenCheck(self.token, self.tenants)] if self.token or self.tenants else []
 
 
 def _token_in(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
@@ -128,8 +129,9 @@ def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHand
 class TokenCheck(grpc.ServerInterceptor):
     """Refuses every call but health checks unless it carries the shared token."""
 
-    def __init__(self, token: str) -> None:
-        self._digest = _digest(token)
+    def __init__(self, token: str | None, tenants: TenantTokens | None = None) -> None:
+        self._digest = _digest(token) if token else None
+        self._tenants = tenants
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -142,42 +144,26 @@ class TokenCheck(grpc.ServerInterceptor):
                 "this server needs a token: send metadata 'authorization: Bearer <token>' "
                 f"(crest: --token-file or ${TOKEN_ENV})",
             )
-        if not hmac.compare_digest(_digest(sent), self._digest):
+        shared = self._digest is not None and hmac.compare_digest(_digest(sent), self._digest)
+        if not shared and (self._tenants is None or self._tenants.scope_of(sent) is None):
             return _refusal(handler, "wrong token")
         return handler
 
 
-@dataclass(frozen=True)
-class ClientSecurity:
-    """What a client presents: the CA that signed the server, its own certificate, the token."""
+class StoreAccess:
+    """Which stores a call may reach: all with the shared token (or no tokens at all), a tenant's own otherwise."""
 
-    tls_ca: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    server_name: str | None = None  # the name to expect in the server certificate, if not the address
-    token: str | None = None
+    def __init__(self, security: ServerSecurity) -> None:
+        self._tenants = security.tenants
+        self._shared = _digest(security.token) if security.token else None
 
-    def __post_init__(self) -> None:
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise CrestError("a client certificate needs both --tls-cert and --tls-key")
-        if self.tls_cert is not None and self.tls_ca is None:
-            raise CrestError("a client certificate needs TLS: give --tls-ca too")
-
-    @property
-    def tls(self) -> bool:
-        return self.tls_ca is not None
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        assert self.tls_ca is not None
-        check_tls_files(self.tls_cert, self.tls_key, self.tls_ca)
-        return grpc.ssl_channel_credentials(
-            root_certificates=read_file(self.tls_ca, "TLS CA"),
-            private_key=read_file(self.tls_key, "TLS key") if self.tls_key else None,
-            certificate_chain=read_file(self.tls_cert, "TLS certificate") if self.tls_cert else None,
-        )
-
-    def channel_options(self) -> list[tuple[str, str]]:
-        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
-
-    def call_metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+    def allows(self, metadata: tuple[tuple[str, str | bytes], ...] | None, store: str) -> bool:
+        if self._tenants is None:
+            return True  # TokenCheck has let the call in: the shared token reaches every store
+        sent = _token_in(metadata)
+        if sent is None:
+            return False
+        if self._shared is not None and hmac.compare_digest(_digest(sent), self._shared):
+            return True
+        scope = self._tenants.scope_of(sent)
+        return scope is not None and store in scope

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from crest_cli.evaluation.report import ResultRow, claims_for
-from crest_cli.main import main
+import crest_cli
+from crest_cli.evaluation.args import output_folder
+from crest_cli.evaluation.report import ResultRow, claims_for, markdown_report
+from crest_cli.main import main, parser
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +150,27 @@ def test_each_half_is_scored_with_the_lookup_chosen_on_the_other():
     assert result.accepted_length == pytest.approx(40 / (7 + 7 + 10 + 10))
     assert result.accepted_scored == pytest.approx(40 / (5 + 5 + 10 + 10))
     assert result.accepted_longest == pytest.approx(40 / (7 + 7 + 8 + 8))
+
+
+def test_a_reduced_run_says_what_it_compared():
+    rows = [
+        ResultRow("suite", "REST", "REST", "0.3%", 1_000_000, 1_000_000, 1.2, "longest", None, 1.2, 0.0, 0.0),
+        ResultRow("suite", "REST", "REST", "1%", 3_000_000, 3_000_000, 1.3, "longest", None, 1.3, 0.0, 0.0),
+        ResultRow("suite", "CREST", "big", "8 MB", 5_400_000, 5_400_000, 1.4, "longest", None, 1.4, 0.0, 0.0),
+    ]
+    report = markdown_report(rows, [], [], {}, "setup", "plot.png", "rows.csv")
+    assert "REST on 1% of the corpus (this run's largest REST): accepted length 1.300" in report
+    assert "reaches the accepted length of REST on 1% of the corpus" in report and "1.8x more storage" in report
+    assert "whole corpus" not in report and "less storage" not in report
+
+
+def test_eval_writes_the_checkout_docs_only_when_asked(crest_cache: Path, tmp_path: Path):
+    def folder(*flags: str) -> Path:
+        return output_folder(parser().parse_args(["eval", *flags]))
+
+    checkout_docs = Path(crest_cli.__file__).resolve().parent.parent / "docs"
+    assert folder() == crest_cache / "eval" / "results"
+    assert folder("--write-docs") == checkout_docs
+    assert folder("--output-dir", str(tmp_path)) == tmp_path
+    with pytest.raises(SystemExit):
+        folder("--write-docs", "--output-dir", str(tmp_path))

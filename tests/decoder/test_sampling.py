@@ -26,7 +26,7 @@ class FixedTreeSource:
     max_context = 100
 
     def drafts(self, contexts, max_nodes):
-        return [tree([2, 0, 3], [-1, -1, 0])]
+        return [tree([2, 0, 3], [-1, -1, 0]) for _ in contexts]
 
 
 def small_target() -> TargetModel:

@@ -8,6 +8,7 @@ import torch
 
 from datastore_service.draft import DraftTree
 from decoder.draft_sources import NoDrafts
+from decoder.hf_compat import new_dynamic_cache, with_cache
 from decoder.node_budget import NodeBudget
 from decoder.speculative import SpeculativeDecoder, limit_depth
 from decoder.tree_attention import tree_inputs
@@ -61,17 +62,17 @@ def test_tree_mask_gives_causal_logits_on_every_branch():
     model = target.model
     draft = tree([10, 11, 12, 13, 14], [-1, 0, -1, 2, 1])
     with torch.inference_mode():
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=model.config)
-        model(input_ids=torch.tensor([PROMPT[:-1]]), cache=cache, use_cache=True)
+        cache = new_dynamic_cache(model)
+        model(**with_cache(model, cache, input_ids=torch.tensor([PROMPT[:-1]])))
         inputs = tree_inputs(PROMPT[-1], draft, len(PROMPT) - 1, model.dtype, torch.device("cpu"))
         logits = model(
-            input_ids=inputs.input_ids,
-            position_ids=inputs.position_ids,
-            attention_mask=inputs.attention_mask,
-            cache=cache,
-            use_cache=True,
+            **with_cache(
+                model,
+                cache,
+                input_ids=inputs.input_ids,
+                position_ids=inputs.position_ids,
+                attention_mask=inputs.attention_mask,
+            )
         ).logits[0]
         fed = inputs.input_ids[0].tolist()
         for node in range(len(fed)):

@@ -112,3 +112,30 @@ class OracleSource:
             chain = truth + [1, 2, 3] * 10
             return [tree(chain, list(range(-1, len(chain) - 1)))]
         raise ValueError(self.shape)
+
+
+class BatchOracle:
+    """Per sequence, drafts the true continuation (different depths per sequence) plus a wrong branch."""
+
+    max_context = 10_000
+
+    def __init__(self, references: dict[tuple[int, ...], list[int]]) -> None:
+        self.references = references
+
+    def drafts(self, contexts, max_nodes):
+        trees = []
+        for context in contexts:
+            for prompt, reference in self.references.items():
+                if (
+                    tuple(context[: len(prompt)]) == prompt
+                    and context[len(prompt) :] == reference[: len(context) - len(prompt)]
+                ):
+                    truth = reference[len(context) - len(prompt) :]
+                    depth = 1 + len(prompt) % 4
+                    chain = truth[:depth]
+                    bad = (truth[0] + 1) % 64 if truth else 0
+                    trees.append(
+                        tree([bad] + chain, [-1] + [-1] + list(range(1, len(chain)))) if truth else tree([], [])
+                    )
+                    break
+        return trees

@@ -27,12 +27,14 @@ class SequenceQuery(_message.Message):
     def __init__(self, tokens: _Optional[_Iterable[int]] = ..., max_nodes: _Optional[int] = ..., max_depth: _Optional[int] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
-    __slots__ = ("sequences", "selection")
+    __slots__ = ("sequences", "selection", "store")
     SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     SELECTION_FIELD_NUMBER: _ClassVar[int]
+    STORE_FIELD_NUMBER: _ClassVar[int]
     sequences: _containers.RepeatedCompositeFieldContainer[SequenceQuery]
     selection: Selection
-    def __init__(self, sequences: _Optional[_Iterable[_Union[SequenceQuery, _Mapping]]] = ..., selection: _Optional[_Union[Selection, str]] = ...) -> None: ...
+    store: str
+    def __init__(self, sequences: _Optional[_Iterable[_Union[SequenceQuery, _Mapping]]] = ..., selection: _Optional[_Union[Selection, str]] = ..., store: _Optional[str] = ...) -> None: ...
 
 class DraftTree(_message.Message):
     __slots__ = ("tokens", "parents", "probabilities", "context_length", "score")
@@ -57,11 +59,13 @@ class LookupResponse(_message.Message):
     def __init__(self, drafts: _Optional[_Iterable[_Union[DraftTree, _Mapping]]] = ..., store_version: _Optional[str] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("store",)
+    STORE_FIELD_NUMBER: _ClassVar[int]
+    store: str
+    def __init__(self, store: _Optional[str] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("store_version", "tokenizer_name", "tokenizer_fingerprint", "vocab_size", "max_context", "max_depth", "max_nodes", "contexts", "nodes", "corpus_name", "corpus_tokens", "policy", "build_params_json", "schema_version", "crest_version", "max_batch")
+    __slots__ = ("store_version", "tokenizer_name", "tokenizer_fingerprint", "vocab_size", "max_context", "max_depth", "max_nodes", "contexts", "nodes", "corpus_name", "corpus_tokens", "policy", "build_params_json", "schema_version", "crest_version", "max_batch", "store_name", "learning", "observed_tokens")
     STORE_VERSION_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_NAME_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +82,9 @@ class InfoResponse(_message.Message):
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     CREST_VERSION_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    STORE_NAME_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     store_version: str
     tokenizer_name: str
     tokenizer_fingerprint: str
@@ -94,4 +101,29 @@ class InfoResponse(_message.Message):
     schema_version: str
     crest_version: str
     max_batch: int
-    def __init__(self, store_version: _Optional[str] = ..., tokenizer_name: _Optional[str] = ..., tokenizer_fingerprint: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., max_depth: _Optional[int] = ..., max_nodes: _Optional[int] = ..., contexts: _Optional[int] = ..., nodes: _Optional[int] = ..., corpus_name: _Optional[str] = ..., corpus_tokens: _Optional[int] = ..., policy: _Optional[str] = ..., build_params_json: _Optional[str] = ..., schema_version: _Optional[str] = ..., crest_version: _Optional[str] = ..., max_batch: _Optional[int] = ...) -> None: ...
+    store_name: str
+    learning: bool
+    observed_tokens: int
+    def __init__(self, store_version: _Optional[str] = ..., tokenizer_name: _Optional[str] = ..., tokenizer_fingerprint: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., max_depth: _Optional[int] = ..., max_nodes: _Optional[int] = ..., contexts: _Optional[int] = ..., nodes: _Optional[int] = ..., corpus_name: _Optional[str] = ..., corpus_tokens: _Optional[int] = ..., policy: _Optional[str] = ..., build_params_json: _Optional[str] = ..., schema_version: _Optional[str] = ..., crest_version: _Optional[str] = ..., max_batch: _Optional[int] = ..., store_name: _Optional[str] = ..., learning: bool = ..., observed_tokens: _Optional[int] = ...) -> None: ...
+
+class ObservedSequence(_message.Message):
+    __slots__ = ("tokens",)
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, tokens: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ObserveRequest(_message.Message):
+    __slots__ = ("store", "sequences")
+    STORE_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    store: str
+    sequences: _containers.RepeatedCompositeFieldContainer[ObservedSequence]
+    def __init__(self, store: _Optional[str] = ..., sequences: _Optional[_Iterable[_Union[ObservedSequence, _Mapping]]] = ...) -> None: ...
+
+class ObserveResponse(_message.Message):
+    __slots__ = ("tokens", "store_version")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STORE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    tokens: int
+    store_version: str
+    def __init__(self, tokens: _Optional[int] = ..., store_version: _Optional[str] = ...) -> None: ...

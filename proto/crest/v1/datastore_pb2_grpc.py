@@ -5,7 +5,7 @@ import warnings
 
 from crest.v1 import datastore_pb2 as crest_dot_v1_dot_datastore__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.72.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in crest/v1/datastore_pb2_grpc.py depends on'
+        + f' but the generated code in crest/v1/datastore_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class DraftStoreStub:
+class DraftStoreStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -44,9 +44,14 @@ class DraftStoreStub:
                 request_serializer=crest_dot_v1_dot_datastore__pb2.InfoRequest.SerializeToString,
                 response_deserializer=crest_dot_v1_dot_datastore__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.Observe = channel.unary_unary(
+                '/crest.v1.DraftStore/Observe',
+                request_serializer=crest_dot_v1_dot_datastore__pb2.ObserveRequest.SerializeToString,
+                response_deserializer=crest_dot_v1_dot_datastore__pb2.ObserveResponse.FromString,
+                _registered_method=True)
 
 
-class DraftStoreServicer:
+class DraftStoreServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Lookup(self, request, context):
@@ -58,6 +63,15 @@ class DraftStoreServicer:
 
     def Info(self, request, context):
         """What the store was built from, so a client can refuse a store of another tokenizer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Observe(self, request, context):
+        """Tokens a worker emitted, so the store learns from them: the server counts their n-grams into
+        an in-memory overlay that every later Lookup merges with the stored trees (servers started
+        with --learn; others answer FAILED_PRECONDITION).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -76,6 +90,11 @@ def add_DraftStoreServicer_to_server(servicer, server):
                     request_deserializer=crest_dot_v1_dot_datastore__pb2.InfoRequest.FromString,
                     response_serializer=crest_dot_v1_dot_datastore__pb2.InfoResponse.SerializeToString,
             ),
+            'Observe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Observe,
+                    request_deserializer=crest_dot_v1_dot_datastore__pb2.ObserveRequest.FromString,
+                    response_serializer=crest_dot_v1_dot_datastore__pb2.ObserveResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'crest.v1.DraftStore', rpc_method_handlers)
@@ -84,7 +103,7 @@ def add_DraftStoreServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class DraftStore:
+class DraftStore(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -131,6 +150,33 @@ class DraftStore:
             '/crest.v1.DraftStore/Info',
             crest_dot_v1_dot_datastore__pb2.InfoRequest.SerializeToString,
             crest_dot_v1_dot_datastore__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Observe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crest.v1.DraftStore/Observe',
+            crest_dot_v1_dot_datastore__pb2.ObserveRequest.SerializeToString,
+            crest_dot_v1_dot_datastore__pb2.ObserveResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,7 +61,7 @@ def test_merged_shard_counts_equal_one_count_over_the_union(tmp_path: Path, docu
     bounds = [0, *sorted(cut for cut in cuts if cut < len(documents)), len(documents)]
     shards = [tokenized_shard(documents[a:b], tmp_path) for a, b in zip(bounds, bounds[1:])]
     with duckdb.connect() as single, duckdb.connect() as merged:
-        all_tokens = token_table(documents)  # noqa: F841 (read by the SQL below, by name)
+        all_tokens = token_table(documents)  # noqa: F841 (DuckDB reads it by name)
         single.execute("CREATE TABLE tokens AS SELECT * FROM all_tokens")
         want = rank_draft_trees(single, params, VOCAB, progress=False)
         merge_shard_counts(merged, shards, params.levels, params.min_count, VOCAB, progress=False)

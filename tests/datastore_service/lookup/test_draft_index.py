@@ -1,4 +1,5 @@
-"""The in-memory engine against direct SQL on the same store file."""
+"""The index against direct SQL on the same store file, through both paths (vectorised batches and
+single sequences)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,13 @@ import pytest
 
 from datastore_service.draft import QueryError
 from datastore_service.lookup.draft_index import DraftIndex
+from tests.datastore_service.lookup.stores import BIG_IDS, assert_same_answers
 from tests.datastore_service.sql_oracle import sql_answer
-from tests.datastore_service.store_factory import publish_token_store
-
-BIG_IDS = [0, 65_535, 65_536, 131_071, 200_000, 262_143, 7, 99_999]
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rng = np.random.default_rng(3)
-    # Zipf-like choices over a small alphabet of large ids: plenty of repeated contexts.
-    weights = 1 / np.arange(1, len(BIG_IDS) + 1)
-    documents = [[int(t) for t in rng.choice(BIG_IDS, size=400, p=weights / weights.sum())] for _ in range(5)]
-    return publish_token_store(tmp_path_factory.mktemp("index") / "big.duckdb", documents, vocab_size=262_144)
+def store(big_id_store: Path) -> Path:
+    return big_id_store
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +32,8 @@ def test_lookup_equals_sql(store: Path, index: DraftIndex, selection: str, max_n
     batch = index.lookup(queries, max_nodes=max_nodes, max_depth=max_depth, selection=selection)
     matched = 0
     for query, tree in zip(queries, batch.trees()):
+        alone = index.lookup([query], max_nodes=max_nodes, max_depth=max_depth, selection=selection)
+        assert_same_answers(alone, index.lookup_vectorised(index.prepare([query], max_nodes, max_depth), selection))
         tree.check_integrity()
         length, nodes = sql_answer(store, query, max_nodes, max_depth, selection)
         assert tree.context_length == length, query
@@ -48,6 +45,7 @@ def test_lookup_equals_sql(store: Path, index: DraftIndex, selection: str, max_n
 
 
 def test_ids_above_16_bits_round_trip(index: DraftIndex):
+    assert index.node_tokens.dtype == np.uint32 and index.context_matrix.dtype == np.uint32
     drafted = set(index.node_tokens.tolist()) | set(index.context_matrix[index.context_matrix >= 0].tolist())
     assert {65_536, 131_071, 200_000, 262_143} <= drafted
     tree = index.lookup([[262_143]]).tree(0)

@@ -16,7 +16,8 @@ from crest.v1 import datastore_pb2 as pb
 from crest.v1 import datastore_pb2_grpc as pb_grpc
 from datastore_service.errors import CrestError
 from datastore_service.serve.client import DraftClient, ServiceError
-from datastore_service.serve.security import ClientSecurity, ServerSecurity
+from datastore_service.serve.credentials import ClientSecurity
+from datastore_service.serve.security import ServerSecurity
 from datastore_service.serve.server import RunningServer, ServerSettings
 from tests.datastore_service.certificates import CertificateAuthority
 from tests.datastore_service.server_process import start_server, stop_server
@@ -199,8 +200,6 @@ def test_crest_serve_bad_security_flags_are_one_line(store: Path, pki, tmp_path:
 def test_crest_generate_server_flags_reach_the_client(
     store: Path, pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from types import SimpleNamespace
-
     from crest_cli.generate import draft_source
     from crest_cli.main import parser
 
@@ -211,7 +210,7 @@ def test_crest_generate_server_flags_reach_the_client(
         store,
         ServerSecurity(tls_cert=pki["server"].cert, tls_key=pki["server"].key, tls_client_ca=pki["ca"], token=TOKEN),
     )
-    target = SimpleNamespace(tokenizer_fingerprint=f"test-vocab-{VOCAB}")
+    fingerprint = f"test-vocab-{VOCAB}"
     client = pki["client"]
     flags = [
         "generate",
@@ -228,9 +227,9 @@ def test_crest_generate_server_flags_reach_the_client(
         str(client.key),
     ]
     try:
-        source = draft_source(parser().parse_args([*flags, "--token-file", str(token_file)]), target)
+        source = draft_source(parser().parse_args([*flags, "--token-file", str(token_file)]), fingerprint)
         assert source.drafts([[7, 8]], 4)[0].context_length == 2
         with pytest.raises(ServiceError, match="needs a token"):
-            draft_source(parser().parse_args(flags), target)
+            draft_source(parser().parse_args(flags), fingerprint)
     finally:
         server.stop(grace=0)

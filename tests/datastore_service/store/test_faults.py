@@ -158,7 +158,8 @@ def test_disk_full_build_is_one_line_and_the_published_store_stays(code_corpus: 
     assert len(result.stderr.strip().splitlines()) == 1
     assert resolve_store(output) == old_file and old_file.read_bytes() == old_bytes
     assert read_store_info(output) == old_info
-    assert list(output.with_name(output.name + ".versions").iterdir()) == [old_file]  # no scratch left behind
+    # No scratch left behind: the old version and its serving file only.
+    assert sorted(output.with_name(output.name + ".versions").iterdir()) == [old_file, old_file.with_suffix(".serving")]
 
 
 def test_server_killed_mid_request_is_a_clear_unavailable_error(store: Path):
@@ -172,7 +173,7 @@ def test_server_killed_mid_request_is_a_clear_unavailable_error(store: Path):
             started = time.monotonic()
             call.start()
             time.sleep(0.5)
-            assert call.is_alive(), "the call should be in flight"
+            assert call.is_alive(), f"the call should be in flight, it ended with {outcome}"
             os.kill(process.pid, signal.SIGKILL)  # ...and the server dies under it
             call.join(timeout=30)
             assert not call.is_alive() and time.monotonic() - started < 3 + 2

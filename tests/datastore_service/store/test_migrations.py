@@ -16,6 +16,7 @@ from datastore_service.sizes import Budget
 from datastore_service.store import schema as store_schema
 from datastore_service.store.migrate import migrate_store
 from datastore_service.store.reader import open_store, read_store_info, resolve_store
+from datastore_service.store.serving_file import map_serving_file
 
 
 def objects(path: Path) -> set[str]:
@@ -55,6 +56,16 @@ def test_old_schema_is_refused_then_migrated(small_store: Path, tmp_path: Path):
     assert migrate_store(old) == ("0001", "0002")
     assert read_store_info(old)["contexts_kept"] == 50
     assert old.is_symlink()  # migrated copy published as a new version
+    map_serving_file(resolve_store(old).with_suffix(".serving"))  # published with its serving file
+
+
+def test_migrate_gives_a_current_store_without_a_serving_file_one(small_store: Path, tmp_path: Path):
+    published_before = tmp_path / "before.duckdb"  # as a crest without serving files left it
+    shutil.copyfile(resolve_store(small_store), published_before)
+    head = store_schema.head_revision()
+    assert migrate_store(published_before) == (head, head)
+    assert not published_before.is_symlink()  # nothing to migrate: the same file
+    assert map_serving_file(tmp_path / "before.serving").metadata["store_info"]["contexts"] == 50
 
 
 def test_newer_schema_is_refused(small_store: Path, tmp_path: Path):

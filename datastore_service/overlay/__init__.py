@@ -1,0 +1,1 @@
+"""The learning overlay: recent n-gram counts observed from served outputs, merged with a store's trees."""

@@ -1,0 +1,331 @@
+"""The fast decode loop: B sequences, one draft lookup and one verification pass per step.
+
+Per step, for the sequences still running:
+1. one call to the draft source for every sequence's newest tokens;
+2. calibrate each tree's node probabilities (what this source's drafts are really worth) and pick
+   the pass width (1 + nodes per row, from a few fixed widths) that maximises expected tokens per
+   second under the engine's measured cost curve; width 1 verifies no draft at all; and while
+   drafting steps, lookup included, deliver fewer tokens per second than plain ones, skip the
+   lookup itself for a while (`DraftGate`);
+3. one forward pass over [newest token] + tree per row through a preallocated KV cache
+   (`StaticKVCache`, `LlamaTreeForward`: oneDNN products with prepacked weights on a CPU);
+   `compiled` replays it as one CUDA graph per (rows, width) on a GPU (`GraphedPasses`);
+4. the target's verdicts (argmax per fed token, or the sampling targets) cross to the host in one
+   transfer, the only wait on the device per step; the host walks each tree, moves the accepted
+   branches into place in the cache and emits tokens, stopping exactly where plain decoding would.
+
+Greedy output equals plain greedy decoding up to floating-point ties (token-identical in float32,
+tested); sampling draws each token exactly from the target's distribution (chi-square tested).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from datastore_service.draft import DraftTree
+
+from .acceptance import Accepted, SamplingParams, sampling_targets, walk_greedy, walk_sampling
+from .calibration import AcceptanceCalibration
+from .cuda_graphs import GraphedPasses
+from .draft_gate import DraftGate
+from .draft_sources import DraftSource
+from .llama_forward import LlamaTreeForward
+from .node_budget import PASS_WIDTHS, CostCurve, NodeBudget, first_nodes
+from .speculative import Generation, StepRecord, emitted_until_stop, limit_depth
+from .static_cache import StaticKVCache
+from .target_model import TargetModel
+from .tree_batch import FedBatch, pack, prefill_inputs
+
+FILLER_TOKEN = 0
+CAPACITY_GRANULE = 256  # caches are sized in steps of this, so one serves many generations
+MEASURED_ROWS = 8  # the cost curve's widest batch
+
+
+class TreeEngine:
+    """Speculative decoding with a static KV cache; `compiled`: each pass replayed as a CUDA graph (GPU)."""
+
+    def __init__(
+        self,
+        target: TargetModel,
+        source: DraftSource,
+        budget: NodeBudget,
+        sampling: SamplingParams | None = None,
+        seed: int = 0,
+        compiled: bool = False,
+    ) -> None:
+        self.target, self.source, self.budget, self.sampling = target, source, budget, sampling
+        if compiled and target.device.type != "cuda":
+            raise ValueError("the compiled engine replays CUDA graphs: it needs a GPU")
+        self.compiled = compiled
+        self.forward = LlamaTreeForward(target.model)
+        self.run_pass: Callable[..., torch.Tensor] = GraphedPasses(self.forward) if compiled else self.forward
+        # Read once: transformers computes these from the parameters and config on every access.
+        self.dtype, self.device = target.model.dtype, target.device
+        self.eos = target.eos_token_ids
+        self.calibration = AcceptanceCalibration()
+        self.host_generator = torch.Generator().manual_seed(seed)
+        self.device_generator = torch.Generator(device=target.device).manual_seed(seed)
+        self._cache: StaticKVCache | None = None
+
+    @property
+    def name(self) -> str:
+        return "compiled" if self.compiled else "static"
+
+    # -- public API, as SpeculativeDecoder's ---------------------------------------------------
+
+    def stream(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        stop_strings: Sequence[str] = (),
+        on_step: Callable[[StepRecord], None] | None = None,
+    ) -> Iterator[list[int]]:
+        """Yield the tokens of each step as they are accepted; the Generation is the return value."""
+        steps = self._decode([prompt_ids], max_new_tokens, stop_strings)
+        while True:
+            try:
+                outcome = next(steps)[0]
+            except StopIteration as done:
+                return done.value[0]
+            if outcome is None:
+                continue
+            emitted, record = outcome
+            if on_step is not None and record is not None:
+                on_step(record)
+            yield emitted
+
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, stop_strings: Sequence[str] = ()) -> Generation:
+        return self.generate_batch([prompt_ids], max_new_tokens, stop_strings)[0]
+
+    def generate_batch(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_strings: Sequence[str] = ()
+    ) -> list[Generation]:
+        steps = self._decode(prompts, max_new_tokens, stop_strings)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def cost_curve(self, rows: int = 1, history: int = 118) -> CostCurve:
+        """Seconds of one pass by tokens fed (one row up to the widest pass, then up to `rows` rows, at
+        most MEASURED_ROWS: beyond, the curve extends linearly), each row after `history` cached
+        tokens; cached on disk per model, engine, device, dtype and threads."""
+        rows = min(rows, MEASURED_ROWS)
+        target = self.target
+        key = (
+            f"{target.name}-{self.name}-{target.device}-{self.dtype}-{torch.get_num_threads()}threads"
+            f"-rows{rows}-past{history}-by-tokens"
+        )
+        widest = PASS_WIDTHS[-1]
+        points = list(PASS_WIDTHS) + [rows * width for width in PASS_WIDTHS if rows * width > widest]
+        cache = self._cache_for(rows, history + widest)
+        vocab = self.target.model.config.vocab_size
+
+        @torch.inference_mode()
+        def time_pass(tokens: int) -> float:
+            used, width = (1, tokens) if tokens <= widest else (rows, tokens // rows)
+            cache.reset()
+            for row in range(used):
+                cache.advance(row, history)
+            fed = self._pack(cache, [0] * used, [_chain_tree(width - 1, vocab)] * used, width)
+            started = time.perf_counter()
+            self._verdicts(self._pass(cache, fed), fed)
+            return time.perf_counter() - started
+
+        return CostCurve.measure_with(key, time_pass, points)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _decode(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_strings: Sequence[str]
+    ) -> Iterator[list[tuple[list[int], StepRecord | None] | None]]:
+        """Yields, per step, for each sequence: (tokens emitted, step record), or None if it was idle.
+
+        Sequences still running sit in cache rows 0..n-1 (`seated[row]` is the sequence in that row);
+        one that finishes hands its row to the last running one, so a pass is never wider than the
+        sequences it serves."""
+        count = len(prompts)
+        widest = max(self.budget.widths())
+        cache = self._cache_for(count, max(len(p) for p in prompts) + max_new_tokens + widest)
+        generations = [Generation() for _ in prompts]
+        histories = [list(p) for p in prompts]
+        for row, prompt in enumerate(prompts):
+            started = time.perf_counter()
+            fed = prefill_inputs(prompt, self.dtype, self.device)
+            logits = self.forward(cache, fed.input_ids, fed.positions, fed.slots, fed.mask, rows=slice(row, row + 1))
+            cache.advance(row, len(prompt))
+            scores = self._scores(logits[:, -1:], [[prompt[-1]]], [[-1]], [list(prompt)])
+            first = self._first_token(scores[0, -1])
+            generations[row].prefill_seconds = time.perf_counter() - started
+            if max_new_tokens <= 0:
+                continue
+            emitted, generations[row].stopped_by = self._until_stop(row, [first], [], stop_strings)
+            generations[row].tokens.extend(emitted)
+            histories[row].extend(emitted)
+        yield [([g.tokens[0]], None) if g.tokens else None for g in generations]
+        seated = list(range(count))
+        curve = self.budget.curve
+        gate = DraftGate(float(curve.cost(count)) if curve is not None and self.budget.max_nodes > 0 else None)
+        self._unseat_finished(cache, seated, generations, max_new_tokens)
+        while seated:
+            yield self._step(cache, seated, generations, histories, max_new_tokens, stop_strings, gate)
+            self._unseat_finished(cache, seated, generations, max_new_tokens)
+        return generations
+
+    def _step(
+        self,
+        cache: StaticKVCache,
+        seated: list[int],
+        generations: list[Generation],
+        histories: list[list[int]],
+        max_new_tokens: int,
+        stop_strings: Sequence[str],
+        gate: DraftGate,
+    ) -> list[tuple[list[int], StepRecord] | None]:
+        started = time.perf_counter()
+        drafting = gate.should_draft()
+        if drafting:
+            context = self.source.max_context
+            looked_up = self.source.drafts([histories[s][-context:] for s in seated], self.budget.max_nodes)
+            if len(looked_up) != len(seated):
+                raise ValueError(f"the draft source answered {len(looked_up)} trees for {len(seated)} sequences")
+        else:
+            looked_up = [DraftTree.empty()] * len(seated)
+        lookup_done = time.perf_counter()
+        trees = [
+            limit_depth(tree, max_new_tokens - len(generations[s].tokens) - 1) for s, tree in zip(seated, looked_up)
+        ]
+        width = self.budget.plan_width([self.calibration.calibrate(tree.probabilities) for tree in trees])
+        trees = [first_nodes(tree, width - 1) for tree in trees]
+        fed = self._pack(cache, [histories[s][-1] for s in seated], trees, width)
+        prepared = time.perf_counter()
+        scores = self._scores(self._pass(cache, fed), fed.fed_tokens, fed.fed_parents, [histories[s] for s in seated])
+        verdicts = self._verdicts(scores, fed)
+        verified = time.perf_counter()
+        outcomes = []
+        for row, sequence in enumerate(seated):
+            accepted = verdicts(row)
+            on_path = np.zeros(len(trees[row]), bool)
+            on_path[[i - 1 for i in accepted.fed_path]] = True
+            self.calibration.observe(trees[row].probabilities, on_path)
+            emitted, generations[sequence].stopped_by = self._until_stop(
+                sequence, accepted.tokens, generations[sequence].tokens, stop_strings
+            )
+            outcomes.append((accepted, emitted))
+        accepted_done = time.perf_counter()
+        cache.keep([[0] + accepted.fed_path for accepted, _ in outcomes])
+        finished = time.perf_counter()
+        gate.record(drafting, sum(len(emitted) for _, emitted in outcomes) / len(outcomes), finished - started)
+        results: list[tuple[list[int], StepRecord] | None] = [None] * len(generations)
+        for row, (sequence, (accepted, emitted)) in enumerate(zip(seated, outcomes)):
+            generations[sequence].tokens.extend(emitted)
+            histories[sequence].extend(emitted)
+            record = StepRecord(
+                drafted=len(trees[row]),
+                accepted=len(accepted.fed_path),
+                emitted=emitted,
+                seconds=finished - started,
+                forward_seconds=verified - prepared,
+                lookup_seconds=lookup_done - started,
+                prepare_seconds=prepared - lookup_done,
+                accept_seconds=accepted_done - verified,
+                compact_seconds=finished - accepted_done,
+            )
+            generations[sequence].steps.append(record)
+            results[sequence] = (emitted, record)
+        return results
+
+    @staticmethod
+    def _unseat_finished(
+        cache: StaticKVCache, seated: list[int], generations: list[Generation], max_new_tokens: int
+    ) -> None:
+        """Free the rows of sequences that stopped: the last running sequence moves into each."""
+        row = 0
+        while row < len(seated):
+            generation = generations[seated[row]]
+            if generation.stopped_by == "max_tokens" and len(generation.tokens) < max_new_tokens:
+                row += 1
+                continue
+            last = len(seated) - 1
+            if row != last:
+                cache.move_row(last, row)
+            seated[row] = seated[last]
+            seated.pop()
+
+    # -- pieces ---------------------------------------------------------------------------------
+
+    def _cache_for(self, rows: int, tokens: int) -> StaticKVCache:
+        """The engine's cache, reallocated only when a batch needs more rows or room than it has."""
+        dtype, device = self.dtype, self.device
+        if self._cache is None or not self._cache.fits(rows, tokens, dtype, device):
+            capacity = -(-tokens // CAPACITY_GRANULE) * CAPACITY_GRANULE
+            self._cache = self.forward.new_cache(rows, capacity)
+        self._cache.reset()
+        return self._cache
+
+    def _pack(self, cache: StaticKVCache, roots: list[int], trees: list[DraftTree], width: int) -> FedBatch:
+        visible = cache.capacity if self.compiled else None
+        return pack(
+            roots, trees, cache.lengths[: len(roots)], width, FILLER_TOKEN, self.dtype, self.device, visible=visible
+        )
+
+    def _pass(self, cache: StaticKVCache, fed: FedBatch) -> torch.Tensor:
+        rows = slice(0, fed.input_ids.shape[0])
+        if self.compiled:  # a graph replays fixed shapes: fillers are computed like the rest
+            return self.run_pass(cache, fed.input_ids, fed.positions, fed.slots, fed.mask, rows=rows)
+        return self.forward(cache, fed.input_ids, fed.positions, fed.slots, fed.mask, rows=rows, real=fed.real)
+
+    def _scores(
+        self,
+        logits: torch.Tensor,
+        fed_tokens: list[list[int]],
+        fed_parents: list[list[int]],
+        histories: list[list[int]],
+    ) -> torch.Tensor:
+        """What acceptance is decided on, per fed token: the logits themselves here; a subclass may
+        process them knowing each fed token's sequence (`histories[row]` ends with the row's root)."""
+        return logits
+
+    def _until_stop(
+        self, sequence: int, accepted: list[int], before: list[int], stop_strings: Sequence[str]
+    ) -> tuple[list[int], str]:
+        """The accepted tokens up to the first that stops the sequence, and why it stopped."""
+        return emitted_until_stop(self.target, accepted, before, stop_strings, self.eos)
+
+    def _verdicts(self, logits: torch.Tensor, fed: FedBatch) -> Callable[[int], Accepted]:
+        """Bring the target's verdicts to the host (the step's one device sync); a walk per row."""
+        if self.sampling is None:
+            predicted = logits.argmax(dim=-1).tolist()
+            return lambda row: walk_greedy(fed.fed_tokens[row], fed.fed_parents[row], predicted[row])
+        targets = sampling_targets(logits, fed.fed_tokens, fed.fed_parents, self.sampling, self.device_generator)
+        return lambda row: walk_sampling(
+            fed.fed_tokens[row],
+            fed.fed_parents[row],
+            targets.drafted_probability[row],
+            targets.bonus[row],
+            self.host_generator,
+        )
+
+    def _first_token(self, logits: torch.Tensor) -> int:
+        if self.sampling is None:
+            return int(logits.argmax())
+        distribution = self.sampling.distribution(logits).float()
+        return int(torch.multinomial(distribution, 1, generator=self.device_generator))
+
+
+def _chain_tree(nodes: int, vocab: int) -> DraftTree:
+    """A chain of `nodes` tokens, to time passes of a given width."""
+    probabilities = np.linspace(0.9, 0.5, nodes).astype(np.float32) if nodes else np.empty(0, np.float32)
+    return DraftTree(
+        (np.arange(1, nodes + 1) % vocab).astype(np.int32),
+        np.arange(-1, nodes - 1, dtype=np.int32),
+        probabilities,
+        1 if nodes else 0,
+        float(probabilities.sum()),
+    )

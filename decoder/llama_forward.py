@@ -1,0 +1,127 @@
+"""The verification forward pass of a Hugging Face Llama-family model over a `StaticKVCache`.
+
+The model stays a transformers model: its own modules compute the embedding, rotary embedding,
+norms and activation, and its own weights every product (on a CPU, copies of them prepacked for
+oneDNN: `projections.py`). The attention's cache handling is ours: keys and values go into
+preallocated slots chosen per row, and attention reads the cached prefix through an additive
+mask, so a draft tree of any shape is verified in one pass and nothing is allocated per layer.
+Each fed token's logits are those a plain causal pass along its branch would give.
+
+Llama, Mistral (without a sliding window) and Qwen2 share this structure; other architectures
+(GPT-2, Gemma-3's sliding windows, Qwen3's q/k norms) use the eager reference loop instead.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from .projections import LayerProjections, can_pack, head_projection
+from .static_cache import StaticKVCache
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+_LAYER_PARTS = ("input_layernorm", "post_attention_layernorm", "mlp", "self_attn")
+_ATTENTION_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj")
+_MLP_PARTS = ("gate_proj", "up_proj", "down_proj", "act_fn")
+
+
+def unsupported_reason(model: PreTrainedModel) -> str | None:
+    """Why the static-cache forward can't run this model (None when it can)."""
+    config = model.config
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        return f"model type {config.model_type!r} (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return "sliding-window attention"
+    inner = getattr(model, "model", None)
+    if inner is None or not all(hasattr(inner, part) for part in ("embed_tokens", "rotary_emb", "layers", "norm")):
+        return "unexpected module layout"
+    for layer in inner.layers:
+        if not all(hasattr(layer, part) for part in _LAYER_PARTS):
+            return "unexpected decoder layer layout"
+        if not all(hasattr(layer.self_attn, part) for part in _ATTENTION_PARTS):
+            return "unexpected attention layout"
+        if not all(hasattr(layer.mlp, part) for part in _MLP_PARTS):
+            return "unexpected MLP layout"
+    return None
+
+
+class LlamaTreeForward:
+    """Logits of fed tokens [rows, q] at given positions, attending through `mask`."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"the static-cache engine does not support this model: {reason}")
+        self.model = model
+        config = model.config
+        self.layers = list(model.model.layers)
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.scaling = self.layers[0].self_attn.scaling
+        self.packed = can_pack(model)
+        self.projections = [LayerProjections(layer, self.packed) for layer in self.layers]
+        self.head = head_projection(model, self.packed)
+
+    def new_cache(self, rows: int, capacity: int) -> StaticKVCache:
+        parameter = next(self.model.parameters())
+        return StaticKVCache(
+            len(self.layers), rows, self.kv_heads, self.head_dim, capacity, parameter.dtype, parameter.device
+        )
+
+    def __call__(
+        self,
+        cache: StaticKVCache,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        mask: torch.Tensor,
+        rows: slice = slice(None),
+        real: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`input_ids`, `positions`, `slots` [r, q]; `mask` [r, 1, q, k] additive over cache slots 0..k-1
+        (the fed tokens' own slots included); `rows` picks the cache rows (all by default). `real`: the
+        flat indices (row * q + i) of the fed tokens that are not fillers; given, the products run on
+        those alone (fillers only pad the attention layout) and the fillers' logits are left zero."""
+        inner = self.model.model
+        embedded = inner.embed_tokens(input_ids)
+        cos, sin = inner.rotary_emb(embedded, positions)
+        batch, fed = input_ids.shape
+        padded = (batch * fed,)
+        hidden = embedded.reshape(*padded, -1)[real] if real is not None else embedded
+        visible = mask.shape[-1]
+        for index, (layer, projections) in enumerate(zip(self.layers, self.projections)):
+            query, key, value = (
+                self._laid_out(part, real, padded).view(batch, fed, heads, self.head_dim).transpose(1, 2)
+                for part, heads in zip(
+                    projections.qkv(layer.input_layernorm(hidden)), (self.heads, self.kv_heads, self.kv_heads)
+                )
+            )
+            query, key = apply_rotary_pos_emb(query, key, cos, sin)
+            keys, values = cache.keys[index, rows], cache.values[index, rows]
+            index_of = slots[:, None, :, None].expand_as(key)
+            keys.scatter_(2, index_of, key)
+            values.scatter_(2, index_of, value)
+            attended = F.scaled_dot_product_attention(
+                query,
+                keys[:, :, :visible],
+                values[:, :, :visible],
+                attn_mask=mask,
+                scale=self.scaling,
+                enable_gqa=self.kv_heads != self.heads,
+            ).transpose(1, 2)
+            attended = attended.reshape(*padded, -1)[real] if real is not None else attended.reshape(batch, fed, -1)
+            hidden = hidden + projections.output(attended)
+            hidden = hidden + projections.mlp(layer.post_attention_layernorm(hidden))
+        logits = self.head(inner.norm(hidden))
+        return self._laid_out(logits, real, padded).view(batch, fed, -1)
+
+    @staticmethod
+    def _laid_out(values: torch.Tensor, real: torch.Tensor | None, padded: tuple[int]) -> torch.Tensor:
+        """Rows of the real fed tokens back in the padded layout (fillers zero)."""
+        if real is None:
+            return values
+        out = values.new_zeros(*padded, values.shape[-1])
+        return out.index_copy_(0, real, values)

@@ -1,0 +1,85 @@
+"""The matrix products of one decoder layer, in the form that is fastest where the engine runs.
+
+On a CPU, PyTorch's default linear switches from a matrix-vector kernel for one fed token to a
+general matrix kernel for two or more, and the latter is slow on the narrow inputs of verification
+(a pass of 2 to 16 tokens cost ~1.4-1.6x a pass of one, on SmolLM2 with 2 threads). oneDNN with
+weights reordered once for it ("prepacked", as torch.compile's freezing does) keeps narrow inputs
+near the cost of one token and is faster for one token too. We call the oneDNN linear that
+torch.compile's CPU backend emits for frozen weights (`mkldnn._linear_pointwise`), which takes
+and returns ordinary tensors, so no layout conversion runs per call. The packed copies live beside the
+model (its own modules stay as they are, so `generate` is untouched), and the projections that
+read the same input are fused: q, k and v in one product, the MLP's gate and up in another.
+
+Elsewhere (a GPU, or a CPU build without oneDNN) the model's own modules compute each product.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def can_pack(model: nn.Module) -> bool:
+    parameter = next(model.parameters())
+    return (
+        parameter.device.type == "cpu"
+        and parameter.dtype in PACKABLE_DTYPES
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
+
+
+class PackedLinear:
+    """One or more nn.Linear of the same input, as one oneDNN product with prepacked weights."""
+
+    def __init__(self, *linears: nn.Linear) -> None:
+        weight = torch.cat([linear.weight.detach() for linear in linears])
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+        self.bias = None
+        if any(linear.bias is not None for linear in linears):
+            self.bias = torch.cat(
+                [
+                    linear.bias.detach() if linear.bias is not None else weight.new_zeros(linear.out_features)
+                    for linear in linears
+                ]
+            )
+        self.sizes = [linear.out_features for linear in linears]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self(x).split(self.sizes, dim=-1)
+
+
+class LayerProjections:
+    """q/k/v, the attention output, and the MLP of one Llama-family decoder layer."""
+
+    def __init__(self, layer: nn.Module, packed: bool) -> None:
+        attention, mlp = layer.self_attn, layer.mlp
+        self.activation: Callable[[torch.Tensor], torch.Tensor] = mlp.act_fn
+        if packed:
+            self._qkv = PackedLinear(attention.q_proj, attention.k_proj, attention.v_proj).split
+            self.output = PackedLinear(attention.o_proj)
+            self._gate_up = PackedLinear(mlp.gate_proj, mlp.up_proj).split
+            self._down = PackedLinear(mlp.down_proj)
+        else:
+            self._qkv = lambda x: (attention.q_proj(x), attention.k_proj(x), attention.v_proj(x))
+            self.output = attention.o_proj
+            self._gate_up = lambda x: (mlp.gate_proj(x), mlp.up_proj(x))
+            self._down = mlp.down_proj
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self._qkv(x)
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self._gate_up(x)
+        return self._down(self.activation(gate) * up)
+
+
+def head_projection(model: nn.Module, packed: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    return PackedLinear(model.lm_head) if packed else model.lm_head

@@ -1,0 +1,76 @@
+"""A preallocated KV cache for tree verification: one tensor for the keys of every layer, one for
+the values, written in place and never reallocated while a batch decodes.
+
+Layout: `keys[layer, row, kv_head, slot, head_dim]` (values alike). Row b holds `lengths[b]`
+verified tokens in slots 0..lengths[b]-1. A verification pass writes the fed tokens of row b at
+slots lengths[b]..lengths[b]+q-1; `keep` then moves the accepted ones down to follow the history
+(a rejected branch may sit between two accepted nodes) and advances `lengths`. The last slot is a
+scratch slot that padded moves write to, so one batched copy serves rows that keep different
+numbers of tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+class StaticKVCache:
+    def __init__(
+        self,
+        layers: int,
+        rows: int,
+        kv_heads: int,
+        head_dim: int,
+        capacity: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        shape = (layers, rows, kv_heads, capacity + 1, head_dim)  # +1: the scratch slot
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.capacity = capacity
+        self.lengths = [0] * rows  # kept on the host: the loop reads it without waiting on the device
+
+    @property
+    def rows(self) -> int:
+        return self.keys.shape[1]
+
+    def fits(self, rows: int, tokens: int, dtype: torch.dtype, device: torch.device) -> bool:
+        return self.rows == rows and self.capacity >= tokens and self.keys.dtype == dtype and self.keys.device == device
+
+    def reset(self) -> None:
+        self.lengths = [0] * self.rows
+
+    def advance(self, row: int, tokens: int) -> None:
+        """Count `tokens` slots written after row `row`'s history (a prefill) as kept."""
+        self.lengths[row] += tokens
+
+    def move_row(self, source: int, target: int) -> None:
+        """Row `target` takes over row `source`'s history (whatever `target` held is dropped)."""
+        self.keys[:, target].copy_(self.keys[:, source])
+        self.values[:, target].copy_(self.values[:, source])
+        self.lengths[target] = self.lengths[source]
+
+    def keep(self, kept: Sequence[Sequence[int]]) -> None:
+        """Keep, per row from row 0 on, the fed tokens at offsets `kept[b]` (ascending, from the row's
+        length on) and make them the row's next slots; rows past `kept` are left as they are."""
+        width = max(len(k) for k in kept)
+        if width == 0:
+            return
+        scratch = self.capacity
+        sources, targets, moved = [], [], False
+        for row, offsets in enumerate(kept):
+            start = self.lengths[row]
+            sources.append([start + o for o in offsets] + [scratch] * (width - len(offsets)))
+            targets.append([start + i for i in range(len(offsets))] + [scratch] * (width - len(offsets)))
+            moved |= list(offsets) != list(range(len(offsets)))
+            self.lengths[row] = start + len(offsets)
+        if moved:  # a chain accepted from its first node is already in place
+            device = self.keys.device
+            rows = torch.arange(len(kept), device=device)[:, None]
+            source = torch.tensor(sources, device=device)
+            target = torch.tensor(targets, device=device)
+            for tensor in (self.keys, self.values):
+                tensor[:, rows, :, target] = tensor[:, rows, :, source]

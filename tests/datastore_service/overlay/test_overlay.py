@@ -1,0 +1,64 @@
+"""The overlay in process: merged answers are valid trees that rank store and overlay counts
+together, and its memory stays within its cap however much it observes (oldest counts out)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from datastore_service.build.params import BuildParams
+from datastore_service.lookup.index_loader import load_index
+from datastore_service.overlay.overlay import Overlay, OverlaySettings
+from datastore_service.sizes import Budget
+from tests.datastore_service.store_factory import publish_token_store
+
+VOCAB = 5000
+PARAMS = BuildParams(max_context=3, max_depth=4, top_c=8, budget=Budget(rows=10**9))
+
+
+def store(tmp_path):
+    rng = np.random.default_rng(0)
+    documents = [rng.integers(0, 60, 500).tolist() for _ in range(6)]
+    return load_index(publish_token_store(tmp_path / "s.duckdb", documents, VOCAB, PARAMS))
+
+
+def test_merged_answers_are_trees_ranked_over_both_counts(tmp_path):
+    index = store(tmp_path)
+    overlay = Overlay(None, index)
+    rng = np.random.default_rng(1)
+    overlay.observe([rng.integers(0, 60, 300).astype(np.int32) for _ in range(20)])
+    overlay.refresh()
+    queries = [rng.integers(0, 60, rng.integers(1, 4)).tolist() for _ in range(300)]
+    for selection in ("scored", "longest"):
+        for max_nodes, max_depth in ((8, 0), (3, 2)):
+            batch = index.prepare(queries, max_nodes, max_depth)
+            static = index.lookup_batch(batch, selection)
+            merged = overlay.lookup(index, batch, static, selection)
+            changed = 0
+            for i in range(len(queries)):
+                tree = merged.tree(i)
+                tree.check_integrity()
+                assert len(tree) <= max_nodes and (max_depth == 0 or tree.depths().max(initial=0) <= max_depth)
+                changed += tree.tokens.tolist() != static.tree(i).tokens.tolist()
+            assert changed > 0  # the overlay moved some answers
+    # A merged tree's counts are the store's plus the overlay's: for a context both hold, the top
+    # node's probability is (S + O) / (N + O_c), between the two sides' own probabilities.
+    batch = index.prepare([[q] for q in range(60)], 8, 0)
+    static = index.lookup_batch(batch, "longest")
+    merged = overlay.lookup(index, batch, static, "longest")
+    assert all(0 < p <= 1 for p in merged.probabilities)
+
+
+def test_memory_stays_within_the_cap(tmp_path):
+    index = store(tmp_path)
+    cap = 2 * 2**20
+    overlay = Overlay(None, index, OverlaySettings(max_bytes=cap))
+    rng = np.random.default_rng(2)
+    peak = 0
+    for _ in range(40):  # each refresh adds about a tenth of the cap
+        overlay.observe([rng.integers(0, VOCAB, 200).astype(np.int32) for _ in range(5)])
+        overlay.refresh()
+        peak = max(peak, overlay.nbytes)
+    assert overlay.stats.evictions > 0 and peak <= cap
+    batch = index.prepare([[int(t)] for t in rng.integers(0, VOCAB, 100)], 8, 0)
+    for tree in overlay.lookup(index, batch, index.lookup_batch(batch), "scored").trees():
+        tree.check_integrity()

@@ -1,0 +1,242 @@
+"""The static-cache engine is lossless: float32 greedy output equals `generate`, token for token, for
+every tree shape, for batches whose sequences differ in length and finish at different steps;
+sampling keeps the target's distribution; the budget drafts nothing when drafting does not pay."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from datastore_service.draft import DraftTree
+from datastore_service.errors import CrestError
+from decoder.acceptance import SamplingParams
+from decoder.calibration import AcceptanceCalibration
+from decoder.decoders import make_decoder, resolve_engine
+from decoder.draft_gate import DraftGate
+from decoder.draft_sources import NoDrafts
+from decoder.engine import TreeEngine
+from decoder.llama_forward import LlamaTreeForward, unsupported_reason
+from decoder.node_budget import CostCurve, NodeBudget
+from decoder.prompt_lookup import WithPromptLookup
+from decoder.speculative import SpeculativeDecoder
+from decoder.target_model import TargetModel
+from decoder.tree_batch import pack, prefill_inputs
+from tests.decoder.test_sampling import (
+    CRITICAL_35,
+    FixedTreeSource,
+    chi_square,
+    exact_pair_distribution,
+    small_target,
+)
+from tests.decoder.test_sampling import (
+    PROMPT as SAMPLING_PROMPT,
+)
+from tests.decoder.tiny_models import BatchOracle, OracleSource, plain_greedy, tiny_gpt2, tiny_llama, tree
+
+SHAPES = ["empty", "chain", "wide", "deep", "branchy", "long"]
+PROMPT = [5, 9, 2, 33, 17, 8, 40, 1]
+BATCH = [[5, 9, 2, 33, 17, 8, 40, 1], [3, 3, 3], [10, 20, 30, 40, 50, 60, 10, 20, 30, 40, 50], [7]]
+
+
+@pytest.fixture(scope="module")
+def llama() -> TargetModel:
+    return tiny_llama()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("max_new_tokens", [1, 7, 40])
+def test_greedy_equals_generate_for_every_tree_shape(llama, shape: str, max_new_tokens: int):
+    reference = plain_greedy(llama, PROMPT, max_new_tokens)
+    engine = TreeEngine(llama, OracleSource(len(PROMPT), reference, shape), NodeBudget(max_nodes=63))
+    generation = engine.generate(PROMPT, max_new_tokens)
+    assert generation.tokens == reference
+    accepted = sum(step.accepted for step in generation.steps)
+    if shape in ("chain", "long", "branchy") and max_new_tokens > 7:
+        assert accepted > 0 and generation.mean_accepted_length > 1.5
+    if shape == "empty":
+        assert accepted == 0 and all(step.drafted == 0 for step in generation.steps)
+
+
+def test_the_pass_gives_the_logits_of_a_plain_causal_pass_on_every_branch(llama):
+    """One tree pass through the static cache == transformers' own forward along each branch."""
+    forward = LlamaTreeForward(llama.model)
+    cache = forward.new_cache(rows=1, capacity=128)
+    draft = tree([10, 11, 12, 13, 14], [-1, 0, -1, 2, 1])
+    with torch.inference_mode():
+        prompt = prefill_inputs(PROMPT[:-1], torch.float32, torch.device("cpu"))
+        forward(cache, prompt.input_ids, prompt.positions, prompt.slots, prompt.mask)
+        cache.advance(0, len(PROMPT) - 1)
+        fed = pack([PROMPT[-1]], [draft], cache.lengths, 8, 0, torch.float32, torch.device("cpu"))
+        logits = forward(cache, fed.input_ids, fed.positions, fed.slots, fed.mask)[0]
+        for node, _ in enumerate(fed.fed_tokens[0]):
+            branch, i = [], node
+            while i >= 0:
+                branch.append(fed.fed_tokens[0][i])
+                i = fed.fed_parents[0][i]
+            causal = llama.model(input_ids=torch.tensor([PROMPT[:-1] + branch[::-1]])).logits[0, -1]
+            assert torch.allclose(logits[node], causal, atol=1e-5), node
+
+
+def test_eos_inside_a_draft_stops_like_generate(llama):
+    free = plain_greedy(llama, PROMPT, 30)
+    eos = free[12]
+    llama.model.generation_config.eos_token_id = eos
+    try:
+        reference = plain_greedy(llama, PROMPT, 30)
+        assert reference[-1] == eos and len(reference) <= 13
+        engine = TreeEngine(llama, OracleSource(len(PROMPT), free, "long"), NodeBudget(63))
+        generation = engine.generate(PROMPT, 30)
+        assert generation.tokens == reference and generation.stopped_by == "eos"
+    finally:
+        llama.model.generation_config.eos_token_id = None
+
+
+@pytest.mark.parametrize("max_new_tokens", [1, 9, 30])
+def test_a_batch_equals_each_sequence_alone(llama, max_new_tokens: int):
+    references = {tuple(p): plain_greedy(llama, p, max_new_tokens) for p in BATCH}
+    for source in (BatchOracle(references), NoDrafts(), WithPromptLookup(NoDrafts())):
+        generations = TreeEngine(llama, source, NodeBudget(15)).generate_batch(BATCH, max_new_tokens)
+        for prompt, generation in zip(BATCH, generations):
+            assert generation.tokens == references[tuple(prompt)], (type(source).__name__, prompt)
+    oracle = TreeEngine(llama, BatchOracle(references), NodeBudget(15)).generate_batch(BATCH, max_new_tokens)
+    if max_new_tokens > 9:
+        assert all(g.mean_accepted_length > 1.2 for g in oracle)
+        assert len({len(g.steps) for g in oracle}) > 1  # the rows finished at different steps
+
+
+def test_a_batch_row_that_meets_eos_stops_while_the_others_go_on(llama):
+    free = {tuple(p): plain_greedy(llama, p, 20) for p in BATCH}
+    eos = free[tuple(BATCH[0])][5]
+    llama.model.generation_config.eos_token_id = eos
+    try:
+        references = {tuple(p): plain_greedy(llama, p, 20) for p in BATCH}
+        generations = TreeEngine(llama, BatchOracle(free), NodeBudget(15)).generate_batch(BATCH, 20)
+        for prompt, generation in zip(BATCH, generations):
+            assert generation.tokens == references[tuple(prompt)]
+        assert generations[0].stopped_by == "eos"
+        assert any(len(g.tokens) > len(generations[0].tokens) for g in generations[1:])
+    finally:
+        llama.model.generation_config.eos_token_id = None
+
+
+def test_one_engine_serves_generations_of_growing_size(llama):
+    engine = TreeEngine(llama, WithPromptLookup(NoDrafts()), NodeBudget(7))
+    for length in (5, 300):
+        assert engine.generate(PROMPT, length).tokens == plain_greedy(llama, PROMPT, length)
+
+
+def sample_pairs(target: TargetModel, params: SamplingParams, runs: int, rows: int) -> Counter:
+    engine = TreeEngine(target, FixedTreeSource(), NodeBudget(8), sampling=params, seed=7)
+    pairs: Counter = Counter()
+    for _ in range(runs // rows):
+        pairs.update(tuple(g.tokens) for g in engine.generate_batch([SAMPLING_PROMPT] * rows, 2))
+    return pairs
+
+
+@pytest.mark.parametrize("rows", [1, 4])
+def test_batched_sampling_matches_the_target_distribution(rows: int):
+    target = small_target()
+    params = SamplingParams(temperature=1.0)
+    expected = exact_pair_distribution(target, params)
+    runs = 4000
+    assert chi_square(sample_pairs(target, params, runs, rows), expected, runs) < CRITICAL_35
+
+
+def test_sampling_with_top_p_and_top_k_stays_inside_the_filtered_support():
+    target = small_target()
+    params = SamplingParams(temperature=0.8, top_p=0.7, top_k=3)
+    allowed = exact_pair_distribution(target, params) > 0
+    for pair in sample_pairs(target, params, 400, rows=4):
+        assert allowed[pair], pair
+
+
+def test_calibration_learns_how_often_a_source_is_right():
+    calibration = AcceptanceCalibration()
+    stated = np.full(400, 0.55)
+    calibration.observe(stated, np.arange(400) % 5 == 0)  # the target agrees 1 time in 5
+    assert abs(float(calibration.calibrate(np.array([0.55]))[0]) - 0.2) < 0.03
+    ranked = calibration.calibrate(np.linspace(0.99, 0.01, 50))
+    assert np.all(np.diff(ranked) <= 1e-12)  # still ranked: a child never outranks its parent
+
+
+def test_the_budget_drafts_nothing_when_no_width_pays():
+    steep = CostCurve([1, 2, 4, 8], [0.040, 0.080, 0.090, 0.100])  # a second fed token doubles the cost
+    budget = NodeBudget(7, steep)
+    unsure = [np.array([0.6, 0.3, 0.2])]
+    assert budget.plan_width(unsure) == 1  # 1.6 tokens for 2x the cost: no
+    sure = [np.array([0.99, 0.98, 0.97, 0.96, 0.95, 0.9, 0.9])]
+    assert budget.plan_width(sure) == 8  # 7.6 tokens for 2.5x the cost: yes
+    flat = NodeBudget(7, CostCurve([1, 2, 4, 8], [0.040, 0.041, 0.042, 0.043]))
+    assert flat.plan_width(unsure) == 4
+
+
+def test_a_source_the_target_never_follows_ends_up_drafting_nothing(llama):
+    """A confident but always-wrong source: calibration learns it, and the budget stops verifying it."""
+
+    reference = plain_greedy(llama, PROMPT, 60)
+    never = [token for token in range(64) if token not in reference][:3]
+
+    class WrongSource:
+        max_context = 10_000
+
+        def drafts(self, contexts, max_nodes):
+            return [tree(never, [-1, 0, 1]) for _ in contexts]
+
+    steep = CostCurve([1, 2, 4, 8], [0.040, 0.060, 0.065, 0.070])
+    engine = TreeEngine(llama, WrongSource(), NodeBudget(7, steep))
+    generation = engine.generate(PROMPT, 60)
+    assert generation.tokens == reference
+    assert generation.steps[0].drafted > 0 and all(step.drafted == 0 for step in generation.steps[-20:])
+
+
+def test_models_outside_the_llama_family_fall_back_to_the_eager_loop():
+    gpt2 = tiny_gpt2()
+    assert unsupported_reason(gpt2.model) is not None
+    assert resolve_engine(gpt2, "auto") == "eager"
+    assert isinstance(make_decoder(gpt2, NoDrafts(), measure_costs=False), SpeculativeDecoder)
+    with pytest.raises(CrestError, match="does not support"):
+        resolve_engine(gpt2, "static")
+    with pytest.raises(ValueError):
+        LlamaTreeForward(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16)))
+
+
+def test_auto_picks_the_static_engine_for_llama_on_a_cpu(llama):
+    assert resolve_engine(llama, "auto") == "static"
+    assert isinstance(make_decoder(llama, NoDrafts(), measure_costs=False), TreeEngine)
+    with pytest.raises(CrestError, match="needs --device cuda"):
+        resolve_engine(llama, "compiled")
+
+
+def test_a_slow_source_that_does_not_pay_is_asked_less_and_less(llama):
+    """Lookups that cost more than their drafts bring: the gate skips them, for longer and longer."""
+    reference = plain_greedy(llama, PROMPT, 120)
+
+    class SlowUselessSource:
+        max_context = 10_000
+        calls = 0
+
+        def drafts(self, contexts, max_nodes):
+            SlowUselessSource.calls += 1
+            time.sleep(0.02)
+            return [DraftTree.empty() for _ in contexts]
+
+    engine = TreeEngine(
+        llama, SlowUselessSource(), NodeBudget(7, CostCurve([1, 2, 4, 8], [0.002, 0.003, 0.004, 0.005]))
+    )
+    generation = engine.generate(PROMPT, 120)
+    assert generation.tokens == reference
+    assert SlowUselessSource.calls < len(generation.steps) / 3, (SlowUselessSource.calls, len(generation.steps))
+    asked = [step.lookup_seconds > 0.01 for step in generation.steps]
+    assert any(not before and now for before, now in zip(asked, asked[1:]))  # it asks again, in case it pays
+
+
+def test_the_gate_keeps_asking_a_source_that_pays():
+    gate = DraftGate(plain_step_seconds=0.02)
+    for _ in range(50):
+        assert gate.should_draft()
+        gate.record(drafted=True, tokens_per_sequence=2.5, seconds=0.025)  # 100 tokens/s against 50
