@@ -3,7 +3,11 @@ together, and its memory stays within its cap however much it observes (oldest c
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import duckdb
 import numpy as np
+import pytest
 
 from datastore_service.build.params import BuildParams
 from datastore_service.lookup.index_loader import load_index
@@ -62,3 +66,29 @@ def test_memory_stays_within_the_cap(tmp_path):
     batch = index.prepare([[int(t)] for t in rng.integers(0, VOCAB, 100)], 8, 0)
     for tree in overlay.lookup(index, batch, index.lookup_batch(batch), "scored").trees():
         tree.check_integrity()
+
+
+@pytest.mark.parametrize("backoff", [0.0, 2.0])
+def test_what_it_observes_takes_over_a_stored_tree_on_raw_and_back_off_stores(tmp_path, backoff):
+    """A back-off store keeps each tree's counts over its own denominator (drafts.context_count, not
+    the context's corpus count); the overlay adds its counts to those, so a continuation observed
+    often enough leads the merged tree, with probability O / (denominator + O_c)."""
+    rng = np.random.default_rng(0)
+    documents = [rng.integers(0, 60, 500).tolist() for _ in range(6)]
+    path = publish_token_store(tmp_path / "s.duckdb", documents, VOCAB, replace(PARAMS, backoff=backoff))
+    index = load_index(path)
+    context = documents[0][0]
+    with duckdb.connect(str(path), read_only=True) as connection:
+        (denominator,) = connection.execute(
+            "SELECT context_count FROM drafts WHERE context = [$token]::INTEGER[]", {"token": context}
+        ).fetchone()
+    overlay = Overlay(None, index)
+    overlay.observe([np.array([context, 100, 101], np.int32) for _ in range(200)])  # 100, 101: never in the corpus
+    overlay.refresh()
+    batch = index.prepare([[context]], 8, 0)
+    static = index.lookup_batch(batch, "longest")
+    assert 100 not in static.tree(0).tokens.tolist()
+    tree = overlay.lookup(index, batch, static, "longest").tree(0)
+    tree.check_integrity()
+    assert tree.tokens[:2].tolist() == [100, 101] and tree.parents[:2].tolist() == [-1, 0]
+    assert tree.probabilities[0] == pytest.approx(200 / (denominator + 200), rel=1e-5)
