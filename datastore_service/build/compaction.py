@@ -38,6 +38,7 @@ def params_of(build_params: dict) -> BuildParams:
     known = {f.name for f in fields(BuildParams)}
     values = {k: v for k, v in build_params.items() if k in known}
     values["budget"] = parse_budget(str(values["budget"]))
+    values.setdefault("backoff", 0.0)  # stores from before back-off trees hold raw trees
     return BuildParams(**values)
 
 

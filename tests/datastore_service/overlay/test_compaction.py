@@ -12,7 +12,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from datastore_service.build.compaction import compact_store
+from datastore_service.build.compaction import compact_store, params_of
 from datastore_service.build.corpus import CorpusReport, CorpusSpec, read_documents
 from datastore_service.build.params import BuildParams
 from datastore_service.build.pipeline import build_store
@@ -94,3 +94,10 @@ def test_compacted_store_equals_a_build_over_corpus_and_observed_text(tmp_path, 
         running.stop(grace=1)
     with pytest.raises(CrestError, match="nothing to compact"):
         compact_store(store, base, "smollm2", progress=False)
+
+
+def test_a_store_from_before_back_off_trees_is_compacted_with_raw_trees():
+    recorded = {**PARAMS.as_dict(), "overlay": {}}
+    assert params_of(recorded) == PARAMS
+    del recorded["backoff"]  # what stores built before back-off trees record
+    assert params_of(recorded).backoff == 0.0
