@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from datastore_service.build.compact_table import rank_draft_trees
 from datastore_service.build.ngram_counting import token_bits
 from datastore_service.build.params import BuildParams
-from datastore_service.build.pipeline import rank_draft_trees
 from datastore_service.sizes import Budget
 from tests.datastore_service.reference import ngram_counts, reference_trees
 
@@ -19,7 +19,7 @@ from tests.datastore_service.reference import ngram_counts, reference_trees
 def sql_trees(documents: list[list[int]], params: BuildParams, vocab_size: int) -> dict:
     connection = duckdb.connect()
     lengths = [len(doc) for doc in documents]
-    tokens = pa.table(  # noqa: F841 (DuckDB reads it by name)
+    tokens = pa.table(  # noqa: F841 (read by the CREATE TABLE below, by name)
         {
             "doc_id": np.repeat(np.arange(len(documents), dtype=np.int32), lengths),
             "pos": np.arange(sum(lengths), dtype=np.int64),
@@ -69,6 +69,7 @@ def test_trees_equal_brute_force(documents, max_context, max_depth, top_c, min_c
         top_c=top_c,
         min_count=min_count,
         min_probability=min_probability,
+        backoff=0.0,
         budget=Budget(rows=10**9),
     )
     assert_matches_reference(documents, params, vocab_size=6)
@@ -80,7 +81,7 @@ def test_token_ids_above_16_bits_are_exact():
     alphabet = [0, 65_535, 65_536, 131_071, 200_000, 262_143]
     documents = [[int(t) for t in rng.choice(alphabet, size=300)] for _ in range(3)]
     assert token_bits(262_144) == 18
-    params = BuildParams(max_context=2, max_depth=3, top_c=8, budget=Budget(rows=10**9))
+    params = BuildParams(max_context=2, max_depth=3, top_c=8, backoff=0.0, budget=Budget(rows=10**9))
     assert_matches_reference(documents, params, vocab_size=262_144)
     got = sql_trees(documents, params, 262_144)
     assert {t for tree in got.values() for t in tree[2]} >= {65_536, 262_143}
@@ -89,7 +90,7 @@ def test_token_ids_above_16_bits_are_exact():
 def test_ties_break_by_depth_then_token_sequence():
     # After context (1,): continuations 5 and 3 each seen twice, and 3 4 twice: equal counts.
     documents = [[1, 5, 9, 1, 5, 8, 1, 3, 4, 1, 3, 4]]
-    params = BuildParams(max_context=1, max_depth=2, top_c=10, budget=Budget(rows=100))
+    params = BuildParams(max_context=1, max_depth=2, top_c=10, backoff=0.0, budget=Budget(rows=100))
     got = sql_trees(documents, params, vocab_size=10)
     count, _, tokens, parents, counts = got[(1,)]
     # depth 1 first (3 before 5: token order), then depth 2 (3 4)
@@ -99,6 +100,8 @@ def test_ties_break_by_depth_then_token_sequence():
 def test_ngram_counts_stay_inside_documents():
     counts = ngram_counts([[1, 2], [3, 4]], longest=3)
     assert (2, 3) not in counts and counts[(1, 2)] == 1
-    got = sql_trees([[1, 2, 1, 2], [1, 2]], BuildParams(max_context=1, max_depth=2, budget=Budget(rows=10)), 3)
+    got = sql_trees(
+        [[1, 2, 1, 2], [1, 2]], BuildParams(max_context=1, max_depth=2, backoff=0.0, budget=Budget(rows=10)), 3
+    )
     # (1,) occurs 3 times, (1, 2) 3 times; (2,) is followed by 1 only once: no tree for (2,)
     assert got[(1,)][0] == 3 and got[(1,)][2] == [2] and (2,) not in got
