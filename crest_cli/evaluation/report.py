@@ -47,6 +47,7 @@ class AblationStep:
     lookup: str
     storage_bytes: int
     accepted_length: float  # every prompt, with `lookup`
+    versus: int | None  # the row (from 1) this step changes one thing from; None for the first
 
 
 @dataclass(frozen=True)
@@ -176,25 +177,28 @@ def _ablation_table(steps: Sequence[AblationStep], titles: dict[str, str]) -> li
     out = [
         "### From the authors' CREST to ours, one difference at a time",
         "",
-        "Every prompt, every store built to the same byte budget in our format; each row changes one thing from "
-        "the row before (the first two from the authors' trees; then ours).",
+        "Every prompt, every store built to the same byte budget in our format; each row changes one thing "
+        "from the row it names.",
         "",
     ]
     for suite in dict.fromkeys(s.suite for s in steps):
+        rows = [s for s in steps if s.suite == suite]
         out += [
             f"{titles.get(suite, suite)}:",
             "",
-            "| change | lookup | storage | accepted length | vs the row before |",
-            "| --- | --- | ---: | ---: | ---: |",
+            "| row | change | lookup | storage | accepted length | vs that row |",
+            "| ---: | --- | --- | ---: | ---: | ---: |",
         ]
-        before = None
-        for step in (s for s in steps if s.suite == suite):
-            delta = "" if before is None else f"{step.accepted_length / before - 1:+.1%}"
-            out.append(
-                f"| {step.change} | {step.lookup} | {format_bytes(step.storage_bytes)} | {step.accepted_length:.3f} "
-                f"| {delta} |"
+        for number, step in enumerate(rows, 1):
+            versus = (
+                ""
+                if step.versus is None
+                else (f"{step.accepted_length / rows[step.versus - 1].accepted_length - 1:+.1%} vs row {step.versus}")
             )
-            before = step.accepted_length
+            out.append(
+                f"| {number} | {step.change} | {step.lookup} | {format_bytes(step.storage_bytes)} "
+                f"| {step.accepted_length:.3f} | {versus} |"
+            )
         out.append("")
     return out
 

@@ -151,21 +151,23 @@ def _rows(
     return rows
 
 
-# From the authors' CREST to ours, one difference at a time, at one budget: (what changes, variant, lookup).
+# From the authors' CREST to ours, one difference at a time, at one budget: (what changes, variant,
+# lookup, the step it changes from: an index into the list, None for the first).
 ABLATION_STEPS = {
     suite: [
         (
             "the authors' CREST: REST's trees (first 5,000 occurrences, m=10, top 64, cut), longest match",
             authors,
             "longest",
+            None,
         ),
-        ("without REST's cut of the trees", authors + "-uncut", "longest"),
-        ("our trees instead: every occurrence counted, depth 8, 32 nodes (N<=4)", "raw-n4", "longest"),
-        ("+ the scored lookup", "raw-n4", "scored"),
-        ("back-off trees instead of raw counts (longest match)", "ours-n4", "longest"),
-        ("+ the scored lookup", "ours-n4", "scored"),
-        ("back-off trees, contexts of up to 2 tokens (longest match)", "ours", "longest"),
-        ("back-off trees, gain per byte instead of the paper's rule, N<=4 (longest match)", "gain", "longest"),
+        ("without REST's cut of the trees", authors + "-uncut", "longest", 0),
+        ("our raw trees instead: every occurrence counted, depth 8, 32 nodes, N<=4", "raw-n4", "longest", 1),
+        ("the scored lookup instead of longest match", "raw-n4", "scored", 2),
+        ("back-off trees instead of raw counts", "ours-n4", "longest", 2),
+        ("the scored lookup instead of longest match", "ours-n4", "scored", 4),
+        ("contexts of up to 2 tokens instead of 4", "ours", "longest", 4),
+        ("gain per byte instead of the paper's rule", "gain", "longest", 4),
     ]
     for suite, authors in (("humaneval", "authors"), ("mtbench", "authors-n5"))
 }
@@ -173,7 +175,7 @@ ABLATION_STEPS = {
 
 def _ablation_variants(suite: str) -> list[CrestVariant | AuthorsVariant]:
     """Every variant of the ablation; stores the sweep already built at that budget come from its cache."""
-    return [VARIANTS[v] for v in dict.fromkeys(v for _, v, _ in ABLATION_STEPS[suite])]
+    return [VARIANTS[v] for v in dict.fromkeys(step[1] for step in ABLATION_STEPS[suite])]
 
 
 def _ablation(
@@ -182,15 +184,20 @@ def _ablation(
     """Every prompt's accepted length at `budget_mb`, one step of the ablation at a time."""
     setting = format_bytes(budget_mb * 1e6)
     steps = []
-    for change, variant, lookup in ABLATION_STEPS[suite]:
+    for change, variant, lookup, base in ABLATION_STEPS[suite]:
         line = VARIANTS[variant].line
-        point = next((p for p in points if p.line == line and p.setting == setting), None)
-        if point is not None and (point.path, lookup) in replayed:
-            steps.append(
-                AblationStep(
-                    suite, change, line, lookup, point.lookup_bytes, replayed[point.path, lookup].accepted_length
-                )
+        point = next(p for p in points if p.line == line and p.setting == setting)
+        steps.append(
+            AblationStep(
+                suite,
+                change,
+                line,
+                lookup,
+                point.lookup_bytes,
+                replayed[point.path, lookup].accepted_length,
+                None if base is None else base + 1,
             )
+        )
     return steps
 
 

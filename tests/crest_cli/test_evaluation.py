@@ -10,7 +10,7 @@ import pytest
 
 import crest_cli
 from crest_cli.evaluation.args import output_folder
-from crest_cli.evaluation.report import ResultRow, claims_for, markdown_report
+from crest_cli.evaluation.report import AblationStep, ResultRow, claims_for, markdown_report
 from crest_cli.main import main, parser
 
 
@@ -82,10 +82,10 @@ def test_eval_runs_end_to_end_on_a_slice(code_corpus: Path, chat_corpus: Path, t
     assert "<!-- eval:begin -->" in results and "### HumanEval" in results and "### MT-Bench" in results
     # the ablation: every step of each suite, one row each, at the ablation's budget
     ablation = results.split("one difference at a time", 1)[1].split("### Replay vs real decoding", 1)[0]
-    steps = [line for line in ablation.splitlines() if line.startswith("| ") and not line.startswith("| change")]
-    steps = [line for line in steps if not line.startswith("| ---")]
-    assert len(steps) == 2 * 8 and "| without REST's cut of the trees | longest |" in ablation
-    assert all(1.0 <= float(line.split(" | ")[3]) <= 24.0 for line in steps)
+    steps = [line.split(" | ") for line in ablation.splitlines() if line[:3] in {f"| {n}" for n in range(1, 9)}]
+    assert len(steps) == 2 * 8 and ["| 2", "without REST's cut of the trees", "longest"] == steps[1][:3]
+    assert all(1.0 <= float(step[4]) <= 24.0 for step in steps)
+    assert steps[7][5] == "" and steps[1][5].endswith("vs row 1 |") and steps[15][5].endswith("vs row 5 |")
     # Real decoding checked the largest REST store and the first CREST line's store, on each suite.
     assert "4 of 4 checked decodings took exactly the replayed number" in results
     assert "### HumanEval" in capsys.readouterr().out
@@ -174,3 +174,16 @@ def test_eval_writes_the_checkout_docs_only_when_asked(crest_cache: Path, tmp_pa
     assert folder("--output-dir", str(tmp_path)) == tmp_path
     with pytest.raises(SystemExit):
         folder("--write-docs", "--output-dir", str(tmp_path))
+
+
+def test_each_ablation_step_is_compared_with_the_row_it_names():
+    steps = [
+        AblationStep("suite", "first", "a", "longest", 1_000_000, 1.50, None),
+        AblationStep("suite", "second", "b", "longest", 1_000_000, 1.20, 1),
+        AblationStep("suite", "third", "c", "scored", 1_000_000, 1.65, 1),
+    ]
+    rows = [ResultRow("suite", "REST", "REST", "100%", 2_000_000, 2_000_000, 1.1, "longest", None, 1.1, 0.0, 0.0)]
+    report = markdown_report(rows, steps, [], {}, "setup", "plot.png", "rows.csv")
+    assert "| 1 | first | longest | 1.0 MB | 1.500 |  |" in report
+    assert "| 2 | second | longest | 1.0 MB | 1.200 | -20.0% vs row 1 |" in report
+    assert "| 3 | third | scored | 1.0 MB | 1.650 | +10.0% vs row 1 |" in report
