@@ -3,8 +3,8 @@
 Per step, for the sequences still running:
 1. one call to the draft source for every sequence's newest tokens;
 2. calibrate each tree's node probabilities (what this source's drafts are really worth) and pick
-   the pass width (1 + nodes per row, from a few fixed widths) that maximises expected tokens per
-   second under the engine's measured cost curve; width 1 verifies no draft at all; and while
+   the nodes each row verifies and the pass width (from a few fixed widths) that maximise expected
+   tokens per second under the engine's measured cost curve; no node verifies no draft; and while
    drafting steps, lookup included, deliver fewer tokens per second than plain ones, skip the
    lookup itself for a while (`DraftGate`);
 3. one forward pass over [newest token] + tree per row through a preallocated KV cache
@@ -43,6 +43,7 @@ from .tree_batch import FedBatch, pack, prefill_inputs
 FILLER_TOKEN = 0
 CAPACITY_GRANULE = 256  # caches are sized in steps of this, so one serves many generations
 MEASURED_ROWS = 8  # the cost curve's widest batch
+FILLER_WIDTH = 16  # the width at which a filler slot is priced
 
 
 class TreeEngine:
@@ -114,12 +115,13 @@ class TreeEngine:
     def cost_curve(self, rows: int = 1, history: int = 118) -> CostCurve:
         """Seconds of one pass by tokens fed (one row up to the widest pass, then up to `rows` rows, at
         most MEASURED_ROWS: beyond, the curve extends linearly), each row after `history` cached
-        tokens; cached on disk per model, engine, device, dtype and threads."""
+        tokens, and the price of a filler slot; cached on disk per model, engine, device, dtype and
+        threads."""
         rows = min(rows, MEASURED_ROWS)
         target = self.target
         key = (
             f"{target.name}-{self.name}-{target.device}-{self.dtype}-{torch.get_num_threads()}threads"
-            f"-rows{rows}-past{history}-by-tokens"
+            f"-rows{rows}-past{history}-by-tokens-and-fillers"
         )
         widest = PASS_WIDTHS[-1]
         points = list(PASS_WIDTHS) + [rows * width for width in PASS_WIDTHS if rows * width > widest]
@@ -127,17 +129,23 @@ class TreeEngine:
         vocab = self.target.model.config.vocab_size
 
         @torch.inference_mode()
-        def time_pass(tokens: int) -> float:
-            used, width = (1, tokens) if tokens <= widest else (rows, tokens // rows)
+        def time_pass(used: int, width: int, nodes: int) -> float:
             cache.reset()
             for row in range(used):
                 cache.advance(row, history)
-            fed = self._pack(cache, [0] * used, [_chain_tree(width - 1, vocab)] * used, width)
+            fed = self._pack(cache, [0] * used, [_chain_tree(nodes, vocab)] * used, width)
             started = time.perf_counter()
             self._verdicts(self._pass(cache, fed), fed)
             return time.perf_counter() - started
 
-        return CostCurve.measure_with(key, time_pass, points)
+        def time_tokens(tokens: int) -> float:
+            used, width = (1, tokens) if tokens <= widest else (rows, tokens // rows)
+            return time_pass(used, width, width - 1)
+
+        def time_filler() -> float:  # rows of a root and FILLER_WIDTH - 1 fillers, against roots alone
+            return (time_pass(rows, FILLER_WIDTH, 0) - time_pass(rows, 1, 0)) / (rows * (FILLER_WIDTH - 1))
+
+        return CostCurve.measure_with(key, time_tokens, points, time_filler)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -201,8 +209,10 @@ class TreeEngine:
         trees = [
             limit_depth(tree, max_new_tokens - len(generations[s].tokens) - 1) for s, tree in zip(seated, looked_up)
         ]
-        width = self.budget.plan_width([self.calibration.calibrate(tree.probabilities) for tree in trees])
-        trees = [first_nodes(tree, width - 1) for tree in trees]
+        gains = [self.calibration.calibrate(tree.probabilities) for tree in trees]
+        counts = self.budget.plan_counts(gains, fillers_cost=self.compiled)
+        trees = [first_nodes(tree, count) for tree, count in zip(trees, counts)]
+        width = self.budget.width_for(1 + max(counts))
         fed = self._pack(cache, [histories[s][-1] for s in seated], trees, width)
         prepared = time.perf_counter()
         scores = self._scores(self._pass(cache, fed), fed.fed_tokens, fed.fed_parents, [histories[s] for s in seated])

@@ -20,7 +20,8 @@ import torch
 
 from datastore_service.draft import DraftTree
 
-VISIBLE_GRANULE = 128  # the mask's key span is a multiple of this
+# The mask's key span is a multiple of this: attention pays for every slot of it, so it is kept small.
+VISIBLE_GRANULE = 16
 
 
 @dataclass(frozen=True)

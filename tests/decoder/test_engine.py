@@ -4,6 +4,7 @@ sampling keeps the target's distribution; the budget drafts nothing when draftin
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
 
@@ -173,6 +174,29 @@ def test_the_budget_drafts_nothing_when_no_width_pays():
     assert budget.plan_width(sure) == 8  # 7.6 tokens for 2.5x the cost: yes
     flat = NodeBudget(7, CostCurve([1, 2, 4, 8], [0.040, 0.041, 0.042, 0.043]))
     assert flat.plan_width(unsure) == 4
+
+
+def test_each_row_keeps_the_nodes_that_pay_for_themselves_across_the_batch():
+    """Against every choice of per-row counts, fillers priced: the plan's expected tokens per second is the best."""
+    curve = CostCurve([1, 2, 4, 8, 16, 32], [0.020, 0.021, 0.022, 0.025, 0.030, 0.045], filler_seconds=0.0002)
+    budget = NodeBudget(7, curve)
+    rng = np.random.default_rng(3)
+
+    def rate(gains, choice):
+        width = budget.width_for(1 + max(choice))
+        fillers = len(gains) * (width - 1) - sum(choice)
+        expected = sum(1 + float(g[:k].sum()) for g, k in zip(gains, choice))
+        return expected / (float(curve.cost(len(gains) + sum(choice))) + curve.filler_seconds * fillers)
+
+    for _ in range(20):
+        gains = [np.sort(rng.random(rng.integers(0, 6)))[::-1] * rng.random() for _ in range(3)]
+        counts = budget.plan_counts(gains, fillers_cost=False)
+        choices = itertools.product(*[range(len(g) + 1) for g in gains])
+        assert rate(gains, counts) == pytest.approx(max(rate(gains, c) for c in choices), rel=1e-12)
+        assert all(0 <= k <= len(g) for g, k in zip(gains, counts))
+    sure, unsure = np.array([0.95, 0.9, 0.9]), np.array([0.05, 0.01])
+    assert budget.plan_counts([sure, unsure], fillers_cost=False) == [3, 0]  # rows no longer share their count
+    assert budget.plan_counts([sure, unsure], fillers_cost=True) == [3, 2]  # a graph's rows still do
 
 
 def test_a_source_the_target_never_follows_ends_up_drafting_nothing(llama):
