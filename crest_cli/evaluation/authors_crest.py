@@ -18,7 +18,7 @@ from __future__ import annotations
 import lzma
 import pickle
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -187,7 +187,7 @@ def cached_authors_trees(
 ) -> AuthorsTrees:
     if cache.exists():
         return AuthorsTrees(pq.read_table(cache))
-    rest = RestIndex.load(rest_store, RestParams(n_max=max_context, n_min=1, k=REST_K, m=REST_M, c=REST_C))
+    rest = RestIndex.load(rest_store, asdict(RestParams(n_max=max_context, n_min=1, k=REST_K, m=REST_M, c=REST_C)))
     top = int(wanted_bytes / (GUESS_BYTES_PER_CONTEXT + GUESS_BYTES_PER_NODE) / max_context) + 1
     trees = authors_trees(rest, frequent_contexts(tokens_parquet, max_context, top), wanted_bytes, progress, cut)
     partial = cache.with_suffix(".partial")

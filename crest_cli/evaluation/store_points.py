@@ -205,7 +205,7 @@ def _crest_points(
     missing = [(variant, mb, name) for variant, mb, name in wanted if cache.get(name) is None]
     if missing:
         targets = [
-            StoreTarget(cache.folder / name, Budget(bytes=int(mb * 1e6)), variant.params.policy, variant.params)
+            StoreTarget(cache.folder / name, Budget(bytes=int(mb * 1e6)), variant.params.policy, params=variant.params)
             for variant, mb, name in missing
         ]
         summaries = build_stores(corpus, tokenizer_spec, missing[0][0].params, targets, replace=True, progress=False)
