@@ -163,12 +163,13 @@ class MergedTrees:
         if not touched.any():
             return
         contexts = delta.keys[touched]
-        parts = [self._overlay_candidates(delta, totals), self._existing_candidates(contexts)]
-        fresh = ~np.isin(contexts, self.view.keys, assume_unique=True)
-        if fresh.any():
-            parts.append(
-                self._store_candidates(contexts[fresh], delta.heads[touched][fresh], delta.levels[touched][fresh])
-            )
+        parts = [
+            self._overlay_candidates(delta, totals),
+            self._existing_candidates(contexts),
+            # Every touched context's stored tree, not only new ones': a stored node that fell out of
+            # the top_c climbs back with its store count when the overlay sees it again.
+            self._store_candidates(contexts, delta.heads[touched], delta.levels[touched]),
+        ]
         self._replace(contexts, self._rank(Candidates.concat(parts), table), generation)
 
     def _overlay_candidates(self, delta: NgramDelta, totals: np.ndarray) -> Candidates:
