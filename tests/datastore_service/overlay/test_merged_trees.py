@@ -12,8 +12,9 @@ import pytest
 
 from datastore_service.build.params import BuildParams
 from datastore_service.lookup.index_loader import load_index
-from datastore_service.overlay.hashing import ROOT, mix
+from datastore_service.overlay.hashing import ROOT, find, mix
 from datastore_service.overlay.overlay import Overlay
+from datastore_service.overlay.trees import _ranking_order
 from datastore_service.sizes import Budget
 from tests.datastore_service.store_factory import publish_token_store
 
@@ -128,3 +129,22 @@ def test_trees_rank_store_and_overlay_counts_together(index, refreshes):
         assert np.allclose(probabilities, [count / total for _, count in actual], rtol=1e-6)
         checked += 1
     assert checked > 50
+
+
+@pytest.mark.parametrize("rows", [0, 1, 7, 5000])
+def test_ranking_order_is_a_stable_sort_by_context_count_desc_and_depth(rows):
+    rng = np.random.default_rng(rows)
+    contexts = rng.integers(0, max(rows // 20, 1), rows).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    merged, depths = rng.integers(0, 8, rows), rng.integers(1, 4, rows).astype(np.int32)
+    expected = np.lexsort((np.arange(rows), depths, -merged, contexts))
+    assert np.array_equal(_ranking_order(contexts, merged, depths), expected)
+
+
+def test_find_locates_present_keys_and_flags_absent_ones():
+    rng = np.random.default_rng(3)
+    keys = np.unique(rng.integers(0, 2**63, 1000, dtype=np.uint64))
+    needles = np.concatenate([keys[rng.integers(0, len(keys), 300)], rng.integers(0, 2**63, 300, dtype=np.uint64)])
+    where, found = find(keys, needles)
+    assert np.array_equal(found, np.isin(needles, keys))
+    assert np.array_equal(keys[where[found]], needles[found])
+    assert not find(np.empty(0, np.uint64), needles)[1].any()
