@@ -102,7 +102,7 @@ def _decode_through(address: str, paths: dict[str, Path], args: argparse.Namespa
     seconds = [s for source in lookups.values() for s in source.seconds]
     latency = statistics.median(seconds) * 1e3 if seconds else 0.0
     sizes = ", ".join(f"{name} {format_bytes(resolve_store(path).stat().st_size)}" for name, path in paths.items())
-    console.print(f"stores: {sizes}; lookup round trip p50 {latency:.2f} ms over {len(seconds)} lookups")
+    console.print(f"stores: {sizes}; lookup p50 {latency:.2f} ms ({len(seconds)} lookups)")
     return 0
 
 

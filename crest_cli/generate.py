@@ -30,7 +30,7 @@ def draft_source(args: argparse.Namespace, tokenizer_fingerprint: str | None) ->
         return WithPromptLookup(NoDrafts())
     if args.server:
         from datastore_service.serve.client import DraftClient
-        from datastore_service.serve.security import ClientSecurity, load_token
+        from datastore_service.serve.credentials import ClientSecurity, load_token
 
         client = DraftClient(
             args.server,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from crest_cli.help_format import CrestParser
 from crest_cli.versions import with_default_action
+from datastore_service import __version__
 from datastore_service.build.corpus import FORMATS
 from datastore_service.build.corpus import PRESETS as CORPUS_PRESETS
 from datastore_service.build.params import POLICIES, BuildParams
@@ -22,6 +23,29 @@ if TYPE_CHECKING:
     from datastore_service.build.spark.engine import SparkSettings
 
 DEFAULTS = BuildParams()
+# REST's lookup parameters, as flags: (field of RestParams, flag, what it sets).
+REST_FLAGS = (
+    ("n_max", "--rest-n-max", "longest query suffix REST tries first (n)"),
+    ("n_min", "--rest-n-min", "shortest query suffix REST tries last"),
+    ("k", "--rest-k", "occurrences of the matched suffix read per lookup (k)"),
+    ("m", "--rest-m", "continuation length in tokens: the deepest draft node (m)"),
+    ("c", "--rest-c", "draft nodes kept: the most frequent continuation prefixes (c)"),
+)
+
+
+def _add_rest_flags(parser: argparse.ArgumentParser, title: str, description: str, show_defaults: bool) -> None:
+    """REST's k/n/m/c; a flag not given is absent from the namespace (REST's default, or the store's)."""
+    from datastore_service.rest.index import RestParams
+
+    group = parser.add_argument_group(title, description)
+    for name, flag, what in REST_FLAGS:
+        shown = f"{what} (default: {getattr(RestParams(), name)})" if show_defaults else what
+        group.add_argument(flag, dest=f"rest_{name}", type=int, default=argparse.SUPPRESS, metavar="N", help=shown)
+
+
+def _rest_overrides(args: argparse.Namespace) -> dict[str, int]:
+    """REST's k/n/m/c from the flags given on the command line."""
+    return {name: getattr(args, f"rest_{name}") for name, _, _ in REST_FLAGS if hasattr(args, f"rest_{name}")}
 
 
 def _add_build(commands: argparse._SubParsersAction) -> None:
@@ -75,6 +99,13 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
         default=1.0,
         help="rest only: index this fraction of the corpus's tokens (whole documents, seeded draw)",
     )
+    _add_rest_flags(
+        parser,
+        "REST lookups (rest)",
+        "How the REST store looks drafts up, stored in the file as its defaults (crest serve --rest-* can "
+        "override them); the defaults are REST's published values.",
+        show_defaults=True,
+    )
 
     counting = parser.add_argument_group("counting and selection (crest)")
     counting.add_argument("--max-context", type=int, default=DEFAULTS.max_context, help="longest context (tokens)")
@@ -120,7 +151,7 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
     output.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all cores)")
     output.add_argument("--memory-limit", default=None, help="DuckDB memory limit, e.g. 4GB (default: 80%% of RAM)")
     output.add_argument("--max-temp-size", default=None, help="DuckDB spill limit on disk, e.g. 20GB")
-    output.add_argument("--quiet", action="store_true", help="no progress bars")
+    output.add_argument("--quiet", action="store_true", help="no progress bars, and no Spark start-up lines")
 
     engine = parser.add_argument_group(
         "engine",
@@ -141,6 +172,13 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="extra Spark setting, repeatable (e.g. spark.driver.memory=8g); only with --engine spark",
     )
+    engine.add_argument(
+        "--spark-bind-address",
+        default=None,
+        metavar="ADDRESS",
+        help="address the Spark driver and its block manager listen on (default: $SPARK_LOCAL_IP, else "
+        "127.0.0.1 with a local or loopback master, else Spark's choice: a remote cluster must reach the driver)",
+    )
     parser.set_defaults(run=_run_build)
 
 
@@ -148,15 +186,18 @@ def _spark_settings(args: argparse.Namespace) -> SparkSettings | None:
     from datastore_service.build.spark.engine import SparkSettings
 
     if args.engine != "spark":
-        if args.master or args.spark_conf:
-            raise CrestError("--master and --spark-conf need --engine spark")
+        if args.master or args.spark_conf or args.spark_bind_address:
+            raise CrestError("--master, --spark-conf and --spark-bind-address need --engine spark")
         return None
     pairs = [item.partition("=") for item in args.spark_conf]
     for item, (key, _, value) in zip(args.spark_conf, pairs):
         if not (key and value):
             raise CrestError(f"--spark-conf takes KEY=VALUE, got {item!r}")
     return SparkSettings(
-        master=args.master or SparkSettings.master, conf=tuple((key, value) for key, _, value in pairs)
+        master=args.master or SparkSettings.master,
+        conf=tuple((key, value) for key, _, value in pairs),
+        bind_address=args.spark_bind_address,
+        quiet=args.quiet,
     )
 
 
@@ -175,6 +216,8 @@ def _run_build(args: argparse.Namespace) -> int:
         if args.engine != "duckdb" or args.add_shard:
             raise CrestError("--engine spark and --add-shard build crest stores, not --kind rest")
         return _run_rest_build(args, corpus)
+    if _rest_overrides(args):
+        raise CrestError("--rest-n-max/--rest-n-min/--rest-k/--rest-m/--rest-c set a --kind rest store")
     try:
         params = BuildParams(
             max_context=args.max_context,
@@ -242,9 +285,13 @@ def _print_published(store: Path, version_file: Path, unchanged: bool) -> None:
 
 def _run_rest_build(args: argparse.Namespace, corpus) -> int:
     from datastore_service.rest.build import build_rest_store, default_rest_path
+    from datastore_service.rest.index import RestParams
 
+    lookup = RestParams(**_rest_overrides(args))
     output = args.output or default_rest_path(corpus.display_name, args.fraction)
-    summary = build_rest_store(corpus, args.tokenizer, output, args.fraction, progress=not args.quiet, keep=args.keep)
+    summary = build_rest_store(
+        corpus, args.tokenizer, output, args.fraction, progress=not args.quiet, keep=args.keep, lookup=lookup
+    )
     phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in summary.seconds.items())
     _print_published(summary.store, summary.version_file, summary.unchanged)
     print(f"corpus      {summary.documents:,} documents, {summary.tokens:,} of {summary.corpus_tokens:,} tokens")
@@ -252,6 +299,7 @@ def _run_rest_build(args: argparse.Namespace, corpus) -> int:
         f"size        {format_bytes(summary.file_bytes)} (tokens + suffix array, "
         f"{summary.file_bytes / max(summary.tokens, 1):.2f} bytes per token)"
     )
+    print(f"lookups     n {lookup.n_max}..{lookup.n_min}, k {lookup.k}, m {lookup.m}, c {lookup.c}")
     print(f"time        {phases}")
     return 0
 
@@ -415,13 +463,21 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port (0: any free port)"
     )
+    _add_rest_flags(
+        parser,
+        "REST stores",
+        "Override the served REST stores' k/n/m/c (default: the values each was built with); CREST stores "
+        "ignore them, and giving them with no REST store served is an error.",
+        show_defaults=False,
+    )
     parser.set_defaults(run=_run_serve)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
     from datastore_service.overlay.overlay import OverlaySettings
+    from datastore_service.serve.credentials import load_token
     from datastore_service.serve.logs import configure_logging
-    from datastore_service.serve.security import ServerSecurity, TenantTokens, load_token
+    from datastore_service.serve.security import ServerSecurity, TenantTokens
     from datastore_service.serve.server import ServerSettings, serve_forever
     from datastore_service.serve.stores import DEFAULT_NAME, StoreSpec
 
@@ -457,6 +513,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         security=security,
         learn=learn,
         metrics_port=args.metrics_port,
+        rest_overrides=_rest_overrides(args),
     )
     try:
         serve_forever(stores, settings)
@@ -616,6 +673,7 @@ def parser() -> argparse.ArgumentParser:
         prog="crest",
         description="CREST: compact n-gram draft datastore for retrieval-based speculative decoding.",
     )
+    root.add_argument("--version", action="version", version=f"crest {__version__}")
     commands = root.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_build(commands)
     _add_inspect(commands)

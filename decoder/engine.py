@@ -3,8 +3,10 @@
 Per step, for the sequences still running:
 1. one call to the draft source for every sequence's newest tokens;
 2. calibrate each tree's node probabilities (what this source's drafts are really worth) and pick
-   the pass width (1 + nodes per row, from a few fixed widths) that maximises expected tokens per
-   second under the engine's measured cost curve; width 1 verifies no draft at all;
+   the nodes each row verifies and the pass width (from a few fixed widths) that maximise expected
+   tokens per second under the engine's measured cost curve; no node verifies no draft; and while
+   drafting steps, lookup included, deliver fewer tokens per second than plain ones, skip the
+   lookup itself for a while (`DraftGate`);
 3. one forward pass over [newest token] + tree per row through a preallocated KV cache
    (`StaticKVCache`, `LlamaTreeForward`: oneDNN products with prepacked weights on a CPU);
    `compiled` replays it as one CUDA graph per (rows, width) on a GPU (`GraphedPasses`);
@@ -29,6 +31,7 @@ from datastore_service.draft import DraftTree
 from .acceptance import Accepted, SamplingParams, sampling_targets, walk_greedy, walk_sampling
 from .calibration import AcceptanceCalibration
 from .cuda_graphs import GraphedPasses
+from .draft_gate import DraftGate
 from .draft_sources import DraftSource
 from .llama_forward import LlamaTreeForward
 from .node_budget import PASS_WIDTHS, CostCurve, NodeBudget, first_nodes
@@ -40,6 +43,7 @@ from .tree_batch import FedBatch, pack, prefill_inputs
 FILLER_TOKEN = 0
 CAPACITY_GRANULE = 256  # caches are sized in steps of this, so one serves many generations
 MEASURED_ROWS = 8  # the cost curve's widest batch
+FILLER_WIDTH = 16  # the width at which a filler slot is priced
 
 
 class TreeEngine:
@@ -111,12 +115,13 @@ class TreeEngine:
     def cost_curve(self, rows: int = 1, history: int = 118) -> CostCurve:
         """Seconds of one pass by tokens fed (one row up to the widest pass, then up to `rows` rows, at
         most MEASURED_ROWS: beyond, the curve extends linearly), each row after `history` cached
-        tokens; cached on disk per model, engine, device, dtype and threads."""
+        tokens, and the price of a filler slot; cached on disk per model, engine, device, dtype and
+        threads."""
         rows = min(rows, MEASURED_ROWS)
         target = self.target
         key = (
             f"{target.name}-{self.name}-{target.device}-{self.dtype}-{torch.get_num_threads()}threads"
-            f"-rows{rows}-past{history}-by-tokens"
+            f"-rows{rows}-past{history}-by-tokens-and-fillers"
         )
         widest = PASS_WIDTHS[-1]
         points = list(PASS_WIDTHS) + [rows * width for width in PASS_WIDTHS if rows * width > widest]
@@ -124,17 +129,23 @@ class TreeEngine:
         vocab = self.target.model.config.vocab_size
 
         @torch.inference_mode()
-        def time_pass(tokens: int) -> float:
-            used, width = (1, tokens) if tokens <= widest else (rows, tokens // rows)
+        def time_pass(used: int, width: int, nodes: int) -> float:
             cache.reset()
             for row in range(used):
                 cache.advance(row, history)
-            fed = self._pack(cache, [0] * used, [_chain_tree(width - 1, vocab)] * used, width)
+            fed = self._pack(cache, [0] * used, [_chain_tree(nodes, vocab)] * used, width)
             started = time.perf_counter()
             self._verdicts(self._pass(cache, fed), fed)
             return time.perf_counter() - started
 
-        return CostCurve.measure_with(key, time_pass, points)
+        def time_tokens(tokens: int) -> float:
+            used, width = (1, tokens) if tokens <= widest else (rows, tokens // rows)
+            return time_pass(used, width, width - 1)
+
+        def time_filler() -> float:  # rows of a root and FILLER_WIDTH - 1 fillers, against roots alone
+            return (time_pass(rows, FILLER_WIDTH, 0) - time_pass(rows, 1, 0)) / (rows * (FILLER_WIDTH - 1))
+
+        return CostCurve.measure_with(key, time_tokens, points, time_filler)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -167,9 +178,11 @@ class TreeEngine:
             histories[row].extend(emitted)
         yield [([g.tokens[0]], None) if g.tokens else None for g in generations]
         seated = list(range(count))
+        curve = self.budget.curve
+        gate = DraftGate(float(curve.cost(count)) if curve is not None and self.budget.max_nodes > 0 else None)
         self._unseat_finished(cache, seated, generations, max_new_tokens)
         while seated:
-            yield self._step(cache, seated, generations, histories, max_new_tokens, stop_strings)
+            yield self._step(cache, seated, generations, histories, max_new_tokens, stop_strings, gate)
             self._unseat_finished(cache, seated, generations, max_new_tokens)
         return generations
 
@@ -181,18 +194,25 @@ class TreeEngine:
         histories: list[list[int]],
         max_new_tokens: int,
         stop_strings: Sequence[str],
+        gate: DraftGate,
     ) -> list[tuple[list[int], StepRecord] | None]:
         started = time.perf_counter()
-        context = self.source.max_context
-        looked_up = self.source.drafts([histories[s][-context:] for s in seated], self.budget.max_nodes)
-        if len(looked_up) != len(seated):
-            raise ValueError(f"the draft source answered {len(looked_up)} trees for {len(seated)} sequences")
+        drafting = gate.should_draft()
+        if drafting:
+            context = self.source.max_context
+            looked_up = self.source.drafts([histories[s][-context:] for s in seated], self.budget.max_nodes)
+            if len(looked_up) != len(seated):
+                raise ValueError(f"the draft source answered {len(looked_up)} trees for {len(seated)} sequences")
+        else:
+            looked_up = [DraftTree.empty()] * len(seated)
         lookup_done = time.perf_counter()
         trees = [
             limit_depth(tree, max_new_tokens - len(generations[s].tokens) - 1) for s, tree in zip(seated, looked_up)
         ]
-        width = self.budget.plan_width([self.calibration.calibrate(tree.probabilities) for tree in trees])
-        trees = [first_nodes(tree, width - 1) for tree in trees]
+        gains = [self.calibration.calibrate(tree.probabilities) for tree in trees]
+        counts = self.budget.plan_counts(gains, fillers_cost=self.compiled)
+        trees = [first_nodes(tree, count) for tree, count in zip(trees, counts)]
+        width = self.budget.width_for(1 + max(counts))
         fed = self._pack(cache, [histories[s][-1] for s in seated], trees, width)
         prepared = time.perf_counter()
         scores = self._scores(self._pass(cache, fed), fed.fed_tokens, fed.fed_parents, [histories[s] for s in seated])
@@ -211,6 +231,7 @@ class TreeEngine:
         accepted_done = time.perf_counter()
         cache.keep([[0] + accepted.fed_path for accepted, _ in outcomes])
         finished = time.perf_counter()
+        gate.record(drafting, sum(len(emitted) for _, emitted in outcomes) / len(outcomes), finished - started)
         results: list[tuple[list[int], StepRecord] | None] = [None] * len(generations)
         for row, (sequence, (accepted, emitted)) in enumerate(zip(seated, outcomes)):
             generations[sequence].tokens.extend(emitted)
@@ -266,7 +287,9 @@ class TreeEngine:
 
     def _pass(self, cache: StaticKVCache, fed: FedBatch) -> torch.Tensor:
         rows = slice(0, fed.input_ids.shape[0])
-        return self.run_pass(cache, fed.input_ids, fed.positions, fed.slots, fed.mask, rows=rows)
+        if self.compiled:  # a graph replays fixed shapes: fillers are computed like the rest
+            return self.run_pass(cache, fed.input_ids, fed.positions, fed.slots, fed.mask, rows=rows)
+        return self.forward(cache, fed.input_ids, fed.positions, fed.slots, fed.mask, rows=rows, real=fed.real)
 
     def _scores(
         self,

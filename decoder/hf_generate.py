@@ -77,15 +77,15 @@ class GenerateEngine(TreeEngine):
     def _until_stop(
         self, sequence: int, accepted: list[int], before: list[int], stop_strings: Sequence[str]
     ) -> tuple[list[int], str]:
-        emitted, prompt = [], self.prompts[sequence]
-        for token in accepted:
-            emitted.append(token)
-            ids = torch.tensor([prompt + before + emitted], device=self.device)
-            if bool(self.criteria(ids, torch.empty(1, 0, device=self.device))[0]):
-                self._stream(sequence, emitted)
-                return emitted, "stopping_criteria"
-        self._stream(sequence, emitted)
-        return emitted, "max_tokens"
+        known = len(self.prompts[sequence]) + len(before)
+        ids = torch.tensor([self.prompts[sequence] + before + accepted], device=self.device)
+        no_scores = torch.empty(1, 0, device=self.device)
+        for count in range(1, len(accepted) + 1):  # the criteria after each token, as plain decoding checks
+            if bool(self.criteria(ids[:, : known + count], no_scores)[0]):
+                self._stream(sequence, accepted[:count])
+                return accepted[:count], "stopping_criteria"
+        self._stream(sequence, accepted)
+        return list(accepted), "max_tokens"
 
     def _stream(self, sequence: int, tokens: list[int]) -> None:
         if self.streamer is not None and sequence == 0 and tokens:

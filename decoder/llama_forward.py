@@ -79,19 +79,26 @@ class LlamaTreeForward:
         slots: torch.Tensor,
         mask: torch.Tensor,
         rows: slice = slice(None),
+        real: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`input_ids`, `positions`, `slots` [r, q]; `mask` [r, 1, q, k] additive over cache slots 0..k-1
-        (the fed tokens' own slots included); `rows` picks the cache rows (all by default)."""
+        (the fed tokens' own slots included); `rows` picks the cache rows (all by default). `real`: the
+        flat indices (row * q + i) of the fed tokens that are not fillers; given, the products run on
+        those alone (fillers only pad the attention layout) and the fillers' logits are left zero."""
         inner = self.model.model
-        hidden = inner.embed_tokens(input_ids)
-        cos, sin = inner.rotary_emb(hidden, positions)
+        embedded = inner.embed_tokens(input_ids)
+        cos, sin = inner.rotary_emb(embedded, positions)
         batch, fed = input_ids.shape
+        padded = (batch * fed,)
+        hidden = embedded.reshape(*padded, -1)[real] if real is not None else embedded
         visible = mask.shape[-1]
         for index, (layer, projections) in enumerate(zip(self.layers, self.projections)):
-            query, key, value = projections.qkv(layer.input_layernorm(hidden))
-            query = query.view(batch, fed, self.heads, self.head_dim).transpose(1, 2)
-            key = key.view(batch, fed, self.kv_heads, self.head_dim).transpose(1, 2)
-            value = value.view(batch, fed, self.kv_heads, self.head_dim).transpose(1, 2)
+            query, key, value = (
+                self._laid_out(part, real, padded).view(batch, fed, heads, self.head_dim).transpose(1, 2)
+                for part, heads in zip(
+                    projections.qkv(layer.input_layernorm(hidden)), (self.heads, self.kv_heads, self.kv_heads)
+                )
+            )
             query, key = apply_rotary_pos_emb(query, key, cos, sin)
             keys, values = cache.keys[index, rows], cache.values[index, rows]
             index_of = slots[:, None, :, None].expand_as(key)
@@ -104,7 +111,17 @@ class LlamaTreeForward:
                 attn_mask=mask,
                 scale=self.scaling,
                 enable_gqa=self.kv_heads != self.heads,
-            )
-            hidden = hidden + projections.output(attended.transpose(1, 2).reshape(batch, fed, -1))
+            ).transpose(1, 2)
+            attended = attended.reshape(*padded, -1)[real] if real is not None else attended.reshape(batch, fed, -1)
+            hidden = hidden + projections.output(attended)
             hidden = hidden + projections.mlp(layer.post_attention_layernorm(hidden))
-        return self.head(inner.norm(hidden))
+        logits = self.head(inner.norm(hidden))
+        return self._laid_out(logits, real, padded).view(batch, fed, -1)
+
+    @staticmethod
+    def _laid_out(values: torch.Tensor, real: torch.Tensor | None, padded: tuple[int]) -> torch.Tensor:
+        """Rows of the real fed tokens back in the padded layout (fillers zero)."""
+        if real is None:
+            return values
+        out = values.new_zeros(*padded, values.shape[-1])
+        return out.index_copy_(0, real, values)

@@ -33,6 +33,9 @@ PASS_WIDTHS = (1, 2, 4, 8, 16, 32, 64)
 class CostCurve:
     fed_tokens: list[int]
     seconds: list[float]
+    # What one filler slot adds to a pass (a batch's rows share a width: the short ones are padded).
+    # Fillers skip the products but not the attention, which the padded layout pays in full.
+    filler_seconds: float = 0.0
 
     def cost(self, fed: np.ndarray | int) -> np.ndarray:
         """Seconds of a pass feeding `fed` tokens: interpolated, and past the last point extended along
@@ -46,18 +49,27 @@ class CostCurve:
 
     @classmethod
     def measure_with(
-        cls, key: str, time_pass: Callable[[int], float], fed_tokens: Sequence[int], repeats: int = 5
+        cls,
+        key: str,
+        time_pass: Callable[[int], float],
+        fed_tokens: Sequence[int],
+        time_fillers: Callable[[], float] | None = None,
+        repeats: int = 5,
     ) -> CostCurve:
-        """The fastest of `repeats` timings of `time_pass(tokens)` per count of fed tokens, cached under
-        `key`. The fastest, not the median: on a busy machine the others measure the neighbours."""
+        """The fastest of `repeats` timings of `time_pass(tokens)` per count of fed tokens, and of
+        `time_fillers()` (seconds per filler slot), cached under `key`. The fastest, not the median: on
+        a busy machine the others measure the neighbours."""
         path = cache_dir("costs") / (key.replace("/", "_").replace(":", "_") + ".json")
         if path.exists():
             return cls(**json.loads(path.read_text()))
-        seconds = []
-        for tokens in fed_tokens:
-            time_pass(tokens)  # warm-up: first-call allocations, kernel selection, compilation
-            seconds.append(min(time_pass(tokens) for _ in range(repeats)))
-        curve = cls(list(fed_tokens), seconds)
+
+        def fastest(timing: Callable[[], float]) -> float:
+            timing()  # warm-up: first-call allocations, kernel selection, compilation
+            return min(timing() for _ in range(repeats))
+
+        seconds = [fastest(lambda tokens=tokens: time_pass(tokens)) for tokens in fed_tokens]
+        filler_seconds = max(0.0, fastest(time_fillers)) if time_fillers is not None else 0.0
+        curve = cls(list(fed_tokens), seconds, filler_seconds)
         path.write_text(json.dumps(asdict(curve)))
         return curve
 
@@ -115,15 +127,55 @@ class NodeBudget:
         """The width of one batched pass that maximises expected tokens per second, each row keeping
         its best width - 1 nodes; `gains[b]` are row b's ranked nodes' acceptance probabilities. The
         curve prices a pass by the tokens it feeds: rows x width."""
-        longest = max((len(g) for g in gains), default=0)
-        widths = self.widths()
-        fitting = [w for w in widths if w - 1 < longest] + [next((w for w in widths if w - 1 >= longest), widths[-1])]
+        fitting = self._fitting_widths(gains)
         if self.curve is None:
             return fitting[-1]
         running = [np.concatenate([[0.0], np.cumsum(g)]) for g in gains]
         expected = [sum(1.0 + r[min(len(r) - 1, w - 1)] for r in running) for w in fitting]
         cost = self.curve.cost(len(gains) * np.asarray(fitting))
         return fitting[int(np.argmax(np.asarray(expected) / cost))]
+
+    def plan_counts(self, gains: Sequence[np.ndarray], fillers_cost: bool) -> list[int]:
+        """Nodes to verify per row in one batched pass, maximising expected tokens per second;
+        `gains[b]` are row b's ranked nodes' acceptance probabilities. The rows share a width, the
+        short ones padded with fillers. Where fillers cost like real tokens (a CUDA graph replays the
+        whole width), every row takes the width's nodes; otherwise, per width, the pass takes the most
+        likely nodes of all rows together, as many as pay for themselves: it costs the curve at the
+        real tokens it feeds plus the curve's price of each filler."""
+        if fillers_cost:
+            width = self.plan_width(gains)
+            return [min(len(g), width - 1) for g in gains]
+        cap = self.widths()[-1] - 1
+        if self.curve is None:
+            return [min(len(g), cap) for g in gains]
+        rows, best, best_rate = len(gains), [0] * len(gains), 0.0
+        for width in self._fitting_widths(gains):
+            kept = [np.asarray(g[: width - 1], np.float64) for g in gains]
+            values = np.concatenate([np.zeros(0)] + kept)
+            owners = np.concatenate([np.zeros(0, np.int64)] + [np.full(len(g), b) for b, g in enumerate(kept)])
+            # Ranked by each row's running minimum, so a node never goes before one ranked above it in
+            # its own row: the nodes taken from a row are always its first ones, a tree.
+            ranks = np.concatenate([np.zeros(0)] + [np.minimum.accumulate(g) for g in kept if len(g)])
+            order = np.argsort(-ranks, kind="stable")
+            taken = np.arange(len(order) + 1)
+            expected = rows + np.concatenate([[0.0], np.cumsum(values[order])])
+            cost = self.curve.cost(rows + taken) + self.curve.filler_seconds * (rows * (width - 1) - taken)
+            rates = expected / cost
+            count = int(np.argmax(rates))
+            if rates[count] > best_rate:
+                best_rate = float(rates[count])
+                best = np.bincount(owners[order[:count]], minlength=rows).tolist()
+        return best
+
+    def _fitting_widths(self, gains: Sequence[np.ndarray]) -> list[int]:
+        """The widths up to the first that holds every row's nodes: a wider one only adds fillers."""
+        longest = max((len(g) for g in gains), default=0)
+        widths = self.widths()
+        return [w for w in widths if w - 1 < longest] + [next((w for w in widths if w - 1 >= longest), widths[-1])]
+
+    def width_for(self, fed: int) -> int:
+        """The narrowest pass width that holds `fed` tokens per row."""
+        return next(width for width in self.widths() if width >= fed)
 
 
 def first_nodes(tree: DraftTree, count: int) -> DraftTree:

@@ -20,7 +20,8 @@ import torch
 
 from datastore_service.draft import DraftTree
 
-VISIBLE_GRANULE = 128  # the mask's key span is a multiple of this
+# The mask's key span is a multiple of this: attention pays for every slot of it, so it is kept small.
+VISIBLE_GRANULE = 16
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class FedBatch:
     mask: torch.Tensor  # [rows, 1, q, visible] additive: 0 = attend, dtype min = blocked
     fed_tokens: list[list[int]]  # per row: root then tree nodes (no fillers)
     fed_parents: list[list[int]]  # per row, in fed order; -1 for the root
+    real: torch.Tensor | None = None  # flat indices (row * q + i) of the fed tokens, when fillers pad some rows
 
 
 def ancestry(fed_parents: Sequence[int], width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -80,6 +82,10 @@ def pack(
     blocked[np.arange(rows)[:, None, None], np.arange(width)[None, :, None], slots[:, None, :]] = ~sees
     mask = torch.zeros(rows, 1, width, visible, dtype=dtype, device=device)
     mask.masked_fill_(torch.from_numpy(blocked).to(device)[:, None], torch.finfo(dtype).min)
+    counts = [len(tokens) for tokens in fed_tokens]
+    real = None
+    if sum(counts) < rows * width:
+        real = torch.from_numpy(np.concatenate([b * width + np.arange(n) for b, n in enumerate(counts)])).to(device)
     return FedBatch(
         input_ids=torch.from_numpy(ids).to(device),
         positions=torch.from_numpy(start + depths).to(device),
@@ -87,6 +93,7 @@ def pack(
         mask=mask,
         fed_tokens=fed_tokens,
         fed_parents=fed_parents,
+        real=real,
     )
 
 

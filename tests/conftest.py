@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
+# The user's cache, read before `crest_cache` isolates the run's: for slow artefacts keyed by
+# content that later runs may share (the thin client's venv), never for stores or tokens.
+USER_CACHE = Path(os.environ.get("CREST_CACHE", Path.home() / ".cache" / "crest"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -23,6 +26,11 @@ def crest_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.environ.pop("CREST_CACHE", None)
     else:
         os.environ["CREST_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def user_cache() -> Path:
+    return USER_CACHE
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from datastore_service.build.spark.engine import SparkSettings
 from datastore_service.build.store_writer import write_and_publish
 from datastore_service.build.token_table import TokenizedCorpus, tokenize_corpus
 from datastore_service.build.tokenizer import TargetTokenizer
-from datastore_service.errors import CrestError, StoreError
+from datastore_service.errors import CorpusError, CrestError, StoreError
 from datastore_service.paths import cache_dir
 from datastore_service.sizes import Budget
 from datastore_service.store.publishing import VersionedStore, remove_path
@@ -136,19 +136,22 @@ def _refuse_other_tokenizer(store: VersionedStore, tokenizer: TargetTokenizer, r
 def _compact_table_on_spark(
     connection: duckdb.DuckDBPyConnection,
     spark: SparkSettings,
-    tokens: Path,
+    parts: list[TokenizedCorpus],
     params: BuildParams,
     vocab_size: int,
     work_dir: Path,
     clock: Stopwatch,
     progress: bool,
 ) -> int:
-    """Run the SQL on Spark, then load its compact table (Parquet) into the work database."""
-    from datastore_service.build.spark.engine import build_compact_table, spark_session
+    """Run the SQL on Spark (shards: counted apart and summed there), then load its compact table."""
+    from datastore_service.build.spark.engine import build_compact_table, build_sharded_compact_table, spark_session
 
     exported = work_dir / "compact_drafts"
     with spark_session(spark) as session:
-        candidates = build_compact_table(session, tokens, params, vocab_size, exported, clock, progress)
+        if len(parts) > 1:
+            candidates = build_sharded_compact_table(session, parts, params, vocab_size, exported, clock, progress)
+        else:
+            candidates = build_compact_table(session, parts[0].parquet, params, vocab_size, exported, clock, progress)
     with clock.phase("load"):
         connection.execute(
             "CREATE TEMP TABLE compact_drafts AS SELECT * FROM read_parquet($files)",
@@ -169,14 +172,12 @@ def _compact_table(
     counted: tuple[Path, ...] = (),
 ) -> int:
     """Fill `compact_drafts` in the work database by the chosen engine; returns the candidate count."""
+    if spark is not None:
+        return _compact_table_on_spark(connection, spark, parts, params, vocab_size, work_dir, clock, progress)
     if len(parts) + len(counted) > 1:  # shards: counts summed in DuckDB
         with clock.phase("count"):
             merge_shard_counts(connection, parts, params.levels, params.min_count, vocab_size, progress, counted)
         return rank_counted_trees(connection, params, clock, progress)
-    if spark is not None:
-        return _compact_table_on_spark(
-            connection, spark, parts[0].parquet, params, vocab_size, work_dir, clock, progress
-        )
     connection.execute("CREATE TEMP TABLE tokens AS SELECT * FROM read_parquet($path)", {"path": str(parts[0].parquet)})
     return rank_draft_trees(connection, params, vocab_size, clock, progress)
 
@@ -243,10 +244,13 @@ def build_stores(
     each shard are counted apart (cached per shard) and the counts summed: the stores equal those
     built from the union of their documents. `observed` adds counts a learning server snapshotted
     (compaction.py) the same way, and records in the store which snapshots it holds."""
-    if (shards or observed) and spark is not None:
-        raise CrestError("sharded builds (--add-shard) run on --engine duckdb only")
+    if observed and spark is not None:
+        raise CrestError("folding observed counts (crest compact) runs on --engine duckdb only")
     if spark is not None and any(target.policy != params.policy for target in targets):
         raise CrestError("a Spark build ranks by one policy; build other policies separately")
+    for spec in (corpus, *shards):  # before tokenizing the others: a mistyped shard fails in a second
+        if not spec.path.exists():
+            raise CorpusError(f"corpus not found: {spec.path}")
     with _disk_full_as_user_error(), InterruptGuard() as interrupts:
         return _build_stores(
             corpus, tokenizer_spec, params, targets, settings, replace, progress, spark, shards, interrupts, observed

@@ -19,16 +19,26 @@ from tqdm import tqdm
 
 from datastore_service.build.caches import mark_used
 from datastore_service.build.ngram_counting import count_ngrams_up_to
-from datastore_service.build.sql_files import run_sql
+from datastore_service.build.sql_files import SqlConnection, run_sql
 from datastore_service.build.token_table import TokenizedCorpus
 from datastore_service.paths import cache_dir
 
 SHARD_NGRAMS_SCHEMA = "(shard INTEGER, level TINYINT, gid BIGINT, parent BIGINT, token INTEGER, count BIGINT)"
 
 
+def shard_counts_path(tokenized: TokenizedCorpus, levels: int) -> Path:
+    """Where a shard's counts are cached: one Parquet file (DuckDB wrote it) or a folder of them (Spark)."""
+    return cache_dir("counts") / f"{tokenized.parquet.stem}-levels{levels}.parquet"
+
+
+def parquet_glob(path: Path) -> str:
+    """What DuckDB's read_parquet takes for a cached file or folder."""
+    return str(path / "*.parquet") if path.is_dir() else str(path)
+
+
 def shard_counts(tokenized: TokenizedCorpus, levels: int, vocab_size: int) -> Path:
     """Parquet `(level, gid, parent, token, count)` of every n-gram of the shard up to `levels` tokens."""
-    target = cache_dir("counts") / f"{tokenized.parquet.stem}-levels{levels}.parquet"
+    target = shard_counts_path(tokenized, levels)
     if target.exists():
         mark_used(target)
         return target
@@ -73,8 +83,14 @@ def merge_count_files(
     connection.execute(f"CREATE OR REPLACE TEMP TABLE shard_ngrams {SHARD_NGRAMS_SCHEMA}")
     for index, path in enumerate(files):
         connection.execute(
-            "INSERT INTO shard_ngrams SELECT $shard, * FROM read_parquet($path)", {"shard": index, "path": str(path)}
+            "INSERT INTO shard_ngrams SELECT $shard, * FROM read_parquet($path)",
+            {"shard": index, "path": parquet_glob(path)},
         )
+    merge_counted_shards(connection, levels, min_count, progress)
+
+
+def merge_counted_shards(connection: SqlConnection, levels: int, min_count: int, progress: bool = True) -> None:
+    """`ngrams` from table `shard_ngrams` (SHARD_NGRAMS_SCHEMA), on either engine."""
     counts = {"min_count": min_count}
     run_sql(connection, "01_merge_shards_start.sql", counts)
     for level in tqdm(range(2, levels + 1), desc="merge counts", unit="level", disable=not progress):

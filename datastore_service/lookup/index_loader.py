@@ -7,6 +7,7 @@ the evaluation serve either without knowing which.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from datastore_service.lookup.draft_index import DraftIndex
@@ -17,8 +18,9 @@ from datastore_service.store.reader import resolve_store
 LookupIndex = DraftIndex | RestIndex
 
 
-def load_index(path: Path) -> LookupIndex:
+def load_index(path: Path, rest_overrides: Mapping[str, int] | None = None) -> LookupIndex:
+    """`rest_overrides` replace a REST store's stored k/n/m/c (a CREST store has none to replace)."""
     resolved = resolve_store(path)
     if resolved.is_file() and is_rest_file(resolved):
-        return RestIndex.load(resolved)
+        return RestIndex.load(resolved, rest_overrides)
     return DraftIndex.load(resolved)

@@ -9,7 +9,7 @@ files. The suffix array is built with divsufsort (`pydivsufsort`).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,12 +24,13 @@ from datastore_service.build.tokenizer import TargetTokenizer
 from datastore_service.errors import CrestError, StoreError
 from datastore_service.paths import cache_dir
 from datastore_service.rest.format import open_rest_file, separator_of, token_dtype, write_rest_file
+from datastore_service.rest.index import RestParams
 from datastore_service.store.publishing import VersionedStore, remove_path
 
 REST_SUFFIX = ".rest"
 FRACTION_SEED = 20231114
 # What makes two REST files serve the same drafts, besides their arrays.
-IDENTITY_KEYS = ("format", "kind", "tokenizer_fingerprint", "corpus_fingerprint", "build_params")
+IDENTITY_KEYS = ("format", "kind", "tokenizer_fingerprint", "corpus_fingerprint", "build_params", "lookup_params")
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,9 @@ def build_rest_store(
     fraction: float = 1.0,
     progress: bool = True,
     keep: int | None = None,
+    lookup: RestParams = RestParams(),
 ) -> RestBuildSummary:
+    """`lookup`: the k/n/m/c the store serves with unless a server overrides them."""
     if not 0.0 < fraction <= 1.0:
         raise CrestError(f"--fraction must be in (0, 1], got {fraction}")
     started = time.perf_counter()
@@ -98,7 +101,7 @@ def build_rest_store(
     }
     tokenize_seconds = time.perf_counter() - started
     summary = publish_rest_store(
-        table.column("doc_id").to_numpy(), table.column("token").to_numpy(), fraction, output, identity, keep
+        table.column("doc_id").to_numpy(), table.column("token").to_numpy(), fraction, output, identity, keep, lookup
     )
     summary.seconds["tokenize"] = tokenize_seconds
     summary.seconds["total"] = time.perf_counter() - started
@@ -125,6 +128,7 @@ def publish_rest_store(
     output: Path,
     identity: dict[str, Any],
     keep: int | None = None,
+    lookup: RestParams = RestParams(),
 ) -> RestBuildSummary:
     """Suffix-index the (fraction of the) token table and publish it as a new version of `output`,
     unless the published version holds exactly the same (then the summary says `unchanged`).
@@ -152,6 +156,7 @@ def publish_rest_store(
         "corpus_documents": documents,
         "corpus_tokens": kept_tokens,
         "build_params": {"fraction": fraction, "fraction_seed": FRACTION_SEED},
+        "lookup_params": asdict(lookup),
     }
     try:
         file_bytes = write_rest_file(partial, metadata, corpus_tokens.astype(dtype), suffixes)

@@ -19,14 +19,14 @@ instead of up to 15.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 
 from datastore_service.draft import DraftBatch, DraftTree, QueryBatch, prepare_queries
-from datastore_service.errors import StoreError
+from datastore_service.errors import CrestError, StoreError
 from datastore_service.rest.format import RestFile, open_rest_file
 from datastore_service.store.info import StoreInfo
 from datastore_service.store.reader import resolve_store
@@ -34,7 +34,10 @@ from datastore_service.store.reader import resolve_store
 
 @dataclass(frozen=True)
 class RestParams:
-    """REST's published defaults."""
+    """REST's lookup parameters; the defaults are REST's published ones.
+
+    A REST file stores the values it was built with (`crest build --kind rest --rest-k ...`) as
+    its defaults; `crest serve --rest-k ...` overrides them for one server."""
 
     n_max: int = 16  # longest suffix of the query tried first
     n_min: int = 2  # shortest suffix tried last
@@ -44,9 +47,16 @@ class RestParams:
 
     def __post_init__(self) -> None:
         if not 1 <= self.n_min <= self.n_max:
-            raise ValueError("REST needs 1 <= n_min <= n_max")
+            raise CrestError(f"REST needs 1 <= n_min <= n_max, got n_min {self.n_min} and n_max {self.n_max}")
         if min(self.k, self.m, self.c) < 1:
-            raise ValueError("REST's k, m and c must be positive")
+            raise CrestError(f"REST's k, m and c must be positive, got k {self.k}, m {self.m}, c {self.c}")
+
+    def overridden(self, overrides: Mapping[str, int] | None) -> RestParams:
+        """These parameters with the given ones replaced (names: n_max, n_min, k, m, c)."""
+        unknown = set(overrides or {}) - {field.name for field in fields(self)}
+        if unknown:
+            raise CrestError(f"unknown REST parameter(s): {', '.join(sorted(unknown))}")
+        return replace(self, **(overrides or {}))
 
 
 class RestIndex:
@@ -75,12 +85,13 @@ class RestIndex:
         )
 
     @classmethod
-    def load(cls, path: Path, params: RestParams | None = None) -> RestIndex:
+    def load(cls, path: Path, overrides: Mapping[str, int] | None = None) -> RestIndex:
+        """Open a REST store with its stored lookup parameters, `overrides` replacing some of them."""
         resolved = resolve_store(path)
         rest = open_rest_file(resolved)
         if len(rest.suffix_array) != len(rest.tokens):
             raise StoreError(f"{path}: suffix array and corpus differ in length (corrupt file)")
-        return cls(rest, params or RestParams())
+        return cls(rest, RestParams(**rest.metadata.get("lookup_params", {})).overridden(overrides))
 
     # -- queries (the DraftIndex interface) -------------------------------------------------------
 

@@ -4,6 +4,10 @@ With several addresses the channel balances calls over them (gRPC `round_robin`)
 replica that went away; a call that still fails with UNAVAILABLE is retried with backoff, all
 within one deadline (`timeout`). A call that fails for good raises `ServiceError`: one line that
 says what went wrong and what to check, with the gRPC status code kept in `.code`.
+
+This module is the thin client: it imports grpc, protobuf, numpy and CREST's shared types only,
+so a decoding worker installs it with `pip install 'crest[client]'` (no duckdb, torch or
+transformers; tests/datastore_service/serve/test_thin_client.py proves it in a fresh venv).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from crest.v1 import datastore_pb2 as pb
 from crest.v1 import datastore_pb2_grpc as pb_grpc
 from datastore_service.draft import DraftTree
 from datastore_service.errors import CrestError
-from datastore_service.serve.security import ClientSecurity
+from datastore_service.serve.credentials import ClientSecurity
 
 SELECTIONS = {"scored": pb.SCORED, "longest": pb.LONGEST_MATCH}
 _RETRY_POLICY = {

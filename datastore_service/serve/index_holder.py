@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -25,10 +26,10 @@ log = logging.getLogger("crest.serve")
 
 
 class IndexHolder:
-    def __init__(self, store: Path) -> None:
-        self.store = store
+    def __init__(self, store: Path, rest_overrides: Mapping[str, int] | None = None) -> None:
+        self.store, self.rest_overrides = store, rest_overrides  # REST's k/n/m/c, kept across reloads
         started = time.perf_counter()
-        self.index = load_index(store)
+        self.index = load_index(store, rest_overrides)
         self.load_seconds, self.loaded_at = time.perf_counter() - started, time.time()
         self.reloads = self.refusals = 0  # for metrics
         self._refused: Path | None = None
@@ -46,7 +47,7 @@ class IndexHolder:
                 return False
             try:
                 started = time.perf_counter()
-                candidate = load_index(target)
+                candidate = load_index(target, self.rest_overrides)
                 load_seconds = time.perf_counter() - started
             except Exception as exc:  # any failure to load means: keep serving the old version
                 self._refused = target

@@ -13,8 +13,9 @@ import ipaddress
 import logging
 import signal
 import threading
+from collections.abc import Mapping
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -50,6 +51,7 @@ class ServerSettings:
     security: ServerSecurity = ServerSecurity()
     learn: OverlaySettings | None = None  # given: stores learn from Observe calls (datastore_service/overlay/)
     metrics_port: int | None = None  # given: Prometheus metrics on http://host:port/metrics (0 = any free port)
+    rest_overrides: Mapping[str, int] = field(default_factory=dict)  # REST stores: k/n/m/c replacing the stored ones
 
 
 def is_loopback(host: str) -> bool:
@@ -66,7 +68,7 @@ class RunningServer:
 
     def __init__(self, stores: Path | list[StoreSpec], settings: ServerSettings) -> None:
         specs = [StoreSpec(DEFAULT_NAME, stores)] if isinstance(stores, Path) else stores
-        self.stores = StoreSet(specs, settings.learn)
+        self.stores = StoreSet(specs, settings.learn, settings.rest_overrides)
         self.settings = settings
         self.calls = CallStats()
         security = settings.security

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from datastore_service.errors import CrestError
 from datastore_service.lookup.draft_index import DraftIndex
 from datastore_service.overlay.overlay import Overlay, OverlaySettings
+from datastore_service.rest.index import RestIndex
 from datastore_service.serve.index_holder import IndexHolder
 
 log = logging.getLogger("crest.serve")
@@ -35,9 +37,11 @@ class StoreSpec:
 
 
 class ServedStore:
-    def __init__(self, spec: StoreSpec, learn: OverlaySettings | None) -> None:
+    def __init__(
+        self, spec: StoreSpec, learn: OverlaySettings | None, rest_overrides: Mapping[str, int] | None = None
+    ) -> None:
         self.name, self.path = spec.name, spec.path
-        self.holder = IndexHolder(spec.path)
+        self.holder = IndexHolder(spec.path, rest_overrides)
         self.overlay: Overlay | None = None
         if learn is not None:
             if not isinstance(self.holder.index, DraftIndex):
@@ -58,13 +62,21 @@ class ServedStore:
 
 
 class StoreSet:
-    def __init__(self, specs: list[StoreSpec], learn: OverlaySettings | None = None) -> None:
+    def __init__(
+        self,
+        specs: list[StoreSpec],
+        learn: OverlaySettings | None = None,
+        rest_overrides: Mapping[str, int] | None = None,
+    ) -> None:
+        """`rest_overrides`: k/n/m/c for every REST store served (CREST stores have none)."""
         names = [spec.name for spec in specs]
         if not specs:
             raise CrestError("no store to serve")
         if len(set(names)) != len(names):
             raise CrestError(f"two stores share a name: {', '.join(sorted(n for n in names if names.count(n) > 1))}")
-        self.stores = {spec.name: ServedStore(spec, learn) for spec in specs}
+        self.stores = {spec.name: ServedStore(spec, learn, rest_overrides) for spec in specs}
+        if rest_overrides and not any(isinstance(store.holder.index, RestIndex) for store in self):
+            raise CrestError("REST's k/n/m/c settings (--rest-*) apply to REST stores, and none is served")
         self.default = DEFAULT_NAME if DEFAULT_NAME in self.stores else None
 
     def resolve(self, name: str) -> str:

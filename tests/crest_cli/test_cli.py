@@ -58,6 +58,17 @@ def published(code_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return output
 
 
+def test_rest_build_stores_its_lookup_parameters(code_corpus: Path, tmp_path: Path):
+    from datastore_service.lookup.index_loader import load_index
+    from datastore_service.rest.index import RestParams
+
+    output = tmp_path / "json.rest"
+    corpus = ["--corpus", str(code_corpus / "json"), "--output", str(output), "--quiet"]
+    result = crest("build", "--kind", "rest", *corpus, "--rest-k", "50", "--rest-c", "12", check=True)
+    assert "lookups     n 16..2, k 50, m 10, c 12" in result.stdout
+    assert load_index(output).params == RestParams(k=50, c=12)
+
+
 def test_inspect_prints_metadata_and_drafts(published: Path):
     result = crest("inspect", str(published), "--top", "3", check=True)
     assert "tokenizer_fingerprint" in result.stdout and "most common contexts" in result.stdout
@@ -74,8 +85,11 @@ def test_inspect_prints_metadata_and_drafts(published: Path):
         (["inspect", "/no/such/store.duckdb"], "datastore not found"),
         (["build", "--master", "local[1]"], "need --engine spark"),
         (["build", "--engine", "spark", "--spark-conf", "no-value"], "takes KEY=VALUE"),
-        (["build", "--engine", "spark", "--add-shard", "/no/such/shard"], "on --engine duckdb only"),
+        (["build", "--engine", "spark", "--add-shard", "/no/such/shard"], "not found"),
+        (["build", "--spark-bind-address", "0.0.0.0"], "need --engine spark"),
         (["build", "--kind", "rest", "--add-shard", "/no/such/shard"], "not --kind rest"),
+        (["build", "--rest-k", "10"], "set a --kind rest store"),
+        (["build", "--kind", "rest", "--rest-n-min", "20"], "1 <= n_min <= n_max"),
     ],
 )
 def test_bad_input_is_one_clear_line(args: list[str], message: str):
@@ -178,6 +192,8 @@ def test_every_flag_shows_its_default_once():
             text = formatter._expand_help(action)
             where = f"{command.prog} {action.option_strings[0]}: {text}"
             assert text.count("(default") <= 1 and "(default: None)" not in text, where
-            says_nothing = action.default is None or action.default is False or action.default == []
-            if not (says_nothing or isinstance(action, argparse._HelpAction)):
+            says_nothing = (  # as help_format.py reads them
+                action.default is None or action.default is False or action.default == []
+            ) or action.default is argparse.SUPPRESS
+            if not (says_nothing or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
                 assert "default" in text, where

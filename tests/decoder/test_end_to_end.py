@@ -16,7 +16,9 @@ from datastore_service.build.pipeline import build_store
 from datastore_service.serve.client import DraftClient
 from datastore_service.serve.server import RunningServer, ServerSettings
 from datastore_service.sizes import Budget
+from decoder.decoders import make_decoder
 from decoder.draft_sources import ServiceSource
+from decoder.engine import TreeEngine
 from decoder.node_budget import NodeBudget
 from decoder.prompt_lookup import WithPromptLookup
 from decoder.speculative import SpeculativeDecoder
@@ -62,6 +64,26 @@ def test_greedy_through_the_service_equals_plain_greedy(smollm2_target, server: 
         drafted_any |= any(step.accepted for step in generation.steps)
     assert drafted_any
     client.close()
+
+
+def test_the_static_engine_equals_generate_on_smollm2_alone_and_in_a_batch(smollm2_target, server: RunningServer):
+    """The fast engine (prepacked oneDNN products on this CPU), drafts through the service: float32
+    output token-identical to transformers' generate, one sequence at a time and as a batch."""
+    prompts = [smollm2_target.encode_prompt(text, chat=False) for text in humaneval_prompts(3)]
+    with torch.inference_mode():
+        plain = [
+            smollm2_target.model.generate(torch.tensor([ids]), max_new_tokens=40, do_sample=False)[
+                0, len(ids) :
+            ].tolist()
+            for ids in prompts
+        ]
+    with DraftClient(server.address) as client:
+        engine = make_decoder(smollm2_target, WithPromptLookup(ServiceSource(client)), engine="static", rows=3)
+        assert isinstance(engine, TreeEngine)
+        alone = [engine.generate(ids, 40) for ids in prompts]
+        together = engine.generate_batch(prompts, 40)
+    assert [g.tokens for g in alone] == plain and [g.tokens for g in together] == plain
+    assert any(step.accepted for g in alone for step in g.steps)
 
 
 def test_benchmark_prompts_are_read_from_their_packages():

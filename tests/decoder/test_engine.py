@@ -4,6 +4,8 @@ sampling keeps the target's distribution; the budget drafts nothing when draftin
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections import Counter
 
 import numpy as np
@@ -11,10 +13,12 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from datastore_service.draft import DraftTree
 from datastore_service.errors import CrestError
 from decoder.acceptance import SamplingParams
 from decoder.calibration import AcceptanceCalibration
 from decoder.decoders import make_decoder, resolve_engine
+from decoder.draft_gate import DraftGate
 from decoder.draft_sources import NoDrafts
 from decoder.engine import TreeEngine
 from decoder.llama_forward import LlamaTreeForward, unsupported_reason
@@ -172,6 +176,29 @@ def test_the_budget_drafts_nothing_when_no_width_pays():
     assert flat.plan_width(unsure) == 4
 
 
+def test_each_row_keeps_the_nodes_that_pay_for_themselves_across_the_batch():
+    """Against every choice of per-row counts, fillers priced: the plan's expected tokens per second is the best."""
+    curve = CostCurve([1, 2, 4, 8, 16, 32], [0.020, 0.021, 0.022, 0.025, 0.030, 0.045], filler_seconds=0.0002)
+    budget = NodeBudget(7, curve)
+    rng = np.random.default_rng(3)
+
+    def rate(gains, choice):
+        width = budget.width_for(1 + max(choice))
+        fillers = len(gains) * (width - 1) - sum(choice)
+        expected = sum(1 + float(g[:k].sum()) for g, k in zip(gains, choice))
+        return expected / (float(curve.cost(len(gains) + sum(choice))) + curve.filler_seconds * fillers)
+
+    for _ in range(20):
+        gains = [np.sort(rng.random(rng.integers(0, 6)))[::-1] * rng.random() for _ in range(3)]
+        counts = budget.plan_counts(gains, fillers_cost=False)
+        choices = itertools.product(*[range(len(g) + 1) for g in gains])
+        assert rate(gains, counts) == pytest.approx(max(rate(gains, c) for c in choices), rel=1e-12)
+        assert all(0 <= k <= len(g) for g, k in zip(gains, counts))
+    sure, unsure = np.array([0.95, 0.9, 0.9]), np.array([0.05, 0.01])
+    assert budget.plan_counts([sure, unsure], fillers_cost=False) == [3, 0]  # rows no longer share their count
+    assert budget.plan_counts([sure, unsure], fillers_cost=True) == [3, 2]  # a graph's rows still do
+
+
 def test_a_source_the_target_never_follows_ends_up_drafting_nothing(llama):
     """A confident but always-wrong source: calibration learns it, and the budget stops verifying it."""
 
@@ -207,3 +234,33 @@ def test_auto_picks_the_static_engine_for_llama_on_a_cpu(llama):
     assert isinstance(make_decoder(llama, NoDrafts(), measure_costs=False), TreeEngine)
     with pytest.raises(CrestError, match="needs --device cuda"):
         resolve_engine(llama, "compiled")
+
+
+def test_a_slow_source_that_does_not_pay_is_asked_less_and_less(llama):
+    """Lookups that cost more than their drafts bring: the gate skips them, for longer and longer."""
+    reference = plain_greedy(llama, PROMPT, 120)
+
+    class SlowUselessSource:
+        max_context = 10_000
+        calls = 0
+
+        def drafts(self, contexts, max_nodes):
+            SlowUselessSource.calls += 1
+            time.sleep(0.02)
+            return [DraftTree.empty() for _ in contexts]
+
+    engine = TreeEngine(
+        llama, SlowUselessSource(), NodeBudget(7, CostCurve([1, 2, 4, 8], [0.002, 0.003, 0.004, 0.005]))
+    )
+    generation = engine.generate(PROMPT, 120)
+    assert generation.tokens == reference
+    assert SlowUselessSource.calls < len(generation.steps) / 3, (SlowUselessSource.calls, len(generation.steps))
+    asked = [step.lookup_seconds > 0.01 for step in generation.steps]
+    assert any(not before and now for before, now in zip(asked, asked[1:]))  # it asks again, in case it pays
+
+
+def test_the_gate_keeps_asking_a_source_that_pays():
+    gate = DraftGate(plain_step_seconds=0.02)
+    for _ in range(50):
+        assert gate.should_draft()
+        gate.record(drafted=True, tokens_per_sequence=2.5, seconds=0.025)  # 100 tokens/s against 50

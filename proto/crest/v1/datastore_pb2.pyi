@@ -104,7 +104,7 @@ class InfoResponse(_message.Message):
     store_name: str
     learning: bool
     observed_tokens: int
-    def __init__(self, store_version: _Optional[str] = ..., tokenizer_name: _Optional[str] = ..., tokenizer_fingerprint: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., max_depth: _Optional[int] = ..., max_nodes: _Optional[int] = ..., contexts: _Optional[int] = ..., nodes: _Optional[int] = ..., corpus_name: _Optional[str] = ..., corpus_tokens: _Optional[int] = ..., policy: _Optional[str] = ..., build_params_json: _Optional[str] = ..., schema_version: _Optional[str] = ..., crest_version: _Optional[str] = ..., max_batch: _Optional[int] = ..., store_name: _Optional[str] = ..., learning: _Optional[bool] = ..., observed_tokens: _Optional[int] = ...) -> None: ...
+    def __init__(self, store_version: _Optional[str] = ..., tokenizer_name: _Optional[str] = ..., tokenizer_fingerprint: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., max_depth: _Optional[int] = ..., max_nodes: _Optional[int] = ..., contexts: _Optional[int] = ..., nodes: _Optional[int] = ..., corpus_name: _Optional[str] = ..., corpus_tokens: _Optional[int] = ..., policy: _Optional[str] = ..., build_params_json: _Optional[str] = ..., schema_version: _Optional[str] = ..., crest_version: _Optional[str] = ..., max_batch: _Optional[int] = ..., store_name: _Optional[str] = ..., learning: bool = ..., observed_tokens: _Optional[int] = ...) -> None: ...
 
 class ObservedSequence(_message.Message):
     __slots__ = ("tokens",)

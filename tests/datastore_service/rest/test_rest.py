@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import time
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from crest_cli.server_process import ServerProcess
 from datastore_service.draft import DraftTree
-from datastore_service.errors import StoreError
+from datastore_service.errors import CrestError, StoreError
 from datastore_service.lookup.index_loader import load_index
 from datastore_service.rest.build import corpus_with_separators, publish_rest_store
-from datastore_service.rest.format import token_dtype
+from datastore_service.rest.format import open_rest_file, token_dtype
 from datastore_service.rest.index import RestIndex, RestParams
 from datastore_service.serve.client import DraftClient
 from datastore_service.serve.server import RunningServer, ServerSettings
+from datastore_service.serve.stores import StoreSet, StoreSpec
+from datastore_service.store.publishing import VersionedStore
+from tests.datastore_service.store_factory import publish_token_store
 
 IDENTITY = {
     "tokenizer_name": "test",
@@ -82,7 +91,7 @@ def tree_paths(tree: DraftTree) -> dict[tuple, float]:
 def test_retrieval_equals_brute_force(tmp_path: Path, seed: int, params: RestParams) -> None:
     rng = np.random.default_rng(seed)
     documents = random_documents(rng, 40, vocab=12)
-    index = RestIndex.load(publish(tmp_path, documents, vocab_size=12), params)
+    index = RestIndex.load(publish(tmp_path, documents, vocab_size=12), asdict(params))
     queries = [documents[int(rng.integers(len(documents)))][: int(rng.integers(1, 20))] for _ in range(60)]
     queries += [(rng.zipf(1.5, int(rng.integers(1, 20))) % 12).tolist() for _ in range(60)]
     trees = index.lookup([q[-params.n_max :] for q in queries]).trees()
@@ -161,3 +170,82 @@ def test_served_over_grpc_like_a_crest_store(tmp_path: Path) -> None:
             assert tree_paths(remote) == pytest.approx(tree_paths(expected))
     finally:
         running.stop(grace=1)
+
+
+def corrupt_byte(path: Path, section: str, index: int) -> None:
+    """Flip one byte of element `index` of a REST file's section, in place."""
+    spec = open_rest_file(path).metadata["arrays"][section]
+    offset = spec["offset"] + index * np.dtype(spec["dtype"]).itemsize
+    with path.open("r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0x01]))
+
+
+@pytest.mark.parametrize("section", ["suffix_array", "tokens"])
+def test_a_flipped_byte_inside_an_array_is_a_one_line_error_at_load(tmp_path: Path, section: str) -> None:
+    store = publish(tmp_path, random_documents(np.random.default_rng(3), 30, vocab=50), vocab_size=50)
+    corrupt_byte(store.resolve(), section, index=17)
+    with pytest.raises(StoreError, match=f"its {section} section does not match its checksum"):
+        load_index(store)
+    result = subprocess.run(
+        [sys.executable, "-m", "crest_cli", "serve", str(store), "--port", "0"], capture_output=True, text=True
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("crest: error:"), result.stderr
+    assert f"{section} section does not match its checksum" in result.stderr
+
+
+def test_hot_reload_refuses_a_version_with_a_corrupt_suffix_array(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    documents = random_documents(np.random.default_rng(5), 40, vocab=60)
+    store = publish(tmp_path, documents, vocab_size=60)
+    good = store.resolve()
+    queries = [documents[i][:6] for i in range(8)]
+    running = RunningServer(store, ServerSettings(port=0, reload_interval=0.05)).start()
+    try:
+        with DraftClient(running.address) as client:
+            before = client.lookup(queries, max_nodes=5)
+            # The damaged version is made aside and published whole, as a bad disk or copy would leave it.
+            staged = publish(tmp_path / "staging", documents[:30], vocab_size=60).resolve()
+            corrupt_byte(staged, "suffix_array", index=len(open_rest_file(staged).suffix_array) // 2)
+            versions = VersionedStore(store, suffix=".rest")
+            version = versions.new_version()
+            partial = versions.scratch(version, "partial")
+            shutil.copyfile(staged, partial)
+            bad = versions.publish(partial, version)
+            deadline = time.monotonic() + 10
+            while not any(bad.name in r.getMessage() and "refusing" in r.getMessage() for r in caplog.records):
+                assert time.monotonic() < deadline, "the damaged version was never refused"
+                time.sleep(0.05)
+            assert "suffix_array section does not match its checksum" in caplog.text
+            assert running.holder.index.path == good and client.info().store_version != version
+            after = client.lookup(queries, max_nodes=5)
+        assert [tree_paths(t) for t in after] == [tree_paths(t) for t in before]
+    finally:
+        running.stop(grace=1)
+
+
+def test_lookup_parameters_are_stored_by_the_build_and_overridden_by_a_server(tmp_path: Path) -> None:
+    documents = random_documents(np.random.default_rng(11), 40, vocab=40)
+    doc_ids = np.repeat(np.arange(len(documents)), [len(d) for d in documents])
+    stored = RestParams(n_max=6, n_min=1, k=40, m=4, c=9)
+    store = publish_rest_store(
+        doc_ids, np.concatenate(documents), 1.0, tmp_path / "p.rest", {**IDENTITY, "vocab_size": 40}, lookup=stored
+    ).store
+    assert load_index(store).params == stored
+    assert load_index(store, {"c": 3, "k": 7}).params == RestParams(n_max=6, n_min=1, k=7, m=4, c=3)
+    with pytest.raises(CrestError, match="n_min <= n_max"):
+        load_index(store, {"n_min": 8})
+    with ServerProcess(store, ["--rest-c", "3", "--rest-m", "2"]) as server, DraftClient(server.address) as client:
+        info = client.info()
+        assert (info.max_context, info.max_depth, info.max_nodes) == (6, 2, 3)
+        trees = client.lookup([d[:5] for d in documents[:10]])
+    assert any(len(t) for t in trees) and all(len(t) <= 3 and t.depths().max(initial=0) <= 2 for t in trees)
+    crest_store = publish_token_store(tmp_path / "crest.duckdb", [[1, 2, 3, 1, 2, 4] * 5], vocab_size=8)
+    with pytest.raises(CrestError, match="apply to REST stores, and none is served"):
+        StoreSet([StoreSpec("default", crest_store)], rest_overrides={"k": 5})
+    mixed = StoreSet([StoreSpec("default", crest_store), StoreSpec("rest", store)], rest_overrides={"k": 5})
+    assert mixed.get("rest").holder.index.params.k == 5

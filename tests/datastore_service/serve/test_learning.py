@@ -20,7 +20,8 @@ from crest.v1 import datastore_pb2_grpc as pb_grpc
 from datastore_service.build.observed_counts import tokens_in
 from datastore_service.overlay.overlay import OverlaySettings
 from datastore_service.serve.client import DraftClient, ServiceError
-from datastore_service.serve.security import ClientSecurity, ServerSecurity, TenantTokens
+from datastore_service.serve.credentials import ClientSecurity
+from datastore_service.serve.security import ServerSecurity, TenantTokens
 from datastore_service.serve.server import RunningServer, ServerSettings
 from datastore_service.serve.service import MAX_OBSERVE_TOKENS
 from datastore_service.serve.stores import StoreSpec

@@ -16,7 +16,8 @@ from crest.v1 import datastore_pb2 as pb
 from crest.v1 import datastore_pb2_grpc as pb_grpc
 from datastore_service.errors import CrestError
 from datastore_service.serve.client import DraftClient, ServiceError
-from datastore_service.serve.security import ClientSecurity, ServerSecurity
+from datastore_service.serve.credentials import ClientSecurity
+from datastore_service.serve.security import ServerSecurity
 from datastore_service.serve.server import RunningServer, ServerSettings
 from tests.datastore_service.certificates import CertificateAuthority
 from tests.datastore_service.server_process import start_server, stop_server

@@ -14,7 +14,7 @@ import pytest
 
 from crest_cli.server_process import ServerProcess
 from datastore_service.serve.client import DraftClient, ServiceError
-from datastore_service.serve.security import ClientSecurity
+from datastore_service.serve.credentials import ClientSecurity
 from tests.datastore_service.store_factory import publish_token_store
 
 VOCAB = 100

@@ -173,7 +173,7 @@ def test_server_killed_mid_request_is_a_clear_unavailable_error(store: Path):
             started = time.monotonic()
             call.start()
             time.sleep(0.5)
-            assert call.is_alive(), "the call should be in flight"
+            assert call.is_alive(), f"the call should be in flight, it ended with {outcome}"
             os.kill(process.pid, signal.SIGKILL)  # ...and the server dies under it
             call.join(timeout=30)
             assert not call.is_alive() and time.monotonic() - started < 3 + 2
