@@ -148,6 +148,8 @@ class NodeBudget:
         cap = self.widths()[-1] - 1
         if self.curve is None:
             return [min(len(g), cap) for g in gains]
+        if len(gains) == 1:
+            return [self._best_single_count(gains[0][:cap])]
         rows, best, best_rate = len(gains), [0] * len(gains), 0.0
         for width in self._fitting_widths(gains):
             kept = [np.asarray(g[: width - 1], np.float64) for g in gains]
@@ -166,6 +168,15 @@ class NodeBudget:
                 best_rate = float(rates[count])
                 best = np.bincount(owners[order[:count]], minlength=rows).tolist()
         return best
+
+    def _best_single_count(self, gains: np.ndarray) -> int:
+        """One row: every count of its ranked nodes priced at once, with the fillers of its width."""
+        count = np.arange(len(gains) + 1)
+        expected = 1.0 + np.concatenate([[0.0], np.cumsum(gains)])
+        widths = np.asarray(self.widths())
+        width = widths[np.searchsorted(widths, count + 1)]
+        cost = self.curve.cost(count + 1) + self.curve.filler_seconds * (width - 1 - count)
+        return int(np.argmax(expected / cost))
 
     def _fitting_widths(self, gains: Sequence[np.ndarray]) -> list[int]:
         """The widths up to the first that holds every row's nodes: a wider one only adds fillers."""

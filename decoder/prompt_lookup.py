@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from datastore_service.draft import DraftTree
 
@@ -23,13 +22,13 @@ from .draft_sources import DraftSource
 def prompt_lookup_tree(
     history: np.ndarray, ngram_sizes: Sequence[int] = (4, 3, 2), max_depth: int = 8, max_matches: int = 8
 ) -> DraftTree:
+    """The continuations of the most recent earlier occurrences of the history's newest n tokens,
+    for the first size in `ngram_sizes` that occurs, as a tree of match shares."""
+    ends = _match_ends(history, max(ngram_sizes, default=0))
     for n in ngram_sizes:
-        if len(history) <= n:
+        if n >= len(ends) or len(ends[n]) == 0:
             continue
-        windows = sliding_window_view(history[:-1], n)
-        starts = np.flatnonzero((windows == history[-n:]).all(axis=1))[::-1][:max_matches] + n
-        if len(starts) == 0:
-            continue
+        starts = ends[n][::-1][:max_matches] + 1  # most recent first; continuations start after the match
         counts: dict[tuple[int, ...], int] = {}
         for start in starts.tolist():
             continuation = tuple(history[start : start + max_depth].tolist())
@@ -37,6 +36,18 @@ def prompt_lookup_tree(
                 counts[continuation[:depth]] = counts.get(continuation[:depth], 0) + 1
         return _tree_from_paths({path: count / len(starts) for path, count in counts.items()}, context_length=n)
     return DraftTree.empty()
+
+
+def _match_ends(history: np.ndarray, longest: int) -> list[np.ndarray]:
+    """`ends[n]`: positions j < len - 1 where history[j - n + 1 .. j] equals the newest n tokens,
+    ascending, for n = 1..longest (fewer where the history is short). Each size narrows the one
+    below it by one comparison, a few small array operations per step instead of one window scan per size."""
+    ends: list[np.ndarray] = [np.arange(len(history) - 1)]
+    for n in range(1, min(longest, len(history) - 1) + 1):
+        previous = ends[-1]
+        candidates = previous[previous >= n - 1]
+        ends.append(candidates[history[candidates - (n - 1)] == history[-n]])
+    return ends
 
 
 def _paths(tree: DraftTree) -> dict[tuple[int, ...], float]:

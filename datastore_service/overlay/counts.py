@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from datastore_service.overlay.hashing import ROOT, mix
+from datastore_service.overlay.hashing import ROOT, find, mix
 
 _COLUMNS = ("keys", "parents", "tokens", "levels", "counts", "seen")
 
@@ -141,11 +141,8 @@ class NgramCounts:
         """Counts of n-grams by key; 0 for keys the overlay does not hold."""
         if len(self.keys) == 0:
             return np.zeros(len(keys), np.int64)
-        # Sorted needles walk the table in order: several times faster than random probes on big tables.
-        order = np.argsort(keys)
-        where = np.empty(len(keys), np.int64)
-        where[order] = np.minimum(np.searchsorted(self.keys, keys[order]), len(self.keys) - 1)
-        return np.where(self.keys[where] == keys, self.counts[where], 0)
+        where, found = find(self.keys, keys)
+        return np.where(found, self.counts[where], 0)
 
     def evict_before(self, generation: int) -> None:
         """Forget the n-grams no batch has seen since `generation` (a prefix outlives its extensions)."""

@@ -22,6 +22,20 @@ def mix(keys: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         return state ^ (state >> _SHIFT)
 
 
+def find(sorted_keys: np.ndarray, needles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each needle is in `sorted_keys` (clipped to the last row when absent) and whether it is there.
+
+    The needles are probed in sorted order: walking a big table in order is several times faster
+    than probing it at random (about 20x for 600k needles into 3M keys)."""
+    if len(sorted_keys) == 0:
+        return np.zeros(len(needles), np.int64), np.zeros(len(needles), bool)
+    order = np.argsort(needles)
+    where = np.empty(len(needles), np.int64)
+    where[order] = np.searchsorted(sorted_keys, needles[order])
+    np.minimum(where, len(sorted_keys) - 1, out=where)
+    return where, sorted_keys[where] == needles
+
+
 def suffix_keys(tails: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """keys[:, L-1] = key of each row's last L tokens (rows right-aligned, -1 padded); 0 past a row's length."""
     rows, width = tails.shape

@@ -131,8 +131,15 @@ class Overlay:
             self._evict_if_over()
 
     def _count(self, delta: NgramDelta) -> None:
+        # Room first, so the cap holds while the delta is counted too, not only after the refresh:
+        # at most one table row per delta n-gram, and trees grow about as they did last time.
+        table_row = self.table.nbytes // max(len(self.table), 1) or 33
+        self._evict_if_over(len(delta) * (table_row + self._tree_bytes_per_ngram))
+        trees_before = self.trees.nbytes
         rows = self.table.add(delta, self.generation)
         self.trees.update(delta, self.table, self.table.counts[rows], self.generation)
+        if len(delta):
+            self._tree_bytes_per_ngram = max(self.trees.nbytes - trees_before, 0) / len(delta)
 
     def _new_snapshots(self, include_own: bool) -> list:
         if self.folder is None:
@@ -145,13 +152,15 @@ class Overlay:
             found.append(snapshot)
         return found
 
-    def _evict_if_over(self) -> None:
-        if self.table.nbytes + self.trees.nbytes <= self.settings.max_bytes:
+    def _evict_if_over(self, incoming: float = 0.0) -> None:
+        """Evict the oldest generations if `incoming` more bytes would take the overlay past its cap."""
+        if self.table.nbytes + self.trees.nbytes + incoming <= self.settings.max_bytes:
             return
         generations = self.generation + 1
         by_generation = self.table.bytes_by_generation(generations) + self.trees.bytes_by_generation(generations)
         newest_first = np.cumsum(by_generation[::-1])
-        keep = int(np.searchsorted(newest_first, EVICT_TO * self.settings.max_bytes, side="right"))
+        room = max(EVICT_TO * self.settings.max_bytes - incoming, 0.0)
+        keep = int(np.searchsorted(newest_first, room, side="right"))
         oldest_kept = max(generations - max(keep, 1), 0)
         self.table.evict_before(oldest_kept)
         self.trees.forget_before(oldest_kept)
@@ -192,6 +201,7 @@ class Overlay:
         self.folded = folded_of(index.info.build_params)
         self.table = NgramCounts(self.params.width)
         self.generation, self._applied = 0, set()
+        self._tree_bytes_per_ngram = 0.0  # trees' growth per counted n-gram in the last batch (eviction)
         store = StoreContexts.load(index.path)
         if self.folder is not None:
             self.folder.remove_partials()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datastore_service.overlay.hashing import ROOT, mix
+from datastore_service.overlay.hashing import ROOT, find, mix
 from datastore_service.store.reader import open_store, reading
 
 FETCH_CONTEXT_COUNTS = "SELECT context, context_count FROM drafts"
@@ -45,8 +45,8 @@ class StoreContexts:
         """The corpus count of each stored context; 0 for contexts the store does not hold."""
         if len(self.keys) == 0:
             return np.zeros(len(keys), np.int64)
-        where = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-        return np.where(self.keys[where] == keys, self.counts[where], 0)
+        where, found = find(self.keys, keys)
+        return np.where(found, self.counts[where], 0)
 
     @property
     def nbytes(self) -> int:

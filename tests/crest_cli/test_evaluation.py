@@ -188,3 +188,23 @@ def test_each_ablation_step_is_compared_with_the_row_it_names():
     assert "| 1 | first | longest | 1.0 MB | 1.500 |  |" in report
     assert "| 2 | second | longest | 1.0 MB | 1.200 | -20.0% vs row 1 |" in report
     assert "| 3 | third | scored | 1.0 MB | 1.650 | +10.0% vs row 1 |" in report
+
+
+def test_online_eval_learns_only_after_each_prompt(code_corpus: Path, chat_corpus: Path, tmp_path: Path):
+    """One HumanEval prompt: nothing learned before it, so the learning store equals the static one;
+    one MT-Bench question: both turns replayed, the second after learning the first's output."""
+    arguments = ["eval", "--online", "--prompts", "1", "--max-new-tokens", "24", "--output-dir", str(tmp_path)]
+    arguments += ["--code-corpus", str(code_corpus), "--chat-corpus", str(chat_corpus), "--quiet"]
+    assert main(arguments) == 0
+    results = (tmp_path / "RESULTS.md").read_text()
+    assert "<!-- online:begin -->" in results
+    rows = {
+        cells[0]: cells
+        for line in results.splitlines()
+        if line.startswith("| humaneval") or line.startswith("| mtbench")
+        for cells in [[cell.strip() for cell in line.strip("|").split("|")]]
+    }
+    static, learning, static_lookup, learning_lookup = (float(v) for v in rows["humaneval"][3:7])
+    assert rows["humaneval"][2] == "1" and (learning, learning_lookup) == (static, static_lookup)
+    assert 1.0 <= static <= 24.0 and 1.0 <= static_lookup <= 24.0
+    assert rows["mtbench"][2] == "2" and int(rows["mtbench"][-1].replace(",", "")) > 0  # learned contexts

@@ -188,8 +188,9 @@ def test_each_row_keeps_the_nodes_that_pay_for_themselves_across_the_batch():
         expected = sum(1 + float(g[:k].sum()) for g, k in zip(gains, choice))
         return expected / (float(curve.cost(len(gains) + sum(choice))) + curve.filler_seconds * fillers)
 
-    for _ in range(20):
-        gains = [np.sort(rng.random(rng.integers(0, 6)))[::-1] * rng.random() for _ in range(3)]
+    for _ in range(30):
+        rows = int(rng.integers(1, 4))
+        gains = [np.sort(rng.random(rng.integers(0, 6)))[::-1] * rng.random() for _ in range(rows)]
         counts = budget.plan_counts(gains, fillers_cost=False)
         choices = itertools.product(*[range(len(g) + 1) for g in gains])
         assert rate(gains, counts) == pytest.approx(max(rate(gains, c) for c in choices), rel=1e-12)
