@@ -32,7 +32,7 @@ class BuildParams:
     top_c: int = 32
     min_count: int = 2
     min_probability: float = 0.0
-    # 2 drafted best on HumanEval's held-in prompts among 0.5, 1, 2, 4 (docs/RESULTS.md)
+    # 2: the pick of a sweep over 0.5, 1, 2, 4 on HumanEval's held-in prompts (a WIP run, not yet in docs/RESULTS.md)
     backoff: float = 2.0
     # frequency is the default because it drafted better in `crest eval` on both benchmarks and at
     # nearly every budget (docs/RESULTS.md): corpus-estimated benefit overrates boilerplate.
