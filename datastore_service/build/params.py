@@ -32,8 +32,10 @@ class BuildParams:
     top_c: int = 32
     min_count: int = 2
     min_probability: float = 0.0
-    # 2: the pick of a sweep over 0.5, 1, 2, 4 on HumanEval's held-in prompts (a WIP run, not yet in docs/RESULTS.md)
-    backoff: float = 2.0
+    # Raw counts by default: back-off trees (--backoff 2) replayed only +1.2% (HumanEval) and +0.3%
+    # (MT-Bench) more accepted tokens per step from the default 16 MB stores, for a build 4-6x longer
+    # that spills gigabytes (docs/BENCHMARKS.md, "Back-off trees at the default budget").
+    backoff: float = 0.0
     # frequency is the default because it drafted better in `crest eval` on both benchmarks and at
     # nearly every budget (docs/RESULTS.md): corpus-estimated benefit overrates boilerplate.
     policy: str = "frequency"
