@@ -15,7 +15,8 @@ from datastore_service.errors import CrestError
 from datastore_service.sizes import Budget
 from datastore_service.store.reader import open_store
 
-PARAMS = BuildParams(max_context=2, max_depth=4, budget=Budget(rows=10**9))
+# Back-off trees: their pass holds the most at once, so a small cap makes even this corpus spill.
+PARAMS = BuildParams(max_context=2, max_depth=4, backoff=2.0, budget=Budget(rows=10**9))
 DRAFTS = "SELECT context, context_count, tokens, parents, counts FROM drafts ORDER BY context"
 
 
