@@ -13,7 +13,7 @@ serving file), so no phase reads another's snapshots. Each phase prints its figu
 2. Two learning replicas of one store: a fresh sequence observed by one is drafted by the other
    after (snapshot interval + refresh); the lag of 5 sequences.
 3. Lookup throughput of 4 client processes, alternating 10 s periods without and with a /metrics
-   scrape every second.
+   scrape every second; then the server's own CPU time per scrape.
 """
 
 from __future__ import annotations
@@ -240,9 +240,17 @@ def load_client(address: str, batches, stop_at: float, counter) -> None:
                 counter.value += 1
 
 
-def metrics_phase(store: Path, batches, period: float = 10.0, rounds: int = 3) -> tuple[list[float], list[float]]:
+SCRAPES_TIMED = 200  # scrapes whose server CPU time is measured, after the lookups filled every series
+
+
+def metrics_phase(
+    store: Path, batches, period: float = 10.0, rounds: int = 3
+) -> tuple[list[float], list[float], float]:
+    """Lookup throughput of 4 clients in periods alternating without and with a scrape every second
+    (the server on its own core; the clients and the scraper share the other), then the server's
+    CPU seconds per scrape, timed over SCRAPES_TIMED scrapes with no lookup running."""
     without, with_scrape = [], []
-    with ServerProcess(store, ["--metrics-port", "0"]) as server:
+    with pinned_server(store, ["--metrics-port", "0"]) as server:
         port = metrics_port(server)
         counter = multiprocessing.Value("q", 0)
         stop_at = time.time() + 2 * period * rounds + 2
@@ -263,7 +271,16 @@ def metrics_phase(store: Path, batches, period: float = 10.0, rounds: int = 3) -
                 rates.append((counter.value - before) / (time.perf_counter() - start))
         for client in clients:
             client.join()
-    return without, with_scrape
+        time.sleep(1)
+        idle_before = cpu_seconds(server.process.pid)
+        time.sleep(2)
+        idle = cpu_seconds(server.process.pid) - idle_before  # background threads over 2 s
+        started, cpu_before = time.perf_counter(), cpu_seconds(server.process.pid)
+        for _ in range(SCRAPES_TIMED):
+            scrape(port)
+        elapsed = time.perf_counter() - started
+        per_scrape = (cpu_seconds(server.process.pid) - cpu_before - idle * elapsed / 2) / SCRAPES_TIMED
+    return without, with_scrape, max(per_scrape, 0.0)
 
 
 def ingest_lines(ingest: dict) -> list[str]:
@@ -353,13 +370,16 @@ def main() -> int:
             + " s)."
         )
         print(lines[-1], flush=True)
-        without, with_scrape = metrics_phase(fresh_copy(args.store, scratch, "metrics"), batches)
+        without, with_scrape, per_scrape = metrics_phase(fresh_copy(args.store, scratch, "metrics"), batches)
         scrape_cost = 1 - statistics.median(with_scrape) / statistics.median(without)
         lines.append(
-            f"- Metrics: 4 lookup clients (batch 64), 10 s periods alternating: median "
-            f"{statistics.median(without):,.0f} calls/s without scraping, {statistics.median(with_scrape):,.0f} with a "
-            f"/metrics scrape every second: cost **{100 * scrape_cost:.1f}%** (periods: "
-            f"{', '.join(f'{r:.0f}' for r in without)} vs {', '.join(f'{r:.0f}' for r in with_scrape)})."
+            f"- Metrics: 4 lookup clients (batch 64) on core {CLIENT_CORE}, the server on core {SERVER_CORE}, 10 s "
+            f"periods alternating: median {statistics.median(without):,.0f} calls/s without scraping, "
+            f"{statistics.median(with_scrape):,.0f} with a /metrics scrape every second: **{100 * scrape_cost:.1f}%** "
+            f"fewer (periods: {', '.join(f'{r:.0f}' for r in without)} vs "
+            f"{', '.join(f'{r:.0f}' for r in with_scrape)}). The server's own CPU per scrape, over "
+            f"{SCRAPES_TIMED} scrapes: **{per_scrape * 1e3:.2f} ms**, {per_scrape * 100:.2f}% of its core at one "
+            f"scrape a second."
         )
         print(lines[-1], flush=True)
         lines.append(targets_line(ingest, lags, REPLICA_SNAPSHOT_INTERVAL))
