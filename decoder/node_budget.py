@@ -109,12 +109,19 @@ class NodeBudget:
     max_nodes: int = 32
     curve: CostCurve | None = None
 
-    def best_count(self, probabilities: np.ndarray) -> int:
+    def best_count(self, probabilities: np.ndarray, padded: bool = False) -> int:
+        """How many of a tree's ranked nodes to verify: every count priced at once. `padded`: the pass
+        is one of the static engine's widths, the nodes it does not fill priced as fillers."""
+        cap = self.widths()[-1] - 1 if padded else self.max_nodes
         if self.curve is None or len(probabilities) == 0:
-            return min(len(probabilities), self.max_nodes)
-        k = np.arange(min(len(probabilities), self.max_nodes) + 1)
-        expected = 1.0 + np.concatenate([[0.0], np.cumsum(probabilities[: k[-1]])])
-        return int(np.argmax(expected / self.curve.cost(1 + k)))
+            return min(len(probabilities), cap)
+        count = np.arange(min(len(probabilities), cap) + 1)
+        expected = 1.0 + np.concatenate([[0.0], np.cumsum(probabilities[: count[-1]])])
+        cost = self.curve.cost(1 + count)
+        if padded:
+            widths = np.asarray(self.widths())
+            cost = cost + self.curve.filler_seconds * (widths[np.searchsorted(widths, count + 1)] - 1 - count)
+        return int(np.argmax(expected / cost))
 
     def cut(self, tree: DraftTree) -> DraftTree:
         return first_nodes(tree, self.best_count(tree.probabilities))
@@ -149,7 +156,7 @@ class NodeBudget:
         if self.curve is None:
             return [min(len(g), cap) for g in gains]
         if len(gains) == 1:
-            return [self._best_single_count(gains[0][:cap])]
+            return [self.best_count(gains[0], padded=True)]
         rows, best, best_rate = len(gains), [0] * len(gains), 0.0
         for width in self._fitting_widths(gains):
             kept = [np.asarray(g[: width - 1], np.float64) for g in gains]
@@ -168,15 +175,6 @@ class NodeBudget:
                 best_rate = float(rates[count])
                 best = np.bincount(owners[order[:count]], minlength=rows).tolist()
         return best
-
-    def _best_single_count(self, gains: np.ndarray) -> int:
-        """One row: every count of its ranked nodes priced at once, with the fillers of its width."""
-        count = np.arange(len(gains) + 1)
-        expected = 1.0 + np.concatenate([[0.0], np.cumsum(gains)])
-        widths = np.asarray(self.widths())
-        width = widths[np.searchsorted(widths, count + 1)]
-        cost = self.curve.cost(count + 1) + self.curve.filler_seconds * (width - 1 - count)
-        return int(np.argmax(expected / cost))
 
     def _fitting_widths(self, gains: Sequence[np.ndarray]) -> list[int]:
         """The widths up to the first that holds every row's nodes: a wider one only adds fillers."""
