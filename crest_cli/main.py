@@ -475,7 +475,8 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         "--snapshot-interval",
         type=float,
         default=learn_defaults.snapshot_interval,
-        help="seconds between snapshots of observed counts (what a crash can lose)",
+        help="the most a crash can lose of observed counts, and the most replicas lag behind each other "
+        "(seconds; snapshots are written a little more often)",
     )
     parser.add_argument(
         "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port (0: any free port)"
@@ -514,11 +515,14 @@ def _run_serve(args: argparse.Namespace) -> int:
     )
     learn = None
     if args.learn:
-        learn = OverlaySettings(
-            max_bytes=int(args.overlay_mb * 2**20),
-            refresh_interval=args.refresh_interval,
-            snapshot_interval=args.snapshot_interval,
-        )
+        try:
+            learn = OverlaySettings(
+                max_bytes=int(args.overlay_mb * 2**20),
+                refresh_interval=args.refresh_interval,
+                snapshot_interval=args.snapshot_interval,
+            )
+        except ValueError as exc:
+            raise CrestError(f"--refresh-interval: {exc}") from None
     settings = ServerSettings(
         host=args.host,
         port=args.port,

@@ -5,10 +5,11 @@ Life of an observed sequence:
 2. `refresh` (every `refresh_interval` s, a thread) counts the queued sequences' n-grams into the
    count table, re-ranks the trees they touch (trees.py) and swaps in a new view: lookups see
    it from then on. It also reads snapshots other servers of the same store wrote (replicas
-   converge within a snapshot interval plus a refresh), and evicts the oldest counts past
+   converge within a snapshot interval: see `snapshot_period`), and evicts the oldest counts past
    `max_bytes`;
-3. `snapshot` (every `snapshot_interval` s, another thread) writes the sequences observed since the
-   last snapshot as a count file (store/snapshots.py): a SIGKILL loses at most that interval;
+3. `snapshot` (another thread, a little more often than every `snapshot_interval` s) writes the
+   sequences observed since the last snapshot as a count file (store/snapshots.py): a SIGKILL
+   loses at most that interval;
 4. when a new store version is published, `rebase` rebuilds everything against it from the
    snapshots that version does not hold (its `folded` record) plus what is not snapshotted yet,
    so counts a compaction folded into the store are never counted twice.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,8 +42,23 @@ EVICT_TO = 0.7  # of max_bytes, so evictions come in batches, not every refresh
 class OverlaySettings:
     max_bytes: int = 256 * 2**20
     refresh_interval: float = 0.5  # seconds between folding queued sequences in (and reading peers' snapshots)
-    snapshot_interval: float = 10.0  # seconds between snapshots: what a SIGKILL can lose
+    snapshot_interval: float = 10.0  # the most a SIGKILL loses, and the most replicas lag behind each other
     max_queued_tokens: int = 262_144  # an observe past this waits for a refresh (backpressure)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.refresh_interval <= self.snapshot_interval / 4:
+            raise ValueError(
+                f"the refresh interval ({self.refresh_interval:g} s) must be above 0 and at most a quarter of the "
+                f"snapshot interval ({self.snapshot_interval:g} s), so replicas agree within a snapshot interval"
+            )
+
+    @property
+    def snapshot_period(self) -> float:
+        """Seconds between snapshot writes. A sequence observed just after one waits a period to be
+        written, then up to a refresh until a peer reads it: writing a period of `interval - 2 x
+        refresh` leaves one refresh of room for the write and the read, so peers agree within the
+        interval (and a SIGKILL loses less than it)."""
+        return self.snapshot_interval - 2 * self.refresh_interval
 
 
 @dataclass
@@ -223,7 +240,7 @@ class Overlay:
     def start(self) -> Overlay:
         for name, interval, work in (
             ("refresh", self.settings.refresh_interval, self.refresh),
-            ("snapshot", self.settings.snapshot_interval, self.snapshot),
+            ("snapshot", self.settings.snapshot_period, self.snapshot),
         ):
             thread = threading.Thread(target=self._every, args=(interval, work), name=f"crest-{name}", daemon=True)
             thread.start()
@@ -231,10 +248,14 @@ class Overlay:
         return self
 
     def _every(self, interval: float, work) -> None:
+        """Run `work` at a fixed rate: the time work takes does not push the next round later."""
         due = self._snapshot_due if work == self.snapshot else threading.Event()
+        next_round = time.monotonic() + interval
         while not self._stop.is_set():
-            due.wait(interval)
-            due.clear()
+            if due.wait(max(next_round - time.monotonic(), 0.0)):
+                due.clear()  # an early snapshot (memory pressure): the schedule stays as it was
+            else:
+                next_round = max(next_round + interval, time.monotonic())
             if self._stop.is_set():
                 return
             try:
