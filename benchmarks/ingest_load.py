@@ -189,6 +189,7 @@ def ingest_phase(store: Path, documents, batches, seconds: float, overlay_mb: fl
         with DraftClient(learning.address, timeout=30) as client:
             observed = client.info().observed_tokens
         counted = metric(values, "crest_overlay_counted_tokens")  # folded into lookups by the end
+        ingest_cpu = metric(values, "crest_overlay_ingest_cpu_seconds")
         evictions = metric(values, "crest_overlay_evictions")
     return {
         "static_ms": static_ms,
@@ -198,6 +199,7 @@ def ingest_phase(store: Path, documents, batches, seconds: float, overlay_mb: fl
         "counted_tokens": counted,
         "seconds": elapsed,
         "cpu_seconds": cpu,
+        "ingest_cpu": ingest_cpu,
         "lookup_cpu": lookup_cpu,
         "memory": memory,
         "evictions": evictions,
@@ -303,8 +305,11 @@ def ingest_lines(ingest: dict) -> list[str]:
         f"**{per_cpu:,.0f} tokens per second of server CPU time** ({ingest['cpu_seconds']:.1f} s of CPU in "
         f"{ingest['seconds']:.1f} s: the rest of its core went to other processes); of that CPU, the "
         f"{len(ingest['learning_ms']):,} lookups took about {lookups_cpu:.1f} s "
-        f"({1000 * ingest['lookup_cpu']:.2f} ms each before the flood), which leaves ingestion "
-        f"**{ingest['counted_tokens'] / ingest_cpu:,.0f} tokens per CPU second**.",
+        f"({1000 * ingest['lookup_cpu']:.2f} ms each before the flood), which leaves ingestion at most "
+        f"{ingest_cpu:.1f} s: {ingest['counted_tokens'] / ingest_cpu:,.0f} tokens per CPU second at least. "
+        f"Measured in the threads that ingest (checking and queueing Observe calls, counting, evicting; "
+        f"`crest_overlay_ingest_cpu_seconds`): {ingest['ingest_cpu']:.1f} s of CPU, "
+        f"**{ingest['counted_tokens'] / max(ingest['ingest_cpu'], 1e-9):,.0f} tokens per CPU second**.",
         f"- Batch-64 lookup, server time p50: static store **{static_p50:.2f} ms** "
         f"(p99 {np.percentile(ingest['static_ms'], 99):.2f}, {len(ingest['static_ms']):,} calls), learning store "
         f"before the flood {idle_p50:.2f} ms, learning store during the flood **{learning_p50:.2f} ms** "
@@ -319,12 +324,14 @@ def ingest_lines(ingest: dict) -> list[str]:
 
 def targets_line(ingest: dict, lags: list[float], snapshot_interval: float) -> str:
     """Each of the issue's targets, met or missed, by this run's own figures."""
-    lookups_cpu = len(ingest["learning_ms"]) * ingest["lookup_cpu"]
-    rate = ingest["counted_tokens"] / max(ingest["cpu_seconds"] - lookups_cpu, 1e-9)
+    rate = ingest["counted_tokens"] / max(ingest["ingest_cpu"], 1e-9)
     ratio = statistics.median(ingest["learning_ms"]) / statistics.median(ingest["static_ms"])
     peak = max(overlay for _, overlay, _ in ingest["memory"])
     checks = [
-        (f">= 100k tokens/s on one core while lookups continue: {rate:,.0f} per CPU second", rate >= 100_000),
+        (
+            f">= 100k tokens/s on one core while lookups continue: {rate:,.0f} per CPU second of ingesting",
+            rate >= 100_000,
+        ),
         (f"lookup p50 within 20% of the static store's: x{ratio:.2f}", ratio <= 1.2),
         (f"overlay within its cap: {peak / 2**20:.0f} of {ingest['cap'] / 2**20:.0f} MiB", peak <= ingest["cap"]),
         (

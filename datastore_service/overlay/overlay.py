@@ -18,9 +18,11 @@ Life of an observed sequence:
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,16 @@ from datastore_service.store.snapshots import SnapshotFolder, folded_of, new_wri
 
 log = logging.getLogger("crest.overlay")
 EVICT_TO = 0.7  # of max_bytes, so evictions come in batches, not every refresh
+BACKGROUND_NICENESS = 10  # added to the refresh and snapshot threads' nice value
+
+
+def yield_to_lookups() -> None:
+    """Lower the calling thread's CPU priority (Linux keeps a nice value per thread), so that on a
+    busy core the threads answering lookups run first and a refresh waits, not a lookup."""
+    if sys.platform.startswith("linux"):
+        thread = threading.get_native_id()
+        niceness = min(os.getpriority(os.PRIO_PROCESS, thread) + BACKGROUND_NICENESS, 19)
+        os.setpriority(os.PRIO_PROCESS, thread, niceness)
 
 
 @dataclass(frozen=True)
@@ -69,7 +81,9 @@ class OverlayStats:
     snapshots: int = 0
     evictions: int = 0
     rebases: int = 0
-    refresh_seconds: list[float] = field(default_factory=list)
+    # CPU time of the threads that ingest (checking and queueing calls, counting, evicting): what
+    # learning costs, apart from the lookups served meanwhile
+    ingest_cpu_seconds: float = 0.0
 
 
 class Overlay:
@@ -100,8 +114,10 @@ class Overlay:
 
     # -- the caller's side ------------------------------------------------------------------------
 
-    def observe(self, sequences: list[np.ndarray]) -> int:
-        """Queue validated sequences (int token ids, each non-empty); returns the tokens taken."""
+    def observe(self, sequences: list[np.ndarray], checking_cpu: float = 0.0) -> int:
+        """Queue validated sequences (int token ids, each non-empty); returns the tokens taken.
+        `checking_cpu`: the caller's CPU seconds spent validating them, charged to ingestion."""
+        started = time.thread_time()
         tokens = sum(len(s) for s in sequences)
         with self._queue_lock:
             self._queue.extend(sequences)
@@ -111,6 +127,7 @@ class Overlay:
             self._queued_tokens += tokens
             self.stats.observed_tokens += tokens
             backlog, unsnapshotted = self._queued_tokens, self._unsnapshotted_tokens
+            self.stats.ingest_cpu_seconds += checking_cpu + time.thread_time() - started
         if unsnapshotted * 4 > self.settings.max_bytes // 4:  # int32 ids
             self._snapshot_due.set()
         if backlog > self.settings.max_queued_tokens:
@@ -132,6 +149,7 @@ class Overlay:
 
     def refresh(self) -> None:
         """Fold queued sequences and peers' new snapshots in; evict past the byte cap."""
+        started = time.thread_time()
         with self._state_lock:
             with self._queue_lock:
                 queued, self._queue, self._queued_tokens = self._queue, [], 0
@@ -146,6 +164,8 @@ class Overlay:
                 self._count(delta)
                 self.stats.peer_tokens += int(delta.counts[delta.levels == 1].sum())
             self._evict_if_over()
+        with self._queue_lock:
+            self.stats.ingest_cpu_seconds += time.thread_time() - started
 
     def _count(self, delta: NgramDelta) -> None:
         # Room first, so the cap holds while the delta is counted too, not only after the refresh:
@@ -249,6 +269,7 @@ class Overlay:
 
     def _every(self, interval: float, work) -> None:
         """Run `work` at a fixed rate: the time work takes does not push the next round later."""
+        yield_to_lookups()
         due = self._snapshot_due if work == self.snapshot else threading.Event()
         next_round = time.monotonic() + interval
         while not self._stop.is_set():

@@ -93,6 +93,10 @@ class StoreCollector(Collector):
         snapshots = CounterMetricFamily("crest_overlay_snapshots", "Snapshots written", labels=["store"])
         evictions = CounterMetricFamily("crest_overlay_evictions", "Evictions past the byte cap", labels=["store"])
         counted = CounterMetricFamily("crest_overlay_counted_tokens", "Observed tokens lookups see", labels=["store"])
+        ingest_cpu = CounterMetricFamily(
+            "crest_overlay_ingest_cpu_seconds", "CPU time spent checking, counting and evicting observed tokens",
+            labels=["store"],
+        )  # fmt: skip
         for store in self.stores:
             holder, name = store.holder, store.name
             version.add_metric([name, holder.index.info.store_version], 1)
@@ -108,6 +112,7 @@ class StoreCollector(Collector):
                 snapshots.add_metric([name], overlay.stats.snapshots)
                 evictions.add_metric([name], overlay.stats.evictions)
                 counted.add_metric([name], overlay.stats.counted_tokens)
+                ingest_cpu.add_metric([name], overlay.stats.ingest_cpu_seconds)
         yield from (
             version,
             loaded,
@@ -119,4 +124,5 @@ class StoreCollector(Collector):
             snapshots,
             evictions,
             counted,
+            ingest_cpu,
         )

@@ -110,11 +110,12 @@ class DraftStoreService(pb_grpc.DraftStoreServicer):
                 context, store.name, "Observe", grpc.StatusCode.FAILED_PRECONDITION,
                 f"store {store.name!r} does not learn (start crest serve with --learn)",
             )  # fmt: skip
+        started = time.thread_time()
         try:
             sequences = observed_sequences(request, overlay.vocab_size)
         except QueryError as exc:
             self._fail(context, store.name, "Observe", grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        taken = overlay.observe(sequences)
+        taken = overlay.observe(sequences, checking_cpu=time.thread_time() - started)
         if self.metrics is not None:
             self.metrics.observed.labels(store.name).inc(taken)
         return pb.ObserveResponse(tokens=taken, store_version=overlay.index.info.store_version)

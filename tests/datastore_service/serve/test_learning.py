@@ -188,6 +188,7 @@ def test_metrics_move_as_lookups_happen(stores):
         assert after['crest_reloads_total{outcome="refused",store="chat"}'] == 0
         assert any(key.startswith('crest_store_info{store="chat"') for key in after)
         assert after['crest_overlay_bytes{store="code"}'] > 0
+        assert after['crest_overlay_ingest_cpu_seconds_total{store="code"}'] > 0  # the observe call's checks
     finally:
         running.stop(grace=1)
 
