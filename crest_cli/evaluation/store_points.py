@@ -124,12 +124,20 @@ class PointCache:
         partial.replace(self.index)
 
 
+# What builds every store of the sweep: the layers up to REST (lookups, the overlay and the
+# service read stores but never write them, so changing them keeps the cached stores).
+BUILDING_LAYERS = ("build", "store", "rest")
+
+
 def build_code_key() -> str:
-    """A digest of the datastore package's code and SQL and of the authors' rebuild: what builds
-    every store of the sweep."""
+    """A digest of the code and SQL that build stores (the shared modules, the building layers and
+    the authors' rebuild)."""
     package = Path(datastore_service.__file__).parent
+    files = [*package.glob("*.py")]
+    for layer in BUILDING_LAYERS:
+        files += [*(package / layer).rglob("*.py"), *(package / layer).rglob("*.sql")]
     digest = hashlib.sha256()
-    for path in sorted([*package.rglob("*.py"), *package.rglob("*.sql")]):
+    for path in sorted(files):
         digest.update(str(path.relative_to(package)).encode() + path.read_bytes())
     digest.update((Path(__file__).parent / "authors_crest.py").read_bytes())
     return digest.hexdigest()[:12]
