@@ -3,8 +3,8 @@
     python benchmarks/replay_stores.py --suite humaneval STORE [STORE ...] [--max-nodes 64]
 
 SmolLM2's cached greedy outputs (made once, float32) are replayed against each store exactly as
-the decoder would draft from it (decoder/replay.py), with both lookups: the scored choice and the
-longest match. Used to compare stores built with different settings, e.g. `--backoff 0` and `2`.
+the decoder would draft from it (decoder/replay.py), with each lookup: the scored choice, the
+longest match and the merged trees. Used to compare stores built with different settings, e.g. `--backoff 0` and `2`.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ def main() -> None:
     suite = SUITES[args.suite]
     prompts = [target.encode_prompt(text, chat=suite.chat) for text in suite.prompts(None)]
     references = greedy_references(target, prompts, args.max_new_tokens, progress=True)
-    print(f"| store | {suite.title}: prompts | scored | longest match |\n| --- | ---: | ---: | ---: |")
+    print(f"| store | {suite.title}: prompts | scored | longest match | merged |\n| --- | ---: | ---: | ---: | ---: |")
     for store in args.stores:
         index = load_index(store)
-        scored, longest = (
+        scored, longest, merged = (
             replay_suite(index, prompts, references, args.max_nodes, args.max_new_tokens, lookup).accepted_length
-            for lookup in ("scored", "longest")
+            for lookup in ("scored", "longest", "merged")
         )
-        print(f"| {store} | {len(prompts)} | {scored:.4f} | {longest:.4f} |", flush=True)
+        print(f"| {store} | {len(prompts)} | {scored:.4f} | {longest:.4f} | {merged:.4f} |", flush=True)
 
 
 if __name__ == "__main__":

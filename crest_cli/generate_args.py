@@ -88,10 +88,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-prompt-lookup", action="store_true", help="draft from the store only")
     parser.add_argument(
         "--selection",
-        choices=("scored", "longest"),
+        choices=("scored", "longest", "merged"),
         default="scored",
         help="scored: the matching tree expected to get the most tokens accepted; longest: the longest matching "
-        "context (REST's rule)",
+        "context (REST's rule); merged: the matching contexts' trees combined, the longest's branches first",
     )
     parser.add_argument("--compare", action="store_true", help="also decode without drafts and compare")
     parser.add_argument("--color", action="store_true", help="mark accepted draft tokens in green")

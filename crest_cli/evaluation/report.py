@@ -32,9 +32,10 @@ class ResultRow:
     storage_bytes: int  # what lookups need on disk (see StorePoint.lookup_bytes)
     file_bytes: int
     accepted_length: float  # held out: each half scored with the lookup chosen on the other (run.py)
-    lookup: str  # the lookup chosen for each half ("scored", "longest", or "scored/longest")
+    lookup: str  # the lookup chosen for each half ("scored", "longest", "merged", or two of them: "merged/longest")
     accepted_scored: float | None  # every prompt with the scored lookup (CREST stores of ours)
     accepted_longest: float | None  # every prompt with longest match
+    accepted_merged: float | None  # every prompt with the merged lookup (CREST stores of ours)
     lookup_us_median: float
     build_seconds: float
 
@@ -131,15 +132,15 @@ def markdown_report(
         out += [
             f"### {titles.get(suite, suite)}",
             "",
-            "| system | setting | storage | file | accepted length (held out) | lookup | scored | longest "
+            "| system | setting | storage | file | accepted length (held out) | lookup | scored | longest | merged "
             "| lookup p50 (µs) | build (s) |",
-            "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+            "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         for r in sorted(suite_rows, key=lambda r: (r.line, r.storage_bytes)):
             out.append(
                 f"| {r.line} | {r.setting} | {format_bytes(r.storage_bytes)} | {format_bytes(r.file_bytes)} "
                 f"| {r.accepted_length:.3f} | {r.lookup} | {_maybe(r.accepted_scored)} | {_maybe(r.accepted_longest)} "
-                f"| {r.lookup_us_median:.0f} | {r.build_seconds:.1f} |"
+                f"| {_maybe(r.accepted_merged)} | {r.lookup_us_median:.0f} | {r.build_seconds:.1f} |"
             )
         full, claims = claims_for(suite_rows)
         out += [
@@ -150,7 +151,7 @@ def markdown_report(
         ]
         for claim in claims:
             out.append(f"- **{claim.line}**: " + _describe(claim, full))
-        out += ["", _lookup_comparison(suite_rows), ""]
+        out += ["", _lookup_comparison(suite_rows, "scored"), "", _lookup_comparison(suite_rows, "merged"), ""]
     if ablations:
         out += _ablation_table(ablations, titles)
     if checks:
@@ -207,16 +208,18 @@ def _maybe(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
-def _lookup_comparison(rows: Sequence[ResultRow]) -> str:
-    both = [r for r in rows if r.accepted_scored is not None and r.accepted_longest is not None]
+def _lookup_comparison(rows: Sequence[ResultRow], lookup: str) -> str:
+    """One lookup against longest match over every store replayed with both."""
+    pairs = [(getattr(r, f"accepted_{lookup}"), r.accepted_longest) for r in rows]
+    both = [(ours, longest) for ours, longest in pairs if ours is not None and longest is not None]
     if not both:
-        return "No store was replayed with both lookups."
-    differences = [r.accepted_scored - r.accepted_longest for r in both]
+        return f"No store was replayed with both the {lookup} lookup and longest match."
+    differences = [ours - longest for ours, longest in both]
     at_least = sum(d >= 0 for d in differences)
     return (
-        f"Scored lookup vs longest match, every prompt: scored is at least as good on {at_least} of {len(both)} "
-        f"stores; mean difference {sum(differences) / len(differences):+.4f} (range {min(differences):+.4f} "
-        f"to {max(differences):+.4f})."
+        f"{lookup.capitalize()} lookup vs longest match, every prompt: {lookup} is at least as good on {at_least} "
+        f"of {len(both)} stores; mean difference {sum(differences) / len(differences):+.4f} "
+        f"(range {min(differences):+.4f} to {max(differences):+.4f})."
     )
 
 

@@ -1,7 +1,7 @@
 """`crest eval`: references -> stores -> replayed acceptance -> real-decoding check -> report.
 
 Held-in / held-out: each suite's prompts are split into two fixed halves (suites.halves). What the
-evaluation tunes, the lookup each CREST line uses (scored or longest match), is chosen on one half
+evaluation tunes, the lookup each CREST line uses (scored, longest match or merged), is chosen on one half
 and scored on the other, both ways round, so every prompt's accepted tokens come from a choice made
 without it; the claims are computed from these held-out figures over all prompts.
 """
@@ -144,6 +144,7 @@ def _rows(
                 "/".join(dict.fromkeys(picks)),
                 everywhere["scored"].accepted_length if "scored" in everywhere else None,
                 everywhere["longest"].accepted_length if "longest" in everywhere else None,
+                everywhere["merged"].accepted_length if "merged" in everywhere else None,
                 everywhere[picks[0]].lookup_us_median,
                 point.build_seconds,
             )
@@ -168,6 +169,8 @@ ABLATION_STEPS = {
         ("the scored lookup instead of longest match", "ours-n4", "scored", 4),
         ("contexts of up to 2 tokens instead of 4", "ours", "longest", 4),
         ("gain per byte instead of the paper's rule", "gain", "longest", 4),
+        ("the merged lookup instead of longest match", "raw-n4", "merged", 2),
+        ("the merged lookup instead of longest match", "ours-n4", "merged", 4),
     ]
     for suite, authors in (("humaneval", "authors"), ("mtbench", "authors-n5"))
 }
@@ -248,10 +251,11 @@ def _write_outputs(
         f"{args.max_new_tokens} new tokens; every store drafts at most {args.max_nodes} nodes per step. "
         "Accepted length = tokens emitted per target forward, the bonus token included (1.0 = no draft "
         "accepted), computed by exact replay of the target's greedy output. Held out: each suite's prompts are "
-        "split into two fixed halves; a CREST line's lookup (scored or longest match) is chosen on one half and "
-        "counted on the other, both ways round, so every prompt is scored by a choice made without it (the "
-        "`lookup` column: the choice for each half). The `scored` and `longest` columns replay every prompt with "
-        "that lookup. Storage = bytes on disk that lookups need: REST's tokens + suffix array (its whole file); "
+        "split into two fixed halves; a CREST line's lookup (scored, longest match or merged) is chosen on one "
+        "half and counted on the other, both ways round, so every prompt is scored by a choice made without it "
+        "(the `lookup` column: the choice for each half). The `scored`, `longest` and `merged` columns replay "
+        "every prompt with that lookup. Storage = bytes on disk that lookups need: REST's tokens + suffix array "
+        "(its whole file); "
         "CREST's DuckDB file without its vocabulary table, which only serves SQL inspection (the file column "
         "includes it); for the authors' trees also as they keep them, LZMA-compressed pickles. "
         "Lookup p50 = median in-process lookup time per step over the whole replay."

@@ -30,7 +30,7 @@ from datastore_service.paths import cache_dir
 from datastore_service.rest.build import build_rest_store
 from datastore_service.sizes import Budget, format_bytes
 
-LOOKUPS = ("scored", "longest")  # DraftIndex's selections, both replayed for every CREST store
+LOOKUPS = ("scored", "longest", "merged")  # DraftIndex's selections, all replayed for every CREST store
 
 
 @dataclass(frozen=True)

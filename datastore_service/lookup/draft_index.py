@@ -16,7 +16,8 @@ Two paths give the same answers, bit for bit:
 Example: a store with contexts `[12]` and `[7, 12]`; the query `[5, 7, 12]` matches both suffixes
 `[12]` and `[7, 12]`. LONGEST_MATCH answers with the tree of `[7, 12]`; SCORED answers with
 whichever tree expects more accepted tokens within the query's `max_nodes` (the longer on a tie):
-the running count of its first `max_nodes` nodes over the context's count.
+the running count of its first `max_nodes` nodes over the context's count. MERGED answers with
+both trees combined (tree_merge.py), always on the vectorised path.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ import numpy as np
 from datastore_service.draft import DraftBatch, QueryBatch, QueryError, prepare_queries
 from datastore_service.lookup.serving_loader import open_serving_file
 from datastore_service.lookup.small_batch import SMALL_BATCH, SmallBatchLookup
+from datastore_service.lookup.tree_merge import merge_trees
 from datastore_service.store.context_hash import suffix_hashes
 from datastore_service.store.info import StoreInfo
 from datastore_service.store.reader import resolve_store
 from datastore_service.store.serving_arrays import concatenated_ranges, depths_within
 from datastore_service.store.serving_file import ServingFile
 
-SELECTIONS = ("scored", "longest")
+SELECTIONS = ("scored", "longest", "merged")
 
 
 class DraftIndex:
@@ -92,7 +94,7 @@ class DraftIndex:
         selection: str = "scored",
     ) -> DraftBatch:
         _check_selection(selection)
-        if len(sequences) <= SMALL_BATCH:
+        if len(sequences) <= SMALL_BATCH and selection != "merged":
             answer = self.small.lookup(sequences, max_nodes, max_depth, selection)
             if answer is not None:
                 return answer
@@ -100,19 +102,31 @@ class DraftIndex:
 
     def lookup_batch(self, batch: QueryBatch, selection: str = "scored") -> DraftBatch:
         _check_selection(selection)
-        if len(batch.lengths) <= SMALL_BATCH:
+        if len(batch.lengths) <= SMALL_BATCH and selection != "merged":
             return self.small.lookup_batch(batch, selection)
         return self.lookup_vectorised(batch, selection)
 
     def lookup_vectorised(self, batch: QueryBatch, selection: str = "scored") -> DraftBatch:
-        """The numpy path, whatever the batch size (`lookup_batch` takes it above SMALL_BATCH)."""
+        """The numpy path, whatever the batch size (`lookup_batch` takes it above SMALL_BATCH, and
+        for every MERGED lookup)."""
         _check_selection(selection)
+        if selection == "merged":
+            return self._merged(batch)
         trees, lengths = self._choose(batch, selection)
         return self._gather(trees, lengths, batch)
 
-    def _choose(self, batch: QueryBatch, selection: str) -> tuple[np.ndarray, np.ndarray]:
-        """Per query: the chosen tree (-1 = none) and the matched context length (0 = none)."""
-        width, suffix_length = self.width, self._suffix_lengths
+    def _merged(self, batch: QueryBatch) -> DraftBatch:
+        """Every matched context's tree (up to max_nodes, within max_depth), merged per query."""
+        matched, where = self._matches(batch)
+        query, column = np.nonzero(matched[:, ::-1])  # per query, the longest context first
+        column = self.width - 1 - column
+        pairs = QueryBatch(batch.tails[query], batch.lengths[query], batch.max_nodes[query], batch.max_depth[query])
+        per_context = self._gather(where[query, column], column + 1, pairs)
+        return merge_trees(per_context, query, len(batch.lengths), batch.max_nodes)
+
+    def _matches(self, batch: QueryBatch) -> tuple[np.ndarray, np.ndarray]:
+        """[B, N]: whether the query's last n+1 tokens are a stored context, and which (its row)."""
+        suffix_length = self._suffix_lengths
         hashes = suffix_hashes(batch.tails, self.hash_seed)  # [B, N]
         where = np.minimum(np.searchsorted(self.context_hashes, hashes), len(self.context_hashes) - 1)
         matched = (self.context_hashes[where] == hashes) & (self.context_lengths[where] == suffix_length)
@@ -122,6 +136,12 @@ class DraftIndex:
         tails = batch.tails.astype(self.context_matrix.dtype)
         same = (self.context_matrix.take(where, axis=0) == tails[:, None, :]) | self._outside_suffix
         matched &= same.all(axis=2)
+        return matched, where
+
+    def _choose(self, batch: QueryBatch, selection: str) -> tuple[np.ndarray, np.ndarray]:
+        """Per query: the chosen tree (-1 = none) and the matched context length (0 = none)."""
+        width, suffix_length = self.width, self._suffix_lengths
+        matched, where = self._matches(batch)
         if selection == "longest":
             value = np.where(matched, suffix_length, 0).astype(np.float64)
         else:

@@ -349,7 +349,9 @@ def answer(view: TreeView, batch: QueryBatch, static: DraftBatch, selection: str
 
     SCORED: per query, the merged tree with the highest score within max_nodes among the query's
     suffixes, against the store's chosen tree unless a merged tree replaces that very context.
-    LONGEST_MATCH: the longest context either side holds (the merged tree when both do)."""
+    LONGEST_MATCH: the longest context either side holds (the merged tree when both do).
+    MERGED: as LONGEST_MATCH (a learned tree replaces the store's combined one; combining the
+    overlay's trees across contexts is not done yet)."""
     if len(view.keys) == 0:
         return static
     width = batch.tails.shape[1]
@@ -361,7 +363,7 @@ def answer(view: TreeView, batch: QueryBatch, static: DraftBatch, selection: str
     rows = np.arange(len(keys))
     static_length = static.context_lengths.astype(np.int64)
     replaced = (static_length > 0) & matched[rows, np.maximum(static_length - 1, 0)]
-    if selection == "longest":
+    if selection in ("longest", "merged"):
         best = width - 1 - np.argmax(matched[:, ::-1], axis=1)
         use = matched.any(axis=1) & (best + 1 >= static_length)
     else:

@@ -19,7 +19,12 @@ from datastore_service.serve.stores import ServedStore, StoreSet
 SERVER_TIME_KEY = "crest-server-us"
 MAX_OBSERVE_TOKENS = 1 << 20
 MAX_OBSERVE_SEQUENCES = 4096
-SELECTION_NAMES = {pb.SELECTION_UNSPECIFIED: "scored", pb.SCORED: "scored", pb.LONGEST_MATCH: "longest"}
+SELECTION_NAMES = {
+    pb.SELECTION_UNSPECIFIED: "scored",
+    pb.SCORED: "scored",
+    pb.LONGEST_MATCH: "longest",
+    pb.MERGED: "merged",
+}
 
 
 def drafts_to_proto(batch: DraftBatch, store_version: str) -> pb.LookupResponse:

@@ -75,25 +75,26 @@ def test_eval_runs_end_to_end_on_a_slice(code_corpus: Path, chat_corpus: Path, t
         pickled = row["line"].endswith("[LZMA pickles]")
         assert 0 < int(row["storage_bytes"]) and (pickled or int(row["storage_bytes"]) <= int(row["file_bytes"]))
         if row["line"].startswith("CREST, ours"):
-            assert row["lookup"] in ("scored", "longest", "scored/longest", "longest/scored")
-            assert row["accepted_scored"] and row["accepted_longest"]
+            assert set(row["lookup"].split("/")) <= {"scored", "longest", "merged"}
+            assert row["accepted_scored"] and row["accepted_longest"] and row["accepted_merged"]
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = (tmp_path / "RESULTS.md").read_text()
     assert "<!-- eval:begin -->" in results and "### HumanEval" in results and "### MT-Bench" in results
     # the ablation: every step of each suite, one row each, at the ablation's budget
     ablation = results.split("one difference at a time", 1)[1].split("### Replay vs real decoding", 1)[0]
-    steps = [line.split(" | ") for line in ablation.splitlines() if line[:3] in {f"| {n}" for n in range(1, 9)}]
-    assert len(steps) == 2 * 8 and ["| 2", "without REST's cut of the trees", "longest"] == steps[1][:3]
+    steps = [line.split(" | ") for line in ablation.splitlines() if line[:3] in {f"| {n}" for n in range(1, 10)}]
+    assert len(steps) == 2 * 10 and ["| 2", "without REST's cut of the trees", "longest"] == steps[1][:3]
     assert all(1.0 <= float(step[4]) <= 24.0 for step in steps)
-    assert steps[0][5] == steps[8][5] == " |"  # each suite's first row compares with none
-    assert steps[1][5].endswith("vs row 1 |") and steps[15][5].endswith("vs row 5 |")
+    assert steps[0][5] == steps[10][5] == " |"  # each suite's first row compares with none
+    assert steps[1][5].endswith("vs row 1 |") and steps[17][5].endswith("vs row 5 |")
+    assert ["| 9", "the merged lookup instead of longest match", "merged"] == steps[18][:3]
     # Real decoding checked the largest REST store and the first CREST line's store, on each suite.
     assert "4 of 4 checked decodings took exactly the replayed number" in results
     assert "### HumanEval" in capsys.readouterr().out
 
 
 def row(system: str, line: str, storage: int, accepted: float) -> ResultRow:
-    return ResultRow("suite", system, line, "", storage, storage, accepted, "longest", None, accepted, 0.0, 0.0)
+    return ResultRow("suite", system, line, "", storage, storage, accepted, "longest", None, accepted, None, 0.0, 0.0)
 
 
 def test_claims_compare_at_rest_full_corpus_and_at_equal_storage():
@@ -155,9 +156,9 @@ def test_each_half_is_scored_with_the_lookup_chosen_on_the_other():
 
 def test_a_reduced_run_says_what_it_compared():
     rows = [
-        ResultRow("suite", "REST", "REST", "0.3%", 1_000_000, 1_000_000, 1.2, "longest", None, 1.2, 0.0, 0.0),
-        ResultRow("suite", "REST", "REST", "1%", 3_000_000, 3_000_000, 1.3, "longest", None, 1.3, 0.0, 0.0),
-        ResultRow("suite", "CREST", "big", "8 MB", 5_400_000, 5_400_000, 1.4, "longest", None, 1.4, 0.0, 0.0),
+        ResultRow("suite", "REST", "REST", "0.3%", 1_000_000, 1_000_000, 1.2, "longest", None, 1.2, None, 0.0, 0.0),
+        ResultRow("suite", "REST", "REST", "1%", 3_000_000, 3_000_000, 1.3, "longest", None, 1.3, None, 0.0, 0.0),
+        ResultRow("suite", "CREST", "big", "8 MB", 5_400_000, 5_400_000, 1.4, "longest", None, 1.4, None, 0.0, 0.0),
     ]
     report = markdown_report(rows, [], [], {}, "setup", "plot.png", "rows.csv")
     assert "REST on 1% of the corpus (this run's largest REST): accepted length 1.300" in report
@@ -183,7 +184,7 @@ def test_each_ablation_step_is_compared_with_the_row_it_names():
         AblationStep("suite", "second", "b", "longest", 1_000_000, 1.20, 1),
         AblationStep("suite", "third", "c", "scored", 1_000_000, 1.65, 1),
     ]
-    rows = [ResultRow("suite", "REST", "REST", "100%", 2_000_000, 2_000_000, 1.1, "longest", None, 1.1, 0.0, 0.0)]
+    rows = [ResultRow("suite", "REST", "REST", "100%", 2_000_000, 2_000_000, 1.1, "longest", None, 1.1, None, 0.0, 0.0)]
     report = markdown_report(rows, steps, [], {}, "setup", "plot.png", "rows.csv")
     assert "| 1 | first | longest | 1.0 MB | 1.500 |  |" in report
     assert "| 2 | second | longest | 1.0 MB | 1.200 | -20.0% vs row 1 |" in report

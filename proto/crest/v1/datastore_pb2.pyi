@@ -12,9 +12,11 @@ class Selection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SELECTION_UNSPECIFIED: _ClassVar[Selection]
     SCORED: _ClassVar[Selection]
     LONGEST_MATCH: _ClassVar[Selection]
+    MERGED: _ClassVar[Selection]
 SELECTION_UNSPECIFIED: Selection
 SCORED: Selection
 LONGEST_MATCH: Selection
+MERGED: Selection
 
 class SequenceQuery(_message.Message):
     __slots__ = ("tokens", "max_nodes", "max_depth")

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from crest.v1 import datastore_pb2 as pb
 from crest.v1 import datastore_pb2_grpc as pb_grpc
+from datastore_service.lookup.draft_index import DraftIndex
 from datastore_service.serve.client import DraftClient, ServiceError
 from datastore_service.serve.server import RunningServer, ServerSettings
 from datastore_service.store.publishing import VersionedStore
@@ -72,6 +73,18 @@ def test_answers_equal_sql_on_the_same_store(store: Path, stub):
             assert list(draft.tokens) == [n[0] for n in nodes] and list(draft.parents) == [n[1] for n in nodes]
             assert np.allclose(draft.probabilities, [n[2] for n in nodes], rtol=1e-6)
             assert draft.score == pytest.approx(sum(n[2] for n in nodes), rel=1e-5)
+
+
+def test_merged_lookups_over_grpc_answer_as_the_index_does(store: Path, stub):
+    rng = np.random.default_rng(4)
+    queries = [[int(t) for t in rng.choice(ALPHABET, size=rng.integers(1, 4))] for _ in range(40)]
+    response = stub.Lookup(lookup_request(queries, max_nodes=6, max_depth=3, selection=pb.MERGED))
+    expected = DraftIndex.load(store).lookup(queries, 6, 3, "merged").trees()
+    assert sum(len(tree) for tree in expected) > 0
+    for draft, tree in zip(response.drafts, expected):
+        assert draft.context_length == tree.context_length
+        assert list(draft.tokens) == tree.tokens.tolist() and list(draft.parents) == tree.parents.tolist()
+        assert np.array_equal(np.array(draft.probabilities, np.float32), tree.probabilities)
 
 
 def test_info_describes_the_store(stub, server: RunningServer):
