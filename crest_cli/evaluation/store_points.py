@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -230,10 +230,10 @@ def _crest_points(
                     summary.file_bytes,
                     summary.file_bytes - vocabulary,
                     summary.seconds["total"],
-                    LOOKUPS,
                 ),
             )
-    return [cache.get(name) for _, _, name in wanted]
+    # The lookups replayed are this code's, not those of the run that built the store.
+    return [replace(cache.get(name), lookups=LOOKUPS) for _, _, name in wanted]
 
 
 def _authors_points(
