@@ -1,6 +1,7 @@
 """MERGED lookups against a plain-Python oracle of the rule (tree_merge.py): on randomized batches of
 stored, extended and random contexts with node and depth limits, every answer holds exactly the
-oracle's nodes with its probabilities, and is a tree."""
+oracle's nodes, in its order, with its probabilities; it is a tree, and it starts with the longest
+match's answer."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def paths(tree: DraftTree) -> list[tuple[int, ...]]:
 
 def oracle(index: DraftIndex, row: list[int], max_nodes: int, max_depth: int) -> tuple[int, dict]:
     """(longest matched length, {path: probability}) by the rule, one context at a time."""
-    candidates: list[tuple[float, int, tuple[int, ...]]] = []  # (-probability, order, path)
+    candidates: list[tuple[tuple[int, ...], float]] = []  # (path, probability), in the merged order
     covered: set[int] = set()
     residual, longest = 1.0, 0
     for length in range(len(row), 0, -1):
@@ -48,11 +49,10 @@ def oracle(index: DraftIndex, row: list[int], max_nodes: int, max_depth: int) ->
                 continue
             if len(path) == 1:
                 kept_first_level += probability
-            candidates.append((-probability * residual, len(candidates), path))
+            candidates.append((path, probability * residual))
         covered |= {path[0] for path in paths(tree)}
         residual *= min(max(1.0 - kept_first_level, 0.0), 1.0)
-    chosen = sorted(candidates)[:max_nodes]
-    return longest, {path: -negative for negative, _, path in chosen}
+    return longest, dict(candidates[:max_nodes])
 
 
 @given(data=st.data())
@@ -70,9 +70,10 @@ def test_merged_trees_hold_the_rule_s_nodes(case: tuple[DraftIndex, list[int]], 
         assert all(parent < node for node, parent in enumerate(tree.parents.tolist())), "parents come first"
         expected_length, expected = oracle(index, row, nodes, depth)
         assert length == (expected_length if expected else 0)
-        got = dict(zip(paths(tree), tree.probabilities.tolist()))
-        assert got.keys() == expected.keys()
-        np.testing.assert_allclose([got[p] for p in expected], list(expected.values()), rtol=1e-6)
+        assert paths(tree) == list(expected)
+        np.testing.assert_allclose(tree.probabilities, list(expected.values()), rtol=1e-6)
+        longest = index.lookup([row], nodes, depth, "longest").trees()[0]
+        assert paths(tree)[: len(longest)] == paths(longest)  # the longest match's answer comes first
 
 
 def test_the_longest_context_s_tree_is_kept_whole_and_shorter_ones_fill_in(case: tuple[DraftIndex, list[int]]):
