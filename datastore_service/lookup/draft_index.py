@@ -17,7 +17,7 @@ Example: a store with contexts `[12]` and `[7, 12]`; the query `[5, 7, 12]` matc
 `[12]` and `[7, 12]`. LONGEST_MATCH answers with the tree of `[7, 12]`; SCORED answers with
 whichever tree expects more accepted tokens within the query's `max_nodes` (the longer on a tie):
 the running count of its first `max_nodes` nodes over the context's count. MERGED answers with
-both trees combined (tree_merge.py), always on the vectorised path.
+both trees combined (tree_merge.py): `[7, 12]`'s, then `[12]`'s branches that `[7, 12]` lacks.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class DraftIndex:
         selection: str = "scored",
     ) -> DraftBatch:
         _check_selection(selection)
-        if len(sequences) <= SMALL_BATCH and selection != "merged":
+        if len(sequences) <= SMALL_BATCH:
             answer = self.small.lookup(sequences, max_nodes, max_depth, selection)
             if answer is not None:
                 return answer
@@ -102,13 +102,12 @@ class DraftIndex:
 
     def lookup_batch(self, batch: QueryBatch, selection: str = "scored") -> DraftBatch:
         _check_selection(selection)
-        if len(batch.lengths) <= SMALL_BATCH and selection != "merged":
+        if len(batch.lengths) <= SMALL_BATCH:
             return self.small.lookup_batch(batch, selection)
         return self.lookup_vectorised(batch, selection)
 
     def lookup_vectorised(self, batch: QueryBatch, selection: str = "scored") -> DraftBatch:
-        """The numpy path, whatever the batch size (`lookup_batch` takes it above SMALL_BATCH, and
-        for every MERGED lookup)."""
+        """The numpy path, whatever the batch size (`lookup_batch` takes it above SMALL_BATCH)."""
         _check_selection(selection)
         if selection == "merged":
             return self._merged(batch)

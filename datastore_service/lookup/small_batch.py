@@ -5,7 +5,8 @@ some fifty numpy calls whatever the batch size.
 Per sequence: hash its suffixes newest token first (context_hash.suffix_hashes_of, inlined),
 binary-search each hash among the sorted context hashes (bisect on a memoryview: C, no objects per
 context), verify the candidate's tokens, keep the best (highest expected accepted tokens within
-max_nodes, or longest; ties to the longer context), then slice the tree's first max_nodes nodes.
+max_nodes, or longest; ties to the longer context), then slice the tree's first max_nodes nodes;
+or, for MERGED, join the matched contexts' trees as tree_merge.py does.
 The answers equal the vectorised path's bit for bit: the same integer ratios, the same float32
 roundings, the same left-to-right float64 sums (tests/datastore_service/lookup/test_small_batch.py).
 
@@ -51,7 +52,7 @@ class SmallBatchLookup:
     ) -> DraftBatch | None:
         """Answer straight from Python lists of ints; None when the input needs the full validation."""
         checked = self.checked(sequences, max_nodes, max_depth)
-        return None if checked is None else self._answer(*checked, selection == "longest")
+        return None if checked is None else self._answer(*checked, selection)
 
     def prepare(self, sequences: Sequence[Sequence[int]], max_nodes: object, max_depth: object) -> QueryBatch | None:
         """The QueryBatch `prepare_queries` would make, in a few microseconds; None as for `checked`."""
@@ -93,20 +94,24 @@ class SmallBatchLookup:
     def lookup_batch(self, batch: QueryBatch, selection: str) -> DraftBatch:
         width = self.width
         rows = [row[width - length :] for row, length in zip(batch.tails.tolist(), batch.lengths.tolist())]
-        return self._answer(rows, batch.max_nodes.tolist(), batch.max_depth.tolist(), selection == "longest")
+        return self._answer(rows, batch.max_nodes.tolist(), batch.max_depth.tolist(), selection)
 
-    def _answer(self, rows: list[list[int]], max_nodes: list[int], max_depth: list[int], longest: bool) -> DraftBatch:
+    def _answer(self, rows: list[list[int]], max_nodes: list[int], max_depth: list[int], selection: str) -> DraftBatch:
         trees: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         sizes, context_lengths, scores = [0], [], []
         for row, nodes, depth in zip(rows, max_nodes, max_depth):
-            tree, length = self._choose(row, nodes, longest)
+            if selection == "merged":
+                tree, length = self._merged(row, nodes, depth)
+            else:
+                chosen, length = self._choose(row, nodes, selection == "longest")
+                tree = self._nodes(chosen, nodes, depth) if chosen >= 0 else None
             score = 0.0
-            if tree >= 0:
-                trees.append(self._nodes(tree, nodes, depth))
-                for probability in trees[-1][2].tolist():  # left to right in float64, as np.bincount adds
+            if tree is not None:
+                trees.append(tree)
+                for probability in tree[2].tolist():  # left to right in float64, as np.bincount adds
                     score += probability
-            sizes.append(sizes[-1] + (len(trees[-1][0]) if tree >= 0 else 0))
-            context_lengths.append(length)
+            sizes.append(sizes[-1] + (len(tree[0]) if tree is not None else 0))
+            context_lengths.append(length if tree is not None and len(tree[0]) else 0)
             scores.append(score)
         return DraftBatch(
             _joined([tree[0] for tree in trees], np.int32),
@@ -117,22 +122,60 @@ class SmallBatchLookup:
             np.array(scores, np.float32),
         )
 
+    def _merged(
+        self, row: list[int], max_nodes: int, max_depth: int
+    ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray] | None, int]:
+        """The MERGED answer (tree_merge.py says the rule) and the longest matched length: the
+        longest context's nodes, then each shorter one's branches for first tokens not yet drafted,
+        scaled by the residual mass, up to max_nodes in all."""
+        matches = self._matches(row)
+        if not matches:
+            return None, 0
+        longest, *shorter = reversed(matches)
+        whole = self._nodes(longest[0], max_nodes, max_depth)
+        if not shorter or len(whole[0]) >= max_nodes:
+            return whole, longest[1]  # the longest context's answer, as it is
+        tokens, parents = whole[0].tolist(), whole[1].tolist()
+        probabilities = whole[2].tolist()
+        covered = {token for token, parent in zip(tokens, parents) if parent < 0}
+        contributed = 0.0
+        for probability, parent in zip(probabilities, parents):
+            contributed += probability if parent < 0 else 0.0
+        residual = min(max(1.0 - contributed, 0.0), 1.0)
+        for found, _ in shorter:
+            if len(tokens) >= max_nodes:
+                break
+            node_tokens, node_parents, node_probabilities = (
+                a.tolist() for a in self._nodes(found, max_nodes, max_depth)
+            )
+            branch: list[int] = []  # each node's first-level token
+            moved: list[int] = []  # each node's index in the merged tree (-1: dropped)
+            contributed = 0.0
+            for token, parent, probability in zip(node_tokens, node_parents, node_probabilities):
+                first = token if parent < 0 else branch[parent]
+                branch.append(first)
+                if first in covered:
+                    moved.append(-1)
+                    continue
+                if parent < 0:
+                    contributed += probability  # the branch's mass, kept or cut by max_nodes
+                if len(tokens) >= max_nodes:
+                    moved.append(-1)
+                    continue
+                moved.append(len(tokens))
+                tokens.append(token)
+                parents.append(-1 if parent < 0 else moved[parent])
+                probabilities.append(probability * residual)
+            covered.update(token for token, parent in zip(node_tokens, node_parents) if parent < 0)
+            residual *= min(max(1.0 - contributed, 0.0), 1.0)
+        merged = (np.array(tokens, np.int32), np.array(parents, np.int32), np.array(probabilities, np.float32))
+        return merged, longest[1]
+
     def _choose(self, row: list[int], max_nodes: int, longest: bool) -> tuple[int, int]:
         """The chosen tree (-1 = none) and the matched context's length (0 = none)."""
-        hashes, lengths, contexts, offsets = self.hashes, self.lengths, self.contexts, self.offsets
-        width, contexts_total = self.width, len(hashes)
+        offsets = self.offsets
         best, best_length, best_value = -1, 0, -1.0
-        state, length = self.seed, 0
-        for token in reversed(row):
-            length += 1
-            state = ((state ^ (token + 1)) * HASH_MULTIPLIER) & _MASK
-            state ^= state >> 31
-            found = bisect_left(hashes, state)
-            if found == contexts_total or hashes[found] != state or lengths[found] != length:
-                continue
-            end = found * width + width
-            if contexts[end - length : end].tolist() != row[-length:]:
-                continue
+        for found, length in self._matches(row):
             if longest:
                 value = float(length)
             else:
@@ -142,6 +185,24 @@ class SmallBatchLookup:
             if value >= best_value:  # shortest first, so ties go to the longer context
                 best, best_length, best_value = found, length, value
         return best, best_length
+
+    def _matches(self, row: list[int]) -> list[tuple[int, int]]:
+        """The stored contexts the row ends with, shortest first: (context row, length)."""
+        hashes, lengths, contexts = self.hashes, self.lengths, self.contexts
+        width, contexts_total = self.width, len(hashes)
+        matches = []
+        state, length = self.seed, 0
+        for token in reversed(row):
+            length += 1
+            state = ((state ^ (token + 1)) * HASH_MULTIPLIER) & _MASK
+            state ^= state >> 31
+            found = bisect_left(hashes, state)
+            if found == contexts_total or hashes[found] != state or lengths[found] != length:
+                continue
+            end = found * width + width
+            if contexts[end - length : end].tolist() == row[-length:]:
+                matches.append((found, length))
+        return matches
 
     def _nodes(self, tree: int, max_nodes: int, max_depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The tree's first max_nodes nodes less those deeper than max_depth: tokens, parents
