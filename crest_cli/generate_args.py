@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from datastore_service.draft import DEFAULT_SELECTION
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sources = parser.add_argument_group(
@@ -88,10 +90,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-prompt-lookup", action="store_true", help="draft from the store only")
     parser.add_argument(
         "--selection",
-        choices=("scored", "longest", "merged"),
-        default="scored",
-        help="scored: the matching tree expected to get the most tokens accepted; longest: the longest matching "
-        "context (REST's rule); merged: the matching contexts' trees combined, the longest's branches first",
+        choices=("merged", "scored", "longest"),
+        default=DEFAULT_SELECTION,
+        help="merged: the matching contexts' trees combined, the longest's first (drafts at least what longest "
+        "does); scored: the matching tree expected to get the most tokens accepted; longest: the longest matching "
+        "context (REST's rule)",
     )
     parser.add_argument("--compare", action="store_true", help="also decode without drafts and compare")
     parser.add_argument("--color", action="store_true", help="mark accepted draft tokens in green")

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from datastore_service.draft import DraftTree
+from datastore_service.draft import DEFAULT_SELECTION, DraftTree
 from datastore_service.lookup.index_loader import LookupIndex
 
 
@@ -31,7 +31,7 @@ class NoDrafts:
 class IndexSource:
     """The serving engine in this process (no network)."""
 
-    def __init__(self, index: LookupIndex, selection: str = "scored") -> None:
+    def __init__(self, index: LookupIndex, selection: str = DEFAULT_SELECTION) -> None:
         self.index, self.selection = index, selection
         self.max_context = index.width
 
@@ -43,7 +43,7 @@ class IndexSource:
 class ServiceSource:
     """A `crest serve` replica set, through the gRPC client."""
 
-    def __init__(self, client, selection: str = "scored") -> None:
+    def __init__(self, client, selection: str = DEFAULT_SELECTION) -> None:
         self.client, self.selection = client, selection
         self.max_context = client.info().max_context
 

@@ -6,6 +6,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from datastore_service.draft import DEFAULT_SELECTION
 from datastore_service.lookup.index_loader import LookupIndex
 from decoder.draft_sources import IndexSource, TimedSource
 from decoder.node_budget import NodeBudget
@@ -31,7 +32,7 @@ def replay_suite(
     references: Sequence[Sequence[int]],
     max_nodes: int,
     max_new_tokens: int,
-    selection: str = "scored",
+    selection: str = DEFAULT_SELECTION,
 ) -> Acceptance:
     source = TimedSource(IndexSource(index, selection))
     budget = NodeBudget(max_nodes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from datastore_service.draft import DEFAULT_SELECTION
 from datastore_service.lookup.index_loader import LookupIndex
 from decoder.draft_sources import IndexSource
 from decoder.node_budget import NodeBudget
@@ -39,7 +40,7 @@ def check_replays(
     replays: Sequence[Replay],
     max_nodes: int,
     max_new_tokens: int,
-    selection: str = "scored",
+    selection: str = DEFAULT_SELECTION,
 ) -> list[RealCheck]:
     decoder = SpeculativeDecoder(target, IndexSource(index, selection), NodeBudget(max_nodes))
     checks = []

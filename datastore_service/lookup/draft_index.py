@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datastore_service.draft import DraftBatch, QueryBatch, QueryError, prepare_queries
+from datastore_service.draft import DEFAULT_SELECTION, DraftBatch, QueryBatch, QueryError, prepare_queries
 from datastore_service.lookup.serving_loader import open_serving_file
 from datastore_service.lookup.small_batch import SMALL_BATCH, SmallBatchLookup
 from datastore_service.lookup.tree_merge import merge_trees
@@ -91,7 +91,7 @@ class DraftIndex:
         sequences: Sequence[Sequence[int]],
         max_nodes: Sequence[int] | int = 0,
         max_depth: Sequence[int] | int = 0,
-        selection: str = "scored",
+        selection: str = DEFAULT_SELECTION,
     ) -> DraftBatch:
         _check_selection(selection)
         if len(sequences) <= SMALL_BATCH:
@@ -100,13 +100,13 @@ class DraftIndex:
                 return answer
         return self.lookup_batch(self.prepare(sequences, max_nodes, max_depth), selection)
 
-    def lookup_batch(self, batch: QueryBatch, selection: str = "scored") -> DraftBatch:
+    def lookup_batch(self, batch: QueryBatch, selection: str = DEFAULT_SELECTION) -> DraftBatch:
         _check_selection(selection)
         if len(batch.lengths) <= SMALL_BATCH:
             return self.small.lookup_batch(batch, selection)
         return self.lookup_vectorised(batch, selection)
 
-    def lookup_vectorised(self, batch: QueryBatch, selection: str = "scored") -> DraftBatch:
+    def lookup_vectorised(self, batch: QueryBatch, selection: str = DEFAULT_SELECTION) -> DraftBatch:
         """The numpy path, whatever the batch size (`lookup_batch` takes it above SMALL_BATCH)."""
         _check_selection(selection)
         if selection == "merged":

@@ -22,7 +22,7 @@ import numpy as np
 
 from crest.v1 import datastore_pb2 as pb
 from crest.v1 import datastore_pb2_grpc as pb_grpc
-from datastore_service.draft import DraftTree
+from datastore_service.draft import DEFAULT_SELECTION, DraftTree
 from datastore_service.errors import CrestError
 from datastore_service.serve.credentials import ClientSecurity
 
@@ -158,7 +158,11 @@ class DraftClient:
         return info
 
     def lookup(
-        self, sequences: Sequence[Sequence[int]], max_nodes: int = 0, max_depth: int = 0, selection: str = "scored"
+        self,
+        sequences: Sequence[Sequence[int]],
+        max_nodes: int = 0,
+        max_depth: int = 0,
+        selection: str = DEFAULT_SELECTION,
     ) -> list[DraftTree]:
         request = pb.LookupRequest(selection=SELECTIONS[selection], store=self.store)
         for tokens in sequences:

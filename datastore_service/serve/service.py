@@ -11,7 +11,7 @@ import numpy as np
 
 from crest.v1 import datastore_pb2 as pb
 from crest.v1 import datastore_pb2_grpc as pb_grpc
-from datastore_service.draft import MAX_BATCH, DraftBatch, QueryError
+from datastore_service.draft import DEFAULT_SELECTION, MAX_BATCH, DraftBatch, QueryError
 from datastore_service.serve.metrics import ServiceMetrics
 from datastore_service.serve.security import StoreAccess
 from datastore_service.serve.stores import ServedStore, StoreSet
@@ -20,7 +20,7 @@ SERVER_TIME_KEY = "crest-server-us"
 MAX_OBSERVE_TOKENS = 1 << 20
 MAX_OBSERVE_SEQUENCES = 4096
 SELECTION_NAMES = {
-    pb.SELECTION_UNSPECIFIED: "scored",
+    pb.SELECTION_UNSPECIFIED: DEFAULT_SELECTION,
     pb.SCORED: "scored",
     pb.LONGEST_MATCH: "longest",
     pb.MERGED: "merged",
