@@ -33,6 +33,7 @@ from _report import write_section
 
 from crest_cli.benchmark_prompts import humaneval_prompts, mtbench_questions
 from datastore_service.build.pipeline import default_store_path
+from datastore_service.draft import DEFAULT_SELECTION
 from datastore_service.lookup.draft_index import DraftIndex
 from decoder.decoders import Decoder, make_decoder, resolve_engine
 from decoder.draft_sources import DraftSource, IndexSource, NoDrafts
@@ -234,7 +235,8 @@ def main() -> None:
         f"## Decoder: {args.device}, {args.dtype} (issue 11)",
         "",
         f"Command: `{COMMAND}`. Model {args.model} ({args.dtype}, {args.device}, {torch.get_num_threads()} threads), "
-        f"engine `{engine}`, {args.prompts} prompts per suite, {args.max_new_tokens} new tokens, greedy. Pass width "
+        f"engine `{engine}`, {args.prompts} prompts per suite, {args.max_new_tokens} new tokens, greedy, store "
+        f"lookups `{DEFAULT_SELECTION}` (the default). Pass width "
         f"per step chosen from the engine's measured cost of one pass (fed tokens: time) {curve_text}; "
         f"1-minute load average before the run: {_load()}.",
         "",
