@@ -295,14 +295,16 @@ def start_server(path: str, store: Path) -> tuple[subprocess.Popen, str]:
     return process, process.stdout.readline().rsplit(" ", 1)[1].strip()
 
 
-def grpc_figures(addresses: dict[str, str], queries: list[list[int]], batch_sizes: list[int], calls: int) -> dict:
+def grpc_figures(
+    addresses: dict[str, str], queries: list[list[int]], batch_sizes: list[int], calls: int, selection=pb.SCORED
+) -> dict:
     figures = {path: {} for path in addresses}
     channels = {path: grpc.insecure_channel(address) for path, address in addresses.items()}
     stubs = {path: pb_grpc.DraftStoreStub(channel) for path, channel in channels.items()}
     for size in batch_sizes:
         requests = []
         for i in range(calls):
-            request = pb.LookupRequest(selection=pb.SCORED)
+            request = pb.LookupRequest(selection=selection)
             for tokens in queries[(i * size) % (len(queries) - size) :][:size]:
                 request.sequences.add(tokens=tokens, max_nodes=32)
             requests.append(request)
@@ -418,6 +420,12 @@ def report(store: Path, info, file_mb: float, serving_mb: float, figures: dict, 
             "≤ 0.8 ms",
         ),
         (
+            "the same two with MERGED, today's default lookup: batch 1 round trip / batch 64 server time p50",
+            "(no MERGED)",
+            f"{figures['merged'][1]['round_trip'][0]:.3f} / {figures['merged'][64]['server'][0]:.3f} ms",
+            "",
+        ),
+        (
             "8 concurrent clients, batch 64, one server",
             f"{throughput['old']:,.0f} calls/s",
             f"{throughput['new']:,.0f} calls/s",
@@ -524,6 +532,8 @@ def main() -> None:
     try:
         addresses = {path: address for path, (_, address) in servers.items()}
         latency = grpc_figures(addresses, queries, [1, 8, 64, 256], args.calls)
+        # The default lookup since the old path's time (MERGED, which it lacks): the new path only.
+        merged = grpc_figures({"new": addresses["new"]}, queries, [1, 64], args.calls, selection=pb.MERGED)["new"]
         concurrent = {path: concurrent_throughput(addresses[path], queries, 8, 64, args.seconds) for path in PATHS}
         server_memory = {path: memory_mb(servers[path][0].pid) for path in PATHS}
     finally:
@@ -537,6 +547,7 @@ def main() -> None:
         "load": load,
         "engine": engine,
         "grpc": latency,
+        "merged": merged,
         "concurrent": concurrent,
         "replicas": replicas,
         "servers": server_memory,

@@ -119,6 +119,17 @@ class DraftIndex:
         matched, where = self._matches(batch)
         query, column = np.nonzero(matched[:, ::-1])  # per query, the longest context first
         column = self.width - 1 - column
+        # Shorter contexts only where the longest tree may leave room (fewer nodes than max_nodes,
+        # or some cut by max_depth): elsewhere the answer is the longest tree's first max_nodes.
+        longest = np.ones(len(query), bool)
+        longest[1:] = query[1:] != query[:-1]
+        tree = where[query, column]
+        size = self.tree_offsets[tree + 1] - self.tree_offsets[tree]
+        room = (size < batch.max_nodes[query]) | (batch.max_depth[query] < self.max_tree_depth)
+        wanted = np.zeros(len(batch.lengths), bool)
+        wanted[query[longest & room]] = True
+        shown = longest | wanted[query]
+        query, column = query[shown], column[shown]
         pairs = QueryBatch(batch.tails[query], batch.lengths[query], batch.max_nodes[query], batch.max_depth[query])
         per_context = self._gather(where[query, column], column + 1, pairs)
         return merge_trees(per_context, query, len(batch.lengths), batch.max_nodes)
