@@ -22,7 +22,7 @@ from crest_cli.benchmark_prompts import humaneval_prompts, mtbench_turns
 from crest_cli.evaluation.doc_sections import write_section
 from datastore_service.build.corpus import corpus_spec
 from datastore_service.build.pipeline import build_store, default_store_path
-from datastore_service.draft import DraftTree
+from datastore_service.draft import DEFAULT_SELECTION, DraftTree
 from datastore_service.lookup.index_loader import LookupIndex, load_index
 from datastore_service.overlay.overlay import Overlay
 from decoder.draft_sources import DraftSource, IndexSource
@@ -43,8 +43,8 @@ class LearningSource:
 
     def drafts(self, contexts: Sequence[Sequence[int]], max_nodes: int) -> list[DraftTree]:
         batch = self.index.prepare([list(c[-self.max_context :]) for c in contexts], max_nodes)
-        static = self.index.lookup_batch(batch, "scored")
-        return self.overlay.lookup(self.index, batch, static, "scored").trees()
+        static = self.index.lookup_batch(batch, DEFAULT_SELECTION)
+        return self.overlay.lookup(self.index, batch, static, DEFAULT_SELECTION).trees()
 
 
 @dataclass

@@ -24,6 +24,7 @@ import numpy as np
 
 from datastore_service.draft import MAX_DEPTH_LIMIT, DraftBatch, QueryBatch
 from datastore_service.lookup.index_loader import LookupIndex
+from datastore_service.lookup.tree_merge import merge_trees
 from datastore_service.overlay.counts import NgramCounts, NgramDelta
 from datastore_service.overlay.hashing import find, mix, path_keys, suffix_keys
 from datastore_service.overlay.store_contexts import StoreContexts
@@ -350,8 +351,8 @@ def answer(view: TreeView, batch: QueryBatch, static: DraftBatch, selection: str
     SCORED: per query, the merged tree with the highest score within max_nodes among the query's
     suffixes, against the store's chosen tree unless a merged tree replaces that very context.
     LONGEST_MATCH: the longest context either side holds (the merged tree when both do).
-    MERGED: as LONGEST_MATCH (a learned tree replaces the store's combined one; combining the
-    overlay's trees across contexts is not done yet)."""
+    MERGED: the LONGEST_MATCH choice first, then the store's combined answer merged in behind it
+    (lookup/tree_merge.py: its branches for first tokens the chosen tree does not draft)."""
     if len(view.keys) == 0:
         return static
     width = batch.tails.shape[1]
@@ -377,7 +378,33 @@ def answer(view: TreeView, batch: QueryBatch, static: DraftBatch, selection: str
     if not use.any():
         return static
     chosen = where[rows, best]
-    return _splice(view, chosen, best + 1, use, batch, static)
+    spliced = _splice(view, chosen, best + 1, use, batch, static)
+    if selection != "merged":
+        return spliced
+    # Per query, the learned tree (or the store's answer) first and the store's answer second: where
+    # the store's answer was kept, its second copy adds nothing (every branch already drafted).
+    both = _interleaved(spliced, static)
+    return merge_trees(both, np.repeat(np.arange(len(use)), 2), len(use), batch.max_nodes)
+
+
+def _interleaved(first: DraftBatch, second: DraftBatch) -> DraftBatch:
+    """Query q's tree of `first` as tree 2q, its tree of `second` as tree 2q+1."""
+    first_sizes, second_sizes = np.diff(first.offsets), np.diff(second.offsets)
+    sizes = np.stack([first_sizes, second_sizes], axis=1).ravel()
+    starts = np.stack([first.offsets[:-1], len(first.tokens) + second.offsets[:-1]], axis=1).ravel()
+    gather = _ranges(starts, sizes)
+
+    def joined(name: str) -> np.ndarray:
+        return np.concatenate([getattr(first, name), getattr(second, name)])[gather]
+
+    return DraftBatch(
+        joined("tokens"),
+        joined("parents"),
+        joined("probabilities"),
+        np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        np.stack([first.context_lengths, second.context_lengths], axis=1).ravel(),
+        np.stack([first.scores, second.scores], axis=1).ravel(),
+    )
 
 
 def _splice(

@@ -148,3 +148,36 @@ def test_find_locates_present_keys_and_flags_absent_ones():
     assert np.array_equal(found, np.isin(needles, keys))
     assert np.array_equal(keys[where[found]], needles[found])
     assert not find(np.empty(0, np.uint64), needles)[1].any()
+
+
+def paths_of(tree) -> list[tuple[int, ...]]:
+    found: list[tuple[int, ...]] = []
+    for token, parent in zip(tree.tokens.tolist(), tree.parents.tolist()):
+        found.append((found[parent] if parent >= 0 else ()) + (token,))
+    return found
+
+
+def test_merged_answers_put_the_learned_tree_first_and_the_store_s_other_branches_behind(index):
+    overlay = Overlay(None, index)
+    overlay.observe(observed(2))
+    overlay.refresh()
+    rng = np.random.default_rng(5)
+    queries = [rng.integers(0, 60, 2).tolist() for _ in range(300)]
+    batch = index.prepare(queries, 12, 0)
+
+    def answered(selection: str) -> list:
+        return overlay.lookup(index, batch, index.lookup_batch(batch, selection), selection).trees()
+
+    learned_first, store_behind = 0, 0
+    for query, merged, longest, store in zip(
+        queries, answered("merged"), answered("longest"), index.lookup_batch(batch, "merged").trees()
+    ):
+        merged_paths, longest_paths = paths_of(merged), paths_of(longest)
+        assert merged_paths[: len(longest_paths)] == longest_paths, query  # the longest-match answer first
+        assert merged.context_length == longest.context_length
+        drafted = {path[0] for path in longest_paths}
+        extra = [p for p in paths_of(store) if p[0] not in drafted]
+        assert merged_paths[len(longest_paths) :] == extra[: 12 - len(longest_paths)], query
+        learned_first += paths_of(store) != longest_paths
+        store_behind += bool(extra) and len(longest_paths) < 12
+    assert learned_first > 20 and store_behind > 20  # both cases occur
