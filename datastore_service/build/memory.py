@@ -17,6 +17,10 @@ from datastore_service.sizes import format_bytes, parse_budget
 
 # What the process holds besides DuckDB's buffers: measured ~0.4 GB (Python, tokenizer, Arrow).
 PROCESS_RESERVE = 700_000_000
+# DuckDB also goes past its own memory_limit, more with bigger limits: back-off builds peaked 0.1-0.3
+# GB over the cap with the fixed reserve alone (stdlib at a 3 GB cap: 3.12 GB; ShareGPT at 4.2 GB:
+# 4.5 GB), so DuckDB is also kept this share of the cap below it.
+RESERVE_SHARE = 0.12
 # Below this DuckDB can't hold one level's hash tables for a real corpus, spilling or not.
 MIN_ENGINE_MEMORY = 200_000_000
 
@@ -42,12 +46,14 @@ def parse_memory(text: str) -> int:
 
 def engine_memory(cap: int) -> int:
     """DuckDB's memory_limit under a cap of `cap` bytes for the whole build."""
-    engine = cap - PROCESS_RESERVE
+    reserve = PROCESS_RESERVE + int(RESERVE_SHARE * cap)
+    engine = cap - reserve
     if engine < MIN_ENGINE_MEMORY:
+        smallest = (PROCESS_RESERVE + MIN_ENGINE_MEMORY) / (1 - RESERVE_SHARE)
         raise CrestError(
             f"memory limit {format_bytes(cap)} is too small to build: the process needs about "
-            f"{format_bytes(PROCESS_RESERVE)} besides DuckDB, which needs at least {format_bytes(MIN_ENGINE_MEMORY)}; "
-            f"give at least {format_bytes(PROCESS_RESERVE + MIN_ENGINE_MEMORY)}"
+            f"{format_bytes(reserve)} besides DuckDB, which needs at least {format_bytes(MIN_ENGINE_MEMORY)}; "
+            f"give at least {format_bytes(smallest)}"
         )
     return engine
 

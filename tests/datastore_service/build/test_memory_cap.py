@@ -30,6 +30,7 @@ def test_a_low_cap_spills_and_builds_the_same_store(code_corpus: Path, tmp_path:
     assert free.spilled == 0 and free.memory_cap == memory.default_memory_cap()
     # The cap minus the process reserve is DuckDB's share; leave it 96 MB, less than this build holds.
     monkeypatch.setattr(memory, "PROCESS_RESERVE", 0)
+    monkeypatch.setattr(memory, "RESERVE_SHARE", 0.0)
     monkeypatch.setattr(memory, "MIN_ENGINE_MEMORY", 1)
     capped = build(code_corpus, tmp_path / "capped.duckdb", "96MB")
     assert capped.spilled > 0
@@ -47,6 +48,7 @@ def test_a_cap_too_small_for_any_progress_is_one_line(code_corpus: Path, tmp_pat
 
 def test_running_out_under_the_cap_is_one_line(code_corpus: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setattr(memory, "PROCESS_RESERVE", 0)
+    monkeypatch.setattr(memory, "RESERVE_SHARE", 0.0)
     monkeypatch.setattr(memory, "MIN_ENGINE_MEMORY", 1)
     with pytest.raises(CrestError) as raised:
         build(code_corpus, tmp_path / "starved.duckdb", "4MB")
