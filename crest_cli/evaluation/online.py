@@ -23,6 +23,7 @@ from crest_cli.evaluation.doc_sections import write_section
 from datastore_service.build.corpus import corpus_spec
 from datastore_service.build.pipeline import build_store, default_store_path
 from datastore_service.draft import DEFAULT_SELECTION, DraftTree
+from datastore_service.errors import CrestError
 from datastore_service.lookup.index_loader import LookupIndex, load_index
 from datastore_service.overlay.overlay import Overlay
 from decoder.draft_sources import DraftSource, IndexSource
@@ -32,6 +33,7 @@ from decoder.references import greedy_references
 from decoder.replay import replay
 from decoder.target_model import TargetModel
 
+ONLINE_SUITES = ("humaneval", "mtbench")  # what the default code and chat stores learn on
 SOURCES = ("static store", "learning store", "static store + prompt lookup", "learning store + prompt lookup")
 
 
@@ -89,8 +91,11 @@ def _conversations(target: TargetModel, suite: str, count: int | None, turns: in
 
 
 def run_online(args: argparse.Namespace, target: TargetModel) -> str:
+    suites = [suite for suite in args.suites if suite in ONLINE_SUITES]
+    if not suites:
+        raise CrestError(f"--online replays {' and '.join(ONLINE_SUITES)} (with the default stores), not {args.suites}")
     rows = []
-    for suite in args.suites:
+    for suite in suites:
         corpus = args.code_corpus if suite == "humaneval" else args.chat_corpus
         store = default_store_path(corpus_spec(corpus).display_name)
         if not store.exists():
