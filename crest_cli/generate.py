@@ -8,6 +8,7 @@ import time
 
 from crest_cli.generate_metrics import DecodeMetrics
 from datastore_service.build.tokenizer import TargetTokenizer
+from datastore_service.draft import DEFAULT_SELECTION
 from datastore_service.errors import CrestError
 from decoder.acceptance import SamplingParams
 from decoder.decoders import Decoder, make_decoder
@@ -44,7 +45,7 @@ def draft_source(args: argparse.Namespace, tokenizer_fingerprint: str | None) ->
             store=args.store_name,
         )
         client.check_tokenizer(tokenizer_fingerprint)
-        source: DraftSource = ServiceSource(client, args.selection)
+        source: DraftSource = ServiceSource(client, args.selection)  # None: the server's default
     else:
         from datastore_service.lookup.index_loader import load_index
 
@@ -54,7 +55,7 @@ def draft_source(args: argparse.Namespace, tokenizer_fingerprint: str | None) ->
                 f"store {args.store} was built for tokenizer {index.info.tokenizer_name!r}, "
                 f"not the one of model {args.model!r}"
             )
-        source = IndexSource(index, args.selection)
+        source = IndexSource(index, args.selection or DEFAULT_SELECTION)
     return source if args.no_prompt_lookup else WithPromptLookup(source)
 
 

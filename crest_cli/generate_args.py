@@ -91,8 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--selection",
         choices=("merged", "scored", "longest"),
-        default=DEFAULT_SELECTION,
-        help="merged: the matching contexts' trees combined, the longest's first (drafts at least what longest "
+        default=None,
+        help=f"default: the server's (with --server), else {DEFAULT_SELECTION}. "
+        "merged: the matching contexts' trees combined, the longest's first (drafts at least what longest "
         "does); scored: the matching tree expected to get the most tokens accepted; longest: the longest matching "
         "context (REST's rule)",
     )

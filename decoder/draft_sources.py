@@ -43,7 +43,8 @@ class IndexSource:
 class ServiceSource:
     """A `crest serve` replica set, through the gRPC client."""
 
-    def __init__(self, client, selection: str = DEFAULT_SELECTION) -> None:
+    def __init__(self, client, selection: str | None = None) -> None:
+        """`selection` None: the server's default, so a newer client still works with an older server."""
         self.client, self.selection = client, selection
         self.max_context = client.info().max_context
 

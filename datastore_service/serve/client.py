@@ -22,7 +22,7 @@ import numpy as np
 
 from crest.v1 import datastore_pb2 as pb
 from crest.v1 import datastore_pb2_grpc as pb_grpc
-from datastore_service.draft import DEFAULT_SELECTION, DraftTree
+from datastore_service.draft import DraftTree
 from datastore_service.errors import CrestError
 from datastore_service.serve.credentials import ClientSecurity
 
@@ -162,9 +162,11 @@ class DraftClient:
         sequences: Sequence[Sequence[int]],
         max_nodes: int = 0,
         max_depth: int = 0,
-        selection: str = DEFAULT_SELECTION,
+        selection: str | None = None,
     ) -> list[DraftTree]:
-        request = pb.LookupRequest(selection=SELECTIONS[selection], store=self.store)
+        """`selection` None: the server's default (MERGED since it has it; an older server keeps its own)."""
+        chosen = pb.SELECTION_UNSPECIFIED if selection is None else SELECTIONS[selection]
+        request = pb.LookupRequest(selection=chosen, store=self.store)
         for tokens in sequences:
             request.sequences.add(tokens=list(tokens), max_nodes=max_nodes, max_depth=max_depth)
         response = self._call(self.stub.Lookup, request)
