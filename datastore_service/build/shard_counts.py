@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import duckdb
@@ -24,6 +25,8 @@ from datastore_service.build.token_table import TokenizedCorpus
 from datastore_service.paths import cache_dir
 
 SHARD_NGRAMS_SCHEMA = "(shard INTEGER, level TINYINT, gid BIGINT, parent BIGINT, token INTEGER, count BIGINT)"
+# What counting a shard leaves in its connection (sql/01-03), dropped before the next shard
+COUNTING_TABLES = ("tokens", "ngrams", "level_keys", "level_grams", "next_level_keys")
 
 
 def shard_counts_path(tokenized: TokenizedCorpus, levels: int) -> Path:
@@ -36,22 +39,28 @@ def parquet_glob(path: Path) -> str:
     return str(path / "*.parquet") if path.is_dir() else str(path)
 
 
-def shard_counts(tokenized: TokenizedCorpus, levels: int, vocab_size: int) -> Path:
-    """Parquet `(level, gid, parent, token, count)` of every n-gram of the shard up to `levels` tokens."""
+def shard_counts(
+    tokenized: TokenizedCorpus, levels: int, vocab_size: int, connection: duckdb.DuckDBPyConnection | None = None
+) -> Path:
+    """Parquet `(level, gid, parent, token, count)` of every n-gram of the shard up to `levels` tokens.
+    Counted in `connection` (the build's: its memory limit and scratch folder hold) when given, its
+    tables dropped after; else in a connection of DuckDB's defaults."""
     target = shard_counts_path(tokenized, levels)
     if target.exists():
         mark_used(target)
         return target
     partial = target.with_suffix(f".partial-{os.getpid()}")
     try:
-        with duckdb.connect() as connection:
-            connection.execute("SET preserve_insertion_order = false")
-            connection.execute(
+        with duckdb.connect() if connection is None else nullcontext(connection) as counting:
+            counting.execute("SET preserve_insertion_order = false")
+            counting.execute(
                 "CREATE TEMP TABLE tokens AS SELECT * FROM read_parquet($path)", {"path": str(tokenized.parquet)}
             )
-            count_ngrams_up_to(connection, levels, 1, vocab_size, progress=False)
+            count_ngrams_up_to(counting, levels, 1, vocab_size, progress=False)
             quoted = str(partial).replace("'", "''")
-            connection.execute(f"COPY ngrams TO '{quoted}' (FORMAT parquet)")
+            counting.execute(f"COPY ngrams TO '{quoted}' (FORMAT parquet)")
+            for table in COUNTING_TABLES:
+                counting.execute(f"DROP TABLE IF EXISTS {table}")
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)
@@ -70,7 +79,7 @@ def merge_shard_counts(
     """Fill `ngrams` with the summed counts of `shards` (and of already `counted` shard files), as a
     count over their union would."""
     files = [
-        shard_counts(shard, levels, vocab_size)
+        shard_counts(shard, levels, vocab_size, connection)
         for shard in tqdm(shards, desc="count shards", unit="shard", disable=not progress)
     ]
     merge_count_files(connection, [*files, *counted], levels, min_count, progress)
