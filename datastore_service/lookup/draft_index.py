@@ -128,8 +128,8 @@ class DraftIndex:
         room = (size < batch.max_nodes[query]) | (batch.max_depth[query] < self.max_tree_depth)
         wanted = np.zeros(len(batch.lengths), bool)
         wanted[query[longest & room]] = True
-        shown = longest | wanted[query]
-        query, column = query[shown], column[shown]
+        gathered = longest | wanted[query]
+        query, column = query[gathered], column[gathered]
         pairs = QueryBatch(batch.tails[query], batch.lengths[query], batch.max_nodes[query], batch.max_depth[query])
         per_context = self._gather(where[query, column], column + 1, pairs)
         return merge_trees(per_context, query, len(batch.lengths), batch.max_nodes)

@@ -164,7 +164,7 @@ class DraftClient:
         max_depth: int = 0,
         selection: str | None = None,
     ) -> list[DraftTree]:
-        """`selection` None: the server's default (MERGED since it has it; an older server keeps its own)."""
+        """`selection` None: the server's default (MERGED where the server has it, else its own)."""
         chosen = pb.SELECTION_UNSPECIFIED if selection is None else SELECTIONS[selection]
         request = pb.LookupRequest(selection=chosen, store=self.store)
         for tokens in sequences:
