@@ -137,6 +137,13 @@ def run_suite(
         for name in tallies:
             tallies[name].vs_generate.append(rates[name] / rates["generate"])
             tallies[name].vs_no_drafts.append(rates[name] / rates["no drafts"])
+        # Progress, and figures that survive a run cut short (the GPU check has a hard time limit).
+        rates_text = ", ".join(f"{name} {rate:.1f}" for name, rate in rates.items())
+        print(
+            f"prompt {len(tallies['generate'].vs_generate)}/{len(prompts)}: tokens/s {rates_text}",
+            file=sys.stderr,
+            flush=True,
+        )
     return tallies
 
 

