@@ -15,6 +15,7 @@ forward, bonus token included); the mean ms of a step split into lookup, draft p
 forward, acceptance and cache compaction; and exactness: how many outputs equal the float32
 reference (`generate` in float32) and, for those that differ, the mean first differing position.
 With --batch-size, also a batch of that many HumanEval prompts decoded together, with and without drafts.
+Every decoder and `generate` first decode the suite's longest prompt once, untimed (warm-up).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from decoder.target_model import TargetModel, load_target
 
 COMMAND = "python benchmarks/decode_speed.py " + " ".join(sys.argv[1:])
 PHASES = ("lookup", "prepare", "forward", "accept", "compact")
+WARM_UP_TOKENS = 8
 
 
 def store_index(corpus: str) -> DraftIndex:
@@ -124,20 +126,37 @@ def run_suite(
     decoders: dict[str, Decoder] = {"no drafts": make_decoder(target, NoDrafts(), max_nodes=0, engine=engine)}
     decoders.update({name: make_decoder(target, source, engine=engine) for name, source in sources.items()})
     tallies = {"generate": Tally(), **{name: Tally() for name in decoders}}
+    # Untimed warm-up on the longest prompt: first-call allocations, kernel choices, CUDA graph
+    # captures, and caches sized for the suite, so the first timed prompt measures decoding alone.
+    longest = max(prompts, key=len)
+    for model in {id(target): target, id(reference_target): reference_target}.values():
+        plain_generate(model, longest, WARM_UP_TOKENS)
+    for decoder in decoders.values():
+        decoder.generate(longest, WARM_UP_TOKENS)
     for ids in prompts:
-        reference = plain_generate(reference_target, ids, max_new_tokens)[0] if reference_target is not target else None
-        tokens, generate_seconds = plain_generate(target, ids, max_new_tokens)
+        try:
+            reference = (
+                plain_generate(reference_target, ids, max_new_tokens)[0] if reference_target is not target else None
+            )
+            tokens, generate_seconds = plain_generate(target, ids, max_new_tokens)
+            runs = {
+                name: timed(lambda d=decoder, i=ids: d.generate(i, max_new_tokens), target)
+                for name, decoder in decoders.items()
+            }
+        except KeyboardInterrupt:  # a time limit: keep the prompts done, tell the table
+            print(
+                f"interrupted: {len(tallies['generate'].vs_generate)} of {len(prompts)} prompts done", file=sys.stderr
+            )
+            break
         reference = tokens if reference is None else reference
         tallies["generate"].add(tokens, generate_seconds, reference, None)
         rates = {"generate": len(tokens) / generate_seconds}
-        for name, decoder in decoders.items():
-            generation, seconds = timed(lambda d=decoder, i=ids: d.generate(i, max_new_tokens), target)
+        for name, (generation, seconds) in runs.items():
             tallies[name].add(generation.tokens, seconds, reference, generation)
             rates[name] = len(generation.tokens) / seconds
         for name in tallies:
             tallies[name].vs_generate.append(rates[name] / rates["generate"])
             tallies[name].vs_no_drafts.append(rates[name] / rates["no drafts"])
-        # Progress, and figures that survive a run cut short (the GPU check has a hard time limit).
         rates_text = ", ".join(f"{name} {rate:.1f}" for name, rate in rates.items())
         print(
             f"prompt {len(tallies['generate'].vs_generate)}/{len(prompts)}: tokens/s {rates_text}",
@@ -257,15 +276,23 @@ def main() -> None:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     indexes = {}
+    cut_short = False
     for key in args.suites.split(","):
         title, encode, corpus = suites[key]
         indexes[key] = store_index(corpus)
         prompts = encode(args.prompts)
         tallies = run_suite(target, reference_target, prompts, indexes[key], engine, args.max_new_tokens)
-        for line in table(title, tallies, len(prompts)):
+        done = len(tallies["generate"].vs_generate)
+        table_lines = table(title, tallies, done) if done else []
+        if done < len(prompts):  # interrupted (the GPU check's time limit): report what was done, then stop
+            cut_short = True
+            table_lines.append(f"| {title} | cut short by a time limit after {done} of {len(prompts)} prompts |")
+        for line in table_lines:
             lines.append(line)
             print(line, flush=True)
-    if args.batch_size > 1 and "humaneval" in indexes:
+        if cut_short:
+            break
+    if args.batch_size > 1 and "humaneval" in indexes and not cut_short:
         prompts = [target.encode_prompt(p, False) for p in humaneval_prompts(args.batch_size)]
         rates = batch_rates(target, prompts, indexes["humaneval"], engine, args.batch_size, args.max_new_tokens)
         lines += ["", batch_summary(rates, args.batch_size, args.max_new_tokens)]

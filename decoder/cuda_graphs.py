@@ -37,18 +37,29 @@ class GraphedPasses:
     ) -> torch.Tensor:
         if rows.start not in (None, 0) or mask.shape[-1] != cache.capacity:  # not a pass over rows 0..n-1
             return self.forward(cache, input_ids, positions, slots, mask, rows)
-        if cache is not self._cache:  # graphs hold the cache's addresses: a new cache needs new graphs
-            self._cache, self._graphs = cache, {}
-        shape = tuple(input_ids.shape)  # (rows, width)
-        if shape not in self._graphs:
-            self._graphs[shape] = self._capture(cache, shape, mask.dtype)
-        graph, inputs, logits = self._graphs[shape]
+        graph, inputs, logits = self._graph(cache, tuple(input_ids.shape), mask.dtype)
         inputs["input_ids"].copy_(input_ids)
         inputs["positions"].copy_(positions)
         inputs["slots"].copy_(slots)
         inputs["mask"].copy_(mask)
         graph.replay()
         return logits
+
+    def prepare(self, cache: StaticKVCache, rows: int, widths: list[int]) -> None:
+        """Capture the graphs of every width for `rows` rows now, so no decoding step pays for a capture
+        (narrower batches, once sequences finish, are captured when first met)."""
+        for width in widths:
+            self._graph(cache, (rows, width), cache.keys.dtype)
+
+    def _graph(
+        self, cache: StaticKVCache, shape: tuple[int, int], dtype: torch.dtype
+    ) -> tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]:
+        """The graph of passes of this (rows, width) over this cache, captured on first use."""
+        if cache is not self._cache:  # graphs hold the cache's addresses: a new cache needs new graphs
+            self._cache, self._graphs = cache, {}
+        if shape not in self._graphs:
+            self._graphs[shape] = self._capture(cache, shape, dtype)
+        return self._graphs[shape]
 
     def _capture(
         self, cache: StaticKVCache, shape: tuple[int, int], dtype: torch.dtype

@@ -33,7 +33,7 @@ from .calibration import AcceptanceCalibration
 from .cuda_graphs import GraphedPasses
 from .draft_gate import DraftGate
 from .draft_sources import DraftSource
-from .llama_forward import LlamaTreeForward
+from .llama_forward import LlamaTreeForward, forward_fingerprint
 from .node_budget import PASS_WIDTHS, CostCurve, NodeBudget, first_nodes
 from .speculative import Generation, StepRecord, emitted_until_stop, limit_depth
 from .static_cache import StaticKVCache
@@ -41,7 +41,9 @@ from .target_model import TargetModel
 from .tree_batch import FedBatch, pack, prefill_inputs
 
 FILLER_TOKEN = 0
-CAPACITY_GRANULE = 256  # caches are sized in steps of this, so one serves many generations
+# Caches are sized in steps of this, so one serves many generations; on a GPU in larger steps, since a
+# new cache means capturing every CUDA graph again (and memory there is plentiful).
+CAPACITY_GRANULE = {"cpu": 256, "cuda": 1024}
 MEASURED_ROWS = 8  # the cost curve's widest batch
 FILLER_WIDTH = 16  # the width at which a filler slot is priced
 
@@ -63,7 +65,7 @@ class TreeEngine:
             raise ValueError("the compiled engine replays CUDA graphs: it needs a GPU")
         self.compiled = compiled
         self.forward = LlamaTreeForward(target.model)
-        self.run_pass: Callable[..., torch.Tensor] = GraphedPasses(self.forward) if compiled else self.forward
+        self.run_pass = GraphedPasses(self.forward) if compiled else None
         # Read once: transformers computes these from the parameters and config on every access.
         self.dtype, self.device = target.model.dtype, target.device
         self.eos = target.eos_token_ids
@@ -120,7 +122,7 @@ class TreeEngine:
         rows = min(rows, MEASURED_ROWS)
         target = self.target
         key = (
-            f"{target.name}-{self.name}-{target.device}-{self.dtype}-{torch.get_num_threads()}threads"
+            f"{target.name}-{self.name}-{forward_fingerprint()}-{target.device}-{self.dtype}-{torch.get_num_threads()}threads"
             f"-rows{rows}-past{history}-by-tokens-and-fillers"
         )
         widest = PASS_WIDTHS[-1]
@@ -274,8 +276,10 @@ class TreeEngine:
         """The engine's cache, reallocated only when a batch needs more rows or room than it has."""
         dtype, device = self.dtype, self.device
         if self._cache is None or not self._cache.fits(rows, tokens, dtype, device):
-            capacity = -(-tokens // CAPACITY_GRANULE) * CAPACITY_GRANULE
-            self._cache = self.forward.new_cache(rows, capacity)
+            granule = CAPACITY_GRANULE.get(device.type, CAPACITY_GRANULE["cpu"])
+            self._cache = self.forward.new_cache(rows, -(-tokens // granule) * granule)
+            if self.compiled:
+                self.run_pass.prepare(self._cache, rows, self.budget.widths())
         self._cache.reset()
         return self._cache
 

@@ -1,10 +1,15 @@
 """The verification forward pass of a Hugging Face Llama-family model over a `StaticKVCache`.
 
-The model stays a transformers model: its own modules compute the embedding, rotary embedding,
-norms and activation, and its own weights every product (on a CPU, copies of them prepacked for
-oneDNN: `projections.py`). The attention's cache handling is ours: keys and values go into
-preallocated slots chosen per row, and attention reads the cached prefix through an additive
-mask, so a draft tree of any shape is verified in one pass and nothing is allocated per layer.
+The model stays a transformers model: its own modules compute the embedding, the rotary angles and
+the activation, and its own weights every product (copies with the products of one input joined:
+`projections.py`; on a CPU prepacked for oneDNN). Norms and the rotation run as fewer, fused
+operations than transformers' own (one `rms_norm` each; the rotation of queries and keys together),
+because a pass of a small model is a few thousand tiny operations whose launches, not their
+arithmetic, cost the time (on a GPU, each kernel of a CUDA graph still costs a few microseconds).
+
+The attention's cache handling is ours: keys and values go into preallocated slots chosen per
+row, and attention reads the cached prefix through an additive mask, so a draft tree of any shape
+is verified in one pass and nothing is allocated per layer.
 Each fed token's logits are those a plain causal pass along its branch would give.
 
 Llama, Mistral (without a sliding window) and Qwen2 share this structure; other architectures
@@ -13,10 +18,14 @@ Llama, Mistral (without a sliding window) and Qwen2 share this structure; other 
 
 from __future__ import annotations
 
+import hashlib
+from functools import cache
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import PreTrainedModel
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from .projections import LayerProjections, can_pack, head_projection
 from .static_cache import StaticKVCache
@@ -25,6 +34,15 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 _LAYER_PARTS = ("input_layernorm", "post_attention_layernorm", "mlp", "self_attn")
 _ATTENTION_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP_PARTS = ("gate_proj", "up_proj", "down_proj", "act_fn")
+
+
+@cache
+def forward_fingerprint() -> str:
+    """Names this pass's code, so timings measured of an older pass (the engine's cost curves) are
+    measured again rather than reused."""
+    here = Path(__file__).parent
+    sources = b"".join((here / name).read_bytes() for name in ("llama_forward.py", "projections.py", "cuda_graphs.py"))
+    return hashlib.sha256(sources).hexdigest()[:10]
 
 
 def unsupported_reason(model: PreTrainedModel) -> str | None:
@@ -40,6 +58,8 @@ def unsupported_reason(model: PreTrainedModel) -> str | None:
     for layer in inner.layers:
         if not all(hasattr(layer, part) for part in _LAYER_PARTS):
             return "unexpected decoder layer layout"
+        if not all(hasattr(getattr(layer, norm), "variance_epsilon") for norm in _LAYER_PARTS[:2]):
+            return "unexpected norm layout"
         if not all(hasattr(layer.self_attn, part) for part in _ATTENTION_PARTS):
             return "unexpected attention layout"
         if not all(hasattr(layer.mlp, part) for part in _MLP_PARTS):
@@ -64,6 +84,9 @@ class LlamaTreeForward:
         self.packed = can_pack(model)
         self.projections = [LayerProjections(layer, self.packed) for layer in self.layers]
         self.head = head_projection(model, self.packed)
+        # The fused attention kernels of a GPU take an additive mask only with as many key heads as
+        # query heads: there, grouped keys and values are repeated up front (on a CPU, SDPA groups them).
+        self.repeat_kv = next(model.parameters()).device.type == "cuda" and self.kv_heads != self.heads
 
     def new_cache(self, rows: int, capacity: int) -> StaticKVCache:
         parameter = next(self.model.parameters())
@@ -88,35 +111,43 @@ class LlamaTreeForward:
         inner = self.model.model
         embedded = inner.embed_tokens(input_ids)
         cos, sin = inner.rotary_emb(embedded, positions)
+        cos, signed_sin = cos[:, :, None], _signed_halves(sin)[:, :, None]  # [b, q, 1, head_dim]
         batch, fed = input_ids.shape
         padded = (batch * fed,)
         hidden = embedded.reshape(*padded, -1)[real] if real is not None else embedded
-        visible = mask.shape[-1]
+        heads, rotated_heads, visible = self.heads, self.heads + self.kv_heads, mask.shape[-1]
         for index, (layer, projections) in enumerate(zip(self.layers, self.projections)):
-            query, key, value = (
-                self._laid_out(part, real, padded).view(batch, fed, heads, self.head_dim).transpose(1, 2)
-                for part, heads in zip(
-                    projections.qkv(layer.input_layernorm(hidden)), (self.heads, self.kv_heads, self.kv_heads)
-                )
-            )
-            query, key = apply_rotary_pos_emb(query, key, cos, sin)
+            qkv = self._laid_out(projections.qkv(_rms_norm(hidden, layer.input_layernorm)), real, padded)
+            qkv = qkv.view(batch, fed, rotated_heads + self.kv_heads, self.head_dim)
+            rotated = _rotate(qkv[:, :, :rotated_heads], cos, signed_sin)  # queries and keys at once
+            query, key = rotated[:, :, :heads].transpose(1, 2), rotated[:, :, heads:].transpose(1, 2)
+            value = qkv[:, :, rotated_heads:].transpose(1, 2)
             keys, values = cache.keys[index, rows], cache.values[index, rows]
             index_of = slots[:, None, :, None].expand_as(key)
             keys.scatter_(2, index_of, key)
             values.scatter_(2, index_of, value)
+            keys, values = keys[:, :, :visible], values[:, :, :visible]
+            if self.repeat_kv:
+                keys, values = self._repeated(keys), self._repeated(values)
             attended = F.scaled_dot_product_attention(
                 query,
-                keys[:, :, :visible],
-                values[:, :, :visible],
+                keys,
+                values,
                 attn_mask=mask,
                 scale=self.scaling,
-                enable_gqa=self.kv_heads != self.heads,
+                enable_gqa=keys.shape[1] != heads,
             ).transpose(1, 2)
             attended = attended.reshape(*padded, -1)[real] if real is not None else attended.reshape(batch, fed, -1)
             hidden = hidden + projections.output(attended)
-            hidden = hidden + projections.mlp(layer.post_attention_layernorm(hidden))
-        logits = self.head(inner.norm(hidden))
+            hidden = hidden + projections.mlp(_rms_norm(hidden, layer.post_attention_layernorm))
+        logits = self.head(_rms_norm(hidden, inner.norm))
         return self._laid_out(logits, real, padded).view(batch, fed, -1)
+
+    def _repeated(self, grouped: torch.Tensor) -> torch.Tensor:
+        """[b, kv_heads, k, d] -> [b, heads, k, d], each key head serving its group of query heads."""
+        b, kv_heads, k, d = grouped.shape
+        groups = self.heads // kv_heads
+        return grouped[:, :, None].expand(b, kv_heads, groups, k, d).reshape(b, self.heads, k, d)
 
     @staticmethod
     def _laid_out(values: torch.Tensor, real: torch.Tensor | None, padded: tuple[int]) -> torch.Tensor:
@@ -125,3 +156,19 @@ class LlamaTreeForward:
             return values
         out = values.new_zeros(*padded, values.shape[-1])
         return out.index_copy_(0, real, values)
+
+
+def _rms_norm(hidden: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """transformers' RMSNorm as one fused operation (it runs six)."""
+    return F.rms_norm(hidden, (hidden.shape[-1],), norm.weight, norm.variance_epsilon)
+
+
+def _signed_halves(sin: torch.Tensor) -> torch.Tensor:
+    """sin with its first half negated: rotate_half(x) * sin == x.roll(d / 2) * signed sin."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """The rotary embedding, x * cos + rotate_half(x) * sin, in four operations instead of five per tensor."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin

@@ -10,7 +10,8 @@ and returns ordinary tensors, so no layout conversion runs per call. The packed 
 model (its own modules stay as they are, so `generate` is untouched), and the projections that
 read the same input are fused: q, k and v in one product, the MLP's gate and up in another.
 
-Elsewhere (a GPU, or a CPU build without oneDNN) the model's own modules compute each product.
+Elsewhere (a GPU, or a CPU build without oneDNN) plain products run over joined copies of the
+weights (q/k/v and gate/up: fewer, wider kernels) and the model's own modules compute the rest.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
@@ -39,14 +41,7 @@ class PackedLinear:
     def __init__(self, *linears: nn.Linear) -> None:
         weight = torch.cat([linear.weight.detach() for linear in linears])
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, None)
-        self.bias = None
-        if any(linear.bias is not None for linear in linears):
-            self.bias = torch.cat(
-                [
-                    linear.bias.detach() if linear.bias is not None else weight.new_zeros(linear.out_features)
-                    for linear in linears
-                ]
-            )
+        self.bias = _joint_bias(linears, weight)
         self.sizes = [linear.out_features for linear in linears]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,25 +51,34 @@ class PackedLinear:
         return self(x).split(self.sizes, dim=-1)
 
 
+class JointLinear:
+    """Linears of one input as one product, over a copy of their weights joined (a copy, so the
+    model's own modules and what it saves stay as they are)."""
+
+    def __init__(self, *linears: nn.Linear) -> None:
+        self.weight = torch.cat([linear.weight.detach() for linear in linears])
+        self.bias = _joint_bias(linears, self.weight)
+        self.sizes = [linear.out_features for linear in linears]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self(x).split(self.sizes, dim=-1)
+
+
 class LayerProjections:
-    """q/k/v, the attention output, and the MLP of one Llama-family decoder layer."""
+    """q/k/v, the attention output, and the MLP of one Llama-family decoder layer; q, k and v come
+    out of one product, [..., q | k | v], and so do the MLP's gate and up."""
 
     def __init__(self, layer: nn.Module, packed: bool) -> None:
         attention, mlp = layer.self_attn, layer.mlp
         self.activation: Callable[[torch.Tensor], torch.Tensor] = mlp.act_fn
-        if packed:
-            self._qkv = PackedLinear(attention.q_proj, attention.k_proj, attention.v_proj).split
-            self.output = PackedLinear(attention.o_proj)
-            self._gate_up = PackedLinear(mlp.gate_proj, mlp.up_proj).split
-            self._down = PackedLinear(mlp.down_proj)
-        else:
-            self._qkv = lambda x: (attention.q_proj(x), attention.k_proj(x), attention.v_proj(x))
-            self.output = attention.o_proj
-            self._gate_up = lambda x: (mlp.gate_proj(x), mlp.up_proj(x))
-            self._down = mlp.down_proj
-
-    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self._qkv(x)
+        joint = PackedLinear if packed else JointLinear
+        self.qkv = joint(attention.q_proj, attention.k_proj, attention.v_proj)
+        self._gate_up = joint(mlp.gate_proj, mlp.up_proj).split
+        self.output = PackedLinear(attention.o_proj) if packed else attention.o_proj
+        self._down = PackedLinear(mlp.down_proj) if packed else mlp.down_proj
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self._gate_up(x)
@@ -83,3 +87,15 @@ class LayerProjections:
 
 def head_projection(model: nn.Module, packed: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     return PackedLinear(model.lm_head) if packed else model.lm_head
+
+
+def _joint_bias(linears: tuple[nn.Linear, ...], weight: torch.Tensor) -> torch.Tensor | None:
+    """The linears' biases end to end (zeros for one without), or None if none has one."""
+    if all(linear.bias is None for linear in linears):
+        return None
+    return torch.cat(
+        [
+            linear.bias.detach() if linear.bias is not None else weight.new_zeros(linear.out_features)
+            for linear in linears
+        ]
+    )
