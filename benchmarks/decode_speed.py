@@ -176,6 +176,19 @@ class BatchRates:
 
     end_to_end: list[float] = field(default_factory=list)
     decoding: list[float] = field(default_factory=list)
+    phase_seconds: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PHASES})
+    accepted: list[float] = field(default_factory=list)
+
+    def add_steps(self, generations: list[Generation]) -> None:
+        """Each step's phases (every row of a step carries the step's times) and tokens per row-step."""
+        for generation in generations:
+            self.accepted.append(generation.mean_accepted_length)
+            for step in generation.steps:
+                for phase in PHASES:
+                    self.phase_seconds[phase].append(getattr(step, f"{phase}_seconds"))
+
+    def step_text(self) -> str:
+        return " / ".join(f"{1e3 * float(np.mean(self.phase_seconds[p])):.2f}" for p in PHASES)
 
 
 def batch_rates(
@@ -199,6 +212,7 @@ def batch_rates(
             prefill = sum(g.prefill_seconds for g in generations)
             rates[name].end_to_end.append(tokens / seconds)
             rates[name].decoding.append(tokens / (seconds - prefill))
+            rates[name].add_steps(generations)
     return rates
 
 
@@ -211,7 +225,9 @@ def batch_summary(rates: dict[str, BatchRates], rows: int, max_new_tokens: int) 
         f"{BATCH_REPEATS} alternating runs): {end_to_end[0]:.1f} tokens/s without drafts, {end_to_end[1]:.1f} with "
         f"store + prompt lookup: **{end_to_end[1] / end_to_end[0]:.2f}x** end to end; in the decoding phase "
         f"alone (prefill left out) {decoding[0]:.1f} and {decoding[1]:.1f} tokens/s, "
-        f"**{decoding[1] / decoding[0]:.2f}x**."
+        f"**{decoding[1] / decoding[0]:.2f}x**. Step ms (lookup / preparation / forward / acceptance / compaction): "
+        f"{plain.step_text()} without drafts, {drafted.step_text()} with; accepted tokens per row and step "
+        f"{np.mean(drafted.accepted):.2f}."
     )
 
 
