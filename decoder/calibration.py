@@ -35,7 +35,8 @@ class AcceptanceCalibration:
         self.accepted = np.zeros(bins)
         self.stated = np.zeros(bins)  # sum of stated probabilities per bin
         self._table = self._fit()
-        self._unfitted = 0  # nodes observed since the table was fitted
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # observed since the table was fitted
+        self._unfitted = 0  # nodes in _pending
 
     def _bin(self, probabilities: np.ndarray) -> np.ndarray:
         return np.minimum((np.asarray(probabilities, np.float64) * self.bins).astype(np.int64), self.bins - 1)
@@ -44,13 +45,22 @@ class AcceptanceCalibration:
         """One verified tree: each node's stated probability and whether it was accepted."""
         if len(probabilities) == 0:
             return
-        bins = self._bin(probabilities)
-        self.verified += np.bincount(bins, minlength=self.bins)
-        self.accepted += np.bincount(bins, weights=np.asarray(accepted, np.float64), minlength=self.bins)
-        self.stated += np.bincount(bins, weights=np.asarray(probabilities, np.float64), minlength=self.bins)
+        self._pending.append((probabilities, accepted))
         self._unfitted += len(probabilities)
         if self._unfitted >= REFIT_AFTER:
-            self._table, self._unfitted = self._fit(), 0
+            self._count_pending()
+            self._table = self._fit()
+
+    def _count_pending(self) -> None:
+        """Fold the pooled observations into the bins (once per refit: a step's own handful of nodes
+        would cost three bincounts of a CPU step's host time each)."""
+        probabilities = np.concatenate([p for p, _ in self._pending]).astype(np.float64)
+        accepted = np.concatenate([a for _, a in self._pending]).astype(np.float64)
+        bins = self._bin(probabilities)
+        self.verified += np.bincount(bins, minlength=self.bins)
+        self.accepted += np.bincount(bins, weights=accepted, minlength=self.bins)
+        self.stated += np.bincount(bins, weights=probabilities, minlength=self.bins)
+        self._pending, self._unfitted = [], 0
 
     def calibrate(self, probabilities: np.ndarray) -> np.ndarray:
         """Calibrated acceptance probability of each node (same order, non-increasing where the input is)."""

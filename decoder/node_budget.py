@@ -14,6 +14,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -115,19 +116,35 @@ class NodeBudget:
         cap = self.widths()[-1] - 1 if padded else self.max_nodes
         if self.curve is None or len(probabilities) == 0:
             return min(len(probabilities), cap)
-        count = np.arange(min(len(probabilities), cap) + 1)
-        expected = 1.0 + np.concatenate([[0.0], np.cumsum(probabilities[: count[-1]])])
-        cost = self.curve.cost(1 + count)
-        if padded:
-            widths = np.asarray(self.widths())
-            cost = cost + self.curve.filler_seconds * (widths[np.searchsorted(widths, count + 1)] - 1 - count)
+        counted = min(len(probabilities), cap)
+        expected = np.empty(counted + 1)
+        expected[0] = 1.0
+        np.cumsum(probabilities[:counted], out=expected[1:])
+        expected[1:] += 1.0
+        cost = (self._padded_costs if padded else self._costs(counted))[: counted + 1]
         return int(np.argmax(expected / cost))
+
+    @cached_property
+    def _padded_costs(self) -> np.ndarray:
+        """Seconds of a padded pass verifying 0, 1, ... widest - 1 nodes: the curve at the real tokens fed,
+        plus the filler price of the slots up to the width that holds them (priced once, used every step)."""
+        widths = np.asarray(self.widths())
+        count = np.arange(widths[-1])
+        fillers = widths[np.searchsorted(widths, count + 1)] - 1 - count
+        return self.curve.cost(1 + count) + self.curve.filler_seconds * fillers
+
+    def _costs(self, counted: int) -> np.ndarray:
+        return self.curve.cost(1 + np.arange(counted + 1))
 
     def cut(self, tree: DraftTree) -> DraftTree:
         return first_nodes(tree, self.best_count(tree.probabilities))
 
     def widths(self) -> list[int]:
         """Pass widths (root + nodes per sequence) the static engine may use within max_nodes."""
+        return self._widths
+
+    @cached_property
+    def _widths(self) -> list[int]:
         return [width for width in PASS_WIDTHS if width - 1 <= self.max_nodes]
 
     def plan_width(self, gains: Sequence[np.ndarray]) -> int:

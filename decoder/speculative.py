@@ -69,6 +69,8 @@ def limit_depth(tree: DraftTree, max_depth: int) -> DraftTree:
     """Nodes no deeper than `max_depth` (a prefix-closed subset keeps parents before children)."""
     if len(tree) == 0 or max_depth <= 0:
         return DraftTree.empty()
+    if len(tree) <= max_depth:  # no node can be deeper than the tree has nodes
+        return tree
     depths = tree.depths()
     keep = depths <= max_depth
     if keep.all():
