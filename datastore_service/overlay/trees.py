@@ -381,10 +381,50 @@ def answer(view: TreeView, batch: QueryBatch, static: DraftBatch, selection: str
     spliced = _splice(view, chosen, best + 1, use, batch, static)
     if selection != "merged":
         return spliced
-    # Per query, the learned tree (or the store's answer) first and the store's answer second: where
-    # the store's answer was kept, its second copy adds nothing (every branch already drafted).
-    both = _interleaved(spliced, static)
-    return merge_trees(both, np.repeat(np.arange(len(use)), 2), len(use), batch.max_nodes)
+    # Per query, the learned tree first and the store's answer behind it. Only where a learned tree
+    # was taken and leaves room: a query that kept the store's answer has it already, and a learned
+    # tree of max_nodes nodes is the whole merged answer (merging first keeps it, whole and first).
+    room = np.flatnonzero(use & (np.diff(spliced.offsets) < batch.max_nodes))
+    if len(room) == 0:
+        return spliced
+    both = _interleaved(_queries(spliced, room), _queries(static, room))
+    merged = merge_trees(both, np.repeat(np.arange(len(room)), 2), len(room), batch.max_nodes[room])
+    return _with_queries(spliced, room, merged)
+
+
+def _queries(batch: DraftBatch, rows: np.ndarray) -> DraftBatch:
+    """The trees of queries `rows`, in that order."""
+    sizes = np.diff(batch.offsets)[rows]
+    nodes = _ranges(batch.offsets[rows], sizes)
+    return DraftBatch(
+        batch.tokens[nodes],
+        batch.parents[nodes],
+        batch.probabilities[nodes],
+        np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        batch.context_lengths[rows],
+        batch.scores[rows],
+    )
+
+
+def _with_queries(batch: DraftBatch, rows: np.ndarray, trees: DraftBatch) -> DraftBatch:
+    """`batch` with query rows[i]'s tree replaced by tree i of `trees`."""
+    sizes, starts = np.diff(batch.offsets), batch.offsets[:-1].copy()
+    sizes[rows], starts[rows] = np.diff(trees.offsets), len(batch.tokens) + trees.offsets[:-1]
+    gather = _ranges(starts, sizes)
+
+    def joined(name: str) -> np.ndarray:
+        return np.concatenate([getattr(batch, name), getattr(trees, name)])[gather]
+
+    context_lengths, scores = batch.context_lengths.copy(), batch.scores.copy()
+    context_lengths[rows], scores[rows] = trees.context_lengths, trees.scores
+    return DraftBatch(
+        joined("tokens"),
+        joined("parents"),
+        joined("probabilities"),
+        np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        context_lengths,
+        scores,
+    )
 
 
 def _interleaved(first: DraftBatch, second: DraftBatch) -> DraftBatch:
