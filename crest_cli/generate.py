@@ -166,8 +166,5 @@ def _stream_one(decoder: Decoder, target: TargetModel, prompt: list[int], args: 
 def _decode_batches(
     decoder: Decoder, prompts: list[list[int]], rows: int, args: argparse.Namespace
 ) -> list[Generation]:
-    """Decode `rows` prompts at a time."""
-    generations = []
-    for start in range(0, len(prompts), rows):
-        generations += decoder.generate_batch(prompts[start : start + rows], args.max_new_tokens, args.stop)
-    return generations
+    """Decode the prompts `rows` at a time, each waiting one taking the row of the first to finish."""
+    return decoder.generate_batch(prompts, args.max_new_tokens, args.stop, rows=rows)

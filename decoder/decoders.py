@@ -41,8 +41,14 @@ class Decoder(Protocol):
     ) -> Generation: ...
 
     def generate_batch(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_strings: Sequence[str] = ()
-    ) -> list[Generation]: ...
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        stop_strings: Sequence[str] = (),
+        rows: int | None = None,
+    ) -> list[Generation]:
+        """Every prompt's generation, at most `rows` decoded at once (all by default)."""
+        ...
 
 
 def resolve_engine(target: TargetModel, engine: str) -> str:

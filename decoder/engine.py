@@ -21,6 +21,7 @@ tested); sampling draws each token exactly from the target's distribution (chi-s
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -105,9 +106,15 @@ class TreeEngine:
         return self.generate_batch([prompt_ids], max_new_tokens, stop_strings)[0]
 
     def generate_batch(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_strings: Sequence[str] = ()
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        stop_strings: Sequence[str] = (),
+        rows: int | None = None,
     ) -> list[Generation]:
-        steps = self._decode(prompts, max_new_tokens, stop_strings)
+        """Every prompt's generation. `rows`: decode at most this many at once; the others wait, and
+        each takes the cache row of the first sequence to finish (continuous batching)."""
+        steps = self._decode(prompts, max_new_tokens, stop_strings, rows)
         while True:
             try:
                 next(steps)
@@ -153,40 +160,69 @@ class TreeEngine:
 
     @torch.inference_mode()
     def _decode(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_strings: Sequence[str]
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        stop_strings: Sequence[str],
+        rows: int | None = None,
     ) -> Iterator[list[tuple[list[int], StepRecord | None] | None]]:
-        """Yields, per step, for each sequence: (tokens emitted, step record), or None if it was idle.
+        """Yields, per step, for each sequence: (tokens emitted, step record), or None if it was idle;
+        and after sequences are seated, their first tokens (record None).
 
-        Sequences still running sit in cache rows 0..n-1 (`seated[row]` is the sequence in that row);
-        one that finishes hands its row to the last running one, so a pass is never wider than the
-        sequences it serves."""
-        count = len(prompts)
+        Sequences running sit in cache rows 0..n-1 (`seated[row]` is the sequence in that row), at
+        most `rows` at once (all by default); one that finishes hands its row to the last running
+        one, so a pass is never wider than the sequences it serves, and a waiting sequence is then
+        prefilled into the first free row."""
+        rows = len(prompts) if rows is None else max(1, min(rows, len(prompts)))
         widest = max(self.budget.widths())
-        cache = self._cache_for(count, max(len(p) for p in prompts) + max_new_tokens + widest)
+        cache = self._cache_for(rows, max(len(p) for p in prompts) + max_new_tokens + widest)
         generations = [Generation() for _ in prompts]
         histories = [list(p) for p in prompts]
-        for row, prompt in enumerate(prompts):
+        waiting = deque(range(len(prompts)))
+        seated: list[int] = []
+        curve = self.budget.curve
+        gate = DraftGate(float(curve.cost(rows)) if curve is not None and self.budget.max_nodes > 0 else None)
+        while True:
+            self._unseat_finished(cache, seated, generations, max_new_tokens)
+            if waiting and len(seated) < rows:  # then look again: a sequence may stop at its first token
+                yield self._seat(cache, seated, waiting, rows, generations, histories, max_new_tokens, stop_strings)
+                continue
+            if not seated:
+                return generations
+            yield self._step(cache, seated, generations, histories, max_new_tokens, stop_strings, gate)
+
+    def _seat(
+        self,
+        cache: StaticKVCache,
+        seated: list[int],
+        waiting: deque[int],
+        rows: int,
+        generations: list[Generation],
+        histories: list[list[int]],
+        max_new_tokens: int,
+        stop_strings: Sequence[str],
+    ) -> list[tuple[list[int], StepRecord | None] | None]:
+        """Prefill waiting sequences into the free rows; each one's first token."""
+        outcomes: list[tuple[list[int], StepRecord | None] | None] = [None] * len(generations)
+        while waiting and len(seated) < rows:
+            sequence, row = waiting.popleft(), len(seated)
+            seated.append(sequence)
+            prompt, generation = histories[sequence], generations[sequence]
             started = time.perf_counter()
+            cache.clear_row(row)
             fed = prefill_inputs(prompt, self.dtype, self.device)
             logits = self.forward(cache, fed.input_ids, fed.positions, fed.slots, fed.mask, rows=slice(row, row + 1))
             cache.advance(row, len(prompt))
             scores = self._scores(logits[:, -1:], [[prompt[-1]]], [[-1]], [list(prompt)])
             first = self._first_token(scores[0, -1])
-            generations[row].prefill_seconds = time.perf_counter() - started
+            generation.prefill_seconds = time.perf_counter() - started
             if max_new_tokens <= 0:
                 continue
-            emitted, generations[row].stopped_by = self._until_stop(row, [first], [], stop_strings)
-            generations[row].tokens.extend(emitted)
-            histories[row].extend(emitted)
-        yield [([g.tokens[0]], None) if g.tokens else None for g in generations]
-        seated = list(range(count))
-        curve = self.budget.curve
-        gate = DraftGate(float(curve.cost(count)) if curve is not None and self.budget.max_nodes > 0 else None)
-        self._unseat_finished(cache, seated, generations, max_new_tokens)
-        while seated:
-            yield self._step(cache, seated, generations, histories, max_new_tokens, stop_strings, gate)
-            self._unseat_finished(cache, seated, generations, max_new_tokens)
-        return generations
+            emitted, generation.stopped_by = self._until_stop(sequence, [first], [], stop_strings)
+            generation.tokens.extend(emitted)
+            prompt.extend(emitted)
+            outcomes[sequence] = (emitted, None)
+        return outcomes
 
     def _step(
         self,

@@ -166,9 +166,13 @@ class SpeculativeDecoder:
                 return done.value
 
     def generate_batch(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_strings: Sequence[str] = ()
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        stop_strings: Sequence[str] = (),
+        rows: int | None = None,
     ) -> list[Generation]:
-        """The reference loop decodes one sequence at a time; a batch is decoded in turn."""
+        """The reference loop decodes one sequence at a time (any `rows`); a batch is decoded in turn."""
         return [self.generate(prompt, max_new_tokens, stop_strings) for prompt in prompts]
 
     def _choose_first(self, logits: torch.Tensor) -> int:

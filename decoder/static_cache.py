@@ -43,15 +43,20 @@ class StaticKVCache:
     def reset(self) -> None:
         self.lengths = [0] * self.rows
 
+    def clear_row(self, row: int) -> None:
+        """Row `row` holds nothing (its slots are overwritten before they are read again)."""
+        self.lengths[row] = 0
+
     def advance(self, row: int, tokens: int) -> None:
         """Count `tokens` slots written after row `row`'s history (a prefill) as kept."""
         self.lengths[row] += tokens
 
     def move_row(self, source: int, target: int) -> None:
         """Row `target` takes over row `source`'s history (whatever `target` held is dropped)."""
-        self.keys[:, target].copy_(self.keys[:, source])
-        self.values[:, target].copy_(self.values[:, source])
-        self.lengths[target] = self.lengths[source]
+        held = self.lengths[source]  # only the history: the slots past it are rewritten before being read
+        self.keys[:, target, :, :held].copy_(self.keys[:, source, :, :held])
+        self.values[:, target, :, :held].copy_(self.values[:, source, :, :held])
+        self.lengths[target] = held
 
     def keep(self, kept: Sequence[Sequence[int]]) -> None:
         """Keep, per row from row 0 on, the fed tokens at offsets `kept[b]` (ascending, from the row's

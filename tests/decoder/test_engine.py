@@ -110,6 +110,25 @@ def test_a_batch_equals_each_sequence_alone(llama, max_new_tokens: int):
         assert len({len(g.steps) for g in oracle}) > 1  # the rows finished at different steps
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3])
+def test_prompts_waiting_for_a_row_decode_as_each_sequence_alone(llama, rows: int):
+    """More prompts than rows: each finished sequence's row is taken by the next prompt (continuous
+    batching), and every output still equals plain greedy decoding, EOS stops included."""
+    prompts = BATCH + [p[::-1] for p in BATCH]  # 8 prompts of 1 to 11 tokens
+    free = {tuple(p): plain_greedy(llama, p, 25) for p in prompts}
+    llama.model.generation_config.eos_token_id = free[tuple(prompts[1])][4]  # some sequences stop early
+    try:
+        references = {tuple(p): plain_greedy(llama, p, 25) for p in prompts}
+        for source in (BatchOracle(free), NoDrafts(), WithPromptLookup(NoDrafts())):
+            engine = TreeEngine(llama, source, NodeBudget(15))
+            generations = engine.generate_batch(prompts, 25, rows=rows)
+            assert [g.tokens for g in generations] == [references[tuple(p)] for p in prompts], type(source).__name__
+            assert all(g.prefill_seconds > 0 for g in generations)
+        assert len({len(tokens) for tokens in references.values()}) > 1  # sequences finished at different steps
+    finally:
+        llama.model.generation_config.eos_token_id = None
+
+
 def test_a_batch_row_that_meets_eos_stops_while_the_others_go_on(llama):
     free = {tuple(p): plain_greedy(llama, p, 20) for p in BATCH}
     eos = free[tuple(BATCH[0])][5]
