@@ -2,8 +2,10 @@
 
 On a GPU a small model's forward pass is a few hundred tiny kernels; launching them from Python
 costs far more than running them. A captured graph launches them all at once. Graphs need fixed
-shapes and fixed memory, so each width gets static input buffers (ids, positions, slots and a mask
-over the whole cache), and every pass of that width copies its inputs there and replays.
+shapes and fixed memory, so each width gets static input buffers (ids, positions, slots, each row's
+cached length and its fed tokens' ancestry), and every pass of that width copies its inputs there
+and replays; the mask over the whole cache is built inside the graph (`tree_batch.tree_mask`), so a
+step sends q x q bits per row to the device, not a q x capacity mask.
 
 Capture runs the pass for real, so it writes keys and values: the slots buffer points at the
 cache's scratch slot while capturing, and no verified token is touched. Prefill (one row, any
@@ -16,13 +18,15 @@ import torch
 
 from .llama_forward import LlamaTreeForward
 from .static_cache import StaticKVCache
+from .tree_batch import tree_mask
 
 WARMUP_RUNS = 2  # on a side stream before capture, as CUDA graph capture requires
 
 
 class GraphedPasses:
-    def __init__(self, forward: LlamaTreeForward) -> None:
-        self.forward = forward
+    def __init__(self, forward: LlamaTreeForward, capture: bool = True) -> None:
+        """`capture` False runs the same pass body without graphs (what CPU tests exercise)."""
+        self.forward, self.capture = forward, capture
         self._cache: StaticKVCache | None = None
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]] = {}
 
@@ -32,37 +36,54 @@ class GraphedPasses:
         input_ids: torch.Tensor,
         positions: torch.Tensor,
         slots: torch.Tensor,
-        mask: torch.Tensor,
-        rows: slice = slice(None),
+        starts: torch.Tensor,
+        sees: torch.Tensor,
     ) -> torch.Tensor:
-        if rows.start not in (None, 0) or mask.shape[-1] != cache.capacity:  # not a pass over rows 0..n-1
-            return self.forward(cache, input_ids, positions, slots, mask, rows)
-        graph, inputs, logits = self._graph(cache, tuple(input_ids.shape), mask.dtype)
+        """Logits of a pass over cache rows 0..r-1: `input_ids`, `positions`, `slots` [r, q], each row's
+        cached length `starts` [r] and its fed tokens' ancestry `sees` [r, q, q] (tree_batch.pack)."""
+        if not self.capture:
+            return self._body(cache, input_ids, positions, slots, starts, sees)
+        graph, inputs, logits = self._graph(cache, tuple(input_ids.shape))
         inputs["input_ids"].copy_(input_ids)
         inputs["positions"].copy_(positions)
         inputs["slots"].copy_(slots)
-        inputs["mask"].copy_(mask)
+        inputs["starts"].copy_(starts)
+        inputs["sees"].copy_(sees)
         graph.replay()
         return logits
 
     def prepare(self, cache: StaticKVCache, rows: int, widths: list[int]) -> None:
         """Capture the graphs of every width for `rows` rows now, so no decoding step pays for a capture
         (narrower batches, once sequences finish, are captured when first met)."""
-        for width in widths:
-            self._graph(cache, (rows, width), cache.keys.dtype)
+        if self.capture:
+            for width in widths:
+                self._graph(cache, (rows, width))
+
+    def _body(
+        self,
+        cache: StaticKVCache,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        starts: torch.Tensor,
+        sees: torch.Tensor,
+    ) -> torch.Tensor:
+        """The mask, built on the device over the whole cache, then the pass."""
+        mask = tree_mask(starts, sees, cache.capacity, cache.keys.dtype)
+        return self.forward(cache, input_ids, positions, slots, mask, rows=slice(0, input_ids.shape[0]))
 
     def _graph(
-        self, cache: StaticKVCache, shape: tuple[int, int], dtype: torch.dtype
+        self, cache: StaticKVCache, shape: tuple[int, int]
     ) -> tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]:
         """The graph of passes of this (rows, width) over this cache, captured on first use."""
         if cache is not self._cache:  # graphs hold the cache's addresses: a new cache needs new graphs
             self._cache, self._graphs = cache, {}
         if shape not in self._graphs:
-            self._graphs[shape] = self._capture(cache, shape, dtype)
+            self._graphs[shape] = self._capture(cache, shape)
         return self._graphs[shape]
 
     def _capture(
-        self, cache: StaticKVCache, shape: tuple[int, int], dtype: torch.dtype
+        self, cache: StaticKVCache, shape: tuple[int, int]
     ) -> tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]:
         rows, width = shape
         device = cache.keys.device
@@ -70,15 +91,16 @@ class GraphedPasses:
             "input_ids": torch.zeros(rows, width, dtype=torch.long, device=device),
             "positions": torch.zeros(rows, width, dtype=torch.long, device=device),
             "slots": torch.full((rows, width), cache.capacity, dtype=torch.long, device=device),  # the scratch slot
-            "mask": torch.zeros(rows, 1, width, cache.capacity, dtype=dtype, device=device),
+            "starts": torch.zeros(rows, dtype=torch.long, device=device),
+            "sees": torch.eye(width, dtype=torch.bool, device=device).expand(rows, width, width).contiguous(),
         }
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(WARMUP_RUNS):
-                self.forward(cache, **inputs, rows=slice(0, rows))
+                self._body(cache, **inputs)
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            logits = self.forward(cache, **inputs, rows=slice(0, rows))
+            logits = self._body(cache, **inputs)
         return graph, inputs, logits

@@ -320,15 +320,13 @@ class TreeEngine:
         return self._cache
 
     def _pack(self, cache: StaticKVCache, roots: list[int], trees: list[DraftTree], width: int) -> FedBatch:
-        visible = cache.capacity if self.compiled else None
-        return pack(
-            roots, trees, cache.lengths[: len(roots)], width, FILLER_TOKEN, self.dtype, self.device, visible=visible
-        )
+        lengths = cache.lengths[: len(roots)]
+        return pack(roots, trees, lengths, width, FILLER_TOKEN, self.dtype, self.device, mask_on_device=self.compiled)
 
     def _pass(self, cache: StaticKVCache, fed: FedBatch) -> torch.Tensor:
-        rows = slice(0, fed.input_ids.shape[0])
         if self.compiled:  # a graph replays fixed shapes: fillers are computed like the rest
-            return self.run_pass(cache, fed.input_ids, fed.positions, fed.slots, fed.mask, rows=rows)
+            return self.run_pass(cache, fed.input_ids, fed.positions, fed.slots, fed.starts, fed.sees)
+        rows = slice(0, fed.input_ids.shape[0])
         return self.forward(cache, fed.input_ids, fed.positions, fed.slots, fed.mask, rows=rows, real=fed.real)
 
     def _scores(

@@ -29,10 +29,13 @@ class FedBatch:
     input_ids: torch.Tensor  # [rows, q]
     positions: torch.Tensor  # [rows, q]
     slots: torch.Tensor  # [rows, q] cache slots the fed tokens are written to
-    mask: torch.Tensor  # [rows, 1, q, visible] additive: 0 = attend, dtype min = blocked
+    mask: torch.Tensor | None  # [rows, 1, q, visible] additive: 0 = attend, dtype min = blocked
     fed_tokens: list[list[int]]  # per row: root then tree nodes (no fillers)
     fed_parents: list[list[int]]  # per row, in fed order; -1 for the root
     real: torch.Tensor | None = None  # flat indices (row * q + i) of the fed tokens, when fillers pad some rows
+    # Without a mask (pack(..., mask_on_device=True)): what `tree_mask` builds it from on the device.
+    starts: torch.Tensor | None = None  # [rows] cached tokens before each row's fed ones
+    sees: torch.Tensor | None = None  # [rows, q, q] bool: fed token i sees fed token j
 
 
 def ancestry(fed_parents: Sequence[int], width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -62,9 +65,12 @@ def pack(
     dtype: torch.dtype,
     device: torch.device,
     visible: int | None = None,
+    mask_on_device: bool = False,
 ) -> FedBatch:
     """Lay out one pass: `roots[b]` and `trees[b]` (at most width - 1 nodes) after `lengths[b]` cached tokens.
-    `visible` fixes the mask's key span (CUDA graphs need one shape); by default it follows the lengths."""
+    `visible` fixes the mask's key span; by default it follows the lengths. `mask_on_device`: leave the
+    mask to `tree_mask` on the device (a CUDA graph builds it from `starts` and `sees`, so each step
+    sends q x q bits per row instead of a q x visible mask)."""
     rows = len(roots)
     ids = np.full((rows, width), filler, np.int64)
     depths = np.zeros((rows, width), np.int64)
@@ -81,6 +87,19 @@ def pack(
         fed_parents.append(parents)
     start = np.asarray(lengths, np.int64)[:, None]
     slots = start + np.arange(width)[None, :]
+    real = _real_indices([len(tokens) for tokens in fed_tokens], width, device)
+    if mask_on_device:
+        return FedBatch(
+            input_ids=torch.from_numpy(ids).to(device),
+            positions=torch.from_numpy(start + depths).to(device),
+            slots=torch.from_numpy(slots).to(device),
+            mask=None,
+            fed_tokens=fed_tokens,
+            fed_parents=fed_parents,
+            real=real,
+            starts=torch.from_numpy(start[:, 0]).to(device),
+            sees=torch.from_numpy(sees).to(device),
+        )
     if visible is None:
         visible = -(-(int(start.max()) + width) // VISIBLE_GRANULE) * VISIBLE_GRANULE
     # Blocked unless history (slots before the row's length) or an ancestor in the row's own tree.
@@ -88,10 +107,6 @@ def pack(
     for b, length in enumerate(lengths):  # a row's fed slots are contiguous: a slice, not fancy indexing
         blocked[b, :, length : length + width] = ~sees[b]
     mask = _additive(blocked[:, None], dtype, device)
-    counts = [len(tokens) for tokens in fed_tokens]
-    real = None
-    if sum(counts) < rows * width:
-        real = torch.from_numpy(np.concatenate([b * width + np.arange(n) for b, n in enumerate(counts)])).to(device)
     return FedBatch(
         input_ids=torch.from_numpy(ids).to(device),
         positions=torch.from_numpy(start + depths).to(device),
@@ -101,6 +116,28 @@ def pack(
         fed_parents=fed_parents,
         real=real,
     )
+
+
+def tree_mask(starts: torch.Tensor, sees: torch.Tensor, visible: int, dtype: torch.dtype) -> torch.Tensor:
+    """The additive mask `pack` lays out, [rows, 1, q, visible], built on the tensors' device from
+    each row's start [rows] and its fed tokens' ancestry [rows, q, q]: slot k is visible to fed token i
+    if it is history (k < start) or a fed token i sees (k - start = j, sees[i, j]). Fixed shapes and
+    no host sync, so a CUDA graph can hold it."""
+    rows, width, _ = sees.shape
+    offset = torch.arange(visible, device=sees.device)[None, :] - starts[:, None]  # [rows, visible]
+    in_tree = (offset >= 0) & (offset < width)
+    column = offset.clamp(0, width - 1)[:, None, :].expand(rows, width, visible)
+    allowed = (offset < 0)[:, None, :] | (in_tree[:, None, :] & torch.gather(sees, 2, column))
+    # No tensor from a host value here: that would be a host-to-device copy, which graph capture forbids.
+    mask = torch.zeros(rows, 1, width, visible, dtype=dtype, device=sees.device)
+    return mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+
+
+def _real_indices(counts: list[int], width: int, device: torch.device) -> torch.Tensor | None:
+    """Flat indices (row * width + i) of the fed tokens that are not fillers; None if none is a filler."""
+    if sum(counts) == len(counts) * width:
+        return None
+    return torch.from_numpy(np.concatenate([b * width + np.arange(n) for b, n in enumerate(counts)])).to(device)
 
 
 def prefill_inputs(prompt: Sequence[int], dtype: torch.dtype, device: torch.device) -> FedBatch:

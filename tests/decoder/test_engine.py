@@ -17,6 +17,7 @@ from datastore_service.draft import DraftTree
 from datastore_service.errors import CrestError
 from decoder.acceptance import SamplingParams
 from decoder.calibration import AcceptanceCalibration
+from decoder.cuda_graphs import GraphedPasses
 from decoder.decoders import make_decoder, resolve_engine
 from decoder.draft_gate import DraftGate
 from decoder.draft_sources import NoDrafts
@@ -26,7 +27,7 @@ from decoder.node_budget import CostCurve, NodeBudget
 from decoder.prompt_lookup import WithPromptLookup
 from decoder.speculative import SpeculativeDecoder
 from decoder.target_model import TargetModel
-from decoder.tree_batch import pack, prefill_inputs
+from decoder.tree_batch import pack, prefill_inputs, tree_mask
 from tests.decoder.test_sampling import (
     CRITICAL_35,
     FixedTreeSource,
@@ -127,6 +128,40 @@ def test_prompts_waiting_for_a_row_decode_as_each_sequence_alone(llama, rows: in
         assert len({len(tokens) for tokens in references.values()}) > 1  # sequences finished at different steps
     finally:
         llama.model.generation_config.eos_token_id = None
+
+
+def test_the_mask_built_on_the_device_is_the_mask_pack_lays_out():
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        rows, width = int(rng.integers(1, 5)), int(rng.choice([1, 2, 4, 8, 16]))
+        lengths = [int(rng.integers(0, 100)) for _ in range(rows)]
+        drafts = []
+        for _ in range(rows):
+            nodes = int(rng.integers(0, width))
+            drafts.append(tree(list(range(1, nodes + 1)), [int(rng.integers(-1, i)) for i in range(nodes)]))
+        for dtype in (torch.float32, torch.bfloat16):
+            laid_out = pack([3] * rows, drafts, lengths, width, 0, dtype, torch.device("cpu"), visible=128)
+            bits = pack([3] * rows, drafts, lengths, width, 0, dtype, torch.device("cpu"), mask_on_device=True)
+            assert bits.mask is None
+            assert torch.equal(tree_mask(bits.starts, bits.sees, 128, dtype), laid_out.mask)
+            assert torch.equal(bits.positions, laid_out.positions) and torch.equal(bits.slots, laid_out.slots)
+
+
+def _compiled_layout(engine: TreeEngine) -> TreeEngine:
+    """The compiled engine's passes without the graph capture (which needs a GPU): full-width passes
+    over the whole cache, fillers computed, the mask built from starts and ancestry as inside a graph."""
+    engine.compiled, engine.run_pass = True, GraphedPasses(engine.forward, capture=False)
+    return engine
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_compiled_engines_passes_equal_generate(llama, shape: str):
+    reference = plain_greedy(llama, PROMPT, 30)
+    engine = _compiled_layout(TreeEngine(llama, OracleSource(len(PROMPT), reference, shape), NodeBudget(63)))
+    assert engine.generate(PROMPT, 30).tokens == reference
+    references = {tuple(p): plain_greedy(llama, p, 20) for p in BATCH}
+    batched = _compiled_layout(TreeEngine(llama, BatchOracle(references), NodeBudget(15)))
+    assert [g.tokens for g in batched.generate_batch(BATCH, 20, rows=2)] == [references[tuple(p)] for p in BATCH]
 
 
 def test_a_batch_row_that_meets_eos_stops_while_the_others_go_on(llama):
