@@ -87,8 +87,7 @@ def pack(
         fed_parents.append(parents)
     start = np.asarray(lengths, np.int64)[:, None]
     slots = start + np.arange(width)[None, :]
-    real = _real_indices([len(tokens) for tokens in fed_tokens], width, device)
-    if mask_on_device:
+    if mask_on_device:  # a graph replays whole widths: fillers are computed like the rest, no `real`
         return FedBatch(
             input_ids=torch.from_numpy(ids).to(device),
             positions=torch.from_numpy(start + depths).to(device),
@@ -96,7 +95,6 @@ def pack(
             mask=None,
             fed_tokens=fed_tokens,
             fed_parents=fed_parents,
-            real=real,
             starts=torch.from_numpy(start[:, 0]).to(device),
             sees=torch.from_numpy(sees).to(device),
         )
@@ -107,6 +105,7 @@ def pack(
     for b, length in enumerate(lengths):  # a row's fed slots are contiguous: a slice, not fancy indexing
         blocked[b, :, length : length + width] = ~sees[b]
     mask = _additive(blocked[:, None], dtype, device)
+    real = _real_indices([len(tokens) for tokens in fed_tokens], width, device)
     return FedBatch(
         input_ids=torch.from_numpy(ids).to(device),
         positions=torch.from_numpy(start + depths).to(device),
