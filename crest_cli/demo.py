@@ -5,7 +5,8 @@ unless they are cached, serves both from one `crest serve` child process on a fr
 (the chat store by name), and decodes a few HumanEval prompts through the code store and MT-Bench
 questions through the chat store. Each prompt is decoded four ways by the same engine: plain (no
 drafts), the store alone, prompt lookup alone, and both; the last is shown as it is generated, the
-tokens it accepted from drafts in green. A table then compares them. The server is stopped on every
+tokens it accepted from drafts in green. Each configuration then decodes the prompt twice more, the
+configurations taking turns, and a table compares each one's faster run. The server is stopped on every
 exit path.
 """
 
@@ -39,6 +40,7 @@ from decoder.target_model import TargetModel, load_target
 MODEL = "smollm2"
 STORES = {"code": "stdlib", "chat": "sharegpt"}  # store name on the server -> corpus preset it is built from
 CONFIGURATIONS = ("store", "lookup", "both")
+TIMED_RUNS = 2  # the table shows each configuration's faster run
 
 
 @dataclass(frozen=True)
@@ -91,10 +93,8 @@ def _decode_through(address: str, paths: dict[str, Path], args: argparse.Namespa
             print(prompt.text if not prompt.chat else f"[chat] {prompt.text}", flush=True)
             runs = decoders[prompt.store]
             color = not args.no_color and sys.stdout.isatty()
-            both = stream_to_terminal(runs["both"], target, ids, args.max_new_tokens, [], color)
-            results = {name: runs[name].generate(ids, args.max_new_tokens) for name in ("plain", "store", "lookup")}
-            results["both"] = both
-            table.add_row(*_row(prompt.title, results))
+            stream_to_terminal(runs["both"], target, ids, args.max_new_tokens, [], color)
+            table.add_row(*_row(prompt.title, _fastest_runs(runs, ids, args.max_new_tokens)))
     finally:
         for client in clients.values():
             client.close()
@@ -104,6 +104,18 @@ def _decode_through(address: str, paths: dict[str, Path], args: argparse.Namespa
     sizes = ", ".join(f"{name} {format_bytes(resolve_store(path).stat().st_size)}" for name, path in paths.items())
     console.print(f"stores: {sizes}; lookup p50 {latency:.2f} ms ({len(seconds)} lookups)")
     return 0
+
+
+def _fastest_runs(decoders: dict[str, Decoder], ids: list[int], max_new_tokens: int) -> dict[str, Generation]:
+    """Each configuration's faster of TIMED_RUNS runs, the configurations taking turns: on a shared
+    machine noise only ever slows a run down, and one slowed run would decide a whole row."""
+    fastest: dict[str, Generation] = {}
+    for _ in range(TIMED_RUNS):
+        for name, decoder in decoders.items():
+            generation = decoder.generate(ids, max_new_tokens)
+            if name not in fastest or generation.tokens_per_second > fastest[name].tokens_per_second:
+                fastest[name] = generation
+    return fastest
 
 
 def _decoders(target: TargetModel, store: DraftSource) -> dict[str, Decoder]:
@@ -116,7 +128,7 @@ def _decoders(target: TargetModel, store: DraftSource) -> dict[str, Decoder]:
 
 def _table() -> Table:
     table = Table(
-        title="Speedup over plain decoding in the same engine (accepted tokens per step)",
+        title="Speedup over plain decoding in the same engine, faster of 2 runs (tokens/step)",
         title_justify="left",
     )
     table.add_column("prompt")
