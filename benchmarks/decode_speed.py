@@ -116,7 +116,7 @@ def run_suite(
     reference_target: TargetModel,
     prompts: list[list[int]],
     index: DraftIndex,
-    engine: str,
+    settings: dict,
     max_new_tokens: int,
 ) -> dict[str, Tally]:
     sources: dict[str, DraftSource] = {
@@ -124,8 +124,8 @@ def run_suite(
         "prompt lookup": WithPromptLookup(NoDrafts()),
         "store + prompt lookup": WithPromptLookup(IndexSource(index)),
     }
-    decoders: dict[str, Decoder] = {"no drafts": make_decoder(target, NoDrafts(), max_nodes=0, engine=engine)}
-    decoders.update({name: make_decoder(target, source, engine=engine) for name, source in sources.items()})
+    decoders: dict[str, Decoder] = {"no drafts": make_decoder(target, NoDrafts(), max_nodes=0, **settings)}
+    decoders.update({name: make_decoder(target, source, **settings) for name, source in sources.items()})
     tallies = {"generate": Tally(), **{name: Tally() for name in decoders}}
     # Untimed warm-up on the longest prompt: first-call allocations, kernel choices, CUDA graph
     # captures, and caches sized for the suite, so the first timed prompt measures decoding alone.
@@ -193,15 +193,15 @@ class BatchRates:
 
 
 def batch_rates(
-    target: TargetModel, prompts: list[list[int]], index: DraftIndex, engine: str, rows: int, max_new_tokens: int
+    target: TargetModel, prompts: list[list[int]], index: DraftIndex, settings: dict, rows: int, max_new_tokens: int
 ) -> dict[str, BatchRates]:
     """The prompts decoded `rows` at a time (a finished sequence's row taken by the next prompt),
     without and with drafts (same engine), runs alternating."""
     batch = prompts
     decoders = {
-        "no drafts": make_decoder(target, NoDrafts(), max_nodes=0, engine=engine, rows=rows),
+        "no drafts": make_decoder(target, NoDrafts(), max_nodes=0, rows=rows, **settings),
         "store + prompt lookup": make_decoder(
-            target, WithPromptLookup(IndexSource(index)), max_nodes=32, engine=engine, rows=rows
+            target, WithPromptLookup(IndexSource(index)), max_nodes=32, rows=rows, **settings
         ),
     }
     rates = {name: BatchRates() for name in decoders}
@@ -259,6 +259,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--engine", default="auto", choices=("auto", "eager", "static", "compiled"))
+    parser.add_argument(
+        "--float32-residual", action="store_true", help="engines keep the residual stream in float32 (half dtypes)"
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="rows of the batch measurement (0: skip it)")
     parser.add_argument(
         "--batch-prompts", type=int, default=0, help="prompts decoded through the batch's rows (default: 4 x rows)"
@@ -272,7 +275,8 @@ def main() -> None:
     target = load_target(args.model, args.dtype, args.device)
     reference_target = target if args.dtype == "float32" else load_target(args.model, "float32", args.device)
     engine = resolve_engine(target, args.engine)
-    probe = make_decoder(target, NoDrafts(), engine=engine)
+    settings = {"engine": engine, "float32_residual": args.float32_residual}
+    probe = make_decoder(target, NoDrafts(), **settings)
     curve = getattr(getattr(probe, "budget", None), "curve", None)
     curve_text = (
         ", ".join(f"{n}: {s * 1e3:.1f} ms" for n, s in zip(curve.fed_tokens, curve.seconds)) if curve else "n/a"
@@ -282,10 +286,10 @@ def main() -> None:
         "mtbench": ("MT-Bench (ShareGPT store)", lambda n: [target.encode_prompt(q, True) for q in mtbench_questions(n)], "sharegpt"),
     }  # fmt: skip
     lines = [
-        f"## Decoder: {args.device}, {args.dtype} (issue 11)",
+        f"## Decoder: {args.device}, {args.dtype}{', float32 residual' if args.float32_residual else ''} (issue 11)",
         "",
         f"Command: `{COMMAND}`. Model {args.model} ({args.dtype}, {args.device}, {torch.get_num_threads()} threads), "
-        f"engine `{engine}`, {args.prompts} prompts per suite, {args.max_new_tokens} new tokens, greedy, store "
+        f"engine `{engine}`{' (residual stream in float32)' if args.float32_residual else ''}, {args.prompts} prompts per suite, {args.max_new_tokens} new tokens, greedy, store "
         f"lookups `{DEFAULT_SELECTION}` (the default). Pass width "
         f"per step chosen from the engine's measured cost of one pass (fed tokens: time) {curve_text}; "
         f"1-minute load average before the run: {_load()}.",
@@ -305,7 +309,7 @@ def main() -> None:
         title, encode, corpus = suites[key]
         indexes[key] = store_index(corpus)
         prompts = encode(args.prompts)
-        tallies = run_suite(target, reference_target, prompts, indexes[key], engine, args.max_new_tokens)
+        tallies = run_suite(target, reference_target, prompts, indexes[key], settings, args.max_new_tokens)
         done = len(tallies["generate"].vs_generate)
         table_lines = table(title, tallies, done) if done else []
         if done < len(prompts):  # interrupted (the GPU check's time limit): report what was done, then stop
@@ -320,12 +324,13 @@ def main() -> None:
         count = args.batch_prompts or 4 * args.batch_size
         prompts = [target.encode_prompt(p, False) for p in humaneval_prompts(count)]
         index = indexes.get("humaneval") or store_index("stdlib")
-        rates = batch_rates(target, prompts, index, engine, args.batch_size, args.max_new_tokens)
+        rates = batch_rates(target, prompts, index, settings, args.batch_size, args.max_new_tokens)
         lines += ["", batch_summary(rates, args.batch_size, len(prompts), args.max_new_tokens)]
     markdown = "\n".join(lines)
     print(markdown)
     if args.write:
-        write_section(f"decoder-{args.device}-{args.dtype}", markdown)
+        residual = "-float32-residual" if args.float32_residual else ""
+        write_section(f"decoder-{args.device}-{args.dtype}{residual}", markdown)
 
 
 def _load() -> str:

@@ -124,7 +124,13 @@ def run(args: argparse.Namespace) -> int:
         prompts *= args.batch_size
     sampling = SamplingParams(args.temperature, args.top_p, args.top_k) if args.temperature > 0 else None
     rows = min(args.batch_size, len(prompts))
-    settings = dict(sampling=sampling, engine=args.engine, rows=rows, measure_costs=not args.fixed_nodes)
+    settings = dict(
+        sampling=sampling,
+        engine=args.engine,
+        rows=rows,
+        measure_costs=not args.fixed_nodes,
+        float32_residual=args.float32_residual,
+    )
     decoder = make_decoder(target, source, args.max_nodes, **settings)
     started = time.perf_counter()
     if rows > 1:

@@ -73,6 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="weights and activations"
     )
+    parser.add_argument(
+        "--float32-residual",
+        action="store_true",
+        help="with --dtype bfloat16/float16: keep the residual stream in float32 (output closer to float32 "
+        "decoding, a few percent slower per pass; static and compiled engines)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="stop after this many new tokens")
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")

@@ -76,14 +76,27 @@ def make_decoder(
     seed: int = 0,
     engine: str = "auto",
     rows: int = 1,
+    float32_residual: bool = False,
 ) -> Decoder:
     """A decoder for `source`'s drafts whose node budget follows the chosen engine's own measured
-    cost curve (`measure_costs`), or always verifies up to `max_nodes` nodes."""
+    cost curve (`measure_costs`), or always verifies up to `max_nodes` nodes. `float32_residual`:
+    the static engines keep a half-precision model's residual stream in float32 (closer to float32
+    output, a few more operations per layer); the eager loop does not have it."""
     chosen = resolve_engine(target, engine)
     if chosen == "eager":
+        if float32_residual:
+            raise CrestError("a float32 residual stream needs the static or compiled engine, not --engine eager")
         curve = CostCurve.measure(target) if measure_costs and max_nodes > 0 else None
         return SpeculativeDecoder(target, source, NodeBudget(max_nodes, curve), sampling, seed)
-    decoder = TreeEngine(target, source, NodeBudget(max_nodes), sampling, seed, compiled=chosen == "compiled")
+    decoder = TreeEngine(
+        target,
+        source,
+        NodeBudget(max_nodes),
+        sampling,
+        seed,
+        compiled=chosen == "compiled",
+        float32_residual=float32_residual,
+    )
     if measure_costs and max_nodes > 0:
         decoder.budget = NodeBudget(max_nodes, decoder.cost_curve(rows))
     return decoder

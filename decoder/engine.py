@@ -50,7 +50,8 @@ FILLER_WIDTH = 16  # the width at which a filler slot is priced
 
 
 class TreeEngine:
-    """Speculative decoding with a static KV cache; `compiled`: each pass replayed as a CUDA graph (GPU)."""
+    """Speculative decoding with a static KV cache; `compiled`: each pass replayed as a CUDA graph (GPU);
+    `float32_residual`: a half-precision model's residual stream kept in float32 (LlamaTreeForward)."""
 
     def __init__(
         self,
@@ -60,12 +61,13 @@ class TreeEngine:
         sampling: SamplingParams | None = None,
         seed: int = 0,
         compiled: bool = False,
+        float32_residual: bool = False,
     ) -> None:
         self.target, self.source, self.budget, self.sampling = target, source, budget, sampling
         if compiled and target.device.type != "cuda":
             raise ValueError("the compiled engine replays CUDA graphs: it needs a GPU")
         self.compiled = compiled
-        self.forward = LlamaTreeForward(target.model)
+        self.forward = LlamaTreeForward(target.model, float32_residual)
         self.run_pass = GraphedPasses(self.forward) if compiled else None
         # Read once: transformers computes these from the parameters and config on every access.
         self.dtype, self.device = target.model.dtype, target.device
@@ -77,7 +79,8 @@ class TreeEngine:
 
     @property
     def name(self) -> str:
-        return "compiled" if self.compiled else "static"
+        name = "compiled" if self.compiled else "static"
+        return name + ("-float32-residual" if self.forward.residual_dtype != self.dtype else "")
 
     # -- public API, as SpeculativeDecoder's ---------------------------------------------------
 

@@ -70,7 +70,10 @@ def unsupported_reason(model: PreTrainedModel) -> str | None:
 class LlamaTreeForward:
     """Logits of fed tokens [rows, q] at given positions, attending through `mask`."""
 
-    def __init__(self, model: PreTrainedModel) -> None:
+    def __init__(self, model: PreTrainedModel, float32_residual: bool = False) -> None:
+        """`float32_residual`: for a bfloat16/float16 model, keep the residual stream (what each layer adds
+        to) in float32 and round only each product's input: fewer roundings, so the output stays closer
+        to float32 decoding, for a few more operations per layer."""
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"the static-cache engine does not support this model: {reason}")
@@ -84,6 +87,10 @@ class LlamaTreeForward:
         self.packed = can_pack(model)
         self.projections = [LayerProjections(layer, self.packed) for layer in self.layers]
         self.head = head_projection(model, self.packed)
+        self.dtype = next(model.parameters()).dtype
+        self.residual_dtype = torch.float32 if float32_residual else self.dtype
+        norms = [getattr(layer, part) for layer in self.layers for part in _LAYER_PARTS[:2]] + [model.model.norm]
+        self._residual_weights = {norm: norm.weight.detach().to(self.residual_dtype) for norm in norms}
         # The fused attention kernels of a GPU take an additive mask only with as many key heads as
         # query heads: there, grouped keys and values are repeated up front (on a CPU, SDPA groups them).
         self.repeat_kv = next(model.parameters()).device.type == "cuda" and self.kv_heads != self.heads
@@ -109,17 +116,17 @@ class LlamaTreeForward:
         flat indices (row * q + i) of the fed tokens that are not fillers; given, the products run on
         those alone (fillers only pad the attention layout) and the fillers' logits are left zero."""
         inner = self.model.model
-        embedded = inner.embed_tokens(input_ids)
-        cos, sin = inner.rotary_emb(embedded, positions)
+        embedded = inner.embed_tokens(input_ids).to(self.residual_dtype)
+        cos, sin = inner.rotary_emb(embedded, positions)  # in the residual dtype
         cos, signed_sin = cos[:, :, None], _signed_halves(sin)[:, :, None]  # [b, q, 1, head_dim]
         batch, fed = input_ids.shape
         padded = (batch * fed,)
         hidden = embedded.reshape(*padded, -1)[real] if real is not None else embedded
         heads, rotated_heads, visible = self.heads, self.heads + self.kv_heads, mask.shape[-1]
         for index, (layer, projections) in enumerate(zip(self.layers, self.projections)):
-            qkv = self._laid_out(projections.qkv(_rms_norm(hidden, layer.input_layernorm)), real, padded)
+            qkv = self._laid_out(projections.qkv(self._norm(hidden, layer.input_layernorm)), real, padded)
             qkv = qkv.view(batch, fed, rotated_heads + self.kv_heads, self.head_dim)
-            rotated = _rotate(qkv[:, :, :rotated_heads], cos, signed_sin)  # queries and keys at once
+            rotated = _rotate(qkv[:, :, :rotated_heads], cos, signed_sin).to(self.dtype)  # queries and keys at once
             query, key = rotated[:, :, :heads].transpose(1, 2), rotated[:, :, heads:].transpose(1, 2)
             value = qkv[:, :, rotated_heads:].transpose(1, 2)
             keys, values = cache.keys[index, rows], cache.values[index, rows]
@@ -139,9 +146,16 @@ class LlamaTreeForward:
             ).transpose(1, 2)
             attended = attended.reshape(*padded, -1)[real] if real is not None else attended.reshape(batch, fed, -1)
             hidden = hidden + projections.output(attended)
-            hidden = hidden + projections.mlp(_rms_norm(hidden, layer.post_attention_layernorm))
-        logits = self.head(_rms_norm(hidden, inner.norm))
+            hidden = hidden + projections.mlp(self._norm(hidden, layer.post_attention_layernorm))
+        logits = self.head(self._norm(hidden, inner.norm))
         return self._laid_out(logits, real, padded).view(batch, fed, -1)
+
+    def _norm(self, hidden: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+        """A norm of the residual stream, in its dtype, rounded to the model's for the products."""
+        if self.residual_dtype == self.dtype:
+            return _rms_norm(hidden, norm)
+        weight = self._residual_weights[norm]
+        return F.rms_norm(hidden, (hidden.shape[-1],), weight, norm.variance_epsilon).to(self.dtype)
 
     def _repeated(self, grouped: torch.Tensor) -> torch.Tensor:
         """[b, kv_heads, k, d] -> [b, heads, k, d], each key head serving its group of query heads."""

@@ -19,15 +19,37 @@ from datastore_service.sizes import Budget
 from decoder.decoders import make_decoder
 from decoder.draft_sources import ServiceSource
 from decoder.engine import TreeEngine
+from decoder.llama_forward import LlamaTreeForward
 from decoder.node_budget import NodeBudget
 from decoder.prompt_lookup import WithPromptLookup
 from decoder.speculative import SpeculativeDecoder
 from decoder.target_model import load_target
+from decoder.tree_batch import prefill_inputs
 
 
 @pytest.fixture(scope="module")
 def smollm2_target():
     return load_target("smollm2")
+
+
+def test_a_float32_residual_stream_brings_bfloat16_smollm2_closer_to_float32(smollm2_target):
+    """Kept in float32, the residual stream of the bfloat16 model gives logits nearer float32's (a
+    HumanEval and an MT-Bench prompt: mean error 0.108 -> 0.069 and 0.162 -> 0.081 when measured)."""
+    half = load_target("smollm2", "bfloat16")
+    for text, chat in ((humaneval_prompts(1)[0], False), (mtbench_questions(1)[0], True)):
+        prompt = prefill_inputs(smollm2_target.encode_prompt(text, chat), torch.float32, torch.device("cpu"))
+        exact = _prompt_logits(smollm2_target.model, prompt, False)
+        error = {
+            option: float((_prompt_logits(half.model, prompt, option) - exact).abs().mean()) for option in (False, True)
+        }
+        assert error[True] < 0.8 * error[False], error
+
+
+def _prompt_logits(model, prompt, float32_residual: bool) -> torch.Tensor:
+    forward = LlamaTreeForward(model, float32_residual)
+    with torch.inference_mode():
+        cache = forward.new_cache(1, 1024)
+        return forward(cache, prompt.input_ids, prompt.positions, prompt.slots, prompt.mask.to(forward.dtype)).float()
 
 
 @pytest.fixture(scope="module")

@@ -130,6 +130,19 @@ def test_prompts_waiting_for_a_row_decode_as_each_sequence_alone(llama, rows: in
         llama.model.generation_config.eos_token_id = None
 
 
+def test_a_float32_residual_stream_changes_nothing_in_float32(llama):
+    prompt = prefill_inputs(PROMPT, torch.float32, torch.device("cpu"))
+
+    def logits(float32_residual: bool) -> torch.Tensor:
+        forward = LlamaTreeForward(llama.model, float32_residual)
+        with torch.inference_mode():
+            return forward(forward.new_cache(1, 64), prompt.input_ids, prompt.positions, prompt.slots, prompt.mask)
+
+    assert torch.equal(logits(True), logits(False))
+    with pytest.raises(CrestError, match="static or compiled"):
+        make_decoder(llama, NoDrafts(), engine="eager", float32_residual=True)
+
+
 def test_the_mask_built_on_the_device_is_the_mask_pack_lays_out():
     rng = np.random.default_rng(0)
     for _ in range(100):
