@@ -5,7 +5,8 @@
 #     1. float32, 5 HumanEval prompts: the compiled engine (CUDA graphs) must give generate's tokens;
 #     2. bfloat16, $GPU_PROMPTS (20) prompts per suite: speed of every configuration against generate and against
 #        the engine without drafts, the step split into phases, agreement with the float32 reference,
-#        a batch of 8; the header line holds one pass's time per width (1..64 fed tokens).
+#        a batch of 8; the header line holds one pass's time per width (1..64 fed tokens);
+#     3. with the time left (GPU_BUDGET, 480 s by default), bfloat16 again with --float32-residual.
 # Each step has its own time limit and logs as it goes, so a step that fails or runs long still leaves
 # its figures; if the compiled engine fails step 1, step 2 measures the static engine (no graphs) instead.
 set -uo pipefail
@@ -48,3 +49,9 @@ if ! step cuda-float32 170 --dtype float32 --engine compiled --prompts 5 --suite
 fi
 left=$((${GPU_BUDGET:-480} - (SECONDS - started)))
 step cuda-bfloat16 "$left" --dtype bfloat16 --engine "$engine" --prompts "$prompts" --batch-size 8
+# 3. if time is left: bfloat16 with the residual stream in float32 (exactness against its cost), fewer prompts
+left=$((${GPU_BUDGET:-480} - (SECONDS - started)))
+if [ "$left" -gt 120 ]; then
+    step cuda-bfloat16-float32-residual "$left" --dtype bfloat16 --engine "$engine" --prompts 10 --batch-size 0 \
+        --float32-residual
+fi
