@@ -18,9 +18,10 @@ import torch
 
 from .llama_forward import LlamaTreeForward
 from .static_cache import StaticKVCache
-from .tree_batch import tree_mask
+from .tree_batch import FedBatch, tree_mask
 
 WARMUP_RUNS = 2  # on a side stream before capture, as CUDA graph capture requires
+GRAPH_INPUTS = ("input_ids", "positions", "slots", "starts", "sees")  # a pass's inputs, as FedBatch names them
 
 
 class GraphedPasses:
@@ -30,25 +31,14 @@ class GraphedPasses:
         self._cache: StaticKVCache | None = None
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]] = {}
 
-    def __call__(
-        self,
-        cache: StaticKVCache,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        slots: torch.Tensor,
-        starts: torch.Tensor,
-        sees: torch.Tensor,
-    ) -> torch.Tensor:
-        """Logits of a pass over cache rows 0..r-1: `input_ids`, `positions`, `slots` [r, q], each row's
-        cached length `starts` [r] and its fed tokens' ancestry `sees` [r, q, q] (tree_batch.pack)."""
+    def __call__(self, cache: StaticKVCache, fed: FedBatch) -> torch.Tensor:
+        """Logits of a pass over cache rows 0..r-1 of `fed`, laid out by `pack(..., mask_on_device=True)`."""
+        inputs = {name: getattr(fed, name) for name in GRAPH_INPUTS}
         if not self.capture:
-            return self._body(cache, input_ids, positions, slots, starts, sees)
-        graph, inputs, logits = self._graph(cache, tuple(input_ids.shape))
-        inputs["input_ids"].copy_(input_ids)
-        inputs["positions"].copy_(positions)
-        inputs["slots"].copy_(slots)
-        inputs["starts"].copy_(starts)
-        inputs["sees"].copy_(sees)
+            return self._body(cache, **inputs)
+        graph, buffers, logits = self._graph(cache, tuple(fed.input_ids.shape))
+        for name, value in inputs.items():
+            buffers[name].copy_(value)
         graph.replay()
         return logits
 
@@ -68,7 +58,8 @@ class GraphedPasses:
         starts: torch.Tensor,
         sees: torch.Tensor,
     ) -> torch.Tensor:
-        """The mask, built on the device over the whole cache, then the pass."""
+        """The mask, built on the device over the whole cache, then the pass: ids, positions and slots
+        [r, q], each row's cached length `starts` [r] and its fed tokens' ancestry `sees` [r, q, q]."""
         mask = tree_mask(starts, sees, cache.capacity, cache.keys.dtype)
         return self.forward(cache, input_ids, positions, slots, mask, rows=slice(0, input_ids.shape[0]))
 

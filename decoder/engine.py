@@ -328,7 +328,7 @@ class TreeEngine:
 
     def _pass(self, cache: StaticKVCache, fed: FedBatch) -> torch.Tensor:
         if self.compiled:  # a graph replays fixed shapes: fillers are computed like the rest
-            return self.run_pass(cache, fed.input_ids, fed.positions, fed.slots, fed.starts, fed.sees)
+            return self.run_pass(cache, fed)
         rows = slice(0, fed.input_ids.shape[0])
         return self.forward(cache, fed.input_ids, fed.positions, fed.slots, fed.mask, rows=rows, real=fed.real)
 

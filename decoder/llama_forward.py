@@ -90,7 +90,7 @@ class LlamaTreeForward:
         self.dtype = next(model.parameters()).dtype
         self.residual_dtype = torch.float32 if float32_residual else self.dtype
         norms = [getattr(layer, part) for layer in self.layers for part in _LAYER_PARTS[:2]] + [model.model.norm]
-        self._residual_weights = {norm: norm.weight.detach().to(self.residual_dtype) for norm in norms}
+        self._norm_weights = {norm: norm.weight.detach().to(self.residual_dtype) for norm in norms}
         # The fused attention kernels of a GPU take an additive mask only with as many key heads as
         # query heads: there, grouped keys and values are repeated up front (on a CPU, SDPA groups them).
         self.repeat_kv = next(model.parameters()).device.type == "cuda" and self.kv_heads != self.heads
@@ -151,10 +151,9 @@ class LlamaTreeForward:
         return self._laid_out(logits, real, padded).view(batch, fed, -1)
 
     def _norm(self, hidden: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-        """A norm of the residual stream, in its dtype, rounded to the model's for the products."""
-        if self.residual_dtype == self.dtype:
-            return _rms_norm(hidden, norm)
-        weight = self._residual_weights[norm]
+        """transformers' RMSNorm as one fused operation (it runs six), in the residual stream's dtype,
+        rounded to the model's for the products (no operation when the two are the same)."""
+        weight = self._norm_weights[norm]
         return F.rms_norm(hidden, (hidden.shape[-1],), weight, norm.variance_epsilon).to(self.dtype)
 
     def _repeated(self, grouped: torch.Tensor) -> torch.Tensor:
@@ -170,11 +169,6 @@ class LlamaTreeForward:
             return values
         out = values.new_zeros(*padded, values.shape[-1])
         return out.index_copy_(0, real, values)
-
-
-def _rms_norm(hidden: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-    """transformers' RMSNorm as one fused operation (it runs six)."""
-    return F.rms_norm(hidden, (hidden.shape[-1],), norm.weight, norm.variance_epsilon)
 
 
 def _signed_halves(sin: torch.Tensor) -> torch.Tensor:

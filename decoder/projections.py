@@ -35,36 +35,36 @@ def can_pack(model: nn.Module) -> bool:
     )
 
 
-class PackedLinear:
-    """One or more nn.Linear of the same input, as one oneDNN product with prepacked weights."""
-
-    def __init__(self, *linears: nn.Linear) -> None:
-        weight = torch.cat([linear.weight.detach() for linear in linears])
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, None)
-        self.bias = _joint_bias(linears, weight)
-        self.sizes = [linear.out_features for linear in linears]
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-
-    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self(x).split(self.sizes, dim=-1)
-
-
 class JointLinear:
     """Linears of one input as one product, over a copy of their weights joined (a copy, so the
     model's own modules and what it saves stay as they are)."""
 
     def __init__(self, *linears: nn.Linear) -> None:
-        self.weight = torch.cat([linear.weight.detach() for linear in linears])
-        self.bias = _joint_bias(linears, self.weight)
+        weight = torch.cat([linear.weight.detach() for linear in linears])
+        self.weight = self._prepared(weight)
+        self.bias = _joint_bias(linears, weight)
         self.sizes = [linear.out_features for linear in linears]
+
+    @staticmethod
+    def _prepared(weight: torch.Tensor) -> torch.Tensor:
+        return weight
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self(x).split(self.sizes, dim=-1)
+
+
+class PackedLinear(JointLinear):
+    """One or more nn.Linear of the same input, as one oneDNN product with prepacked weights."""
+
+    @staticmethod
+    def _prepared(weight: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._reorder_linear_weight(weight, None)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
 
 
 class LayerProjections:

@@ -87,25 +87,18 @@ def pack(
         fed_parents.append(parents)
     start = np.asarray(lengths, np.int64)[:, None]
     slots = start + np.arange(width)[None, :]
+    mask = real = starts = sees_on_device = None
     if mask_on_device:  # a graph replays whole widths: fillers are computed like the rest, no `real`
-        return FedBatch(
-            input_ids=torch.from_numpy(ids).to(device),
-            positions=torch.from_numpy(start + depths).to(device),
-            slots=torch.from_numpy(slots).to(device),
-            mask=None,
-            fed_tokens=fed_tokens,
-            fed_parents=fed_parents,
-            starts=torch.from_numpy(start[:, 0]).to(device),
-            sees=torch.from_numpy(sees).to(device),
-        )
-    if visible is None:
-        visible = -(-(int(start.max()) + width) // VISIBLE_GRANULE) * VISIBLE_GRANULE
-    # Blocked unless history (slots before the row's length) or an ancestor in the row's own tree.
-    blocked = np.broadcast_to(np.arange(visible)[None, None, :] >= start[:, :, None], (rows, width, visible)).copy()
-    for b, length in enumerate(lengths):  # a row's fed slots are contiguous: a slice, not fancy indexing
-        blocked[b, :, length : length + width] = ~sees[b]
-    mask = _additive(blocked[:, None], dtype, device)
-    real = _real_indices([len(tokens) for tokens in fed_tokens], width, device)
+        starts, sees_on_device = torch.from_numpy(start[:, 0]).to(device), torch.from_numpy(sees).to(device)
+    else:
+        if visible is None:
+            visible = -(-(int(start.max()) + width) // VISIBLE_GRANULE) * VISIBLE_GRANULE
+        # Blocked unless history (slots before the row's length) or an ancestor in the row's own tree.
+        blocked = np.broadcast_to(np.arange(visible)[None, None, :] >= start[:, :, None], (rows, width, visible)).copy()
+        for b, length in enumerate(lengths):  # a row's fed slots are contiguous: a slice, not fancy indexing
+            blocked[b, :, length : length + width] = ~sees[b]
+        mask = _additive(blocked[:, None], dtype, device)
+        real = _real_indices([len(tokens) for tokens in fed_tokens], width, device)
     return FedBatch(
         input_ids=torch.from_numpy(ids).to(device),
         positions=torch.from_numpy(start + depths).to(device),
@@ -114,6 +107,8 @@ def pack(
         fed_tokens=fed_tokens,
         fed_parents=fed_parents,
         real=real,
+        starts=starts,
+        sees=sees_on_device,
     )
 
 

@@ -387,51 +387,39 @@ def answer(view: TreeView, batch: QueryBatch, static: DraftBatch, selection: str
     room = np.flatnonzero(use & (np.diff(spliced.offsets) < batch.max_nodes))
     if len(room) == 0:
         return spliced
-    both = _interleaved(_queries(spliced, room), _queries(static, room))
+    both = _interleaved(spliced, static, room)
     merged = merge_trees(both, np.repeat(np.arange(len(room)), 2), len(room), batch.max_nodes[room])
     return _with_queries(spliced, room, merged)
-
-
-def _queries(batch: DraftBatch, rows: np.ndarray) -> DraftBatch:
-    """The trees of queries `rows`, in that order."""
-    sizes = np.diff(batch.offsets)[rows]
-    nodes = _ranges(batch.offsets[rows], sizes)
-    return DraftBatch(
-        batch.tokens[nodes],
-        batch.parents[nodes],
-        batch.probabilities[nodes],
-        np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
-        batch.context_lengths[rows],
-        batch.scores[rows],
-    )
 
 
 def _with_queries(batch: DraftBatch, rows: np.ndarray, trees: DraftBatch) -> DraftBatch:
     """`batch` with query rows[i]'s tree replaced by tree i of `trees`."""
     sizes, starts = np.diff(batch.offsets), batch.offsets[:-1].copy()
     sizes[rows], starts[rows] = np.diff(trees.offsets), len(batch.tokens) + trees.offsets[:-1]
-    gather = _ranges(starts, sizes)
-
-    def joined(name: str) -> np.ndarray:
-        return np.concatenate([getattr(batch, name), getattr(trees, name)])[gather]
-
     context_lengths, scores = batch.context_lengths.copy(), batch.scores.copy()
     context_lengths[rows], scores[rows] = trees.context_lengths, trees.scores
-    return DraftBatch(
-        joined("tokens"),
-        joined("parents"),
-        joined("probabilities"),
-        np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
-        context_lengths,
-        scores,
-    )
+    return _gathered(batch, trees, starts, sizes, context_lengths, scores)
 
 
-def _interleaved(first: DraftBatch, second: DraftBatch) -> DraftBatch:
-    """Query q's tree of `first` as tree 2q, its tree of `second` as tree 2q+1."""
-    first_sizes, second_sizes = np.diff(first.offsets), np.diff(second.offsets)
-    sizes = np.stack([first_sizes, second_sizes], axis=1).ravel()
-    starts = np.stack([first.offsets[:-1], len(first.tokens) + second.offsets[:-1]], axis=1).ravel()
+def _interleaved(first: DraftBatch, second: DraftBatch, rows: np.ndarray) -> DraftBatch:
+    """For each query rows[i], its tree of `first` as tree 2i and its tree of `second` as tree 2i+1."""
+    sizes = np.stack([np.diff(first.offsets)[rows], np.diff(second.offsets)[rows]], axis=1).ravel()
+    starts = np.stack([first.offsets[rows], len(first.tokens) + second.offsets[rows]], axis=1).ravel()
+    context_lengths = np.stack([first.context_lengths[rows], second.context_lengths[rows]], axis=1).ravel()
+    scores = np.stack([first.scores[rows], second.scores[rows]], axis=1).ravel()
+    return _gathered(first, second, starts, sizes, context_lengths, scores)
+
+
+def _gathered(
+    first: DraftBatch,
+    second: DraftBatch,
+    starts: np.ndarray,
+    sizes: np.ndarray,
+    context_lengths: np.ndarray,
+    scores: np.ndarray,
+) -> DraftBatch:
+    """Trees cut from `first`'s nodes followed by `second`'s: tree i is `sizes[i]` nodes from flat
+    index `starts[i]` of the two joined."""
     gather = _ranges(starts, sizes)
 
     def joined(name: str) -> np.ndarray:
@@ -442,8 +430,8 @@ def _interleaved(first: DraftBatch, second: DraftBatch) -> DraftBatch:
         joined("parents"),
         joined("probabilities"),
         np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
-        np.stack([first.context_lengths, second.context_lengths], axis=1).ravel(),
-        np.stack([first.scores, second.scores], axis=1).ravel(),
+        context_lengths,
+        scores,
     )
 
 
