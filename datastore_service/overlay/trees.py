@@ -25,6 +25,7 @@ import numpy as np
 from datastore_service.draft import MAX_DEPTH_LIMIT, DraftBatch, QueryBatch
 from datastore_service.lookup.index_loader import LookupIndex
 from datastore_service.lookup.tree_merge import merge_trees
+from datastore_service.overlay.compiled_answer import kernel, learned_answers
 from datastore_service.overlay.counts import NgramCounts, NgramDelta
 from datastore_service.overlay.hashing import find, mix, path_keys, suffix_keys
 from datastore_service.overlay.store_contexts import StoreContexts
@@ -346,7 +347,19 @@ class MergedTrees:
 
 
 def answer(view: TreeView, batch: QueryBatch, static: DraftBatch, selection: str) -> DraftBatch:
-    """The store's answer with merged trees in place of its own where they rank higher.
+    """The store's answer with merged trees in place of its own where they rank higher: the compiled
+    kernel's for LONGEST_MATCH and MERGED when it is built, else `answer_in_numpy`'s."""
+    if len(view.keys) == 0:
+        return static
+    if selection in ("longest", "merged") and kernel() is not None:
+        answered = learned_answers(view, batch, static, merge=selection == "merged")
+        return static if answered is None else answered
+    return answer_in_numpy(view, batch, static, selection)
+
+
+def answer_in_numpy(view: TreeView, batch: QueryBatch, static: DraftBatch, selection: str) -> DraftBatch:
+    """The store's answer with merged trees in place of its own where they rank higher (the rule;
+    compiled_answer.py is its compiled form for LONGEST_MATCH and MERGED).
 
     SCORED: per query, the merged tree with the highest score within max_nodes among the query's
     suffixes, against the store's chosen tree unless a merged tree replaces that very context.
