@@ -51,7 +51,9 @@ class DraftTree:
         assert len(self.parents) == n and len(self.probabilities) == n, "arrays differ in length"
         assert np.all(self.parents < np.arange(n)), "a parent must precede its child"
         assert np.all(self.parents >= -1), "parent index below -1"
-        assert np.all((self.probabilities > 0) & (self.probabilities <= 1.0 + 1e-6)), "probability outside (0, 1]"
+        # Zero is a probability: MERGED scales a shorter context's branches by the mass the longer
+        # ones leave, none when their first tokens account for every continuation counted.
+        assert np.all((self.probabilities >= 0) & (self.probabilities <= 1.0 + 1e-6)), "probability outside [0, 1]"
         with_parent = self.parents >= 0
         assert np.all(self.probabilities[with_parent] <= self.probabilities[self.parents[with_parent]] + 1e-6), (
             "a node is likelier than its parent"

@@ -1,7 +1,7 @@
 /* The learning store's LONGEST and MERGED answers, one loop per query: the compiled form of
  * `answer` in trees.py, which states the rule and stays its reference (tests compare the two,
  * bit for bit). A batch-64 answer in numpy is ~100 array calls of a few microseconds each; here it
- * is one call, and the caller's GIL is released for it (ctypes), so ingestion threads keep going.
+ * is one call, and the GIL is released for it, so the server's ingestion threads keep going.
  *
  * Per query: the keys of its last 1..width tokens (hashing.py's fold), the longest one among the
  * overlay's sorted context keys, and that context's learned tree (first max_nodes nodes, deeper
@@ -10,8 +10,7 @@
  * branches whose first token the learned tree does not draft, their probabilities scaled by the
  * mass the learned tree's first level leaves.
  *
- * Loaded with ctypes from this extension's file (compiled_answer.py); the module init is only there
- * because setuptools builds Python extensions. */
+ * Called through compiled_answer.py, which passes numpy arrays of the stated dtypes. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
@@ -133,7 +132,7 @@ static int64_t merge_behind(Nodes out, int64_t size, const Answers *store, int64
 /* Each query's answer into out_* (room for `capacity` nodes): the store's (`store`) unless a learned
  * tree replaces it. Returns the nodes written, or -1 if `capacity` is too small; *replaced = how
  * many queries took a learned tree. */
-int64_t learned_answers(int64_t queries, int64_t width, const int64_t *tails, const int64_t *lengths,
+static int64_t learned_answers(int64_t queries, int64_t width, const int64_t *tails, const int64_t *lengths,
                         const int64_t *max_nodes, const int64_t *max_depth, int64_t contexts, const uint64_t *keys,
                         const int64_t *starts, const int64_t *sizes, const int32_t *tokens, const int32_t *parents,
                         const int32_t *depths, const float *probabilities, const int32_t *store_tokens,
@@ -182,6 +181,57 @@ int64_t learned_answers(int64_t queries, int64_t width, const int64_t *tails, co
     return written;
 }
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_merged_answer", NULL, -1, NULL};
+/* Python entry: answers(queries, width, tails, lengths, max_nodes, max_depth, contexts, keys, starts,
+ * sizes, tokens, parents, depths, probabilities, store_tokens, store_parents, store_probabilities,
+ * store_offsets, store_context_lengths, store_scores, merge, out_tokens, out_parents,
+ * out_probabilities, out_offsets, out_context_lengths, out_scores, capacity, scratch)
+ * -> (nodes written or -1, queries replaced). Arrays are C-contiguous buffers. */
+enum { READ_BUFFERS = 17, WRITE_BUFFERS = 7 };
+
+static PyObject *answers(PyObject *self, PyObject *args) {
+    Py_ssize_t queries, width, contexts, capacity;
+    int merge;
+    Py_buffer in[READ_BUFFERS], out[WRITE_BUFFERS];
+    if (!PyArg_ParseTuple(args, "nn" "y*y*y*y*" "n" "y*y*y*y*y*y*y*" "y*y*y*y*y*y*" "i" "w*w*w*w*w*w*" "n" "w*",
+                          &queries, &width, &in[0], &in[1], &in[2], &in[3], &contexts, &in[4], &in[5], &in[6],
+                          &in[7], &in[8], &in[9], &in[10], &in[11], &in[12], &in[13], &in[14], &in[15], &in[16],
+                          &merge, &out[0], &out[1], &out[2], &out[3], &out[4], &out[5], &capacity, &out[6]))
+        return NULL;
+    /* The sizes the loop relies on (the learned trees' rows are the overlay's, consistent by construction). */
+    int fits = in[0].len >= queries * width * 8 && in[1].len >= queries * 8 && in[2].len >= queries * 8 &&
+               in[3].len >= queries * 8 && in[4].len >= contexts * 8 && in[5].len >= contexts * 8 &&
+               in[6].len >= contexts * 8 && in[14].len >= (queries + 1) * 8 && in[15].len >= queries * 4 &&
+               in[16].len >= queries * 4 && out[0].len >= capacity * 4 && out[1].len >= capacity * 4 &&
+               out[2].len >= capacity * 4 && out[3].len >= (queries + 1) * 8 && out[4].len >= queries * 4 &&
+               out[5].len >= queries * 4;
+    if (fits) {
+        int64_t store_nodes = ((const int64_t *)in[14].buf)[queries];
+        fits = in[11].len >= store_nodes * 4 && in[12].len >= store_nodes * 4 && in[13].len >= store_nodes * 4;
+    }
+    int64_t written = -1, replaced = 0;
+    if (fits) {
+        Py_BEGIN_ALLOW_THREADS
+        written = learned_answers(queries, width, in[0].buf, in[1].buf, in[2].buf, in[3].buf, contexts, in[4].buf,
+                                  in[5].buf, in[6].buf, in[7].buf, in[8].buf, in[9].buf, in[10].buf, in[11].buf,
+                                  in[12].buf, in[13].buf, in[14].buf, in[15].buf, in[16].buf, merge, out[0].buf,
+                                  out[1].buf, out[2].buf, out[3].buf, out[4].buf, out[5].buf, capacity, out[6].buf,
+                                  out[6].len / 4, &replaced);
+        Py_END_ALLOW_THREADS
+    }
+    for (int i = 0; i < READ_BUFFERS; i++) PyBuffer_Release(&in[i]);
+    for (int i = 0; i < WRITE_BUFFERS; i++) PyBuffer_Release(&out[i]);
+    if (!fits) {
+        PyErr_SetString(PyExc_ValueError, "answers: an array is shorter than the batch needs");
+        return NULL;
+    }
+    return Py_BuildValue("(LL)", (long long)written, (long long)replaced);
+}
+
+static PyMethodDef methods[] = {
+    {"answers", answers, METH_VARARGS, "Each query's answer, a learned tree in place of the store's where one matches."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_merged_answer", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__merged_answer(void) { return PyModule_Create(&module); }
