@@ -30,8 +30,7 @@ def learned_answers(view, batch: QueryBatch, static: DraftBatch, merge: bool) ->
     when no query takes a learned tree (the answer is then `static` itself)."""
     assert _merged_answer is not None, "the compiled answer is not built"
     rows, queries = view.rows, len(batch.lengths)
-    store_sizes = np.diff(static.offsets)
-    capacity = int(np.maximum(store_sizes, batch.max_nodes).sum())
+    capacity = len(static.tokens) + int(batch.max_nodes.sum())  # each answer: the store's or <= max_nodes
     out = (
         np.empty(capacity, np.int32),  # tokens
         np.empty(capacity, np.int32),  # parents
@@ -40,7 +39,6 @@ def learned_answers(view, batch: QueryBatch, static: DraftBatch, merge: bool) ->
         np.empty(queries, np.int32),  # context lengths
         np.empty(queries, np.float32),  # scores
     )
-    scratch = np.empty(max(int(store_sizes.max(initial=0)), int(batch.max_nodes.max(initial=0)), 1), np.int32)
     written, replaced = _merged_answer.answers(
         queries,
         batch.tails.shape[1],
@@ -65,8 +63,9 @@ def learned_answers(view, batch: QueryBatch, static: DraftBatch, merge: bool) ->
         int(merge),
         *out,
         capacity,
-        scratch,
     )
+    if written == -2:
+        raise MemoryError("the compiled answer could not allocate its scratch")
     if written < 0:
         raise RuntimeError("the compiled answer ran out of room: a bug, its capacity is an upper bound")
     if replaced == 0:

@@ -14,6 +14,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #define KEY_ROOT 0x853C49E6748FEA9BULL
 #define KEY_MULTIPLIER 0xD6E8FEB86659FD93ULL
@@ -130,8 +131,8 @@ static int64_t merge_behind(Nodes out, int64_t size, const Answers *store, int64
 }
 
 /* Each query's answer into out_* (room for `capacity` nodes): the store's (`store`) unless a learned
- * tree replaces it. Returns the nodes written, or -1 if `capacity` is too small; *replaced = how
- * many queries took a learned tree. */
+ * tree replaces it. Returns the nodes written, -1 if `capacity` is too small, -2 out of memory;
+ * *replaced = how many queries took a learned tree. */
 static int64_t learned_answers(int64_t queries, int64_t width, const int64_t *tails, const int64_t *lengths,
                         const int64_t *max_nodes, const int64_t *max_depth, int64_t contexts, const uint64_t *keys,
                         const int64_t *starts, const int64_t *sizes, const int32_t *tokens, const int32_t *parents,
@@ -139,11 +140,18 @@ static int64_t learned_answers(int64_t queries, int64_t width, const int64_t *ta
                         const int32_t *store_parents, const float *store_probabilities, const int64_t *store_offsets,
                         const int32_t *store_context_lengths, const float *store_scores, int32_t merge,
                         int32_t *out_tokens, int32_t *out_parents, float *out_probabilities, int64_t *out_offsets,
-                        int32_t *out_context_lengths, float *out_scores, int64_t capacity, int32_t *scratch,
-                        int64_t scratch_size, int64_t *replaced) {
+                        int32_t *out_context_lengths, float *out_scores, int64_t capacity, int64_t *replaced) {
     const LearnedTrees learned = {contexts, keys, starts, sizes, tokens, parents, depths, probabilities};
     const Answers store = {store_tokens, store_parents, store_probabilities, store_offsets, store_context_lengths,
                            store_scores};
+    int64_t scratch_size = 1; /* renumbering room: a tree of max_nodes, or the store's answer */
+    for (int64_t q = 0; q < queries; q++) {
+        int64_t store_size = store_offsets[q + 1] - store_offsets[q];
+        if (max_nodes[q] > scratch_size) scratch_size = max_nodes[q];
+        if (store_size > scratch_size) scratch_size = store_size;
+    }
+    int32_t *scratch = malloc(scratch_size * sizeof(int32_t));
+    if (scratch == NULL) return -2;
     int64_t written = 0;
     *replaced = 0;
     out_offsets[0] = 0;
@@ -153,7 +161,10 @@ static int64_t learned_answers(int64_t queries, int64_t width, const int64_t *ta
         int64_t row = longest_learned(&learned, tails + q * width, width, lengths[q],
                                       store_context_lengths[q] > 1 ? store_context_lengths[q] : 1, &length);
         int64_t room = row >= 0 ? max_nodes[q] : store_size;
-        if (written + room > capacity || room > scratch_size || store_size > scratch_size) return -1;
+        if (written + room > capacity) {
+            written = -1;
+            break;
+        }
         Nodes out = {out_tokens + written, out_parents + written, out_probabilities + written};
         int64_t size;
         if (row < 0) {
@@ -178,24 +189,25 @@ static int64_t learned_answers(int64_t queries, int64_t width, const int64_t *ta
         written += size;
         out_offsets[q + 1] = written;
     }
+    free(scratch);
     return written;
 }
 
 /* Python entry: answers(queries, width, tails, lengths, max_nodes, max_depth, contexts, keys, starts,
  * sizes, tokens, parents, depths, probabilities, store_tokens, store_parents, store_probabilities,
  * store_offsets, store_context_lengths, store_scores, merge, out_tokens, out_parents,
- * out_probabilities, out_offsets, out_context_lengths, out_scores, capacity, scratch)
- * -> (nodes written or -1, queries replaced). Arrays are C-contiguous buffers. */
-enum { READ_BUFFERS = 17, WRITE_BUFFERS = 7 };
+ * out_probabilities, out_offsets, out_context_lengths, out_scores, capacity)
+ * -> (nodes written, or -1 short of capacity, -2 out of memory; queries replaced). Arrays are C-contiguous buffers. */
+enum { READ_BUFFERS = 17, WRITE_BUFFERS = 6 };
 
 static PyObject *answers(PyObject *self, PyObject *args) {
     Py_ssize_t queries, width, contexts, capacity;
     int merge;
     Py_buffer in[READ_BUFFERS], out[WRITE_BUFFERS];
-    if (!PyArg_ParseTuple(args, "nn" "y*y*y*y*" "n" "y*y*y*y*y*y*y*" "y*y*y*y*y*y*" "i" "w*w*w*w*w*w*" "n" "w*",
+    if (!PyArg_ParseTuple(args, "nn" "y*y*y*y*" "n" "y*y*y*y*y*y*y*" "y*y*y*y*y*y*" "i" "w*w*w*w*w*w*" "n",
                           &queries, &width, &in[0], &in[1], &in[2], &in[3], &contexts, &in[4], &in[5], &in[6],
                           &in[7], &in[8], &in[9], &in[10], &in[11], &in[12], &in[13], &in[14], &in[15], &in[16],
-                          &merge, &out[0], &out[1], &out[2], &out[3], &out[4], &out[5], &capacity, &out[6]))
+                          &merge, &out[0], &out[1], &out[2], &out[3], &out[4], &out[5], &capacity))
         return NULL;
     /* The sizes the loop relies on (the learned trees' rows are the overlay's, consistent by construction). */
     int fits = in[0].len >= queries * width * 8 && in[1].len >= queries * 8 && in[2].len >= queries * 8 &&
@@ -214,8 +226,7 @@ static PyObject *answers(PyObject *self, PyObject *args) {
         written = learned_answers(queries, width, in[0].buf, in[1].buf, in[2].buf, in[3].buf, contexts, in[4].buf,
                                   in[5].buf, in[6].buf, in[7].buf, in[8].buf, in[9].buf, in[10].buf, in[11].buf,
                                   in[12].buf, in[13].buf, in[14].buf, in[15].buf, in[16].buf, merge, out[0].buf,
-                                  out[1].buf, out[2].buf, out[3].buf, out[4].buf, out[5].buf, capacity, out[6].buf,
-                                  out[6].len / 4, &replaced);
+                                  out[1].buf, out[2].buf, out[3].buf, out[4].buf, out[5].buf, capacity, &replaced);
         Py_END_ALLOW_THREADS
     }
     for (int i = 0; i < READ_BUFFERS; i++) PyBuffer_Release(&in[i]);
