@@ -178,12 +178,16 @@ class BatchRates:
     end_to_end: list[float] = field(default_factory=list)
     decoding: list[float] = field(default_factory=list)
     phase_seconds: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PHASES})
-    accepted: list[float] = field(default_factory=list)
+    tokens: int = 0
+    row_passes: int = 0  # target passes summed over rows, prefills included
 
     def add_steps(self, generations: list[Generation]) -> None:
-        """Each step's phases (every row of a step carries the step's times) and tokens per row-step."""
+        """Each step's phases (every row of a step carries the step's times) and the tokens and passes
+        of every row: tokens per row and pass are their ratio, not a mean of per-sequence ratios (which
+        would weigh a short sequence's steps as much as a long one's)."""
         for generation in generations:
-            self.accepted.append(generation.mean_accepted_length)
+            self.tokens += len(generation.tokens)
+            self.row_passes += len(generation.steps) + 1
             for step in generation.steps:
                 for phase in PHASES:
                     self.phase_seconds[phase].append(getattr(step, f"{phase}_seconds"))
@@ -229,8 +233,9 @@ def batch_summary(rates: dict[str, BatchRates], rows: int, prompts: int, max_new
         f"store + prompt lookup: **{end_to_end[1] / end_to_end[0]:.2f}x** end to end; in the decoding phase "
         f"alone (prefill left out) {decoding[0]:.1f} and {decoding[1]:.1f} tokens/s, "
         f"**{decoding[1] / decoding[0]:.2f}x**. Step ms (lookup / preparation / forward / acceptance / compaction): "
-        f"{plain.step_text()} without drafts, {drafted.step_text()} with; accepted tokens per row and step "
-        f"{np.mean(drafted.accepted):.2f}."
+        f"{plain.step_text()} without drafts, {drafted.step_text()} with; tokens per row and pass "
+        f"{drafted.tokens / drafted.row_passes:.2f} (all tokens over all rows' passes, prefills included; "
+        f"{plain.tokens / plain.row_passes:.2f} without drafts)."
     )
 
 
