@@ -18,9 +18,21 @@ from datastore_service.draft import DraftTree
 
 from .draft_sources import DraftSource
 
+try:  # the compiled form of `with_prompt_lookup` (prompt_lookup_kernel.c), built by the install
+    from decoder import _prompt_lookup
+except ImportError:  # built without a C compiler: the Python rule below answers
+    _prompt_lookup = None
+
+NGRAM_SIZES = (4, 3, 2)
+MAX_DEPTH = 8
+MAX_MATCHES = 8
+
 
 def prompt_lookup_tree(
-    history: np.ndarray, ngram_sizes: Sequence[int] = (4, 3, 2), max_depth: int = 8, max_matches: int = 8
+    history: np.ndarray,
+    ngram_sizes: Sequence[int] = NGRAM_SIZES,
+    max_depth: int = MAX_DEPTH,
+    max_matches: int = MAX_MATCHES,
 ) -> DraftTree:
     """The continuations of the most recent earlier occurrences of the history's newest n tokens,
     for the first size in `ngram_sizes` that occurs, as a tree of match shares."""
@@ -80,6 +92,37 @@ def merge_trees(first: DraftTree, second: DraftTree) -> DraftTree:
     return _tree_from_paths(merged, max(first.context_length, second.context_length))
 
 
+def with_prompt_lookup(tree: DraftTree, history: np.ndarray, compiled: bool = True) -> DraftTree:
+    """`tree` merged with the prompt lookup tree of `history` (int64): `merge_trees(tree,
+    prompt_lookup_tree(history))`, in one compiled call when the extension is built (`compiled`
+    False: the Python rule, which tests hold the two to)."""
+    if _prompt_lookup is None or not compiled:
+        return merge_trees(tree, prompt_lookup_tree(history))
+    room = len(tree) + MAX_MATCHES * MAX_DEPTH
+    tokens, parents, probabilities = np.empty(room, np.int32), np.empty(room, np.int32), np.empty(room, np.float32)
+    size, matched = _prompt_lookup.merged(
+        np.ascontiguousarray(history, np.int64),
+        _NGRAM_SIZES,
+        MAX_DEPTH,
+        MAX_MATCHES,
+        np.ascontiguousarray(tree.tokens, np.int32),
+        np.ascontiguousarray(tree.parents, np.int32),
+        np.ascontiguousarray(tree.probabilities, np.float32),
+        tokens,
+        parents,
+        probabilities,
+    )
+    if matched == 0:
+        return tree
+    probabilities = probabilities[:size]
+    return DraftTree(
+        tokens[:size], parents[:size], probabilities, max(tree.context_length, matched), float(probabilities.sum())
+    )
+
+
+_NGRAM_SIZES = np.asarray(NGRAM_SIZES, np.int64)
+
+
 class WithPromptLookup:
     """A draft source whose trees also carry what the sequence itself predicts."""
 
@@ -90,6 +133,6 @@ class WithPromptLookup:
     def drafts(self, contexts: Sequence[Sequence[int]], max_nodes: int) -> list[DraftTree]:
         stored = self.source.drafts([c[-self.source.max_context :] for c in contexts], max_nodes)
         return [
-            merge_trees(tree, prompt_lookup_tree(np.asarray(context[-self.history_tokens :], np.int64)))
+            with_prompt_lookup(tree, np.asarray(context[-self.history_tokens :], np.int64))
             for tree, context in zip(stored, contexts)
         ]

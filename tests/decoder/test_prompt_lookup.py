@@ -1,10 +1,14 @@
-"""Prompt lookup finds the same matches as a plain scan of every window of the history."""
+"""Prompt lookup finds the same matches as a plain scan of every window of the history, and its
+compiled merge with a stored tree equals the Python rule bit for bit."""
 
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from decoder.prompt_lookup import prompt_lookup_tree
+from datastore_service.draft import DraftTree
+from decoder.prompt_lookup import _prompt_lookup, _tree_from_paths, prompt_lookup_tree, with_prompt_lookup
 
 
 def scanned_tree_paths(history: list[int], sizes=(4, 3, 2), max_depth=8, max_matches=8) -> dict[tuple, float]:
@@ -45,3 +49,41 @@ def test_prompt_lookup_matches_a_scan_of_every_window():
             assert found.keys() == expected.keys(), (history, found, expected)
             for path, probability in expected.items():
                 assert abs(found[path] - probability) < 1e-6
+
+
+def random_tree(rng: np.random.Generator, vocabulary: int, nodes: int) -> DraftTree:
+    """A valid best-first tree over a small vocabulary, so its paths meet prompt lookup's often."""
+    probabilities: dict[tuple, float] = {}
+    for _ in range(nodes):
+        parents = [()] + [p for p in probabilities if len(p) < 6]
+        parent = parents[int(rng.integers(len(parents)))]
+        path = parent + (int(rng.integers(vocabulary)),)
+        if path not in probabilities:
+            ceiling = probabilities.get(parent, 1.0)
+            probabilities[path] = float(np.float32(ceiling * rng.uniform(0.05, 1.0)))
+    return _tree_from_paths(probabilities, context_length=int(rng.integers(1, 4)) if probabilities else 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    length=st.integers(0, 300),
+    vocabulary=st.integers(2, 8),
+    stored=st.integers(0, 40),
+)
+def test_the_compiled_merge_equals_the_python_rule(seed, length, vocabulary, stored):
+    rng = np.random.default_rng(seed)
+    history = rng.integers(0, vocabulary, length).astype(np.int64)
+    tree = random_tree(rng, vocabulary, stored)
+    compiled = with_prompt_lookup(tree, history)
+    expected = with_prompt_lookup(tree, history, compiled=False)
+    assert compiled.context_length == expected.context_length
+    assert compiled.score == expected.score
+    for field in ("tokens", "parents", "probabilities"):
+        a, e = getattr(compiled, field), getattr(expected, field)
+        assert a.dtype == e.dtype and np.array_equal(a, e), field
+    compiled.check_integrity()
+
+
+def test_the_install_builds_the_prompt_lookup_kernel():
+    assert _prompt_lookup is not None, "the extension decoder._prompt_lookup was not built"
