@@ -174,24 +174,29 @@ class NodeBudget:
             return [min(len(g), cap) for g in gains]
         if len(gains) == 1:
             return [self.best_count(gains[0], padded=True)]
-        rows, best, best_rate = len(gains), [0] * len(gains), 0.0
-        for width in self._fitting_widths(gains):
-            kept = [np.asarray(g[: width - 1], np.float64) for g in gains]
-            values = np.concatenate([np.zeros(0)] + kept)
-            owners = np.concatenate([np.zeros(0, np.int64)] + [np.full(len(g), b) for b, g in enumerate(kept)])
-            # Ranked by each row's running minimum, so a node never goes before one ranked above it in
-            # its own row: the nodes taken from a row are always its first ones, a tree.
-            ranks = np.concatenate([np.zeros(0)] + [np.minimum.accumulate(g) for g in kept if len(g)])
-            order = np.argsort(-ranks, kind="stable")
-            taken = np.arange(len(order) + 1)
-            expected = rows + np.concatenate([[0.0], np.cumsum(values[order])])
-            cost = self.curve.cost(rows + taken) + self.curve.filler_seconds * (rows * (width - 1) - taken)
-            rates = expected / cost
-            count = int(np.argmax(rates))
-            if rates[count] > best_rate:
-                best_rate = float(rates[count])
-                best = np.bincount(owners[order[:count]], minlength=rows).tolist()
-        return best
+        rows, widths = len(gains), np.asarray(self._fitting_widths(gains))
+        kept = [np.asarray(g[: widths[-1] - 1], np.float64) for g in gains]
+        values = np.concatenate([np.zeros(0)] + kept)
+        owners = np.concatenate([np.zeros(0, np.int64)] + [np.full(len(g), b) for b, g in enumerate(kept)])
+        places = np.concatenate([np.zeros(0, np.int64)] + [np.arange(len(g)) for g in kept])
+        # Ranked by each row's running minimum, so a node never goes before one ranked above it in
+        # its own row: the nodes taken from a row are always its first ones, a tree. A narrower
+        # width's ranking is this one without the nodes past it, so every width is priced at once:
+        # row w of `inside` marks the nodes width w holds, in ranked order.
+        ranks = np.concatenate([np.zeros(0)] + [np.minimum.accumulate(g) for g in kept if len(g)])
+        order = np.argsort(-ranks, kind="stable")
+        inside = places[order][None, :] < widths[:, None] - 1
+        # Prefixes of the ranking per width (a node outside a width repeats the prefix before it).
+        taken = np.concatenate([np.zeros((len(widths), 1), np.int64), np.cumsum(inside, axis=1)], axis=1)
+        gained = np.concatenate(
+            [np.zeros((len(widths), 1)), np.cumsum(np.where(inside, values[order], 0.0), axis=1)], axis=1
+        )
+        fillers = rows * (widths[:, None] - 1) - taken
+        rates = (rows + gained) / (self.curve.cost(rows + taken) + self.curve.filler_seconds * fillers)
+        firsts = np.argmax(rates, axis=1)  # per width, the shortest prefix at its best rate
+        width = int(np.argmax(rates[np.arange(len(widths)), firsts]))  # the narrowest width at the best
+        chosen = order[: firsts[width]][inside[width, : firsts[width]]]
+        return np.bincount(owners[chosen], minlength=rows).tolist()
 
     def _fitting_widths(self, gains: Sequence[np.ndarray]) -> list[int]:
         """The widths up to the first that holds every row's nodes: a wider one only adds fillers."""
