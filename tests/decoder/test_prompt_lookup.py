@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from datastore_service.draft import DraftTree
 from decoder.prompt_lookup import _prompt_lookup, _tree_from_paths, prompt_lookup_tree, with_prompt_lookup
+from tests.extensions import assert_built, needs
 
 
 def scanned_tree_paths(history: list[int], sizes=(4, 3, 2), max_depth=8, max_matches=8) -> dict[tuple, float]:
@@ -64,6 +65,7 @@ def random_tree(rng: np.random.Generator, vocabulary: int, nodes: int) -> DraftT
     return _tree_from_paths(probabilities, context_length=int(rng.integers(1, 4)) if probabilities else 0)
 
 
+@needs(_prompt_lookup, "decoder._prompt_lookup")
 @settings(max_examples=300, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
@@ -86,4 +88,4 @@ def test_the_compiled_merge_equals_the_python_rule(seed, length, vocabulary, sto
 
 
 def test_the_install_builds_the_prompt_lookup_kernel():
-    assert _prompt_lookup is not None, "the extension decoder._prompt_lookup was not built"
+    assert_built(_prompt_lookup, "decoder._prompt_lookup")

@@ -16,6 +16,9 @@ from datastore_service.overlay.overlay import Overlay
 from datastore_service.overlay.trees import answer_in_numpy
 from datastore_service.sizes import Budget
 from tests.datastore_service.store_factory import publish_token_store
+from tests.extensions import assert_built, needs
+
+EXTENSION = "datastore_service.overlay._merged_answer"
 
 PARAMS = BuildParams(max_context=3, max_depth=4, top_c=10, min_count=2, budget=Budget(rows=10**9))
 
@@ -39,9 +42,10 @@ def assert_same(actual: DraftBatch, expected: DraftBatch) -> None:
 
 
 def test_the_install_builds_the_kernel():
-    assert kernel() is not None, "the extension datastore_service.overlay._merged_answer was not built"
+    assert_built(kernel(), EXTENSION)
 
 
+@needs(kernel(), EXTENSION)
 @settings(max_examples=60, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
@@ -68,6 +72,7 @@ def test_the_kernel_answers_exactly_as_the_numpy_rule(learning, seed, queries, m
             tree.check_integrity()
 
 
+@needs(kernel(), EXTENSION)
 def test_learned_trees_are_taken_and_merged_in_the_cases_checked(learning):
     """The property above compares something: learned trees replace and merge with the store's."""
     index, overlay = learning
