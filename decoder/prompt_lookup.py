@@ -26,6 +26,7 @@ except ImportError:  # built without a C compiler: the Python rule below answers
 NGRAM_SIZES = (4, 3, 2)
 MAX_DEPTH = 8
 MAX_MATCHES = 8
+_NGRAM_SIZES = np.asarray(NGRAM_SIZES, np.int64)  # as the kernel reads them
 
 
 def prompt_lookup_tree(
@@ -118,9 +119,6 @@ def with_prompt_lookup(tree: DraftTree, history: np.ndarray, compiled: bool = Tr
     return DraftTree(
         tokens[:size], parents[:size], probabilities, max(tree.context_length, matched), float(probabilities.sum())
     )
-
-
-_NGRAM_SIZES = np.asarray(NGRAM_SIZES, np.int64)
 
 
 class WithPromptLookup:

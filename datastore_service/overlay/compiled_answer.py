@@ -9,10 +9,14 @@ GIL, so the server's ingestion threads run beside a lookup's answer.
 from __future__ import annotations
 
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from datastore_service.draft import DraftBatch, QueryBatch
+
+if TYPE_CHECKING:  # trees.py imports this module
+    from datastore_service.overlay.trees import TreeView
 
 try:
     from datastore_service.overlay import _merged_answer
@@ -25,7 +29,7 @@ def kernel() -> ModuleType | None:
     return _merged_answer
 
 
-def learned_answers(view, batch: QueryBatch, static: DraftBatch, merge: bool) -> DraftBatch | None:
+def learned_answers(view: TreeView, batch: QueryBatch, static: DraftBatch, merge: bool) -> DraftBatch | None:
     """`trees.answer` for LONGEST (merge False) or MERGED (True) with `view`'s learned trees; None
     when no query takes a learned tree (the answer is then `static` itself)."""
     assert _merged_answer is not None, "the compiled answer is not built"
