@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole GPU check of issue 11, on the GPU machine, in the order benchmarks/gpu_stage.sh prints:
 #   receive part1 | receive part2: keep what the command carried in a scratch folder outside the checkout;
-#   run: install the wheels, join the model, then (results under $OUT, ~7 minutes on one H200):
+#   run: install the wheels, join the model, build the compiled kernels, then (results under $OUT, ~7 minutes
+#        on one H200):
 #     1. float32, 5 HumanEval prompts: the compiled engine (CUDA graphs) must give generate's tokens;
 #     2. bfloat16, $GPU_PROMPTS (20) prompts per suite: speed of every configuration against generate and against
 #        the engine without drafts, the step split into phases, agreement with the float32 reference,
@@ -30,6 +31,23 @@ export PYTHONPATH="$SCRATCH/site:$SCRATCH/data:$PWD:$PWD/proto" CREST_CACHE="$SC
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 } 2>&1 | tee "$OUT/gpu.txt"
+
+# The compiled host kernels (the learning store's answer, prompt lookup's merge), built in place: the
+# checkout travels without its .so files and is not pip-installed here. Without a C compiler or the
+# Python headers the Python rules answer, with more host time per step.
+build_kernels() {
+    local include suffix
+    include=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['include'])") || return
+    suffix=$(python3 -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))") || return
+    cc -O2 -shared -fPIC -I"$include" datastore_service/overlay/merged_answer.c \
+        -o "datastore_service/overlay/_merged_answer$suffix" \
+        && cc -O2 -shared -fPIC -I"$include" decoder/prompt_lookup_kernel.c -o "decoder/_prompt_lookup$suffix"
+}
+if build_kernels > "$OUT/kernels.txt" 2>&1; then
+    echo "compiled kernels: built" | tee -a "$OUT/gpu.txt"
+else
+    echo "compiled kernels: not built (see kernels.txt); the Python rules answer" | tee -a "$OUT/gpu.txt"
+fi
 
 # step NAME LIMIT_SECONDS ARGS...: one decode_speed run, its output (tables, per-prompt progress) in $OUT/NAME.md
 step() {
