@@ -54,8 +54,9 @@ static int ranks_before(const Node *nodes, const int32_t *paths, int64_t width, 
     return path_before(paths, width, a, b, nodes[a].depth);
 }
 
-/* Returns the merged tree's size (-1 out of memory); *matched = the n that matched, 0 if none (then
- * nothing is written: the stored tree is the answer). out_* hold store_size + matches * max_depth. */
+/* Returns the merged tree's size (-1 out of memory, -2 if the stored tree's parents do not precede
+ * their children); *matched = the n that matched, 0 if none (then nothing is written: the stored tree
+ * is the answer). out_* hold store_size + matches * max_depth. */
 static int64_t merged_tree(const int64_t *history, int64_t length, const int64_t *ngram_sizes, int64_t sizes,
                            int64_t max_depth, int64_t max_matches, const int32_t *store_tokens,
                            const int32_t *store_parents, const float *store_probabilities, int64_t store_size,
@@ -83,6 +84,10 @@ static int64_t merged_tree(const int64_t *history, int64_t length, const int64_t
     int64_t count = 0, deepest = 0;
     for (int64_t i = 0; i < store_size; i++, count++) {
         int32_t parent = store_parents[i];
+        if (parent < -1 || parent >= i) { /* not a tree (a server's answer is data): refuse, never read past it */
+            free(ends), free(nodes), free(counts);
+            return -2;
+        }
         nodes[i] = (Node){store_tokens[i], parent, parent < 0 ? 1 : nodes[parent].depth + 1, (double)store_probabilities[i]};
     }
     int64_t stored = count;
@@ -164,6 +169,10 @@ static PyObject *merged(PyObject *self, PyObject *args) {
     for (size_t i = 0; i < sizeof(buffers) / sizeof(buffers[0]); i++) PyBuffer_Release(buffers[i]);
     if (!fits) {
         PyErr_SetString(PyExc_ValueError, "merged: arrays of unequal length or output too small");
+        return NULL;
+    }
+    if (result == -2) {
+        PyErr_SetString(PyExc_ValueError, "merged: a stored node's parent does not precede it");
         return NULL;
     }
     if (result < 0) return PyErr_NoMemory();

@@ -4,6 +4,7 @@ compiled merge with a stored tree equals the Python rule bit for bit."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -89,3 +90,11 @@ def test_the_compiled_merge_equals_the_python_rule(seed, length, vocabulary, sto
 
 def test_the_install_builds_the_prompt_lookup_kernel():
     assert_built(_prompt_lookup, "decoder._prompt_lookup")
+
+
+@needs(_prompt_lookup, "decoder._prompt_lookup")
+def test_the_compiled_merge_refuses_a_stored_tree_whose_parents_do_not_precede_their_children():
+    history = np.array([1, 2, 3, 1, 2, 3, 1, 2], np.int64)  # the newest tokens recur: prompt lookup drafts
+    broken = DraftTree(np.array([5, 6], np.int32), np.array([1, -1], np.int32), np.full(2, 0.5, np.float32), 2, 1.0)
+    with pytest.raises(ValueError, match="parent"):
+        with_prompt_lookup(broken, history)
