@@ -201,7 +201,6 @@ def batch_rates(
 ) -> dict[str, BatchRates]:
     """The prompts decoded `rows` at a time (a finished sequence's row taken by the next prompt),
     without and with drafts (same engine), runs alternating."""
-    batch = prompts
     decoders = {
         "no drafts": make_decoder(target, NoDrafts(), max_nodes=0, rows=rows, **settings),
         "store + prompt lookup": make_decoder(
@@ -210,10 +209,10 @@ def batch_rates(
     }
     rates = {name: BatchRates() for name in decoders}
     for decoder in decoders.values():
-        decoder.generate_batch(batch[:rows], 8)  # warm-up
+        decoder.generate_batch(prompts[:rows], 8)  # warm-up
     for _ in range(BATCH_REPEATS):
         for name, decoder in decoders.items():
-            generations, seconds = timed(lambda d=decoder: d.generate_batch(batch, max_new_tokens, rows=rows), target)
+            generations, seconds = timed(lambda d=decoder: d.generate_batch(prompts, max_new_tokens, rows=rows), target)
             tokens = sum(len(g.tokens) for g in generations)
             prefill = sum(g.prefill_seconds for g in generations)
             rates[name].end_to_end.append(tokens / seconds)

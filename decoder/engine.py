@@ -36,7 +36,7 @@ from .draft_gate import DraftGate
 from .draft_sources import DraftSource
 from .llama_forward import LlamaTreeForward, forward_fingerprint
 from .node_budget import PASS_WIDTHS, CostCurve, NodeBudget, first_nodes
-from .speculative import Generation, StepRecord, emitted_until_stop, limit_depth
+from .speculative import Generation, StepRecord, emitted_until_stop, limit_depth, run_to_end
 from .static_cache import StaticKVCache
 from .target_model import TargetModel
 from .tree_batch import FedBatch, pack, prefill_inputs
@@ -117,12 +117,7 @@ class TreeEngine:
     ) -> list[Generation]:
         """Every prompt's generation. `rows`: decode at most this many at once; the others wait, and
         each takes the cache row of the first sequence to finish (continuous batching)."""
-        steps = self._decode(prompts, max_new_tokens, stop_strings, rows)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                return done.value
+        return run_to_end(self._decode(prompts, max_new_tokens, stop_strings, rows))
 
     def cost_curve(self, rows: int = 1, history: int = 118) -> CostCurve:
         """Seconds of one pass by tokens fed (one row up to the widest pass, then up to `rows` rows, at

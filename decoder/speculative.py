@@ -12,8 +12,9 @@ One sequence at a time (`generate`). Per step:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +28,8 @@ from .kv_cache import keep_accepted
 from .node_budget import NodeBudget
 from .target_model import TargetModel
 from .tree_attention import tree_inputs
+
+Returned = TypeVar("Returned")
 
 
 @dataclass
@@ -63,6 +66,16 @@ class Generation:
     def tokens_per_second(self) -> float:
         total = self.prefill_seconds + self.decode_seconds
         return len(self.tokens) / total if total > 0 else 0.0
+
+
+def run_to_end(steps: Generator[object, None, Returned]) -> Returned:
+    """Drive a decoding generator to its end; what it returns (the decode loops return their
+    Generation(s) once every step is yielded)."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 def limit_depth(tree: DraftTree, max_depth: int) -> DraftTree:
@@ -158,12 +171,7 @@ class SpeculativeDecoder:
         return generation
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, stop_strings: Sequence[str] = ()) -> Generation:
-        stream = self.stream(prompt_ids, max_new_tokens, stop_strings)
-        while True:
-            try:
-                next(stream)
-            except StopIteration as done:
-                return done.value
+        return run_to_end(self.stream(prompt_ids, max_new_tokens, stop_strings))
 
     def generate_batch(
         self,

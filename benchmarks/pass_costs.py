@@ -1,0 +1,63 @@
+"""The cost of one verification pass by rows and fed tokens, as the engine runs it.
+
+    python benchmarks/pass_costs.py [--rows 8] [--history 200] [--repeats 7] [--device cpu]
+
+Each pass feeds every row a chain of `width - 1` draft nodes after `--history` cached tokens (or
+one real token and fillers, for the filler rows), through the engine's own pack and pass; the
+fastest of --repeats timings is printed (on a shared machine noise only slows a pass down). What
+it answers: what a batch of drafted rows costs against a batch of single tokens, and what a
+filler slot costs (the engine prices both in its node budget).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from decoder.decoders import make_decoder, resolve_engine
+from decoder.draft_sources import NoDrafts
+from decoder.engine import _chain_tree
+from decoder.target_model import load_target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--history", type=int, default=200, help="cached tokens before each row's fed ones")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    args = parser.parse_args()
+    target = load_target("smollm2", args.dtype, args.device)
+    engine = make_decoder(target, NoDrafts(), max_nodes=63, rows=args.rows, engine=resolve_engine(target, "auto"))
+    cache = engine._cache_for(args.rows, args.history + 64)
+    vocab = target.model.config.vocab_size
+
+    @torch.inference_mode()
+    def fastest(rows: int, width: int, nodes: int) -> float:
+        timings = []
+        for _ in range(args.repeats + 1):  # the first is a warm-up
+            cache.reset()
+            for row in range(rows):
+                cache.advance(row, args.history)
+            fed = engine._pack(cache, [0] * rows, [_chain_tree(nodes, vocab)] * rows, width)
+            if target.device.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            engine._verdicts(engine._pass(cache, fed), fed)
+            timings.append(time.perf_counter() - started)
+        return min(timings[1:]) * 1e3
+
+    print(f"engine {engine.name}, {args.device} {args.dtype}, {args.history} cached tokens a row; ms per pass")
+    for width in (1, 2, 4, 8):
+        print(f"1 row x {width} fed: {fastest(1, width, width - 1):.1f}")
+    for width in (1, 2, 4, 8):
+        print(f"{args.rows} rows x {width} fed: {fastest(args.rows, width, width - 1):.1f}")
+    for width in (4, 8):
+        print(f"{args.rows} rows x 1 fed + {width - 1} fillers: {fastest(args.rows, width, 0):.1f}")
+
+
+if __name__ == "__main__":
+    main()
