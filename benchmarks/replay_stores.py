@@ -4,7 +4,7 @@
 
 SmolLM2's cached greedy outputs (made once, float32) are replayed against each store exactly as
 the decoder would draft from it (decoder/replay.py), with each lookup: the scored choice, the
-longest match and the merged trees. Used to compare stores built with different settings, e.g. `--backoff 0` and `2`.
+longest match, the merged trees and the chained ones (merged, grown at their leaves). Used to compare stores built with different settings, e.g. `--backoff 0` and `2`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import argparse
 
 from crest_cli.evaluation.measure import replay_suite
 from crest_cli.evaluation.suites import SUITES
+from datastore_service.lookup.draft_index import SELECTIONS
 from datastore_service.lookup.index_loader import load_index
 from decoder.references import greedy_references
 from decoder.target_model import load_target
@@ -30,14 +31,17 @@ def main() -> None:
     suite = SUITES[args.suite]
     prompts = [target.encode_prompt(text, chat=suite.chat) for text in suite.prompts(None)]
     references = greedy_references(target, prompts, args.max_new_tokens, progress=True)
-    print(f"| store | {suite.title}: prompts | scored | longest match | merged |\n| --- | ---: | ---: | ---: | ---: |")
+    print(
+        f"| store | {suite.title}: prompts | scored | longest match | merged | chained |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: |"
+    )
     for store in args.stores:
         index = load_index(store)
-        scored, longest, merged = (
+        lengths = [
             replay_suite(index, prompts, references, args.max_nodes, args.max_new_tokens, lookup).accepted_length
-            for lookup in ("scored", "longest", "merged")
-        )
-        print(f"| {store} | {len(prompts)} | {scored:.4f} | {longest:.4f} | {merged:.4f} |", flush=True)
+            for lookup in SELECTIONS
+        ]
+        print(f"| {store} | {len(prompts)} | " + " | ".join(f"{x:.4f}" for x in lengths) + " |", flush=True)
 
 
 if __name__ == "__main__":

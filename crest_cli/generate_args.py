@@ -96,12 +96,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-prompt-lookup", action="store_true", help="draft from the store only")
     parser.add_argument(
         "--selection",
-        choices=("merged", "scored", "longest"),
+        choices=("merged", "chained", "scored", "longest"),
         default=None,
         help=f"default: the server's (with --server), else {DEFAULT_SELECTION}. "
         "merged: the matching contexts' trees combined, the longest's first (drafts at least what longest "
-        "does); scored: the matching tree expected to get the most tokens accepted; longest: the longest matching "
-        "context (REST's rule)",
+        "does); chained: merged, grown at its likeliest leaves by the trees of their own contexts (more "
+        "lookups, no more bytes; drafts at least what merged does); scored: the matching tree expected to get "
+        "the most tokens accepted; longest: the longest matching context (REST's rule)",
     )
     parser.add_argument("--compare", action="store_true", help="also decode without drafts and compare")
     parser.add_argument("--color", action="store_true", help="mark accepted draft tokens in green")

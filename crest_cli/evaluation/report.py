@@ -32,10 +32,11 @@ class ResultRow:
     storage_bytes: int  # what lookups need on disk (see StorePoint.lookup_bytes)
     file_bytes: int
     accepted_length: float  # held out: each half scored with the lookup chosen on the other (run.py)
-    lookup: str  # the lookup chosen for each half ("scored", "longest", "merged", or two of them: "merged/longest")
+    lookup: str  # the lookup chosen for each half ("scored", "longest", "merged", "chained", or two: "merged/chained")
     accepted_scored: float | None  # every prompt with the scored lookup (CREST stores of ours)
     accepted_longest: float | None  # every prompt with longest match
     accepted_merged: float | None  # every prompt with the merged lookup (CREST stores of ours)
+    accepted_chained: float | None  # every prompt with the chained lookup (CREST stores of ours)
     lookup_us_median: float
     build_seconds: float
 
@@ -133,14 +134,15 @@ def markdown_report(
             f"### {titles.get(suite, suite)}",
             "",
             "| system | setting | storage | file | accepted length (held out) | lookup | scored | longest | merged "
-            "| lookup p50 (µs) | build (s) |",
-            "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+            "| chained | lookup p50 (µs) | build (s) |",
+            "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for r in sorted(suite_rows, key=lambda r: (r.line, r.storage_bytes)):
             out.append(
                 f"| {r.line} | {r.setting} | {format_bytes(r.storage_bytes)} | {format_bytes(r.file_bytes)} "
                 f"| {r.accepted_length:.3f} | {r.lookup} | {_maybe(r.accepted_scored)} | {_maybe(r.accepted_longest)} "
-                f"| {_maybe(r.accepted_merged)} | {r.lookup_us_median:.0f} | {r.build_seconds:.1f} |"
+                f"| {_maybe(r.accepted_merged)} | {_maybe(r.accepted_chained)} | {r.lookup_us_median:.0f} "
+                f"| {r.build_seconds:.1f} |"
             )
         full, claims = claims_for(suite_rows)
         out += [
@@ -151,7 +153,9 @@ def markdown_report(
         ]
         for claim in claims:
             out.append(f"- **{claim.line}**: " + _describe(claim, full))
-        out += ["", _lookup_comparison(suite_rows, "scored"), "", _lookup_comparison(suite_rows, "merged"), ""]
+        out.append("")
+        for lookup in ("scored", "merged", "chained"):
+            out += [_lookup_comparison(suite_rows, lookup), ""]
     if ablations:
         out += _ablation_table(ablations, titles)
     if checks:

@@ -1,9 +1,10 @@
 """`crest eval`: references -> stores -> replayed acceptance -> real-decoding check -> report.
 
 Held-in / held-out: each suite's prompts are split into two fixed halves (suites.halves). What the
-evaluation tunes, the lookup each CREST line uses (scored, longest match or merged), is chosen on one half
-and scored on the other, both ways round, so every prompt's accepted tokens come from a choice made
-without it; the claims are computed from these held-out figures over all prompts.
+evaluation tunes, the lookup each CREST line uses (scored, longest match, merged or chained), and the
+tree shape of the shape-choice line at each budget, is chosen on one half and scored on the other,
+both ways round, so every prompt's accepted tokens come from a choice made without it; the claims
+are computed from these held-out figures over all prompts.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from crest_cli.evaluation.real_check import RealCheck, check_replays
 from crest_cli.evaluation.report import AblationStep, ResultRow, markdown_report, write_csv, write_plot
 from crest_cli.evaluation.store_points import (
     DEFAULT_VARIANTS,
+    SHAPE_CHOICE,
     VARIANTS,
     AuthorsVariant,
     CrestVariant,
@@ -83,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
                     replayed[point.path, lookup] = replay_suite(
                         index, prompts, references, args.max_nodes, args.max_new_tokens, lookup
                     )
-        rows += _rows(name, points, replayed, halves(name, len(prompts)))
+        split = halves(name, len(prompts))
+        rows += _rows(name, points, replayed, split) + _shape_choice_rows(name, points, replayed, split)
         if extra:
             ablations += _ablation(name, points + extra, replayed, args.ablation_budget)
         for point, lookup in _checked_stores(points, rows, name):
@@ -145,8 +148,56 @@ def _rows(
                 everywhere["scored"].accepted_length if "scored" in everywhere else None,
                 everywhere["longest"].accepted_length if "longest" in everywhere else None,
                 everywhere["merged"].accepted_length if "merged" in everywhere else None,
+                everywhere["chained"].accepted_length if "chained" in everywhere else None,
                 everywhere[picks[0]].lookup_us_median,
                 point.build_seconds,
+            )
+        )
+    return rows
+
+
+def _shape_choice_rows(
+    suite: str,
+    points: Sequence[StorePoint],
+    replayed: dict[tuple[Path, str], Acceptance],
+    split: tuple[list[int], list[int]],
+) -> list[ResultRow]:
+    """The shape-choice line: at each budget where every member shape was built, the (shape, lookup)
+    with the most accepted tokens per forward on one half scores the other. Its storage is the larger
+    of the two halves' picks, so the line never claims fewer bytes than a prompt was drafted from."""
+    shape_of = {VARIANTS[name].line: name for name in SHAPE_CHOICE.members}
+    at_budget: dict[str, list[StorePoint]] = {}
+    for point in points:
+        if point.line in shape_of:
+            at_budget.setdefault(point.setting, []).append(point)
+    rows = []
+    for setting, stores in at_budget.items():
+        if len(stores) < len(shape_of):
+            continue
+        options = [(store, lookup) for store in stores for lookup in store.lookups]
+        picks = [
+            max(options, key=lambda option: _accepted_length([option[0]], replayed, option[1], split[tuning_half]))
+            for tuning_half in (1, 0)  # the pick for half 0 is tuned on half 1, and the other way round
+        ]
+        tokens, forwards = zip(
+            *(replayed[store.path, lookup].over(split[half]) for half, (store, lookup) in enumerate(picks))
+        )
+        rows.append(
+            ResultRow(
+                suite,
+                "CREST",
+                SHAPE_CHOICE.line,
+                setting,
+                max(store.lookup_bytes for store, _ in picks),
+                max(store.file_bytes for store, _ in picks),
+                sum(tokens) / max(sum(forwards), 1),
+                "/".join(dict.fromkeys(f"{shape_of[store.line]} {lookup}" for store, lookup in picks)),
+                None,
+                None,
+                None,
+                None,
+                replayed[picks[0][0].path, picks[0][1]].lookup_us_median,
+                picks[0][0].build_seconds,
             )
         )
     return rows
@@ -251,9 +302,11 @@ def _write_outputs(
         f"{args.max_new_tokens} new tokens; every store drafts at most {args.max_nodes} nodes per step. "
         "Accepted length = tokens emitted per target forward, the bonus token included (1.0 = no draft "
         "accepted), computed by exact replay of the target's greedy output. Held out: each suite's prompts are "
-        "split into two fixed halves; a CREST line's lookup (scored, longest match or merged) is chosen on one "
-        "half and counted on the other, both ways round, so every prompt is scored by a choice made without it "
-        "(the `lookup` column: the choice for each half). The `scored`, `longest` and `merged` columns replay "
+        "split into two fixed halves; a CREST line's lookup (scored, longest match, merged or chained) is chosen "
+        "on one half and counted on the other, both ways round, so every prompt is scored by a choice made "
+        "without it (the `lookup` column: the choice for each half). The shape-choice line picks, at each budget, "
+        "the tree shape and lookup the same way among the lines it names in the `lookup` column, and counts the "
+        "larger of the two picks' storage. The `scored`, `longest`, `merged` and `chained` columns replay "
         "every prompt with that lookup. Storage = bytes on disk that lookups need: REST's tokens + suffix array "
         "(its whole file); "
         "CREST's DuckDB file without its vocabulary table, which only serves SQL inspection (the file column "

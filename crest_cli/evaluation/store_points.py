@@ -30,7 +30,7 @@ from datastore_service.paths import cache_dir
 from datastore_service.rest.build import build_rest_store
 from datastore_service.sizes import Budget, format_bytes
 
-LOOKUPS = ("scored", "longest", "merged")  # DraftIndex's selections, all replayed for every CREST store
+LOOKUPS = ("scored", "longest", "merged", "chained")  # DraftIndex's selections, all replayed for every CREST store
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,19 @@ VARIANTS: dict[str, CrestVariant | AuthorsVariant] = {
         "CREST, raw trees (no back-off), paper's rule, N<=2 (crest build's default)",
         BuildParams(policy="frequency", backoff=0.0, max_context=2),
     ),
+    # tree shapes: small trees leave bytes to more contexts, and chained lookups grow them at need
+    "raw-c8": CrestVariant(
+        "CREST, raw trees, paper's rule, N<=2, 8 nodes to depth 2",
+        BuildParams(policy="frequency", backoff=0.0, max_context=2, top_c=8, max_depth=2),
+    ),
+    "raw-c16": CrestVariant(
+        "CREST, raw trees, paper's rule, N<=2, 16 nodes to depth 3",
+        BuildParams(policy="frequency", backoff=0.0, max_context=2, top_c=16, max_depth=3),
+    ),
+    "raw-n3-c64": CrestVariant(
+        "CREST, raw trees, paper's rule, N<=3, 64 nodes to depth 8",
+        BuildParams(policy="frequency", backoff=0.0, max_context=3, top_c=64, max_depth=8),
+    ),
     "authors": AuthorsVariant("CREST, the authors': REST trees (cut), paper's rule, longest match, N<=4", 4),
     "authors-n5": AuthorsVariant("CREST, the authors': REST trees (cut), paper's rule, longest match, N<=5", 5),
     # for the ablation (one budget): what each difference between the authors' CREST and ours is worth
@@ -72,11 +85,25 @@ VARIANTS: dict[str, CrestVariant | AuthorsVariant] = {
     "authors-uncut": AuthorsVariant("CREST, REST trees (uncut), paper's rule, longest match, N<=4", 4, cut=False),
     "authors-n5-uncut": AuthorsVariant("CREST, REST trees (uncut), paper's rule, longest match, N<=5", 5, cut=False),
 }
+
+
+@dataclass(frozen=True)
+class ShapeChoice:
+    """A line whose store at each budget is the tree shape (one of `members`, variant names) and
+    lookup that draft best on held-in prompts: no one shape is best at every budget and corpus."""
+
+    line: str
+    members: tuple[str, ...]
+
+
+SHAPE_CHOICE = ShapeChoice(
+    "CREST, raw trees, tree shape per budget chosen on held-in prompts", ("raw-c8", "raw-c16", "raw", "raw-n3-c64")
+)
 # the authors' contexts: up to 4 tokens for code, up to 5 for chat; raw is what `crest build` makes by default,
 # and the only line over the large code corpus, where back-off builds would take hours on two cores
 DEFAULT_VARIANTS = {
-    "humaneval": ("raw", "ours", "ours-n4", "gain", "authors"),
-    "mtbench": ("raw", "ours", "ours-n4", "gain", "authors-n5"),
+    "humaneval": ("raw", "raw-c8", "raw-c16", "raw-n3-c64", "ours", "ours-n4", "gain", "authors"),
+    "mtbench": ("raw", "raw-c8", "raw-c16", "raw-n3-c64", "ours", "ours-n4", "gain", "authors-n5"),
     "humaneval-python": ("raw",),
 }
 DEFAULT_FRACTIONS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)

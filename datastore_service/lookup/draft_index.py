@@ -18,6 +18,7 @@ Example: a store with contexts `[12]` and `[7, 12]`; the query `[5, 7, 12]` matc
 whichever tree expects more accepted tokens within the query's `max_nodes` (the longer on a tie):
 the running count of its first `max_nodes` nodes over the context's count. MERGED answers with
 both trees combined (tree_merge.py): `[7, 12]`'s, then `[12]`'s branches that `[7, 12]` lacks.
+CHAINED answers with the merged tree grown at its likeliest leaves by more lookups (chaining.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from datastore_service.draft import DEFAULT_SELECTION, DraftBatch, QueryBatch, QueryError, prepare_queries
+from datastore_service.lookup.chaining import chain_trees
 from datastore_service.lookup.serving_loader import open_serving_file
 from datastore_service.lookup.small_batch import SMALL_BATCH, SmallBatchLookup
 from datastore_service.lookup.tree_merge import merge_trees
@@ -37,7 +39,7 @@ from datastore_service.store.reader import resolve_store
 from datastore_service.store.serving_arrays import concatenated_ranges, depths_within
 from datastore_service.store.serving_file import ServingFile
 
-SELECTIONS = ("scored", "longest", "merged")
+SELECTIONS = ("scored", "longest", "merged", "chained")
 
 
 class DraftIndex:
@@ -94,7 +96,7 @@ class DraftIndex:
         selection: str = DEFAULT_SELECTION,
     ) -> DraftBatch:
         _check_selection(selection)
-        if len(sequences) <= SMALL_BATCH:
+        if len(sequences) <= SMALL_BATCH and selection != "chained":
             answer = self.small.lookup(sequences, max_nodes, max_depth, selection)
             if answer is not None:
                 return answer
@@ -102,6 +104,8 @@ class DraftIndex:
 
     def lookup_batch(self, batch: QueryBatch, selection: str = DEFAULT_SELECTION) -> DraftBatch:
         _check_selection(selection)
+        if selection == "chained":
+            return chain_trees(lambda queries: self.lookup_batch(queries, "merged"), batch, self.width)
         if len(batch.lengths) <= SMALL_BATCH:
             return self.small.lookup_batch(batch, selection)
         return self.lookup_vectorised(batch, selection)
@@ -109,6 +113,8 @@ class DraftIndex:
     def lookup_vectorised(self, batch: QueryBatch, selection: str = DEFAULT_SELECTION) -> DraftBatch:
         """The numpy path, whatever the batch size (`lookup_batch` takes it above SMALL_BATCH)."""
         _check_selection(selection)
+        if selection == "chained":
+            return chain_trees(lambda queries: self.lookup_vectorised(queries, "merged"), batch, self.width)
         if selection == "merged":
             return self._merged(batch)
         trees, lengths = self._choose(batch, selection)

@@ -26,7 +26,7 @@ from datastore_service.draft import DraftTree
 from datastore_service.errors import CrestError
 from datastore_service.serve.credentials import ClientSecurity
 
-SELECTIONS = {"scored": pb.SCORED, "longest": pb.LONGEST_MATCH, "merged": pb.MERGED}
+SELECTIONS = {"scored": pb.SCORED, "longest": pb.LONGEST_MATCH, "merged": pb.MERGED, "chained": pb.CHAINED}
 _RETRY_POLICY = {
     "methodConfig": [
         {

@@ -10,7 +10,9 @@ import numpy as np
 
 from crest.v1 import datastore_pb2 as pb
 from crest.v1 import datastore_pb2_grpc as pb_grpc
-from datastore_service.draft import DEFAULT_SELECTION, MAX_BATCH, DraftBatch, QueryError
+from datastore_service.draft import DEFAULT_SELECTION, MAX_BATCH, DraftBatch, QueryBatch, QueryError
+from datastore_service.lookup.chaining import chain_trees
+from datastore_service.lookup.index_loader import LookupIndex
 from datastore_service.serve.metrics import ServiceMetrics
 from datastore_service.serve.security import StoreAccess
 from datastore_service.serve.stores import ServedStore, StoreSet
@@ -23,6 +25,7 @@ SELECTION_NAMES = {
     pb.SCORED: "scored",
     pb.LONGEST_MATCH: "longest",
     pb.MERGED: "merged",
+    pb.CHAINED: "chained",
 }
 
 
@@ -95,9 +98,7 @@ class DraftStoreService(pb_grpc.DraftStoreServicer):
             )
         except QueryError as exc:
             self._fail(context, store.name, "Lookup", grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        drafts = index.lookup_batch(batch, selection)
-        if store.overlay is not None:
-            drafts = store.overlay.lookup(index, batch, drafts, selection)
+        drafts = _answer(store, index, batch, selection)
         response = drafts_to_proto(drafts, index.info.store_version)
         seconds = time.perf_counter() - started
         if self.metrics is not None:
@@ -172,3 +173,18 @@ def observed_sequences(request: pb.ObserveRequest, vocab_size: int) -> list[np.n
         row = int(np.searchsorted(np.cumsum(lengths), position, side="right"))
         raise QueryError(f"sequence {row}: token id {flat[position]} is outside the vocabulary [0, {vocab_size})")
     return np.split(flat.astype(np.int32), np.cumsum(lengths)[:-1])
+
+
+def _answer(store: ServedStore, index: LookupIndex, batch: QueryBatch, selection: str) -> DraftBatch:
+    """The index's answer, with the store's learned trees merged in where it learns. CHAINED grows
+    the merged answer through the same two, so learned trees are grafted under leaves too."""
+    overlay = store.overlay
+    if overlay is None:
+        return index.lookup_batch(batch, selection)
+
+    def learned(queries: QueryBatch, chosen: str) -> DraftBatch:
+        return overlay.lookup(index, queries, index.lookup_batch(queries, chosen), chosen)
+
+    if selection == "chained":
+        return chain_trees(lambda queries: learned(queries, "merged"), batch, index.width)
+    return learned(batch, selection)

@@ -75,8 +75,13 @@ def test_eval_runs_end_to_end_on_a_slice(code_corpus: Path, chat_corpus: Path, t
         pickled = row["line"].endswith("[LZMA pickles]")
         assert 0 < int(row["storage_bytes"]) and (pickled or int(row["storage_bytes"]) <= int(row["file_bytes"]))
         if row["line"].startswith("CREST, ours"):
-            assert set(row["lookup"].split("/")) <= {"scored", "longest", "merged"}
-            assert row["accepted_scored"] and row["accepted_longest"] and row["accepted_merged"]
+            assert set(row["lookup"].split("/")) <= {"scored", "longest", "merged", "chained"}
+            assert (
+                row["accepted_scored"]
+                and row["accepted_longest"]
+                and row["accepted_merged"]
+                and row["accepted_chained"]
+            )
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = (tmp_path / "RESULTS.md").read_text()
     assert "<!-- eval:begin -->" in results and "### HumanEval" in results and "### MT-Bench" in results
@@ -94,7 +99,9 @@ def test_eval_runs_end_to_end_on_a_slice(code_corpus: Path, chat_corpus: Path, t
 
 
 def row(system: str, line: str, storage: int, accepted: float) -> ResultRow:
-    return ResultRow("suite", system, line, "", storage, storage, accepted, "longest", None, accepted, None, 0.0, 0.0)
+    return ResultRow(
+        "suite", system, line, "", storage, storage, accepted, "longest", None, accepted, None, None, 0.0, 0.0
+    )
 
 
 def test_claims_compare_at_rest_full_corpus_and_at_equal_storage():
@@ -154,11 +161,49 @@ def test_each_half_is_scored_with_the_lookup_chosen_on_the_other():
     assert result.accepted_longest == pytest.approx(40 / (7 + 7 + 8 + 8))
 
 
+def test_the_shape_choice_line_scores_each_half_with_the_shape_chosen_on_the_other():
+    from pathlib import Path
+
+    from crest_cli.evaluation.measure import Acceptance
+    from crest_cli.evaluation.run import _shape_choice_rows
+    from crest_cli.evaluation.store_points import SHAPE_CHOICE, VARIANTS, StorePoint
+    from decoder.replay import Replay
+
+    def acceptance(steps_per_prompt: list[int]) -> Acceptance:
+        replays = [Replay(tokens=10, steps=steps, drafted=0) for steps in steps_per_prompt]
+        tokens, forwards = 10 * len(replays), sum(steps + 1 for steps in steps_per_prompt)
+        return Acceptance(tokens / forwards, tokens, forwards, 0.0, replays)
+
+    stores = [
+        StorePoint(
+            "CREST", VARIANTS[name].line, "2 MB", Path(f"{name}.duckdb"), 2_000_000, size, 0.0, ("merged", "chained")
+        )
+        for name, size in zip(SHAPE_CHOICE.members, (1_500_000, 1_600_000, 1_700_000, 1_800_000))
+    ]
+    # every option takes 9 steps a prompt, but for two: the first shape chained wins on half 0 (prompts
+    # 0-1), the second shape merged on half 1 (prompts 2-3)
+    replayed = {(store.path, lookup): acceptance([9, 9, 9, 9]) for store in stores for lookup in ("merged", "chained")}
+    replayed[stores[0].path, "chained"] = acceptance([5, 5, 8, 8])
+    replayed[stores[1].path, "merged"] = acceptance([8, 8, 4, 4])
+    # a budget where one shape is missing has no row
+    lonely = StorePoint("CREST", VARIANTS["raw"].line, "4 MB", Path("raw-4.duckdb"), 4_000_000, 3_000_000, 0.0)
+    (row,) = _shape_choice_rows("suite", [*stores, lonely], replayed, ([0, 1], [2, 3]))
+    assert row.line == SHAPE_CHOICE.line and row.setting == "2 MB"
+    # half 0 is scored with the second shape merged (chosen on half 1), half 1 with the first chained
+    assert row.lookup == f"{SHAPE_CHOICE.members[1]} merged/{SHAPE_CHOICE.members[0]} chained"
+    assert row.accepted_length == pytest.approx(40 / (9 + 9 + 9 + 9))
+    assert row.storage_bytes == 1_600_000  # the larger of the two picks
+
+
 def test_a_reduced_run_says_what_it_compared():
     rows = [
-        ResultRow("suite", "REST", "REST", "0.3%", 1_000_000, 1_000_000, 1.2, "longest", None, 1.2, None, 0.0, 0.0),
-        ResultRow("suite", "REST", "REST", "1%", 3_000_000, 3_000_000, 1.3, "longest", None, 1.3, None, 0.0, 0.0),
-        ResultRow("suite", "CREST", "big", "8 MB", 5_400_000, 5_400_000, 1.4, "longest", None, 1.4, None, 0.0, 0.0),
+        ResultRow(
+            "suite", "REST", "REST", "0.3%", 1_000_000, 1_000_000, 1.2, "longest", None, 1.2, None, None, 0.0, 0.0
+        ),
+        ResultRow("suite", "REST", "REST", "1%", 3_000_000, 3_000_000, 1.3, "longest", None, 1.3, None, None, 0.0, 0.0),
+        ResultRow(
+            "suite", "CREST", "big", "8 MB", 5_400_000, 5_400_000, 1.4, "longest", None, 1.4, None, None, 0.0, 0.0
+        ),
     ]
     report = markdown_report(rows, [], [], {}, "setup", "plot.png", "rows.csv")
     assert "REST on 1% of the corpus (this run's largest REST): accepted length 1.300" in report
@@ -184,7 +229,11 @@ def test_each_ablation_step_is_compared_with_the_row_it_names():
         AblationStep("suite", "second", "b", "longest", 1_000_000, 1.20, 1),
         AblationStep("suite", "third", "c", "scored", 1_000_000, 1.65, 1),
     ]
-    rows = [ResultRow("suite", "REST", "REST", "100%", 2_000_000, 2_000_000, 1.1, "longest", None, 1.1, None, 0.0, 0.0)]
+    rows = [
+        ResultRow(
+            "suite", "REST", "REST", "100%", 2_000_000, 2_000_000, 1.1, "longest", None, 1.1, None, None, 0.0, 0.0
+        )
+    ]
     report = markdown_report(rows, steps, [], {}, "setup", "plot.png", "rows.csv")
     assert "| 1 | first | longest | 1.0 MB | 1.500 |  |" in report
     assert "| 2 | second | longest | 1.0 MB | 1.200 | -20.0% vs row 1 |" in report

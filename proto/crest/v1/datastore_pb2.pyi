@@ -13,10 +13,12 @@ class Selection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SCORED: _ClassVar[Selection]
     LONGEST_MATCH: _ClassVar[Selection]
     MERGED: _ClassVar[Selection]
+    CHAINED: _ClassVar[Selection]
 SELECTION_UNSPECIFIED: Selection
 SCORED: Selection
 LONGEST_MATCH: Selection
 MERGED: Selection
+CHAINED: Selection
 
 class SequenceQuery(_message.Message):
     __slots__ = ("tokens", "max_nodes", "max_depth")

@@ -36,7 +36,9 @@ queries = st.builds(
     st.one_of(st.integers(0, 64), st.sampled_from([MAX_NODES_LIMIT, MAX_NODES_LIMIT + 1]), UINT32),
     st.one_of(st.integers(0, 8), st.sampled_from([MAX_DEPTH_LIMIT, MAX_DEPTH_LIMIT + 1]), UINT32),
 )
-selections = st.one_of(st.sampled_from([pb.SELECTION_UNSPECIFIED, pb.SCORED, pb.LONGEST_MATCH, pb.MERGED]), INT32)
+selections = st.one_of(
+    st.sampled_from([pb.SELECTION_UNSPECIFIED, pb.SCORED, pb.LONGEST_MATCH, pb.MERGED, pb.CHAINED]), INT32
+)
 small_batches = st.lists(queries, max_size=8)
 # Batches at and past the limit: one query repeated, so they cost little to build.
 edge_batches = st.builds(lambda q, n: [q] * n, queries, st.sampled_from([MAX_BATCH, MAX_BATCH + 1]))
@@ -44,7 +46,7 @@ small_requests = st.builds(lambda s, b: pb.LookupRequest(selection=s, sequences=
 # Valid requests too, so answers are checked as well as refusals.
 valid_requests = st.builds(
     lambda s, b: pb.LookupRequest(selection=s, sequences=b),
-    st.sampled_from([pb.SELECTION_UNSPECIFIED, pb.SCORED, pb.LONGEST_MATCH, pb.MERGED]),
+    st.sampled_from([pb.SELECTION_UNSPECIFIED, pb.SCORED, pb.LONGEST_MATCH, pb.MERGED, pb.CHAINED]),
     st.lists(
         st.builds(
             lambda t, n, d: pb.SequenceQuery(tokens=t, max_nodes=n, max_depth=d),
@@ -105,7 +107,7 @@ def wrong_types(draw) -> bytes:
 def answerable(request: pb.LookupRequest) -> bool:
     """The service contract: what a valid request is (anything else is INVALID_ARGUMENT)."""
     return (
-        request.selection in (pb.SELECTION_UNSPECIFIED, pb.SCORED, pb.LONGEST_MATCH, pb.MERGED)
+        request.selection in (pb.SELECTION_UNSPECIFIED, pb.SCORED, pb.LONGEST_MATCH, pb.MERGED, pb.CHAINED)
         and 1 <= len(request.sequences) <= MAX_BATCH
         and all(
             1 <= len(q.tokens) <= MAX_CONTEXT

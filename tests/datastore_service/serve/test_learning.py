@@ -12,12 +12,15 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from crest.v1 import datastore_pb2 as pb
 from crest.v1 import datastore_pb2_grpc as pb_grpc
 from datastore_service.build.observed_counts import tokens_in
+from datastore_service.draft import MAX_DEPTH_LIMIT, DraftBatch, QueryBatch, right_aligned
+from datastore_service.lookup.chaining import chain_trees
 from datastore_service.overlay.overlay import OverlaySettings
 from datastore_service.serve.client import DraftClient, ServiceError
 from datastore_service.serve.credentials import ClientSecurity
@@ -72,6 +75,52 @@ def test_observed_tokens_draft_in_later_lookups(stores):
             tree.check_integrity()
             assert tree.context_length == 2 and tree.tokens.tolist() == [905]  # "905 900" was seen once only
             assert client.info().learning and client.info().observed_tokens == 14
+    finally:
+        running.stop(grace=1)
+
+
+def merged_answers_of(client: DraftClient):
+    """The server's MERGED answer to a batch, asked one query at a time (a chaining `Answer`)."""
+
+    def answer(batch: QueryBatch) -> DraftBatch:
+        trees = [
+            client.lookup([[int(t) for t in tail if t >= 0]], int(nodes), int(depth), "merged")[0]
+            for tail, nodes, depth in zip(batch.tails, batch.max_nodes, batch.max_depth)
+        ]
+        sizes = [len(tree) for tree in trees]
+        return DraftBatch(
+            np.concatenate([tree.tokens for tree in trees]),
+            np.concatenate([tree.parents for tree in trees]),
+            np.concatenate([tree.probabilities for tree in trees]),
+            np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+            np.array([tree.context_length for tree in trees], np.int32),
+            np.array([tree.score for tree in trees], np.float32),
+        )
+
+    return answer
+
+
+def test_chained_lookups_grow_from_learned_trees_too(stores):
+    """The server chains through the overlay: its CHAINED answer is what chaining the server's
+    MERGED answers (learned trees merged in) gives, and it drafts the observed sequence further."""
+    running = RunningServer(stores["code"], ServerSettings(port=0, learn=LEARN)).start()
+    try:
+        with DraftClient(running.address) as client:
+            client.observe([marker(900)])
+            wait_until(lambda: drafts_after(client, 900)[:1] == [901])
+            queries = [[900], [902, 903], [7, 14], [5]]
+            chained = client.lookup(queries, max_nodes=12, selection="chained")
+            rows = right_aligned(np.array([t for q in queries for t in q]), np.array([len(q) for q in queries]), 3)
+            batch = QueryBatch(rows, np.array([len(q) for q in queries]), np.full(4, 12), np.full(4, MAX_DEPTH_LIMIT))
+            expected = chain_trees(merged_answers_of(client), batch, width=3).trees()
+            for got, want in zip(chained, expected):
+                got.check_integrity()
+                assert got.tokens.tolist() == want.tokens.tolist() and got.parents.tolist() == want.parents.tolist()
+                assert np.array_equal(got.probabilities, want.probabilities)
+            # The learned tree of [900] stops at the store's depth (4); chaining drafts the marker on.
+            merged = client.lookup([[900]], max_nodes=12, selection="merged")[0]
+            assert merged.tokens.tolist() == [901, 902, 903, 904]
+            assert chained[0].tokens.tolist() == [901, 902, 903, 904, 905]
     finally:
         running.stop(grace=1)
 

@@ -75,11 +75,12 @@ def test_answers_equal_sql_on_the_same_store(store: Path, stub):
             assert draft.score == pytest.approx(sum(n[2] for n in nodes), rel=1e-5)
 
 
-def test_merged_lookups_over_grpc_answer_as_the_index_does(store: Path, stub):
+@pytest.mark.parametrize(("selection", "name"), [(pb.MERGED, "merged"), (pb.CHAINED, "chained")])
+def test_merged_and_chained_lookups_over_grpc_answer_as_the_index_does(store: Path, stub, selection, name):
     rng = np.random.default_rng(4)
     queries = [[int(t) for t in rng.choice(ALPHABET, size=rng.integers(1, 4))] for _ in range(40)]
-    response = stub.Lookup(lookup_request(queries, max_nodes=6, max_depth=3, selection=pb.MERGED))
-    expected = DraftIndex.load(store).lookup(queries, 6, 3, "merged").trees()
+    response = stub.Lookup(lookup_request(queries, max_nodes=6, max_depth=3, selection=selection))
+    expected = DraftIndex.load(store).lookup(queries, 6, 3, name).trees()
     assert sum(len(tree) for tree in expected) > 0
     for draft, tree in zip(response.drafts, expected):
         assert draft.context_length == tree.context_length
