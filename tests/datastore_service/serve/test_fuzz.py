@@ -105,9 +105,11 @@ def wrong_types(draw) -> bytes:
 
 
 def answerable(request: pb.LookupRequest) -> bool:
-    """The service contract: what a valid request is (anything else is INVALID_ARGUMENT)."""
+    """The service contract: what a valid request is (anything else is INVALID_ARGUMENT, but a
+    request naming a store the server lacks: NOT_FOUND; this server has its default store only)."""
     return (
-        request.selection in (pb.SELECTION_UNSPECIFIED, pb.SCORED, pb.LONGEST_MATCH, pb.MERGED, pb.CHAINED)
+        request.store == ""
+        and request.selection in (pb.SELECTION_UNSPECIFIED, pb.SCORED, pb.LONGEST_MATCH, pb.MERGED, pb.CHAINED)
         and 1 <= len(request.sequences) <= MAX_BATCH
         and all(
             1 <= len(q.tokens) <= MAX_CONTEXT
@@ -149,7 +151,10 @@ class Sender:
             assert len(answer.drafts) == len(request.sequences) and answer.store_version
             self.answered += 1
         except grpc.RpcError as error:
-            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (error.code(), error.details(), raw[:60])
+            expected = (
+                grpc.StatusCode.NOT_FOUND if request is not None and request.store else grpc.StatusCode.INVALID_ARGUMENT
+            )
+            assert error.code() == expected, (error.code(), error.details(), raw[:60])
             assert request is None or not answerable(request), f"refused a good request: {error.details()}"
             self.undecodable += request is None
         self.sent += 1
