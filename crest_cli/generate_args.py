@@ -100,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"default: the server's (with --server), else {DEFAULT_SELECTION}. "
         "merged: the matching contexts' trees combined, the longest's first (drafts at least what longest "
-        "does); chained: merged, grown at its likeliest leaves by the trees of their own contexts (more "
+        "does); chained: merged, grown at its likeliest nodes by the trees of their own contexts (more "
         "lookups, no more bytes; drafts at least what merged does); scored: the matching tree expected to get "
         "the most tokens accepted; longest: the longest matching context (REST's rule)",
     )

@@ -1,23 +1,27 @@
-"""CHAINED selection: a MERGED answer, grown at its likeliest leaves by further lookups.
+"""CHAINED selection: a MERGED answer, grown at its likeliest nodes by further lookups.
 
 A stored tree ends where its context's counts end (its depth, its top-c nodes), and a query's
 merged tree often has room left within `max_nodes`. Replayed against SmolLM2's output, half the
 steps that accept a drafted token end at a leaf: the next token was never drafted. The store
-itself knows what usually follows that leaf: it is the tree of the context formed by the query's
-tokens and the path to the leaf. Chaining looks it up and grafts it under the leaf, with
-probabilities scaled by the leaf's (the chain rule of an n-gram model), like this:
+itself knows what usually follows a node: the tree of the context formed by the query's tokens and
+the path to the node. Chaining looks it up and grafts it under the node by MERGED's own rule, as if
+that context were one more, shorter, matching context there:
 
+- the branches whose first token the node already drafts are left out, and the others' probabilities
+  are scaled by the node's probability times the mass its children leave (one less their share of
+  it): a leaf keeps all of it (the chain rule of an n-gram model); a node whose children the longer
+  context drafted passes on only what they leave;
 - the merged answer comes first, whole and in its order, so a chained tree drafts at least what
   the merged tree does at every node budget (the same guarantee MERGED gives over longest match);
-- each round, every query with room looks up its `LEAVES_PER_ROUND` likeliest leaves not yet
-  grown (one batched lookup for all queries), each for at most `NODES_PER_LEAF` nodes within
-  the depth still allowed;
+- each round, every query with room looks up its `NODES_PER_ROUND` likeliest nodes not yet grown
+  (one batched lookup for all queries), each for at most `NODES_PER_GRAFT` nodes within the depth
+  still allowed;
 - after the rounds, the grown nodes fill the room, the likeliest first (a grown node is never
   likelier than its parent, so every kept node's parent is kept).
 
 It costs no bytes, only lookups: `ROUNDS` more batched lookups per request. Replayed on every
 HumanEval and MT-Bench prompt (`python benchmarks/replay_stores.py`; docs/BENCHMARKS.md, "Chained
-lookups") it lifts the accepted length most where trees are small.
+lookups and tree shapes") it lifts the accepted length most where trees are small.
 """
 
 from __future__ import annotations
@@ -28,11 +32,11 @@ import numpy as np
 
 from datastore_service.draft import DraftBatch, QueryBatch, right_aligned
 
-# Replayed on MT-Bench stores, 3 rounds of 6 leaves drafted as much as 4 rounds of 8 (to 0.0004
-# tokens a step, either way) at 0.4x the lookup time; 2 rounds lost 0.001-0.002.
+# Replayed on MT-Bench stores, 3 rounds of 6 nodes drafted as much as 4 rounds of 8 or 12 (within
+# 0.004 tokens a step, either way) at 0.4x the lookup time; 2 rounds lost 0.001-0.002.
 ROUNDS = 3
-LEAVES_PER_ROUND = 6
-NODES_PER_LEAF = 8
+NODES_PER_ROUND = 6
+NODES_PER_GRAFT = 8
 
 Answer = Callable[[QueryBatch], DraftBatch]
 
@@ -58,16 +62,11 @@ class _GrowingTree:
     def has_room(self) -> bool:
         return self.answered < self.max_nodes
 
-    def leaves_to_grow(self, count: int) -> list[int]:
-        """The likeliest leaves not yet grown and not at the depth limit."""
-        with_children = set(self.parents)
-        leaves = [
-            i
-            for i in range(len(self.tokens))
-            if i not in with_children and i not in self.grown and self.depths[i] < self.max_depth
-        ]
-        leaves.sort(key=lambda i: (-self.probabilities[i], i))
-        return leaves[:count]
+    def nodes_to_grow(self, count: int) -> list[int]:
+        """The likeliest nodes not yet grown and above the depth limit."""
+        nodes = [i for i in range(len(self.tokens)) if i not in self.grown and self.depths[i] < self.max_depth]
+        nodes.sort(key=lambda i: (-self.probabilities[i], i))
+        return nodes[:count]
 
     def path(self, node: int) -> list[int]:
         tokens = []
@@ -76,18 +75,32 @@ class _GrowingTree:
             node = self.parents[node]
         return tokens[::-1]
 
-    def graft(self, leaf: int, subtree: DraftBatch, row: int) -> None:
+    def graft(self, node: int, subtree: DraftBatch, row: int) -> None:
+        """Row `row` of `subtree` (the tree of `node`'s own context) under `node`: the branches whose
+        first token `node` does not draft yet, scaled by the mass its children leave."""
+        children = [i for i, parent in enumerate(self.parents) if parent == node]
+        drafted = {self.tokens[i] for i in children}
+        left = 1.0 - sum(self.probabilities[i] for i in children) / max(self.probabilities[node], 1e-30)
+        scale = self.probabilities[node] * min(max(left, 0.0), 1.0)
         start, end = int(subtree.offsets[row]), int(subtree.offsets[row + 1])
-        first = len(self.tokens)
-        for token, parent, probability in zip(
-            subtree.tokens[start:end].tolist(),
-            subtree.parents[start:end].tolist(),
-            subtree.probabilities[start:end].tolist(),
+        placed: dict[int, int] = {}  # the subtree's node -> its index here
+        for index, (token, parent, probability) in enumerate(
+            zip(
+                subtree.tokens[start:end].tolist(),
+                subtree.parents[start:end].tolist(),
+                subtree.probabilities[start:end].tolist(),
+            )
         ):
-            attached = leaf if parent < 0 else first + parent
+            if parent < 0 and token not in drafted:
+                attached = node
+            elif parent in placed:
+                attached = placed[parent]
+            else:
+                continue  # in a branch the node already drafts
+            placed[index] = len(self.tokens)
             self.tokens.append(token)
             self.parents.append(attached)
-            self.probabilities.append(self.probabilities[leaf] * probability)
+            self.probabilities.append(scale * probability)
             self.depths.append(self.depths[attached] + 1)
 
     def kept(self) -> list[int]:
@@ -104,20 +117,22 @@ def chain_trees(answer: Answer, batch: QueryBatch, width: int) -> DraftBatch:
         for q, (n, d) in enumerate(zip(batch.max_nodes, batch.max_depth))
     ]
     for _ in range(ROUNDS):
-        requests = [(tree, leaf) for tree in trees if tree.has_room for leaf in tree.leaves_to_grow(LEAVES_PER_ROUND)]
+        requests = [(tree, node) for tree in trees if tree.has_room for node in tree.nodes_to_grow(NODES_PER_ROUND)]
         if not requests:
             break
-        for tree, leaf in requests:
-            tree.grown.add(leaf)  # asked once, whatever the store answers
-        contexts = [(tree.query_tokens + tree.path(leaf))[-width:] for tree, leaf in requests]
+        for tree, node in requests:
+            tree.grown.add(node)  # asked once, whatever the store answers
+        contexts = [(tree.query_tokens + tree.path(node))[-width:] for tree, node in requests]
         lengths = np.fromiter(map(len, contexts), np.int64, len(contexts))
         flat = np.fromiter((t for c in contexts for t in c), np.int64, int(lengths.sum()))
-        depth_left = np.array([tree.max_depth - tree.depths[leaf] for tree, leaf in requests], np.int64)
+        depth_left = np.array([tree.max_depth - tree.depths[node] for tree, node in requests], np.int64)
         subtrees = answer(
-            QueryBatch(right_aligned(flat, lengths, width), lengths, np.full(len(requests), NODES_PER_LEAF), depth_left)
+            QueryBatch(
+                right_aligned(flat, lengths, width), lengths, np.full(len(requests), NODES_PER_GRAFT), depth_left
+            )
         )
-        for row, (tree, leaf) in enumerate(requests):
-            tree.graft(leaf, subtrees, row)
+        for row, (tree, node) in enumerate(requests):
+            tree.graft(node, subtrees, row)
     return _flattened(trees, first)
 
 

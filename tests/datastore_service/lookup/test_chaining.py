@@ -1,9 +1,11 @@
 """CHAINED lookups (chaining.py) on randomized batches of stored, extended and random contexts with
 node and depth limits: every answer starts with the merged answer, whole and in its order, keeps
-within its limits, is a tree, and every node grown past the merged answer is a node of the merged
-answer for the context its graft leaf ends (the query's tokens and the path to the leaf), with that
-node's probability times the leaf's. And chaining does grow trees: on stored contexts whose trees
-are cut by depth, chained answers hold more nodes than merged ones."""
+within its limits, is a tree, and every node grown past the merged answer lies on a path of the
+merged answer for the context some ancestor ends (the query's tokens and the path to it), no
+likelier than that path's probability times the ancestor's. Under a node of the merged answer,
+grown children are exactly scaled: new first tokens only, with the node's probability times the
+mass its children leave. And chaining does grow trees: on stored contexts whose trees are cut by
+depth, chained answers hold more nodes than merged ones."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from datastore_service.draft import DraftTree
-from datastore_service.lookup.chaining import NODES_PER_LEAF
+from datastore_service.lookup.chaining import NODES_PER_GRAFT
 from datastore_service.lookup.draft_index import DraftIndex
 from tests.datastore_service.lookup.stores import BIG_IDS, EDGE_IDS
 from tests.datastore_service.lookup.test_small_batch import sequences
@@ -29,24 +31,46 @@ def case(request: pytest.FixtureRequest, big_id_store: Path, edge_id_store: Path
     return DraftIndex.load(edge_id_store), EDGE_IDS
 
 
-def grown_from_a_leaf(index: DraftIndex, row: list[int], tree: DraftTree, node: int, depth_limit: int) -> bool:
-    """Whether some ancestor g of `node` is a graft leaf for it: the path g -> node is a path of
-    the merged answer for (row + path to g), within NODES_PER_LEAF nodes and the depth left, with
-    the probability of that path times g's."""
-    node_paths, depths = paths(tree), tree.depths()
+def graft_answer(index: DraftIndex, row: list[int], tree: DraftTree, node: int, depth_limit: int) -> dict:
+    """{path: probability} of the merged answer chaining asks for under `node`."""
+    context = (row + list(paths(tree)[node]))[-index.width :]
+    left = depth_limit - int(tree.depths()[node])
+    answer = index.lookup([context], NODES_PER_GRAFT, left, "merged").trees()[0]
+    return dict(zip(paths(answer), answer.probabilities.tolist()))
+
+
+def grown_under_an_ancestor(index: DraftIndex, row: list[int], tree: DraftTree, node: int, depth_limit: int) -> bool:
+    """Whether some ancestor g of `node` drafts it: the path g -> node is a path of g's graft answer,
+    and `node` is no likelier than that path's probability times g's."""
+    node_paths = paths(tree)
     graft = int(tree.parents[node])
     while graft >= 0:
-        context = (row + list(node_paths[graft]))[-index.width :]
-        left = depth_limit - int(depths[graft])
-        answer = index.lookup([context], NODES_PER_LEAF, left, "merged").trees()[0]
         below = node_paths[node][len(node_paths[graft]) :]
-        found = dict(zip(paths(answer), answer.probabilities.tolist()))
-        if below in found and np.isclose(
-            tree.probabilities[node], np.float32(tree.probabilities[graft] * found[below]), rtol=1e-5
-        ):
+        found = graft_answer(index, row, tree, graft, depth_limit)
+        if below in found and tree.probabilities[node] <= tree.probabilities[graft] * found[below] * (1 + 1e-5):
             return True
         graft = int(tree.parents[graft])
     return False
+
+
+def check_children_grown_under_answered_nodes(
+    index: DraftIndex, row: list[int], tree: DraftTree, answered: int, depth_limit: int
+) -> None:
+    """A node of the merged answer gains only first tokens it lacks, scaled by the mass its answered
+    children leave (only its own graft attaches children to it)."""
+    parents = tree.parents.tolist()
+    for node in range(answered):
+        grown = [i for i in range(answered, len(tree)) if parents[i] == node]
+        if not grown:
+            continue
+        kept_children = [i for i in range(answered) if parents[i] == node]
+        left = 1.0 - sum(float(tree.probabilities[i]) for i in kept_children) / float(tree.probabilities[node])
+        scale = float(tree.probabilities[node]) * min(max(left, 0.0), 1.0)
+        found = graft_answer(index, row, tree, node, depth_limit)
+        for child in grown:
+            token = int(tree.tokens[child])
+            assert token not in {int(tree.tokens[i]) for i in kept_children}, "a first token drafted twice"
+            np.testing.assert_allclose(tree.probabilities[child], np.float32(scale * found[(token,)]), rtol=1e-5)
 
 
 @given(data=st.data())
@@ -71,7 +95,8 @@ def test_chained_trees_extend_merged_trees_with_the_store_s_own_trees(
         assert np.array_equal(tree.probabilities[: len(start)], start.probabilities)
         assert len(set(paths(tree))) == len(tree), "a path drafted twice"
         for node in range(len(start), len(tree)):
-            assert grown_from_a_leaf(index, row, tree, node, depth), f"node {node} of {paths(tree)[node]}"
+            assert grown_under_an_ancestor(index, row, tree, node, depth), f"node {node} of {paths(tree)[node]}"
+        check_children_grown_under_answered_nodes(index, row, tree, len(start), depth)
 
 
 def test_chaining_grows_trees_cut_by_depth(case: tuple[DraftIndex, list[int]]):
