@@ -59,7 +59,7 @@ VARIANTS: dict[str, CrestVariant | AuthorsVariant] = {
         "CREST, back-off trees, gain per byte, N<=4", BuildParams(policy="gain", backoff=2.0, max_context=4)
     ),
     "raw": CrestVariant(
-        "CREST, raw trees (no back-off), paper's rule, N<=2 (crest build's default)",
+        "CREST, raw trees (no back-off), paper's rule, N<=2, 32 nodes to depth 8",
         BuildParams(policy="frequency", backoff=0.0, max_context=2),
     ),
     # tree shapes: small trees leave bytes to more contexts, and chained lookups grow them at need
@@ -99,8 +99,9 @@ class ShapeChoice:
 SHAPE_CHOICE = ShapeChoice(
     "CREST, raw trees, tree shape per budget chosen on held-in prompts", ("raw-c8", "raw-c16", "raw", "raw-n3-c64")
 )
-# the authors' contexts: up to 4 tokens for code, up to 5 for chat; raw is what `crest build` makes by default,
-# and the only line over the large code corpus, where back-off builds would take hours on two cores
+# the authors' contexts: up to 4 tokens for code, up to 5 for chat; raw is `crest build`'s defaults with contexts
+# of up to 2 tokens (its default is 3), and the only line over the large code corpus, where back-off builds would
+# take hours on two cores
 DEFAULT_VARIANTS = {
     "humaneval": ("raw", "raw-c8", "raw-c16", "raw-n3-c64", "ours", "ours-n4", "gain", "authors"),
     "mtbench": ("raw", "raw-c8", "raw-c16", "raw-n3-c64", "ours", "ours-n4", "gain", "authors-n5"),
@@ -259,8 +260,8 @@ def _crest_points(
                     summary.seconds["total"],
                 ),
             )
-    # The lookups replayed are this code's, not those of the run that built the store.
-    return [replace(cache.get(name), lookups=LOOKUPS) for _, _, name in wanted]
+    # The lookups replayed and the line's name are this code's, not those of the run that built the store.
+    return [replace(cache.get(name), lookups=LOOKUPS, line=variant.line) for variant, _, name in wanted]
 
 
 def _authors_points(
