@@ -14,7 +14,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -133,7 +133,7 @@ def _rows(
     rows = []
     for point in points:
         picks = [chosen[point.line, half] for half in (0, 1)]
-        tokens, forwards = zip(*(replayed[point.path, pick].over(split[half]) for half, pick in enumerate(picks)))
+        held_out = _pooled(replayed[point.path, pick].over(split[half]) for half, pick in enumerate(picks))
         everywhere = {lookup: replayed[point.path, lookup] for lookup in point.lookups}
         rows.append(
             ResultRow(
@@ -143,7 +143,7 @@ def _rows(
                 point.setting,
                 point.lookup_bytes,
                 point.file_bytes,
-                sum(tokens) / max(sum(forwards), 1),
+                held_out,
                 "/".join(dict.fromkeys(picks)),
                 everywhere["scored"].accepted_length if "scored" in everywhere else None,
                 everywhere["longest"].accepted_length if "longest" in everywhere else None,
@@ -179,9 +179,7 @@ def _shape_choice_rows(
             max(options, key=lambda option: _accepted_length([option[0]], replayed, option[1], split[tuning_half]))
             for tuning_half in (1, 0)  # the pick for half 0 is tuned on half 1, and the other way round
         ]
-        tokens, forwards = zip(
-            *(replayed[store.path, lookup].over(split[half]) for half, (store, lookup) in enumerate(picks))
-        )
+        held_out = _pooled(replayed[store.path, lookup].over(split[half]) for half, (store, lookup) in enumerate(picks))
         rows.append(
             ResultRow(
                 suite,
@@ -190,7 +188,7 @@ def _shape_choice_rows(
                 setting,
                 max(store.lookup_bytes for store, _ in picks),
                 max(store.file_bytes for store, _ in picks),
-                sum(tokens) / max(sum(forwards), 1),
+                held_out,
                 "/".join(dict.fromkeys(f"{shape_of[store.line]} {lookup}" for store, lookup in picks)),
                 None,
                 None,
@@ -259,7 +257,12 @@ def _accepted_length(
     stores: Sequence[StorePoint], replayed: dict[tuple[Path, str], Acceptance], lookup: str, prompts: list[int]
 ) -> float:
     """Tokens per target forward over these prompts, all the stores together, with this lookup."""
-    tokens, forwards = zip(*(replayed[p.path, lookup].over(prompts) for p in stores))
+    return _pooled(replayed[p.path, lookup].over(prompts) for p in stores)
+
+
+def _pooled(parts: Iterable[tuple[int, int]]) -> float:
+    """Tokens per target forward over (tokens, forwards) parts: all tokens over all forwards."""
+    tokens, forwards = zip(*parts)
     return sum(tokens) / max(sum(forwards), 1)
 
 

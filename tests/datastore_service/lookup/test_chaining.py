@@ -64,8 +64,10 @@ def check_children_grown_under_answered_nodes(
         if not grown:
             continue
         kept_children = [i for i in range(answered) if parents[i] == node]
-        left = 1.0 - sum(float(tree.probabilities[i]) for i in kept_children) / float(tree.probabilities[node])
-        scale = float(tree.probabilities[node]) * min(max(left, 0.0), 1.0)
+        probability = float(tree.probabilities[node])  # MERGED gives 0 where longer contexts leave no mass
+        covered = sum(float(tree.probabilities[i]) for i in kept_children)
+        left = 1.0 - covered / probability if probability > 0 else 1.0
+        scale = probability * min(max(left, 0.0), 1.0)
         found = graft_answer(index, row, tree, node, depth_limit)
         for child in grown:
             token = int(tree.tokens[child])
