@@ -40,10 +40,10 @@ class DraftTree:
 
     def depths(self) -> np.ndarray:
         """Depth of each node (1 = right after the context)."""
-        depths = np.zeros(len(self), np.int32)
-        for i, parent in enumerate(self.parents):
-            depths[i] = 1 if parent < 0 else depths[parent] + 1
-        return depths
+        depths: list[int] = []
+        for parent in self.parents.tolist():  # parents precede children; plain ints: a decode step's host time
+            depths.append(1 if parent < 0 else depths[parent] + 1)
+        return np.array(depths, np.int32)
 
     def check_integrity(self) -> None:
         """Raise AssertionError unless the arrays form a valid, best-first, prefix-closed tree."""

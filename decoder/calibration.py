@@ -4,12 +4,17 @@ target actually accepts.
 A source states for every node the probability that the target follows the path to it (corpus
 counts for the store, match shares for prompt lookup). Those are estimates from other text; this
 sequence's target may agree more or less often. Every verified node is one observation: its stated
-probability and whether it ended up on the accepted path. Observations fall into bins of stated
-probability. The source's overall trust is the ratio of accepted nodes to stated probability mass
-(1 before any observation); a bin's calibrated value is its own acceptance rate, shrunk toward the
-stated value times that ratio while the bin has few observations. The bins are then made
-non-decreasing (pool adjacent violators), so a child never outranks its parent and every prefix of
-a ranked tree stays a tree.
+probability and whether it ended up on the accepted path. Observations fall into cells of stated
+probability and depth in the tree: a source may state the same probability for nodes at depth 1 and
+at depth 6 (prompt lookup states the share of matches that continue: 1.0 all along a chain where
+every match agrees), but the target follows the deeper one far less often.
+
+The source's overall trust is the ratio of accepted nodes to stated probability mass (1 before any
+observation); a cell's calibrated value is its own acceptance rate, shrunk toward the stated value
+times that ratio while the cell has few observations. Per depth the values are then made
+non-decreasing in the stated probability (pool adjacent violators), and capped by the shallower
+depth's, so a child (deeper, stated no higher) never outranks its parent and every prefix of a
+ranked tree stays a tree.
 
 Example: a source states 0.5 for 200 nodes of which the target accepted 40. Calibrated, 0.5 is
 worth about 0.2; the node budget then verifies fewer of such nodes, and none when even the best
@@ -21,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 BINS = 20
+# Depth classes: 1, 2, 3, 4-5, 6 and deeper.
+DEPTH_STARTS = np.array([1, 2, 3, 4, 6])
 PRIOR_WEIGHT = 8.0  # a bin's prior counts as this many observations
 TRUST_PRIOR = 4.0  # before any observation, the source is believed as if 4 tokens had confirmed it
 # The table is refitted once this many nodes were observed since the last fit, not after every step:
@@ -31,42 +38,47 @@ REFIT_AFTER = 16
 class AcceptanceCalibration:
     def __init__(self, bins: int = BINS, prior_weight: float = PRIOR_WEIGHT) -> None:
         self.bins, self.prior_weight = bins, prior_weight
-        self.verified = np.zeros(bins)
-        self.accepted = np.zeros(bins)
-        self.stated = np.zeros(bins)  # sum of stated probabilities per bin
+        shape = (len(DEPTH_STARTS), bins)
+        self.verified = np.zeros(shape)
+        self.accepted = np.zeros(shape)
+        self.stated = np.zeros(shape)  # sum of stated probabilities per cell
         self._table = self._fit()
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # observed since the table was fitted
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # observed since the last fit
         self._unfitted = 0  # nodes in _pending
 
-    def _bin(self, probabilities: np.ndarray) -> np.ndarray:
-        return np.minimum((np.asarray(probabilities, np.float64) * self.bins).astype(np.int64), self.bins - 1)
+    def _cells(self, probabilities: np.ndarray, depths: np.ndarray) -> np.ndarray:
+        """Flat cell index (depth class x probability bin) of each node."""
+        bins = np.minimum((np.asarray(probabilities, np.float64) * self.bins).astype(np.int64), self.bins - 1)
+        classes = np.searchsorted(DEPTH_STARTS, depths, side="right") - 1
+        return np.maximum(classes, 0) * self.bins + bins
 
-    def observe(self, probabilities: np.ndarray, accepted: np.ndarray) -> None:
-        """One verified tree: each node's stated probability and whether it was accepted."""
+    def observe(self, probabilities: np.ndarray, accepted: np.ndarray, depths: np.ndarray) -> None:
+        """One verified tree: each node's stated probability, whether it was accepted, and its depth."""
         if len(probabilities) == 0:
             return
-        self._pending.append((probabilities, accepted))
+        self._pending.append((probabilities, accepted, depths))
         self._unfitted += len(probabilities)
         if self._unfitted >= REFIT_AFTER:
             self._count_pending()
             self._table = self._fit()
 
     def _count_pending(self) -> None:
-        """Fold the pooled observations into the bins (once per refit: a step's own handful of nodes
+        """Fold the pooled observations into the cells (once per refit: a step's own handful of nodes
         would cost three bincounts of a CPU step's host time each)."""
-        probabilities = np.concatenate([p for p, _ in self._pending]).astype(np.float64)
-        accepted = np.concatenate([a for _, a in self._pending]).astype(np.float64)
-        bins = self._bin(probabilities)
-        self.verified += np.bincount(bins, minlength=self.bins)
-        self.accepted += np.bincount(bins, weights=accepted, minlength=self.bins)
-        self.stated += np.bincount(bins, weights=probabilities, minlength=self.bins)
+        probabilities = np.concatenate([p for p, _, _ in self._pending]).astype(np.float64)
+        accepted = np.concatenate([a for _, a, _ in self._pending]).astype(np.float64)
+        cells = self._cells(probabilities, np.concatenate([d for _, _, d in self._pending]))
+        size = self.verified.size
+        self.verified += np.bincount(cells, minlength=size).reshape(self.verified.shape)
+        self.accepted += np.bincount(cells, weights=accepted, minlength=size).reshape(self.verified.shape)
+        self.stated += np.bincount(cells, weights=probabilities, minlength=size).reshape(self.verified.shape)
         self._pending, self._unfitted = [], 0
 
-    def calibrate(self, probabilities: np.ndarray) -> np.ndarray:
-        """Calibrated acceptance probability of each node (same order, non-increasing where the input is)."""
+    def calibrate(self, probabilities: np.ndarray, depths: np.ndarray) -> np.ndarray:
+        """Calibrated acceptance probability of each node (same order; a child never above its parent)."""
         if len(probabilities) == 0:
             return np.asarray(probabilities, np.float64)
-        return self._table[self._bin(probabilities)]
+        return self._table.ravel()[self._cells(probabilities, depths)]
 
     @property
     def trust(self) -> float:
@@ -78,7 +90,8 @@ class AcceptanceCalibration:
         stated = np.where(self.verified > 0, self.stated / np.maximum(self.verified, 1), centers)
         prior = np.minimum(stated * self.trust, 1.0)
         rate = (self.accepted + self.prior_weight * prior) / (self.verified + self.prior_weight)
-        return _non_decreasing(rate, self.verified + self.prior_weight)
+        table = np.stack([_non_decreasing(r, w) for r, w in zip(rate, self.verified + self.prior_weight)])
+        return np.minimum.accumulate(table, axis=0)  # deeper never above shallower, bin by bin
 
 
 def _non_decreasing(values: np.ndarray, weights: np.ndarray) -> np.ndarray:

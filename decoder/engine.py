@@ -29,6 +29,7 @@ import torch
 
 from datastore_service.draft import DraftTree
 
+from . import ragged_attention
 from .acceptance import Accepted, SamplingParams, sampling_targets, walk_greedy, walk_sampling
 from .calibration import AcceptanceCalibration
 from .cuda_graphs import GraphedPasses
@@ -69,6 +70,13 @@ class TreeEngine:
         self.compiled = compiled
         self.forward = LlamaTreeForward(target.model, float32_residual)
         self.run_pass = GraphedPasses(self.forward) if compiled else None
+        # Passes over real fed tokens only (ragged_attention.py) where the kernel runs: float32 on a CPU.
+        self.ragged = not compiled and ragged_attention.available(
+            target.model.dtype, target.device, self.forward.head_dim
+        )
+        # Acceptance on the real tokens' logits as they come; sampling and subclasses' `_scores` read
+        # them laid out by row and width.
+        self.padded_logits = sampling is not None or type(self)._scores is not TreeEngine._scores
         # Read once: transformers computes these from the parameters and config on every access.
         self.dtype, self.device = target.model.dtype, target.device
         self.eos = target.eos_token_ids
@@ -245,7 +253,8 @@ class TreeEngine:
         trees = [
             limit_depth(tree, max_new_tokens - len(generations[s].tokens) - 1) for s, tree in zip(seated, looked_up)
         ]
-        gains = [self.calibration.calibrate(tree.probabilities) for tree in trees]
+        depths = [tree.depths() for tree in trees]
+        gains = [self.calibration.calibrate(tree.probabilities, depth) for tree, depth in zip(trees, depths)]
         counts = self.budget.plan_counts(gains, fillers_cost=self.compiled)
         trees = [first_nodes(tree, count) for tree, count in zip(trees, counts)]
         width = self.budget.width_for(1 + max(counts))
@@ -259,7 +268,7 @@ class TreeEngine:
             accepted = verdicts(row)
             on_path = np.zeros(len(trees[row]), bool)
             on_path[[i - 1 for i in accepted.fed_path]] = True
-            self.calibration.observe(trees[row].probabilities, on_path)
+            self.calibration.observe(trees[row].probabilities, on_path, depths[row][: len(trees[row])])
             emitted, generations[sequence].stopped_by = self._until_stop(
                 sequence, accepted.tokens, generations[sequence].tokens, stop_strings
             )
@@ -319,11 +328,24 @@ class TreeEngine:
 
     def _pack(self, cache: StaticKVCache, roots: list[int], trees: list[DraftTree], width: int) -> FedBatch:
         lengths = cache.lengths[: len(roots)]
-        return pack(roots, trees, lengths, width, FILLER_TOKEN, self.dtype, self.device, mask_on_device=self.compiled)
+        return pack(
+            roots,
+            trees,
+            lengths,
+            width,
+            FILLER_TOKEN,
+            self.dtype,
+            self.device,
+            mask_on_device=self.compiled,
+            ragged=self.ragged and not self.compiled and width <= ragged_attention.MAX_FED,
+        )
 
     def _pass(self, cache: StaticKVCache, fed: FedBatch) -> torch.Tensor:
         if self.compiled:  # a graph replays fixed shapes: fillers are computed like the rest
             return self.run_pass(cache, fed)
+        if fed.ragged is not None:  # [n, vocab]: the real fed tokens' logits, row after row
+            logits = self.forward.ragged(cache, fed.ragged)
+            return fed.ragged.laid_out(logits, fed.input_ids.shape[1]) if self.padded_logits else logits
         rows = slice(0, fed.input_ids.shape[0])
         return self.forward(cache, fed.input_ids, fed.positions, fed.slots, fed.mask, rows=rows, real=fed.real)
 
@@ -348,6 +370,8 @@ class TreeEngine:
         """Bring the target's verdicts to the host (the step's one device sync); a walk per row."""
         if self.sampling is None:
             predicted = logits.argmax(dim=-1).tolist()
+            if fed.ragged is not None and logits.dim() == 2:  # the real tokens' verdicts, row after row
+                predicted = fed.ragged.per_row(predicted)
             return lambda row: walk_greedy(fed.fed_tokens[row], fed.fed_parents[row], predicted[row])
         targets = sampling_targets(logits, fed.fed_tokens, fed.fed_parents, self.sampling, self.device_generator)
         return lambda row: walk_sampling(

@@ -28,6 +28,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .projections import LayerProjections, can_pack, head_projection
+from .ragged_attention import RaggedPlan
 from .static_cache import StaticKVCache
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -41,7 +42,8 @@ def forward_fingerprint() -> str:
     """Names this pass's code, so timings measured of an older pass (the engine's cost curves) are
     measured again rather than reused."""
     here = Path(__file__).parent
-    sources = b"".join((here / name).read_bytes() for name in ("llama_forward.py", "projections.py", "cuda_graphs.py"))
+    names = ("llama_forward.py", "projections.py", "cuda_graphs.py", "ragged_attention.py", "ragged_attention_kernel.c")
+    sources = b"".join((here / name).read_bytes() for name in names if (here / name).exists())  # a wheel lacks the .c
     return hashlib.sha256(sources).hexdigest()[:10]
 
 
@@ -94,6 +96,7 @@ class LlamaTreeForward:
         # The fused attention kernels of a GPU take an additive mask only with as many key heads as
         # query heads: there, grouped keys and values are repeated up front (on a CPU, SDPA groups them).
         self.repeat_kv = next(model.parameters()).device.type == "cuda" and self.kv_heads != self.heads
+        self.grouped_products = next(model.parameters()).device.type == "cpu"
 
     def new_cache(self, rows: int, capacity: int) -> StaticKVCache:
         parameter = next(self.model.parameters())
@@ -133,22 +136,57 @@ class LlamaTreeForward:
             index_of = slots[:, None, :, None].expand_as(key)
             keys.scatter_(2, index_of, key)
             values.scatter_(2, index_of, value)
-            keys, values = keys[:, :, :visible], values[:, :, :visible]
-            if self.repeat_kv:
-                keys, values = self._repeated(keys), self._repeated(values)
-            attended = F.scaled_dot_product_attention(
-                query,
-                keys,
-                values,
-                attn_mask=mask,
-                scale=self.scaling,
-                enable_gqa=keys.shape[1] != heads,
-            ).transpose(1, 2)
+            attended = self._attention(query, keys[:, :, :visible], values[:, :, :visible], mask).transpose(1, 2)
             attended = attended.reshape(*padded, -1)[real] if real is not None else attended.reshape(batch, fed, -1)
             hidden = hidden + projections.output(attended)
             hidden = hidden + projections.mlp(self._norm(hidden, layer.post_attention_layernorm))
         logits = self.head(self._norm(hidden, inner.norm))
         return self._laid_out(logits, real, padded).view(batch, fed, -1)
+
+    def ragged(self, cache: StaticKVCache, plan: RaggedPlan) -> torch.Tensor:
+        """Logits [n, vocab] of a ragged pass's fed tokens (`RaggedPlan`: real tokens only, float32 on a
+        CPU); the same computation as `__call__`, with each row's attention in one kernel call."""
+        inner = self.model.model
+        hidden = inner.embed_tokens(plan.input_ids)
+        cos, sin = inner.rotary_emb(hidden[None], plan.positions[None])
+        cos, signed_sin = cos[0, :, None], _signed_halves(sin)[0, :, None]  # [n, 1, head_dim]
+        tokens, rotated_heads = hidden.shape[0], self.heads + self.kv_heads
+        for index, (layer, projections) in enumerate(zip(self.layers, self.projections)):
+            qkv = projections.qkv(self._norm(hidden, layer.input_layernorm))
+            qkv = qkv.view(tokens, rotated_heads + self.kv_heads, self.head_dim)
+            rotated = _rotate(qkv[:, :rotated_heads], cos, signed_sin)  # queries and keys at once
+            attended = plan.attend(cache, index, rotated, qkv, self.scaling)
+            hidden = hidden + projections.output(attended)
+            hidden = hidden + projections.mlp(self._norm(hidden, layer.post_attention_layernorm))
+        return self.head(self._norm(hidden, inner.norm))
+
+    def _attention(
+        self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Attention of query [b, heads, q, d] over keys and values [b, kv_heads, k, d] through the additive
+        mask [b, 1, q, k]: [b, heads, q, d]."""
+        if self.grouped_products:
+            return self._grouped_attention(query, keys, values, mask)
+        if self.repeat_kv:
+            keys, values = self._repeated(keys), self._repeated(values)
+        return F.scaled_dot_product_attention(
+            query, keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=keys.shape[1] != self.heads
+        )
+
+    def _grouped_attention(
+        self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Attention as two batched products per key head, its group of query heads stacked as one
+        matrix, so each row's keys and values are read once for all of them. On a CPU this is 1.4-2x
+        faster than SDPA's kernel for 2..8 fed tokens a row (which runs a block per query head)."""
+        b, heads, q, d = query.shape
+        kv_heads, visible = keys.shape[1], keys.shape[2]
+        groups = heads // kv_heads
+        stacked = query.contiguous().view(b, kv_heads, groups * q, d)
+        scores = torch.matmul(stacked, keys.transpose(-1, -2)).mul_(self.scaling)
+        scores = scores.view(b, kv_heads, groups, q, visible).add_(mask.view(b, 1, 1, q, visible))
+        weights = torch.softmax(scores, dim=-1).view(b, kv_heads, groups * q, visible)
+        return torch.matmul(weights, values).view(b, heads, q, d)
 
     def _norm(self, hidden: torch.Tensor, norm: nn.Module) -> torch.Tensor:
         """transformers' RMSNorm as one fused operation (it runs six), in the residual stream's dtype,

@@ -20,6 +20,8 @@ import torch
 
 from datastore_service.draft import DraftTree
 
+from .ragged_attention import RaggedPlan
+
 # The mask's key span is a multiple of this: attention pays for every slot of it, so it is kept small.
 VISIBLE_GRANULE = 16
 
@@ -36,6 +38,8 @@ class FedBatch:
     # Without a mask (pack(..., mask_on_device=True)): what `tree_mask` builds it from on the device.
     starts: torch.Tensor | None = None  # [rows] cached tokens before each row's fed ones
     sees: torch.Tensor | None = None  # [rows, q, q] bool: fed token i sees fed token j
+    # With pack(..., ragged=True): the real fed tokens alone, for `LlamaTreeForward.ragged` (no mask).
+    ragged: RaggedPlan | None = None
 
 
 def ancestry(fed_parents: Sequence[int], width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,11 +70,13 @@ def pack(
     device: torch.device,
     visible: int | None = None,
     mask_on_device: bool = False,
+    ragged: bool = False,
 ) -> FedBatch:
     """Lay out one pass: `roots[b]` and `trees[b]` (at most width - 1 nodes) after `lengths[b]` cached tokens.
     `visible` fixes the mask's key span; by default it follows the lengths. `mask_on_device`: leave the
     mask to `tree_mask` on the device (a CUDA graph builds it from `starts` and `sees`, so each step
-    sends q x q bits per row instead of a q x visible mask)."""
+    sends q x q bits per row instead of a q x visible mask). `ragged`: lay out the real fed tokens alone
+    (`RaggedPlan`) instead of a mask."""
     rows = len(roots)
     ids = np.full((rows, width), filler, np.int64)
     depths = np.zeros((rows, width), np.int64)
@@ -87,8 +93,10 @@ def pack(
         fed_parents.append(parents)
     start = np.asarray(lengths, np.int64)[:, None]
     slots = start + np.arange(width)[None, :]
-    mask = real = starts = sees_on_device = None
-    if mask_on_device:  # a graph replays whole widths: fillers are computed like the rest, no `real`
+    mask = real = starts = sees_on_device = plan = None
+    if ragged:
+        plan = RaggedPlan.of(ids, depths, sees, [len(tokens) for tokens in fed_tokens], start[:, 0])
+    elif mask_on_device:  # a graph replays whole widths: fillers are computed like the rest, no `real`
         starts, sees_on_device = torch.from_numpy(start[:, 0]).to(device), torch.from_numpy(sees).to(device)
     else:
         if visible is None:
@@ -109,6 +117,7 @@ def pack(
         real=real,
         starts=starts,
         sees=sees_on_device,
+        ragged=plan,
     )
 
 

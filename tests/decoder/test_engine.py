@@ -25,6 +25,7 @@ from decoder.engine import TreeEngine
 from decoder.llama_forward import LlamaTreeForward, unsupported_reason
 from decoder.node_budget import CostCurve, NodeBudget
 from decoder.prompt_lookup import WithPromptLookup
+from decoder.ragged_attention import _ragged_attention
 from decoder.speculative import SpeculativeDecoder
 from decoder.target_model import TargetModel
 from decoder.tree_batch import pack, prefill_inputs, tree_mask
@@ -39,8 +40,10 @@ from tests.decoder.test_sampling import (
     PROMPT as SAMPLING_PROMPT,
 )
 from tests.decoder.tiny_models import BatchOracle, OracleSource, plain_greedy, tiny_gpt2, tiny_llama, tree
+from tests.extensions import assert_built
 
 SHAPES = ["empty", "chain", "wide", "deep", "branchy", "long"]
+LAYOUTS = ["ragged", "padded"]
 PROMPT = [5, 9, 2, 33, 17, 8, 40, 1]
 BATCH = [[5, 9, 2, 33, 17, 8, 40, 1], [3, 3, 3], [10, 20, 30, 40, 50, 60, 10, 20, 30, 40, 50], [7]]
 
@@ -50,11 +53,21 @@ def llama() -> TargetModel:
     return tiny_llama()
 
 
+def _laid_out(engine: TreeEngine, layout: str) -> TreeEngine:
+    """The engine with ragged passes (real fed tokens only, where the kernel is built) or padded ones."""
+    if layout == "ragged":
+        assert_built(_ragged_attention, "decoder._ragged_attention")
+        assert engine.ragged
+    engine.ragged = layout == "ragged"
+    return engine
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("max_new_tokens", [1, 7, 40])
-def test_greedy_equals_generate_for_every_tree_shape(llama, shape: str, max_new_tokens: int):
+def test_greedy_equals_generate_for_every_tree_shape(llama, shape: str, max_new_tokens: int, layout: str):
     reference = plain_greedy(llama, PROMPT, max_new_tokens)
-    engine = TreeEngine(llama, OracleSource(len(PROMPT), reference, shape), NodeBudget(max_nodes=63))
+    engine = _laid_out(TreeEngine(llama, OracleSource(len(PROMPT), reference, shape), NodeBudget(63)), layout)
     generation = engine.generate(PROMPT, max_new_tokens)
     assert generation.tokens == reference
     accepted = sum(step.accepted for step in generation.steps)
@@ -98,11 +111,13 @@ def test_eos_inside_a_draft_stops_like_generate(llama):
         llama.model.generation_config.eos_token_id = None
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("max_new_tokens", [1, 9, 30])
-def test_a_batch_equals_each_sequence_alone(llama, max_new_tokens: int):
+def test_a_batch_equals_each_sequence_alone(llama, max_new_tokens: int, layout: str):
     references = {tuple(p): plain_greedy(llama, p, max_new_tokens) for p in BATCH}
     for source in (BatchOracle(references), NoDrafts(), WithPromptLookup(NoDrafts())):
-        generations = TreeEngine(llama, source, NodeBudget(15)).generate_batch(BATCH, max_new_tokens)
+        engine = _laid_out(TreeEngine(llama, source, NodeBudget(15)), layout)
+        generations = engine.generate_batch(BATCH, max_new_tokens)
         for prompt, generation in zip(BATCH, generations):
             assert generation.tokens == references[tuple(prompt)], (type(source).__name__, prompt)
     oracle = TreeEngine(llama, BatchOracle(references), NodeBudget(15)).generate_batch(BATCH, max_new_tokens)
@@ -111,8 +126,9 @@ def test_a_batch_equals_each_sequence_alone(llama, max_new_tokens: int):
         assert len({len(g.steps) for g in oracle}) > 1  # the rows finished at different steps
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("rows", [1, 2, 3])
-def test_prompts_waiting_for_a_row_decode_as_each_sequence_alone(llama, rows: int):
+def test_prompts_waiting_for_a_row_decode_as_each_sequence_alone(llama, rows: int, layout: str):
     """More prompts than rows: each finished sequence's row is taken by the next prompt (continuous
     batching), and every output still equals plain greedy decoding, EOS stops included."""
     prompts = BATCH + [p[::-1] for p in BATCH]  # 8 prompts of 1 to 11 tokens
@@ -121,7 +137,7 @@ def test_prompts_waiting_for_a_row_decode_as_each_sequence_alone(llama, rows: in
     try:
         references = {tuple(p): plain_greedy(llama, p, 25) for p in prompts}
         for source in (BatchOracle(free), NoDrafts(), WithPromptLookup(NoDrafts())):
-            engine = TreeEngine(llama, source, NodeBudget(15))
+            engine = _laid_out(TreeEngine(llama, source, NodeBudget(15)), layout)
             generations = engine.generate_batch(prompts, 25, rows=rows)
             assert [g.tokens for g in generations] == [references[tuple(p)] for p in prompts], type(source).__name__
             assert all(g.prefill_seconds > 0 for g in generations)
@@ -226,10 +242,26 @@ def test_sampling_with_top_p_and_top_k_stays_inside_the_filtered_support():
 def test_calibration_learns_how_often_a_source_is_right():
     calibration = AcceptanceCalibration()
     stated = np.full(400, 0.55)
-    calibration.observe(stated, np.arange(400) % 5 == 0)  # the target agrees 1 time in 5
-    assert abs(float(calibration.calibrate(np.array([0.55]))[0]) - 0.2) < 0.03
-    ranked = calibration.calibrate(np.linspace(0.99, 0.01, 50))
+    calibration.observe(stated, np.arange(400) % 5 == 0, np.ones(400, np.int32))  # agrees 1 time in 5
+    assert abs(float(calibration.calibrate(np.array([0.55]), np.array([1]))[0]) - 0.2) < 0.03
+    ranked = calibration.calibrate(np.linspace(0.99, 0.01, 50), np.ones(50, np.int32))
     assert np.all(np.diff(ranked) <= 1e-12)  # still ranked: a child never outranks its parent
+
+
+def test_calibration_tells_deep_nodes_from_shallow_ones_stated_alike():
+    """A chain whose every node is stated 1.0 (prompt lookup where all matches agree): the target
+    follows its first node 4 times in 5 and its fourth once in 5; calibration tells them apart, and a
+    deeper node never comes out above a shallower one stated as high."""
+    calibration = AcceptanceCalibration()
+    depths = np.repeat(np.arange(1, 5, dtype=np.int32), 200)
+    chains = np.tile(np.arange(200), 4)
+    followed = np.where(depths == 1, chains % 5 != 0, np.where(depths == 4, chains % 5 == 0, chains % 2 == 0))
+    calibration.observe(np.ones(800), followed, depths)
+    first, fourth = calibration.calibrate(np.ones(2), np.array([1, 4]))
+    # (the fourth is pooled with the empty bins just below it, whose prior is the source's overall trust)
+    assert abs(first - 0.8) < 0.03 and 0.2 <= fourth < 0.3
+    everywhere = calibration.calibrate(np.full(8, 0.5), np.arange(1, 9))
+    assert np.all(np.diff(everywhere) <= 1e-12)
 
 
 def test_the_budget_drafts_nothing_when_no_width_pays():

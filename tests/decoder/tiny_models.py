@@ -23,6 +23,7 @@ def tiny_llama(seed: int = 0) -> TargetModel:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
+        head_dim=16,  # a whole vector of floats, as the ragged attention kernel reads heads
         max_position_embeddings=512,
         initializer_range=0.5,
         eos_token_id=None,

@@ -1,0 +1,129 @@
+"""A verification pass over real fed tokens only, for a float32 batch on a CPU.
+
+The padded layout (`tree_batch.pack`) feeds every row the same number of slots and attends over the
+longest row's history: with 8 rows of trees of different sizes, fillers and other rows' history
+cost a drafted pass about as much as its products. A `RaggedPlan` lists only the real fed tokens,
+row by row, and `attend` runs one layer's attention for them with ragged_attention_kernel.c: each
+row's history and tree are read once per key head, for all its tokens and query heads.
+
+The rule is the padded pass's (each fed token sees its row's history, its ancestors and itself);
+tests hold the two passes' logits equal to float32 rounding, and decoding token-identical to
+`generate`. Without the kernel (no C compiler at install) or for other dtypes, the padded pass runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .static_cache import StaticKVCache
+
+try:  # built by the install (ragged_attention_kernel.c)
+    from decoder import _ragged_attention
+except ImportError:  # built without a C compiler: the padded pass answers
+    _ragged_attention = None
+
+MAX_FED = 64  # a fed token's ancestry is one uint64
+
+
+def available(cache_dtype: torch.dtype, device: torch.device, head_dim: int) -> bool:
+    """Whether ragged passes can run here: the kernel is built, and reads float32 caches on a CPU in
+    whole vectors of 16 floats per head, up to 256."""
+    return (
+        _ragged_attention is not None
+        and cache_dtype == torch.float32
+        and device.type == "cpu"
+        and head_dim % 16 == 0
+        and head_dim <= 256
+    )
+
+
+@dataclass(frozen=True)
+class RaggedPlan:
+    """The real fed tokens of one pass, row after row. Token t of row `row_of[t]` sits at fed offset
+    `offset_of[t]` (slot starts[row] + offset) and sees the row's history and the offsets whose bits
+    are set in `sees[t]`."""
+
+    input_ids: torch.Tensor  # [n]
+    positions: torch.Tensor  # [n]
+    row_of: np.ndarray  # int64 [n]
+    offset_of: np.ndarray  # int64 [n]
+    starts: np.ndarray  # int64 [rows]
+    sees: np.ndarray  # uint64 [n]
+    counts: list[int]  # tokens per row
+
+    @classmethod
+    def of(
+        cls, ids: np.ndarray, depths: np.ndarray, sees: np.ndarray, counts: Sequence[int], starts: np.ndarray
+    ) -> RaggedPlan:
+        """From a padded layout: `ids`, `depths` [rows, width], `sees` [rows, width, width] bool, the
+        real tokens per row (each row's first ones) and the rows' cached lengths."""
+        rows, width = ids.shape
+        if width > MAX_FED:
+            raise ValueError(f"a ragged pass holds at most {MAX_FED} fed tokens a row, not {width}")
+        real = np.arange(width)[None, :] < np.asarray(counts)[:, None]
+        bits = (sees.astype(np.uint64) << np.arange(width, dtype=np.uint64)).sum(axis=-1, dtype=np.uint64)
+        starts = np.ascontiguousarray(starts, np.int64)
+        return cls(
+            input_ids=torch.from_numpy(ids[real]),
+            positions=torch.from_numpy((starts[:, None] + depths)[real]),
+            row_of=np.repeat(np.arange(rows, dtype=np.int64), counts),
+            offset_of=np.nonzero(real)[1].astype(np.int64),
+            starts=starts,
+            sees=np.ascontiguousarray(bits[real]),
+            counts=list(counts),
+        )
+
+    def attend(
+        self, cache: StaticKVCache, layer: int, rotated: torch.Tensor, qkv: torch.Tensor, scale: float
+    ) -> torch.Tensor:
+        """One layer: write the fed keys and values into `cache` and attend. `rotated` [n, heads + kv_heads,
+        head_dim] holds the rotated queries then keys, `qkv` [n, heads + 2 kv_heads, head_dim] the values
+        after them. Returns [n, heads * head_dim]."""
+        tokens, rotated_heads, head_dim = rotated.shape
+        kv_heads = qkv.shape[1] - rotated_heads
+        heads = rotated_heads - kv_heads
+        keys, values = cache.keys, cache.values
+        if not (rotated.is_contiguous() and qkv.is_contiguous() and rotated.dtype == qkv.dtype == keys.dtype):
+            raise ValueError("ragged attention reads contiguous float32 queries, keys and values like the cache")
+        if len(self.starts) > cache.rows or keys.shape[2] != kv_heads or keys.shape[4] != head_dim:
+            raise ValueError("the ragged plan does not fit this cache")
+        out = torch.empty(tokens, heads * head_dim, dtype=rotated.dtype)
+        itemsize = rotated.element_size()
+        layer_bytes = keys.stride(0) * itemsize
+        _ragged_attention.attend(
+            rotated.data_ptr(),
+            rotated_heads * head_dim,
+            rotated.data_ptr() + heads * head_dim * itemsize,
+            rotated_heads * head_dim,
+            qkv.data_ptr() + rotated_heads * head_dim * itemsize,
+            (rotated_heads + kv_heads) * head_dim,
+            out.data_ptr(),
+            keys.data_ptr() + layer * layer_bytes,
+            values.data_ptr() + layer * layer_bytes,
+            self.row_of,
+            self.offset_of,
+            self.starts,
+            self.sees,
+            heads,
+            kv_heads,
+            head_dim,
+            keys.shape[3],
+            scale,
+        )
+        return out
+
+    def laid_out(self, logits: torch.Tensor, width: int) -> torch.Tensor:
+        """[n, vocab] logits of the real tokens as [rows, width, vocab], fillers zero."""
+        rows = len(self.counts)
+        padded = logits.new_zeros(rows * width, logits.shape[-1])
+        padded[torch.from_numpy(self.row_of * width + self.offset_of)] = logits
+        return padded.view(rows, width, -1)
+
+    def per_row(self, values: list[int]) -> list[list[int]]:
+        """A flat per-token list cut into rows."""
+        ends = np.cumsum(self.counts).tolist()
+        return [values[end - count : end] for end, count in zip(ends, self.counts)]

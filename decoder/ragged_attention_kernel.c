@@ -1,0 +1,301 @@
+/* Tree attention of a ragged batch over a static KV cache, on a CPU, one layer per call.
+ *
+ * The padded layout (tree_batch.pack) gives every row of a batch the same number of fed slots and
+ * the same key span: attention then pays for fillers and, per row, for the longest row's history.
+ * Here only real fed tokens are given, grouped by row. For each row and key head, the kernel writes
+ * the row's new keys and values into their cache slots, then reads that row's own history and tree
+ * once for all the query heads of the group and all the row's fed tokens, in float32 throughout.
+ *
+ * Fed token t of row b, at fed offset i, sits in slot starts[b] + i and sees the row's history
+ * (slots 0 .. starts[b] - 1) and the fed offsets j whose bit is set in sees[t] (its ancestors and
+ * itself): the additive mask of tree_batch.pack, as bits. ragged_attention.py states the same rule
+ * in torch and tests hold the two equal to float32 rounding. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_FED 64     /* fed offsets fit one uint64 of `sees` */
+
+typedef struct {
+    const float *query, *key, *value; /* [n, ., head_dim] with token strides below (elements) */
+    int64_t query_stride, key_stride, value_stride;
+    float *out;                        /* [n, heads * head_dim] */
+    float *cache_keys, *cache_values;  /* the layer's [rows, kv_heads, slots, head_dim] */
+    const int64_t *row_of, *offset_of, *starts; /* per token: row, fed offset; per row: cached length */
+    const uint64_t *sees;
+    int64_t tokens, rows, heads, kv_heads, head_dim, slots;
+    float scale;
+} Layer;
+
+/* Vectors of 16 floats (GCC/Clang vector extensions): one AVX-512 register, two AVX2 ones, four SSE
+ * ones, whichever the clone below is compiled for. Head dimensions are whole vectors. */
+#define LANES 16
+#define MAX_HEAD_DIM 256 /* also the floats of value sums held per block of queries */
+typedef float vfloat __attribute__((vector_size(64)));
+typedef int32_t vint __attribute__((vector_size(64)));
+typedef float vfloat_unaligned __attribute__((vector_size(64), aligned(4), may_alias));
+
+static inline __attribute__((always_inline)) vfloat load(const float *p) { return *(const vfloat_unaligned *)p; }
+static inline __attribute__((always_inline)) void store(float *p, vfloat v) { *(vfloat_unaligned *)p = v; }
+
+static inline __attribute__((always_inline)) float lane_sum(vfloat v) {
+    float sum = 0.0f;
+    for (int i = 0; i < LANES; i++) sum += v[i];
+    return sum;
+}
+
+/* e^x for x <= 0, and 0 below -87 (-inf included): Cody-Waite reduction and Cephes' polynomial,
+ * within 2 ulp of expf, in vector operations (expf is a library call per element). */
+static inline __attribute__((always_inline)) vfloat exp_nonpositive(vfloat x) {
+    const vint vanishing = x < -87.0f;
+    x = (vfloat)(((vint)x & ~vanishing) | ((vint)((vfloat){0} - 87.0f) & vanishing));
+    const vint whole = __builtin_convertvector(x * 1.44269504088896341f - 0.5f, vint); /* nearest, x <= 0 */
+    const vfloat n = __builtin_convertvector(whole, vfloat);
+    vfloat r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    vfloat p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const vfloat power = (vfloat)((whole + 127) << 23);
+    return (vfloat)((vint)(p * power) & ~vanishing);
+}
+
+/* One row and one key head, head dimension D (whole vectors): write the row's fed keys and values,
+ * then attend for its `count` tokens from `first` on. `scores` holds (count x groups) rows of the
+ * span rounded up to whole vectors, `outputs` (count x groups) x D floats. */
+static inline __attribute__((always_inline)) void attend_row_head(const Layer *layer, int64_t first, int64_t count,
+                                                                  int64_t kv_head, float *scores, float *outputs,
+                                                                  const int64_t D) {
+    const int64_t groups = layer->heads / layer->kv_heads, V = D / LANES;
+    const int64_t row = layer->row_of[first], start = layer->starts[row];
+    float *keys = layer->cache_keys + ((row * layer->kv_heads + kv_head) * layer->slots) * D;
+    float *values = layer->cache_values + ((row * layer->kv_heads + kv_head) * layer->slots) * D;
+    int64_t widest = 0;
+    for (int64_t t = first; t < first + count; t++) {
+        const int64_t offset = layer->offset_of[t];
+        memcpy(keys + (start + offset) * D, layer->key + t * layer->key_stride + kv_head * D, D * sizeof(float));
+        memcpy(values + (start + offset) * D, layer->value + t * layer->value_stride + kv_head * D, D * sizeof(float));
+        if (offset + 1 > widest) widest = offset + 1;
+    }
+    const int64_t span = start + widest, stride = (span + LANES - 1) / LANES * LANES, queries = count * groups;
+    /* Scores: each key is read once for every query. */
+    for (int64_t q = 0; q < queries; q++) {
+        const int64_t t = first + q / groups, head = kv_head * groups + q % groups;
+        memcpy(outputs + q * D, layer->query + t * layer->query_stride + head * D, D * sizeof(float));
+    }
+    for (int64_t k = 0; k < span; k++) {
+        const float *key = keys + k * D;
+        for (int64_t q = 0; q < queries; q++) {
+            const float *query = outputs + q * D;
+            vfloat dot = load(query) * load(key);
+            for (int64_t v = 1; v < V; v++) dot += load(query + v * LANES) * load(key + v * LANES);
+            scores[q * stride + k] = lane_sum(dot) * layer->scale;
+        }
+    }
+    /* Softmax per query over what it sees (the whole history, the tree offsets in `sees`): the rest
+     * of its span is set to -inf, which the exponential turns into weight 0. */
+    for (int64_t q = 0; q < queries; q++) {
+        const uint64_t sees = layer->sees[first + q / groups];
+        float *weights = scores + q * stride;
+        for (int64_t j = 0; j < widest; j++)
+            if (!((sees >> j) & 1)) weights[start + j] = -INFINITY;
+        for (int64_t k = span; k < stride; k++) weights[k] = -INFINITY;
+        vfloat highest = load(weights);
+        for (int64_t k = LANES; k < stride; k += LANES) {
+            const vfloat w = load(weights + k);
+            highest = (vfloat)(((vint)w & (w > highest)) | ((vint)highest & ~(w > highest)));
+        }
+        float top = highest[0];
+        for (int i = 1; i < LANES; i++) top = highest[i] > top ? highest[i] : top;
+        vfloat total = {0};
+        for (int64_t k = 0; k < stride; k += LANES) {
+            const vfloat w = exp_nonpositive(load(weights + k) - top);
+            store(weights + k, w);
+            total += w;
+        }
+        const float inverse = 1.0f / lane_sum(total);
+        for (int64_t k = 0; k < stride; k += LANES) store(weights + k, load(weights + k) * inverse);
+    }
+    /* Weighted values: each value read once for a block of queries whose sums stay in registers
+     * (several independent sums, so the multiply-adds do not wait on each other). */
+    const int64_t block = MAX_HEAD_DIM / D;
+    for (int64_t q0 = 0; q0 < queries; q0 += block) {
+        const int64_t in_block = queries - q0 < block ? queries - q0 : block;
+        vfloat sum[MAX_HEAD_DIM / LANES] = {{0}};
+        for (int64_t k = 0; k < span; k++) {
+            const float *value = values + k * D;
+            for (int64_t b = 0; b < block; b++) {
+                const float weight = b < in_block ? scores[(q0 + b) * stride + k] : 0.0f;
+                for (int64_t v = 0; v < V; v++) sum[b * V + v] += weight * load(value + v * LANES);
+            }
+        }
+        for (int64_t b = 0; b < in_block; b++) {
+            const int64_t t = first + (q0 + b) / groups, head = kv_head * groups + (q0 + b) % groups;
+            for (int64_t v = 0; v < V; v++) store(layer->out + t * layer->heads * D + head * D + v * LANES, sum[b * V + v]);
+        }
+    }
+}
+
+/* Every row and key head of the layer, for head dimension D (a constant where it can be, so that its
+ * loops unroll); compiled for AVX-512, AVX2 and the base
+ * instruction set (the loader picks one), with reassociation allowed (pyproject.toml). */
+#define ATTEND_LAYER(NAME, D)                                                                              \
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) static void attend_layer_##NAME( \
+        const Layer *layer, float *scores, float *outputs) {                                                 \
+        for (int64_t first = 0; first < layer->tokens;) {                                                    \
+            int64_t count = 1;                                                                               \
+            while (first + count < layer->tokens && layer->row_of[first + count] == layer->row_of[first]) count++; \
+            for (int64_t kv_head = 0; kv_head < layer->kv_heads; kv_head++)                                  \
+                attend_row_head(layer, first, count, kv_head, scores, outputs, D);                          \
+            first += count;                                                                                  \
+        }                                                                                                    \
+    }
+ATTEND_LAYER(64, 64)
+ATTEND_LAYER(128, 128)
+ATTEND_LAYER(generic, layer->head_dim) /* any other whole number of vectors, up to 256 */
+
+/* Rows must be given as runs of tokens, offsets and sees within the limits. -1 when they are not. */
+static int check_plan(const Layer *layer) {
+    for (int64_t t = 0; t < layer->tokens; t++) {
+        const int64_t row = layer->row_of[t], offset = layer->offset_of[t];
+        if (row < 0 || row >= layer->rows || offset < 0 || offset >= MAX_FED) return -1;
+        /* The row's last slot is the cache's scratch slot (static_cache.py), never a fed one. */
+        if (layer->starts[row] < 0 || layer->starts[row] + offset >= layer->slots - 1) return -1;
+        if (!((layer->sees[t] >> offset) & 1)) return -1;           /* a token sees itself */
+        if (layer->sees[t] >> offset >> 1) return -1;               /* and nothing fed after it */
+        if (t > 0 && row != layer->row_of[t - 1])
+            for (int64_t s = 0; s < t; s++)
+                if (layer->row_of[s] == row) return -1;             /* a row's tokens are one run */
+    }
+    return 0;
+}
+
+static int get_buffer(PyObject *object, Py_buffer *view, Py_ssize_t itemsize, Py_ssize_t items, const char *name) {
+    if (PyObject_GetBuffer(object, view, PyBUF_C_CONTIGUOUS) != 0) return -1;
+    if (view->itemsize != itemsize || view->len != itemsize * items) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd items of %zd bytes", name, items, itemsize);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+/* attend(query, query_stride, key, key_stride, value, value_stride, out, cache_keys, cache_values,
+ *        row_of, offset_of, starts, sees, heads, kv_heads, head_dim, slots, scale)
+ * Pointers are integer addresses of float32 memory laid out as described in Layer; row_of,
+ * offset_of, starts (int64) and sees (uint64) are buffers. ragged_attention.py checks the tensors. */
+static PyObject *attend(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 18) {
+        PyErr_SetString(PyExc_TypeError, "attend takes 18 arguments");
+        return NULL;
+    }
+    Layer layer;
+    layer.query = PyLong_AsVoidPtr(args[0]);
+    layer.query_stride = PyLong_AsLongLong(args[1]);
+    layer.key = PyLong_AsVoidPtr(args[2]);
+    layer.key_stride = PyLong_AsLongLong(args[3]);
+    layer.value = PyLong_AsVoidPtr(args[4]);
+    layer.value_stride = PyLong_AsLongLong(args[5]);
+    layer.out = PyLong_AsVoidPtr(args[6]);
+    layer.cache_keys = PyLong_AsVoidPtr(args[7]);
+    layer.cache_values = PyLong_AsVoidPtr(args[8]);
+    layer.heads = PyLong_AsLongLong(args[13]);
+    layer.kv_heads = PyLong_AsLongLong(args[14]);
+    layer.head_dim = PyLong_AsLongLong(args[15]);
+    layer.slots = PyLong_AsLongLong(args[16]);
+    layer.scale = (float)PyFloat_AsDouble(args[17]);
+    if (PyErr_Occurred()) return NULL;
+    if (layer.kv_heads <= 0 || layer.heads % layer.kv_heads != 0 || layer.head_dim % LANES != 0 ||
+        layer.head_dim > MAX_HEAD_DIM ||
+        layer.slots <= 0) {
+        PyErr_SetString(PyExc_ValueError, "heads must be a multiple of kv_heads, head_dim a multiple of 16 up to 256, slots positive");
+        return NULL;
+    }
+    Py_buffer row_of, offset_of, starts, sees;
+    Py_ssize_t tokens = 0;
+    if (PyObject_GetBuffer(args[9], &row_of, PyBUF_C_CONTIGUOUS) != 0) return NULL;
+    tokens = row_of.len / (Py_ssize_t)sizeof(int64_t);
+    Py_ssize_t rows = PyObject_Length(args[11]);
+    if (rows < 0 || row_of.itemsize != sizeof(int64_t)) {
+        PyBuffer_Release(&row_of);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "row_of: expected int64");
+        return NULL;
+    }
+    if (get_buffer(args[10], &offset_of, sizeof(int64_t), tokens, "offset_of") != 0) {
+        PyBuffer_Release(&row_of);
+        return NULL;
+    }
+    if (get_buffer(args[11], &starts, sizeof(int64_t), rows, "starts") != 0) {
+        PyBuffer_Release(&row_of);
+        PyBuffer_Release(&offset_of);
+        return NULL;
+    }
+    if (get_buffer(args[12], &sees, sizeof(uint64_t), tokens, "sees") != 0) {
+        PyBuffer_Release(&row_of);
+        PyBuffer_Release(&offset_of);
+        PyBuffer_Release(&starts);
+        return NULL;
+    }
+    layer.row_of = row_of.buf;
+    layer.offset_of = offset_of.buf;
+    layer.starts = starts.buf;
+    layer.sees = sees.buf;
+    layer.tokens = tokens;
+    layer.rows = rows;
+    int failed = check_plan(&layer);
+    int64_t widest_span = 0, widest_run = 0;
+    for (int64_t t = 0, run = 0; !failed && t < tokens; t++) {
+        const int64_t span = layer.starts[layer.row_of[t]] + layer.offset_of[t] + 1;
+        widest_span = span > widest_span ? span : widest_span;
+        run = t > 0 && layer.row_of[t] == layer.row_of[t - 1] ? run + 1 : 1;
+        widest_run = run > widest_run ? run : widest_run;
+    }
+    float *scores = NULL, *outputs = NULL;
+    if (!failed && tokens > 0) {
+        const int64_t groups = layer.heads / layer.kv_heads;
+        scores = malloc(widest_run * groups * (widest_span + LANES) * sizeof(float));
+        outputs = malloc(widest_run * groups * layer.head_dim * sizeof(float));
+        failed = scores == NULL || outputs == NULL ? -2 : 0;
+    }
+    if (!failed) {
+        Py_BEGIN_ALLOW_THREADS
+        if (layer.head_dim == 64)
+            attend_layer_64(&layer, scores, outputs);
+        else if (layer.head_dim == 128)
+            attend_layer_128(&layer, scores, outputs);
+        else
+            attend_layer_generic(&layer, scores, outputs);
+        Py_END_ALLOW_THREADS
+    }
+    free(scores);
+    free(outputs);
+    PyBuffer_Release(&row_of);
+    PyBuffer_Release(&offset_of);
+    PyBuffer_Release(&starts);
+    PyBuffer_Release(&sees);
+    if (failed == -2) return PyErr_NoMemory();
+    if (failed) {
+        PyErr_SetString(PyExc_ValueError,
+                         "a ragged plan must give each row's tokens as one run, offsets within the row's free "
+                         "slots and under 64, and each token seeing itself and no later offset");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"attend", (PyCFunction)(void (*)(void))attend, METH_FASTCALL,
+     "One layer's tree attention for a ragged batch of fed tokens over a static KV cache."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef definition = {PyModuleDef_HEAD_INIT, "_ragged_attention", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__ragged_attention(void) { return PyModule_Create(&definition); }
