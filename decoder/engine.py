@@ -128,18 +128,20 @@ class TreeEngine:
         return run_to_end(self._decode(prompts, max_new_tokens, stop_strings, rows))
 
     def cost_curve(self, rows: int = 1, history: int = 118) -> CostCurve:
-        """Seconds of one pass by tokens fed (one row up to the widest pass, then up to `rows` rows, at
-        most MEASURED_ROWS: beyond, the curve extends linearly), each row after `history` cached
-        tokens, and the price of a filler slot; cached on disk per model, engine, device, dtype and
-        threads."""
+        """Seconds of one pass by tokens fed, each row after `history` cached tokens, and the price of a
+        filler slot; cached on disk per model, engine, device, dtype and threads. With `rows` (at most
+        MEASURED_ROWS: beyond, the curve extends linearly) the passes are those of a batch: t < rows
+        tokens as t rows of one token, and rows x w tokens as `rows` rows of w, since each row's
+        attention reads its own history (8 rows of 1 token cost ~3 ms more than 1 row of 8 on a
+        2-core CPU, which a curve of single rows would leave out of every step's price)."""
         rows = min(rows, MEASURED_ROWS)
         target = self.target
         key = (
             f"{target.name}-{self.name}-{forward_fingerprint()}-{target.device}-{self.dtype}-{torch.get_num_threads()}threads"
-            f"-rows{rows}-past{history}-by-tokens-and-fillers"
+            f"-rows{rows}-past{history}-batch-passes"
         )
         widest = PASS_WIDTHS[-1]
-        points = list(PASS_WIDTHS) + [rows * width for width in PASS_WIDTHS if rows * width > widest]
+        points = [tokens for tokens in PASS_WIDTHS if tokens < rows] + [rows * width for width in PASS_WIDTHS]
         cache = self._cache_for(rows, history + widest)
         vocab = self.target.model.config.vocab_size
 
@@ -154,8 +156,8 @@ class TreeEngine:
             return time.perf_counter() - started
 
         def time_tokens(tokens: int) -> float:
-            used, width = (1, tokens) if tokens <= widest else (rows, tokens // rows)
-            return time_pass(used, width, width - 1)
+            used = min(tokens, rows)
+            return time_pass(used, tokens // used, tokens // used - 1)
 
         def time_filler() -> float:  # rows of a root and FILLER_WIDTH - 1 fillers, against roots alone
             return (time_pass(rows, FILLER_WIDTH, 0) - time_pass(rows, 1, 0)) / (rows * (FILLER_WIDTH - 1))

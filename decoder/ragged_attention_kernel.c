@@ -16,6 +16,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define MAX_FED 64     /* fed offsets fit one uint64 of `sees` */
 
@@ -142,23 +145,42 @@ static inline __attribute__((always_inline)) void attend_row_head(const Layer *l
     }
 }
 
-/* Every row and key head of the layer, for head dimension D (a constant where it can be, so that its
- * loops unroll); compiled for AVX-512, AVX2 and the base
- * instruction set (the loader picks one), with reassociation allowed (pyproject.toml). */
-#define ATTEND_LAYER(NAME, D)                                                                              \
-    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) static void attend_layer_##NAME( \
-        const Layer *layer, float *scores, float *outputs) {                                                 \
-        for (int64_t first = 0; first < layer->tokens;) {                                                    \
-            int64_t count = 1;                                                                               \
-            while (first + count < layer->tokens && layer->row_of[first + count] == layer->row_of[first]) count++; \
-            for (int64_t kv_head = 0; kv_head < layer->kv_heads; kv_head++)                                  \
-                attend_row_head(layer, first, count, kv_head, scores, outputs, D);                          \
-            first += count;                                                                                  \
-        }                                                                                                    \
+/* One row and key head for head dimension D (a constant where it can be, so that its loops unroll),
+ * compiled for AVX-512, AVX2 and the base instruction set (the loader picks one), with reassociation
+ * allowed (pyproject.toml). */
+#define ATTEND_TASK(NAME, D)                                                                               \
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) static void attend_task_##NAME( \
+        const Layer *layer, int64_t first, int64_t count, int64_t kv_head, float *scores, float *outputs) {     \
+        attend_row_head(layer, first, count, kv_head, scores, outputs, D);                                     \
     }
-ATTEND_LAYER(64, 64)
-ATTEND_LAYER(128, 128)
-ATTEND_LAYER(generic, layer->head_dim) /* any other whole number of vectors, up to 256 */
+ATTEND_TASK(64, 64)
+ATTEND_TASK(128, 128)
+ATTEND_TASK(generic, layer->head_dim) /* any other whole number of vectors, up to 256 */
+
+/* Every row and key head of the layer, spread over the threads of the OpenMP runtime. Built with
+ * -fopenmp, the extension shares the libgomp that torch loaded (same soname), so these are torch's
+ * own intra-op threads, already warm between the products, not a second pool competing with them. */
+static void attend_layer(const Layer *layer, const int64_t *runs, int64_t run_count, float *scores,
+                         int64_t scores_per_thread, float *outputs, int64_t outputs_per_thread) {
+    const int64_t tasks = run_count * layer->kv_heads;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; task++) {
+#ifdef _OPENMP
+        const int64_t thread = omp_get_thread_num();
+#else
+        const int64_t thread = 0;
+#endif
+        const int64_t run = task / layer->kv_heads, kv_head = task % layer->kv_heads;
+        float *own_scores = scores + thread * scores_per_thread, *own_outputs = outputs + thread * outputs_per_thread;
+        const int64_t first = runs[2 * run], count = runs[2 * run + 1];
+        if (layer->head_dim == 64)
+            attend_task_64(layer, first, count, kv_head, own_scores, own_outputs);
+        else if (layer->head_dim == 128)
+            attend_task_128(layer, first, count, kv_head, own_scores, own_outputs);
+        else
+            attend_task_generic(layer, first, count, kv_head, own_scores, own_outputs);
+    }
+}
 
 /* Rows must be given as runs of tokens, offsets and sees within the limits. -1 when they are not. */
 static int check_plan(const Layer *layer) {
@@ -258,22 +280,34 @@ static PyObject *attend(PyObject *module, PyObject *const *args, Py_ssize_t narg
         widest_run = run > widest_run ? run : widest_run;
     }
     float *scores = NULL, *outputs = NULL;
+    int64_t *runs = NULL, run_count = 0;
+#ifdef _OPENMP
+    const int64_t threads = omp_get_max_threads();
+#else
+    const int64_t threads = 1;
+#endif
+    const int64_t groups = layer.kv_heads > 0 ? layer.heads / layer.kv_heads : 1;
+    const int64_t scores_per_thread = widest_run * groups * (widest_span + LANES);
+    const int64_t outputs_per_thread = widest_run * groups * layer.head_dim;
     if (!failed && tokens > 0) {
-        const int64_t groups = layer.heads / layer.kv_heads;
-        scores = malloc(widest_run * groups * (widest_span + LANES) * sizeof(float));
-        outputs = malloc(widest_run * groups * layer.head_dim * sizeof(float));
-        failed = scores == NULL || outputs == NULL ? -2 : 0;
+        scores = malloc(threads * scores_per_thread * sizeof(float));
+        outputs = malloc(threads * outputs_per_thread * sizeof(float));
+        runs = malloc(2 * tokens * sizeof(int64_t));
+        failed = scores == NULL || outputs == NULL || runs == NULL ? -2 : 0;
     }
-    if (!failed) {
+    if (!failed && tokens > 0) {
+        for (int64_t first = 0; first < tokens; run_count++) { /* each row's tokens: one run */
+            int64_t count = 1;
+            while (first + count < tokens && layer.row_of[first + count] == layer.row_of[first]) count++;
+            runs[2 * run_count] = first;
+            runs[2 * run_count + 1] = count;
+            first += count;
+        }
         Py_BEGIN_ALLOW_THREADS
-        if (layer.head_dim == 64)
-            attend_layer_64(&layer, scores, outputs);
-        else if (layer.head_dim == 128)
-            attend_layer_128(&layer, scores, outputs);
-        else
-            attend_layer_generic(&layer, scores, outputs);
+        attend_layer(&layer, runs, run_count, scores, scores_per_thread, outputs, outputs_per_thread);
         Py_END_ALLOW_THREADS
     }
+    free(runs);
     free(scores);
     free(outputs);
     PyBuffer_Release(&row_of);
