@@ -6,7 +6,9 @@ Each pass feeds every row a chain of `width - 1` draft nodes after `--history` c
 one real token and fillers, for the filler rows), through the engine's own pack and pass; the
 fastest of --repeats timings is printed (on a shared machine noise only slows a pass down). What
 it answers: what a batch of drafted rows costs against a batch of single tokens, and what a
-filler slot costs (the engine prices both in its node budget).
+filler slot costs (the engine prices both in its node budget); and a batch step as it comes
+(trees of different sizes over rows of different lengths) in the ragged layout, which feeds only
+real tokens (float32 on a CPU), and in the padded one.
 """
 
 from __future__ import annotations
@@ -36,13 +38,14 @@ def main() -> None:
     vocab = target.model.config.vocab_size
 
     @torch.inference_mode()
-    def fastest(rows: int, width: int, nodes: int) -> float:
+    def fastest(rows: int, width: int, nodes: int | list[int], histories: list[int] | None = None) -> float:
+        per_row = nodes if isinstance(nodes, list) else [nodes] * rows
         timings = []
         for _ in range(args.repeats + 1):  # the first is a warm-up
             cache.reset()
             for row in range(rows):
-                cache.advance(row, args.history)
-            fed = engine._pack(cache, [0] * rows, [_chain_tree(nodes, vocab)] * rows, width)
+                cache.advance(row, histories[row] if histories else args.history)
+            fed = engine._pack(cache, [0] * rows, [_chain_tree(n, vocab) for n in per_row], width)
             if target.device.type == "cuda":
                 torch.cuda.synchronize()
             started = time.perf_counter()
@@ -57,6 +60,16 @@ def main() -> None:
         print(f"{args.rows} rows x {width} fed: {fastest(args.rows, width, width - 1):.1f}")
     for width in (4, 8):
         print(f"{args.rows} rows x 1 fed + {width - 1} fillers: {fastest(args.rows, width, 0):.1f}")
+    # A drafted batch step as it comes: trees of different sizes, rows at different lengths.
+    nodes = [min(7, n) for n in (0, 0, 1, 2, 3, 3, 3, 7) * (args.rows // 8 + 1)][: args.rows]
+    histories = [args.history - 50 + 100 * row // max(1, args.rows - 1) for row in range(args.rows)]
+    layouts = ("ragged", "padded") if engine.ragged else ("padded",)
+    for layout in layouts:
+        engine.ragged = layout == "ragged"
+        print(
+            f"{args.rows} rows, trees of {'/'.join(map(str, nodes))} nodes, {histories[0]}..{histories[-1]} cached, "
+            f"{layout} layout: {fastest(args.rows, 8, nodes, histories):.1f}"
+        )
 
 
 if __name__ == "__main__":
