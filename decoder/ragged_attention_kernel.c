@@ -8,8 +8,10 @@
  *
  * Fed token t of row b, at fed offset i, sits in slot starts[b] + i and sees the row's history
  * (slots 0 .. starts[b] - 1) and the fed offsets j whose bit is set in sees[t] (its ancestors and
- * itself): the additive mask of tree_batch.pack, as bits. ragged_attention.py states the same rule
- * in torch and tests hold the two equal to float32 rounding. */
+ * itself): the additive mask of tree_batch.pack, as bits. tests/decoder/test_ragged_attention.py
+ * computes the rule in float64 and holds the kernel to it, and the ragged pass's logits to the
+ * padded pass's. Each (row, key head) is one task; a row's tokens are all in its tasks, so threads
+ * never write the same slots. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
