@@ -38,6 +38,7 @@ def small_target() -> TargetModel:
         num_hidden_layers=1,
         num_attention_heads=2,
         num_key_value_heads=1,
+        head_dim=16,  # a whole vector of floats: the engine's ragged pass (and its laid-out logits) serves it
         initializer_range=0.3,
         eos_token_id=None,
         bos_token_id=None,
