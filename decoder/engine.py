@@ -339,7 +339,7 @@ class TreeEngine:
             self.dtype,
             self.device,
             mask_on_device=self.compiled,
-            ragged=self.ragged and not self.compiled and width <= ragged_attention.MAX_FED,
+            ragged=self.ragged and width <= ragged_attention.MAX_FED,
         )
 
     def _pass(self, cache: StaticKVCache, fed: FedBatch) -> torch.Tensor:

@@ -236,79 +236,83 @@ static PyObject *attend(PyObject *module, PyObject *const *args, Py_ssize_t narg
     layer.slots = PyLong_AsLongLong(args[16]);
     layer.scale = (float)PyFloat_AsDouble(args[17]);
     if (PyErr_Occurred()) return NULL;
-    if (layer.kv_heads <= 0 || layer.heads % layer.kv_heads != 0 || layer.head_dim % LANES != 0 ||
-        layer.head_dim > MAX_HEAD_DIM ||
-        layer.slots <= 0) {
-        PyErr_SetString(PyExc_ValueError, "heads must be a multiple of kv_heads, head_dim a multiple of 16 up to 256, slots positive");
+    if (layer.heads <= 0 || layer.kv_heads <= 0 || layer.heads % layer.kv_heads != 0 || layer.head_dim <= 0 ||
+        layer.head_dim % LANES != 0 || layer.head_dim > MAX_HEAD_DIM || layer.slots <= 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "heads must be a multiple of kv_heads, head_dim a multiple of 16 up to 256, slots positive");
         return NULL;
     }
-    Py_buffer row_of, offset_of, starts, sees;
-    Py_ssize_t tokens = 0;
-    if (PyObject_GetBuffer(args[9], &row_of, PyBUF_C_CONTIGUOUS) != 0) return NULL;
-    tokens = row_of.len / (Py_ssize_t)sizeof(int64_t);
-    Py_ssize_t rows = PyObject_Length(args[11]);
-    if (rows < 0 || row_of.itemsize != sizeof(int64_t)) {
-        PyBuffer_Release(&row_of);
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "row_of: expected int64");
-        return NULL;
+    /* Zeroed buffers release as nothing, so every exit below goes through `done`. */
+    Py_buffer row_of = {0}, offset_of = {0}, starts = {0}, sees = {0};
+    float *scores = NULL, *outputs = NULL;
+    int64_t *runs = NULL;
+    PyObject *result = NULL;
+    if (PyObject_GetBuffer(args[9], &row_of, PyBUF_C_CONTIGUOUS) != 0) goto done;
+    const Py_ssize_t tokens = row_of.len / (Py_ssize_t)sizeof(int64_t);
+    const Py_ssize_t rows = PyObject_Length(args[11]);
+    if (rows < 0) goto done;
+    if (row_of.itemsize != sizeof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "row_of: expected int64");
+        goto done;
     }
-    if (get_buffer(args[10], &offset_of, sizeof(int64_t), tokens, "offset_of") != 0) {
-        PyBuffer_Release(&row_of);
-        return NULL;
-    }
-    if (get_buffer(args[11], &starts, sizeof(int64_t), rows, "starts") != 0) {
-        PyBuffer_Release(&row_of);
-        PyBuffer_Release(&offset_of);
-        return NULL;
-    }
-    if (get_buffer(args[12], &sees, sizeof(uint64_t), tokens, "sees") != 0) {
-        PyBuffer_Release(&row_of);
-        PyBuffer_Release(&offset_of);
-        PyBuffer_Release(&starts);
-        return NULL;
-    }
+    if (get_buffer(args[10], &offset_of, sizeof(int64_t), tokens, "offset_of") != 0 ||
+        get_buffer(args[11], &starts, sizeof(int64_t), rows, "starts") != 0 ||
+        get_buffer(args[12], &sees, sizeof(uint64_t), tokens, "sees") != 0)
+        goto done;
     layer.row_of = row_of.buf;
     layer.offset_of = offset_of.buf;
     layer.starts = starts.buf;
     layer.sees = sees.buf;
     layer.tokens = tokens;
     layer.rows = rows;
-    int failed = check_plan(&layer);
-    int64_t widest_span = 0, widest_run = 0;
-    for (int64_t t = 0, run = 0; !failed && t < tokens; t++) {
+    if (check_plan(&layer) != 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "a ragged plan must give each row's tokens as one run, offsets within the row's free "
+                        "slots and under 64, and each token seeing itself and no later offset");
+        goto done;
+    }
+    if (tokens == 0) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    /* Each row's tokens as one run (first, count), and the scratch each thread needs for the longest. */
+    runs = malloc(2 * tokens * sizeof(int64_t));
+    if (runs == NULL) {
+        result = PyErr_NoMemory();
+        goto done;
+    }
+    int64_t run_count = 0, widest_run = 0, widest_span = 0;
+    for (int64_t first = 0; first < tokens; run_count++) {
+        int64_t count = 1;
+        while (first + count < tokens && layer.row_of[first + count] == layer.row_of[first]) count++;
+        runs[2 * run_count] = first;
+        runs[2 * run_count + 1] = count;
+        widest_run = count > widest_run ? count : widest_run;
+        first += count;
+    }
+    for (int64_t t = 0; t < tokens; t++) {
         const int64_t span = layer.starts[layer.row_of[t]] + layer.offset_of[t] + 1;
         widest_span = span > widest_span ? span : widest_span;
-        run = t > 0 && layer.row_of[t] == layer.row_of[t - 1] ? run + 1 : 1;
-        widest_run = run > widest_run ? run : widest_run;
     }
-    float *scores = NULL, *outputs = NULL;
-    int64_t *runs = NULL, run_count = 0;
 #ifdef _OPENMP
     const int64_t threads = omp_get_max_threads();
 #else
     const int64_t threads = 1;
 #endif
-    const int64_t groups = layer.kv_heads > 0 ? layer.heads / layer.kv_heads : 1;
+    const int64_t groups = layer.heads / layer.kv_heads;
     const int64_t scores_per_thread = widest_run * groups * (widest_span + LANES);
     const int64_t outputs_per_thread = widest_run * groups * layer.head_dim;
-    if (!failed && tokens > 0) {
-        scores = malloc(threads * scores_per_thread * sizeof(float));
-        outputs = malloc(threads * outputs_per_thread * sizeof(float));
-        runs = malloc(2 * tokens * sizeof(int64_t));
-        failed = scores == NULL || outputs == NULL || runs == NULL ? -2 : 0;
+    scores = malloc(threads * scores_per_thread * sizeof(float));
+    outputs = malloc(threads * outputs_per_thread * sizeof(float));
+    if (scores == NULL || outputs == NULL) {
+        result = PyErr_NoMemory();
+        goto done;
     }
-    if (!failed && tokens > 0) {
-        for (int64_t first = 0; first < tokens; run_count++) { /* each row's tokens: one run */
-            int64_t count = 1;
-            while (first + count < tokens && layer.row_of[first + count] == layer.row_of[first]) count++;
-            runs[2 * run_count] = first;
-            runs[2 * run_count + 1] = count;
-            first += count;
-        }
-        Py_BEGIN_ALLOW_THREADS
-        attend_layer(&layer, runs, run_count, scores, scores_per_thread, outputs, outputs_per_thread);
-        Py_END_ALLOW_THREADS
-    }
+    Py_BEGIN_ALLOW_THREADS
+    attend_layer(&layer, runs, run_count, scores, scores_per_thread, outputs, outputs_per_thread);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
     free(runs);
     free(scores);
     free(outputs);
@@ -316,14 +320,7 @@ static PyObject *attend(PyObject *module, PyObject *const *args, Py_ssize_t narg
     PyBuffer_Release(&offset_of);
     PyBuffer_Release(&starts);
     PyBuffer_Release(&sees);
-    if (failed == -2) return PyErr_NoMemory();
-    if (failed) {
-        PyErr_SetString(PyExc_ValueError,
-                         "a ragged plan must give each row's tokens as one run, offsets within the row's free "
-                         "slots and under 64, and each token seeing itself and no later offset");
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return result;
 }
 
 static PyMethodDef methods[] = {

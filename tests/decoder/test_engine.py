@@ -180,6 +180,7 @@ def _compiled_layout(engine: TreeEngine) -> TreeEngine:
     """The compiled engine's passes without the graph capture (which needs a GPU): full-width passes
     over the whole cache, fillers computed, the mask built from starts and ancestry as inside a graph."""
     engine.compiled, engine.run_pass = True, GraphedPasses(engine.forward, capture=False)
+    engine.ragged = False  # as the compiled engine's constructor decides: graphs replay padded passes
     return engine
 
 
