@@ -219,9 +219,12 @@ class TreeEngine:
             started = time.perf_counter()
             cache.clear_row(row)
             fed = prefill_inputs(prompt, self.dtype, self.device)
-            logits = self.forward(cache, fed.input_ids, fed.positions, fed.slots, fed.mask, rows=slice(row, row + 1))
+            own_row = slice(row, row + 1)
+            logits = self.forward(
+                cache, fed.input_ids, fed.positions, fed.slots, fed.mask, rows=own_row, last_only=True
+            )
             cache.advance(row, len(prompt))
-            scores = self._scores(logits[:, -1:], [[prompt[-1]]], [[-1]], [list(prompt)])
+            scores = self._scores(logits, [[prompt[-1]]], [[-1]], [list(prompt)])
             first = self._first_token(scores[0, -1])
             generation.prefill_seconds = time.perf_counter() - started
             if max_new_tokens <= 0:

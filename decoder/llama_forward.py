@@ -2,10 +2,11 @@
 
 The model stays a transformers model: its own modules compute the embedding, the rotary angles and
 the activation, and its own weights every product (copies with the products of one input joined:
-`projections.py`; on a CPU prepacked for oneDNN). Norms and the rotation run as fewer, fused
-operations than transformers' own (one `rms_norm` each; the rotation of queries and keys together),
-because a pass of a small model is a few thousand tiny operations whose launches, not their
-arithmetic, cost the time (on a GPU, each kernel of a CUDA graph still costs a few microseconds).
+`projections.py`; on a CPU our panel kernel in float32, else oneDNN's prepacked products). Norms
+and the rotation run as fewer, fused operations than transformers' own (one `rms_norm` each; the
+rotation of queries and keys together), because a pass of a small model is a few thousand tiny
+operations whose launches, not their arithmetic, cost the time (on a GPU, each kernel of a CUDA
+graph still costs a few microseconds).
 
 The attention's cache handling is ours: keys and values go into preallocated slots chosen per
 row, and attention reads the cached prefix through an additive mask, so a draft tree of any shape
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from .projections import LayerProjections, can_pack, head_projection
+from .projections import LayerProjections, head_projection, product_kind
 from .ragged_attention import RaggedPlan
 from .static_cache import StaticKVCache
 
@@ -42,7 +43,15 @@ def forward_fingerprint() -> str:
     """Names this pass's code, so timings measured of an older pass (the engine's cost curves) are
     measured again rather than reused."""
     here = Path(__file__).parent
-    names = ("llama_forward.py", "projections.py", "cuda_graphs.py", "ragged_attention.py", "ragged_attention_kernel.c")
+    names = (
+        "llama_forward.py",
+        "projections.py",
+        "cuda_graphs.py",
+        "ragged_attention.py",
+        "ragged_attention_kernel.c",
+        "panel_linear.py",
+        "panel_linear_kernel.c",
+    )
     sources = b"".join((here / name).read_bytes() for name in names if (here / name).exists())  # a wheel lacks the .c
     return hashlib.sha256(sources).hexdigest()[:10]
 
@@ -86,9 +95,9 @@ class LlamaTreeForward:
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.scaling = self.layers[0].self_attn.scaling
-        self.packed = can_pack(model)
-        self.projections = [LayerProjections(layer, self.packed) for layer in self.layers]
-        self.head = head_projection(model, self.packed)
+        self.product_kind = product_kind(model)
+        self.projections = [LayerProjections(layer, self.product_kind) for layer in self.layers]
+        self.head = head_projection(model, self.product_kind)
         self.dtype = next(model.parameters()).dtype
         self.residual_dtype = torch.float32 if float32_residual else self.dtype
         norms = [getattr(layer, part) for layer in self.layers for part in _LAYER_PARTS[:2]] + [model.model.norm]
@@ -113,11 +122,14 @@ class LlamaTreeForward:
         mask: torch.Tensor,
         rows: slice = slice(None),
         real: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
         """`input_ids`, `positions`, `slots` [r, q]; `mask` [r, 1, q, k] additive over cache slots 0..k-1
         (the fed tokens' own slots included); `rows` picks the cache rows (all by default). `real`: the
         flat indices (row * q + i) of the fed tokens that are not fillers; given, the products run on
-        those alone (fillers only pad the attention layout) and the fillers' logits are left zero."""
+        those alone (fillers only pad the attention layout) and the fillers' logits are left zero.
+        `last_only` (a prefill, without `real`): only each row's last token's logits, [r, 1, vocab]; the
+        head's product over the others would be a fifth of the prefill's arithmetic."""
         inner = self.model.model
         embedded = inner.embed_tokens(input_ids).to(self.residual_dtype)
         cos, sin = inner.rotary_emb(embedded, positions)  # in the residual dtype
@@ -140,6 +152,10 @@ class LlamaTreeForward:
             attended = attended.reshape(*padded, -1)[real] if real is not None else attended.reshape(batch, fed, -1)
             hidden = hidden + projections.output(attended)
             hidden = hidden + projections.mlp(self._norm(hidden, layer.post_attention_layernorm))
+        if last_only:
+            if real is not None:
+                raise ValueError("last_only is for prefills, which have no fillers")
+            return self.head(self._norm(hidden[:, -1:], inner.norm))
         logits = self.head(self._norm(hidden, inner.norm))
         return self._laid_out(logits, real, padded).view(batch, fed, -1)
 

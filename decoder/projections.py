@@ -1,6 +1,8 @@
 """The matrix products of one decoder layer, in the form that is fastest where the engine runs.
 
-On a CPU, PyTorch's default linear switches from a matrix-vector kernel for one fed token to a
+In float32 on a CPU with AVX-512, our panel kernel (panel_linear.py) runs them: it overlaps the
+weights' reading with the arithmetic, so a pass of up to ~20 fed tokens costs about one of a single
+token. Otherwise, on a CPU, PyTorch's default linear switches from a matrix-vector kernel for one fed token to a
 general matrix kernel for two or more, and the latter is slow on the narrow inputs of verification
 (a pass of 2 to 16 tokens cost ~1.4-1.6x a pass of one, on SmolLM2 with 2 threads). oneDNN with
 weights reordered once for it ("prepacked", as torch.compile's freezing does) keeps narrow inputs
@@ -21,6 +23,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import panel_linear
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -67,26 +71,47 @@ class PackedLinear(JointLinear):
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
 
 
+class PanelLinear(JointLinear):
+    """One or more nn.Linear of the same input, as one product of our panel kernel (float32, CPU)."""
+
+    @staticmethod
+    def _prepared(weight: torch.Tensor) -> torch.Tensor:
+        return panel_linear.pack(weight)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = panel_linear.linear(x, self.weight, sum(self.sizes))
+        return out if self.bias is None else out.add_(self.bias)
+
+
+def product_kind(model: nn.Module) -> type[JointLinear]:
+    """The fastest form of the model's products here: the panel kernel, oneDNN's prepacked products,
+    or plain ones over joined weights."""
+    parameter = next(model.parameters())
+    if panel_linear.available(parameter):
+        return PanelLinear
+    return PackedLinear if can_pack(model) else JointLinear
+
+
 class LayerProjections:
     """q/k/v, the attention output, and the MLP of one Llama-family decoder layer; q, k and v come
     out of one product, [..., q | k | v], and so do the MLP's gate and up."""
 
-    def __init__(self, layer: nn.Module, packed: bool) -> None:
+    def __init__(self, layer: nn.Module, kind: type[JointLinear]) -> None:
         attention, mlp = layer.self_attn, layer.mlp
         self.activation: Callable[[torch.Tensor], torch.Tensor] = mlp.act_fn
-        joint = PackedLinear if packed else JointLinear
-        self.qkv = joint(attention.q_proj, attention.k_proj, attention.v_proj)
-        self._gate_up = joint(mlp.gate_proj, mlp.up_proj).split
-        self.output = PackedLinear(attention.o_proj) if packed else attention.o_proj
-        self._down = PackedLinear(mlp.down_proj) if packed else mlp.down_proj
+        self.qkv = kind(attention.q_proj, attention.k_proj, attention.v_proj)
+        self._gate_up = kind(mlp.gate_proj, mlp.up_proj).split
+        joined_only = kind is JointLinear  # single plain linears run as the model's own modules
+        self.output = attention.o_proj if joined_only else kind(attention.o_proj)
+        self._down = mlp.down_proj if joined_only else kind(mlp.down_proj)
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self._gate_up(x)
         return self._down(self.activation(gate) * up)
 
 
-def head_projection(model: nn.Module, packed: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    return PackedLinear(model.lm_head) if packed else model.lm_head
+def head_projection(model: nn.Module, kind: type[JointLinear]) -> Callable[[torch.Tensor], torch.Tensor]:
+    return model.lm_head if kind is JointLinear else kind(model.lm_head)
 
 
 def _joint_bias(linears: tuple[nn.Linear, ...], weight: torch.Tensor) -> torch.Tensor | None:
