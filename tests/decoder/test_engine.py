@@ -159,6 +159,18 @@ def test_a_float32_residual_stream_changes_nothing_in_float32(llama):
         make_decoder(llama, NoDrafts(), engine="eager", float32_residual=True)
 
 
+def test_a_prefill_for_its_last_token_gives_that_tokens_logits_and_the_same_cache(llama):
+    prompt = prefill_inputs(PROMPT, torch.float32, torch.device("cpu"))
+    forward = LlamaTreeForward(llama.model)
+    caches = [forward.new_cache(1, 64) for _ in range(2)]
+    with torch.inference_mode():
+        whole = forward(caches[0], prompt.input_ids, prompt.positions, prompt.slots, prompt.mask)
+        last = forward(caches[1], prompt.input_ids, prompt.positions, prompt.slots, prompt.mask, last_only=True)
+    assert last.shape == (1, 1, whole.shape[-1])
+    torch.testing.assert_close(last[0, 0], whole[0, -1], rtol=1e-5, atol=1e-5)  # products of 1 row or of all
+    assert torch.equal(caches[0].keys, caches[1].keys) and torch.equal(caches[0].values, caches[1].values)
+
+
 def test_the_mask_built_on_the_device_is_the_mask_pack_lays_out():
     rng = np.random.default_rng(0)
     for _ in range(100):
