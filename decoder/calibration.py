@@ -30,9 +30,11 @@ BINS = 20
 DEPTH_STARTS = np.array([1, 2, 3, 4, 6])
 PRIOR_WEIGHT = 8.0  # a bin's prior counts as this many observations
 TRUST_PRIOR = 4.0  # before any observation, the source is believed as if 4 tokens had confirmed it
-# The table is refitted once this many nodes were observed since the last fit, not after every step:
-# a few nodes barely move it, and the fit would be a tenth of a millisecond of every CPU step.
+# The table is refitted once the nodes observed since the last fit reach REFIT_AFTER and a
+# REFIT_SHARE of all observed before, not after every step: a few nodes barely move it, and a fit
+# costs a few tenths of a millisecond of host time (against ~16 ms of a CPU pass).
 REFIT_AFTER = 16
+REFIT_SHARE = 1 / 16
 
 
 class AcceptanceCalibration:
@@ -45,6 +47,7 @@ class AcceptanceCalibration:
         self._table = self._fit()
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # observed since the last fit
         self._unfitted = 0  # nodes in _pending
+        self._observed = 0  # nodes counted into the cells
 
     def _cells(self, probabilities: np.ndarray, depths: np.ndarray) -> np.ndarray:
         """Flat cell index (depth class x probability bin) of each node."""
@@ -58,7 +61,7 @@ class AcceptanceCalibration:
             return
         self._pending.append((probabilities, accepted, depths))
         self._unfitted += len(probabilities)
-        if self._unfitted >= REFIT_AFTER:
+        if self._unfitted >= max(REFIT_AFTER, REFIT_SHARE * self._observed):
             self._count_pending()
             self._table = self._fit()
 
@@ -72,6 +75,7 @@ class AcceptanceCalibration:
         self.verified += np.bincount(cells, minlength=size).reshape(self.verified.shape)
         self.accepted += np.bincount(cells, weights=accepted, minlength=size).reshape(self.verified.shape)
         self.stated += np.bincount(cells, weights=probabilities, minlength=size).reshape(self.verified.shape)
+        self._observed += self._unfitted
         self._pending, self._unfitted = [], 0
 
     def calibrate(self, probabilities: np.ndarray, depths: np.ndarray) -> np.ndarray:

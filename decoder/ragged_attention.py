@@ -13,7 +13,6 @@ tests hold the two passes' logits equal to float32 rounding, and decoding token-
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,24 +56,23 @@ class RaggedPlan:
 
     @classmethod
     def of(
-        cls, ids: np.ndarray, depths: np.ndarray, sees: np.ndarray, counts: Sequence[int], starts: np.ndarray
+        cls, tokens: list[list[int]], seen: list[list[int]], depths: list[np.ndarray], starts: np.ndarray
     ) -> RaggedPlan:
-        """From a padded layout: `ids`, `depths` [rows, width], `sees` [rows, width, width] bool, the
-        real tokens per row (each row's first ones) and the rows' cached lengths."""
-        rows, width = ids.shape
-        if width > MAX_FED:
-            raise ValueError(f"a ragged pass holds at most {MAX_FED} fed tokens a row, not {width}")
-        real = np.arange(width)[None, :] < np.asarray(counts)[:, None]
-        bits = (sees.astype(np.uint64) << np.arange(width, dtype=np.uint64)).sum(axis=-1, dtype=np.uint64)
+        """Per row: its fed tokens, the fed offsets each one sees as the bits of an integer, their
+        depths; and the rows' cached lengths."""
+        counts = [len(row) for row in tokens]
+        if max(counts, default=0) > MAX_FED:
+            raise ValueError(f"a ragged pass holds at most {MAX_FED} fed tokens a row, not {max(counts)}")
         starts = np.ascontiguousarray(starts, np.int64)
+        row_of = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
         return cls(
-            input_ids=torch.from_numpy(ids[real]),
-            positions=torch.from_numpy((starts[:, None] + depths)[real]),
-            row_of=np.repeat(np.arange(rows, dtype=np.int64), counts),
-            offset_of=np.nonzero(real)[1].astype(np.int64),
+            input_ids=torch.tensor([token for row in tokens for token in row]),
+            positions=torch.from_numpy(starts[row_of] + np.concatenate(depths)),
+            row_of=row_of,
+            offset_of=np.concatenate([np.arange(count, dtype=np.int64) for count in counts]),
             starts=starts,
-            sees=np.ascontiguousarray(bits[real]),
-            counts=list(counts),
+            sees=np.array([bits for row in seen for bits in row], np.uint64),
+            counts=counts,
         )
 
     def attend(

@@ -42,22 +42,27 @@ class FedBatch:
     ragged: RaggedPlan | None = None
 
 
-def ancestry(fed_parents: Sequence[int], width: int) -> tuple[np.ndarray, np.ndarray]:
-    """[width, width] bool: fed token i sees j (its ancestors and itself); and each token's depth.
-    Slots past the tree are fillers that see only themselves. Each token's ancestors are gathered as
-    the bits of one integer (its parent's, plus its own): a step's host time matters on a CPU."""
-    seen = [1 << i for i in range(width)]
-    depth = [0] * width
-    for i in range(1, len(fed_parents)):  # parents precede children
+def ancestry_bits(fed_parents: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Per fed token: the fed tokens it sees (its ancestors and itself) as the bits of one integer,
+    and its depth. Gathered from the parent's (parents precede children): a step's host time matters
+    on a CPU."""
+    seen = [1 << i for i in range(len(fed_parents))]
+    depth = [0] * len(fed_parents)
+    for i in range(1, len(fed_parents)):
         parent = fed_parents[i]
         seen[i] |= seen[parent]
         depth[i] = depth[parent] + 1
+    return seen, depth
+
+
+def ancestry(seen: list[int], width: int) -> np.ndarray:
+    """[width, width] bool from `ancestry_bits`: fed token i sees j. Slots past the tree are fillers
+    that see only themselves."""
+    seen = seen + [1 << i for i in range(len(seen), width)]
     if width <= 64:
         bits = np.array(seen, np.uint64)[:, None] >> np.arange(width, dtype=np.uint64)[None, :]
-        sees = (bits & np.uint64(1)).astype(bool)
-    else:
-        sees = np.array([[(mask >> j) & 1 for j in range(width)] for mask in seen], bool)
-    return sees, np.array(depth, np.int64)
+        return (bits & np.uint64(1)).astype(bool)
+    return np.array([[(mask >> j) & 1 for j in range(width)] for mask in seen], bool)
 
 
 def pack(
@@ -80,23 +85,34 @@ def pack(
     rows = len(roots)
     ids = np.full((rows, width), filler, np.int64)
     depths = np.zeros((rows, width), np.int64)
-    sees = np.zeros((rows, width, width), bool)
-    fed_tokens, fed_parents = [], []
+    fed_tokens, fed_parents, seen_bits = [], [], []
     for b, (root, tree) in enumerate(zip(roots, trees)):
         if len(tree) >= width:
             raise ValueError(f"a tree of {len(tree)} nodes does not fit a pass of width {width}")
         tokens = [int(root)] + tree.tokens.tolist()
         parents = [-1] + (tree.parents + 1).tolist()
+        seen, depth = ancestry_bits(parents)
         ids[b, : len(tokens)] = tokens
-        sees[b], depths[b] = ancestry(parents, width)
+        depths[b, : len(tokens)] = depth
         fed_tokens.append(tokens)
         fed_parents.append(parents)
+        seen_bits.append(seen)
     start = np.asarray(lengths, np.int64)[:, None]
     slots = start + np.arange(width)[None, :]
     mask = real = starts = sees_on_device = plan = None
-    if ragged:
-        plan = RaggedPlan.of(ids, depths, sees, [len(tokens) for tokens in fed_tokens], start[:, 0])
-    elif mask_on_device:  # a graph replays whole widths: fillers are computed like the rest, no `real`
+    if ragged:  # the real tokens' ancestry bits as they are: no [rows, width, width] layout
+        plan = RaggedPlan.of(fed_tokens, seen_bits, [d[: len(t)] for d, t in zip(depths, fed_tokens)], start[:, 0])
+        return FedBatch(
+            input_ids=torch.from_numpy(ids),
+            positions=torch.from_numpy(start + depths),
+            slots=torch.from_numpy(slots),
+            mask=None,
+            fed_tokens=fed_tokens,
+            fed_parents=fed_parents,
+            ragged=plan,
+        )
+    sees = np.stack([ancestry(seen, width) for seen in seen_bits])
+    if mask_on_device:  # a graph replays whole widths: fillers are computed like the rest, no `real`
         starts, sees_on_device = torch.from_numpy(start[:, 0]).to(device), torch.from_numpy(sees).to(device)
     else:
         if visible is None:
