@@ -2,9 +2,10 @@
 
 - `eager`: `SpeculativeDecoder`, transformers' own forward with a dynamic cache; any causal LM.
 - `static`: `TreeEngine`, a preallocated KV cache and a lean forward pass (Llama-family models);
-  on a CPU every product runs through oneDNN with weights prepacked once, the kernels
-  torch.compile's CPU backend would pick, without its compile time (torch.compile of this pass
-  measured 18 s to compile and hit its recompile limit, leaving a slower eager pass).
+  on a CPU every product runs through our panel kernel in float32 (panel_linear.py) and otherwise
+  through oneDNN with weights prepacked once, the kernels torch.compile's CPU backend would pick,
+  without its compile time (torch.compile of this pass measured 18 s to compile and hit its
+  recompile limit, leaving a slower eager pass).
 - `compiled`: the same engine with each pass replayed as a CUDA graph (GPU only).
 - `auto` (default): `compiled` on a GPU, `static` on a CPU, `eager` for other models.
 """

@@ -8,7 +8,8 @@ Per step, for the sequences still running:
    drafting steps, lookup included, deliver fewer tokens per second than plain ones, skip the
    lookup itself for a while (`DraftGate`);
 3. one forward pass over [newest token] + tree per row through a preallocated KV cache
-   (`StaticKVCache`, `LlamaTreeForward`: oneDNN products with prepacked weights on a CPU);
+   (`StaticKVCache`, `LlamaTreeForward`: on a CPU our panel kernel's products in float32, oneDNN's
+   with prepacked weights otherwise);
    `compiled` replays it as one CUDA graph per (rows, width) on a GPU (`GraphedPasses`);
 4. the target's verdicts (argmax per fed token, or the sampling targets) cross to the host in one
    transfer, the only wait on the device per step; the host walks each tree, moves the accepted
