@@ -351,7 +351,7 @@ class TreeEngine:
             return self.run_pass(cache, fed)
         if fed.ragged is not None:  # [n, vocab]: the real fed tokens' logits, row after row
             logits = self.forward.ragged(cache, fed.ragged)
-            return fed.ragged.laid_out(logits, fed.input_ids.shape[1]) if self.padded_logits else logits
+            return fed.ragged.laid_out(logits) if self.padded_logits else logits
         rows = slice(0, fed.input_ids.shape[0])
         return self.forward(cache, fed.input_ids, fed.positions, fed.slots, fed.mask, rows=rows, real=fed.real)
 

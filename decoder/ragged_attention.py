@@ -53,13 +53,14 @@ class RaggedPlan:
     starts: np.ndarray  # int64 [rows]
     sees: np.ndarray  # uint64 [n]
     counts: list[int]  # tokens per row
+    width: int  # the pass's fed slots a row, as `laid_out` lays the logits out
 
     @classmethod
     def of(
-        cls, tokens: list[list[int]], seen: list[list[int]], depths: list[np.ndarray], starts: np.ndarray
+        cls, tokens: list[list[int]], seen: list[list[int]], depths: list[list[int]], starts: np.ndarray, width: int
     ) -> RaggedPlan:
         """Per row: its fed tokens, the fed offsets each one sees as the bits of an integer, their
-        depths; and the rows' cached lengths."""
+        depths; the rows' cached lengths, and the pass's width."""
         counts = [len(row) for row in tokens]
         if max(counts, default=0) > MAX_FED:
             raise ValueError(f"a ragged pass holds at most {MAX_FED} fed tokens a row, not {max(counts)}")
@@ -67,12 +68,13 @@ class RaggedPlan:
         row_of = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
         return cls(
             input_ids=torch.tensor([token for row in tokens for token in row]),
-            positions=torch.from_numpy(starts[row_of] + np.concatenate(depths)),
+            positions=torch.from_numpy(starts[row_of] + np.array([d for row in depths for d in row], np.int64)),
             row_of=row_of,
             offset_of=np.concatenate([np.arange(count, dtype=np.int64) for count in counts]),
             starts=starts,
             sees=np.array([bits for row in seen for bits in row], np.uint64),
             counts=counts,
+            width=width,
         )
 
     def attend(
@@ -114,9 +116,9 @@ class RaggedPlan:
         )
         return out
 
-    def laid_out(self, logits: torch.Tensor, width: int) -> torch.Tensor:
+    def laid_out(self, logits: torch.Tensor) -> torch.Tensor:
         """[n, vocab] logits of the real tokens as [rows, width, vocab], fillers zero."""
-        rows = len(self.counts)
+        rows, width = len(self.counts), self.width
         padded = logits.new_zeros(rows * width, logits.shape[-1])
         padded[torch.from_numpy(self.row_of * width + self.offset_of)] = logits
         return padded.view(rows, width, -1)

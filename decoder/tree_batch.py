@@ -28,9 +28,10 @@ VISIBLE_GRANULE = 16
 
 @dataclass(frozen=True)
 class FedBatch:
-    input_ids: torch.Tensor  # [rows, q]
-    positions: torch.Tensor  # [rows, q]
-    slots: torch.Tensor  # [rows, q] cache slots the fed tokens are written to
+    # None in a ragged batch, whose `ragged` plan holds the real fed tokens' ids and positions.
+    input_ids: torch.Tensor | None  # [rows, q]
+    positions: torch.Tensor | None  # [rows, q]
+    slots: torch.Tensor | None  # [rows, q] cache slots the fed tokens are written to
     mask: torch.Tensor | None  # [rows, 1, q, visible] additive: 0 = attend, dtype min = blocked
     fed_tokens: list[list[int]]  # per row: root then tree nodes (no fillers)
     fed_parents: list[list[int]]  # per row, in fed order; -1 for the root
@@ -82,35 +83,19 @@ def pack(
     mask to `tree_mask` on the device (a CUDA graph builds it from `starts` and `sees`, so each step
     sends q x q bits per row instead of a q x visible mask). `ragged`: lay out the real fed tokens alone
     (`RaggedPlan`) instead of a mask."""
+    fed_tokens, fed_parents, seen_bits, fed_depths = _fed_rows(roots, trees, width)
+    start = np.asarray(lengths, np.int64)[:, None]
+    if ragged:  # the real tokens alone, their ancestry bits as they are: no padded layout
+        plan = RaggedPlan.of(fed_tokens, seen_bits, fed_depths, start[:, 0], width)
+        return FedBatch(None, None, None, None, fed_tokens, fed_parents, ragged=plan)
     rows = len(roots)
     ids = np.full((rows, width), filler, np.int64)
     depths = np.zeros((rows, width), np.int64)
-    fed_tokens, fed_parents, seen_bits = [], [], []
-    for b, (root, tree) in enumerate(zip(roots, trees)):
-        if len(tree) >= width:
-            raise ValueError(f"a tree of {len(tree)} nodes does not fit a pass of width {width}")
-        tokens = [int(root)] + tree.tokens.tolist()
-        parents = [-1] + (tree.parents + 1).tolist()
-        seen, depth = ancestry_bits(parents)
+    for b, (tokens, depth) in enumerate(zip(fed_tokens, fed_depths)):
         ids[b, : len(tokens)] = tokens
         depths[b, : len(tokens)] = depth
-        fed_tokens.append(tokens)
-        fed_parents.append(parents)
-        seen_bits.append(seen)
-    start = np.asarray(lengths, np.int64)[:, None]
     slots = start + np.arange(width)[None, :]
-    mask = real = starts = sees_on_device = plan = None
-    if ragged:  # the real tokens' ancestry bits as they are: no [rows, width, width] layout
-        plan = RaggedPlan.of(fed_tokens, seen_bits, [d[: len(t)] for d, t in zip(depths, fed_tokens)], start[:, 0])
-        return FedBatch(
-            input_ids=torch.from_numpy(ids),
-            positions=torch.from_numpy(start + depths),
-            slots=torch.from_numpy(slots),
-            mask=None,
-            fed_tokens=fed_tokens,
-            fed_parents=fed_parents,
-            ragged=plan,
-        )
+    mask = real = starts = sees_on_device = None
     sees = np.stack([ancestry(seen, width) for seen in seen_bits])
     if mask_on_device:  # a graph replays whole widths: fillers are computed like the rest, no `real`
         starts, sees_on_device = torch.from_numpy(start[:, 0]).to(device), torch.from_numpy(sees).to(device)
@@ -133,8 +118,25 @@ def pack(
         real=real,
         starts=starts,
         sees=sees_on_device,
-        ragged=plan,
     )
+
+
+def _fed_rows(
+    roots: Sequence[int], trees: Sequence[DraftTree], width: int
+) -> tuple[list[list[int]], list[list[int]], list[list[int]], list[list[int]]]:
+    """Per row: its fed tokens (root, then the tree's nodes), their parents in fed order (-1 for the
+    root), the tokens each sees as bits (`ancestry_bits`) and their depths."""
+    fed_tokens, fed_parents, seen_bits, depths = [], [], [], []
+    for root, tree in zip(roots, trees):
+        if len(tree) >= width:
+            raise ValueError(f"a tree of {len(tree)} nodes does not fit a pass of width {width}")
+        parents = [-1] + (tree.parents + 1).tolist()
+        seen, depth = ancestry_bits(parents)
+        fed_tokens.append([int(root)] + tree.tokens.tolist())
+        fed_parents.append(parents)
+        seen_bits.append(seen)
+        depths.append(depth)
+    return fed_tokens, fed_parents, seen_bits, depths
 
 
 def tree_mask(starts: torch.Tensor, sees: torch.Tensor, visible: int, dtype: torch.dtype) -> torch.Tensor:

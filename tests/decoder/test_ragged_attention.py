@@ -98,7 +98,7 @@ def test_a_plan_the_kernel_cannot_follow_is_refused():
         zeros = torch.zeros(n, dtype=torch.long)
         counts = np.bincount(row_of, minlength=2).tolist()
         return RaggedPlan(
-            zeros, zeros, np.array(row_of), np.array(offset_of), np.array(starts), np.array(sees, np.uint64), counts
+            zeros, zeros, np.array(row_of), np.array(offset_of), np.array(starts), np.array(sees, np.uint64), counts, 2
         )
 
     def attend(plan: RaggedPlan) -> torch.Tensor:
@@ -134,7 +134,7 @@ def test_the_ragged_pass_gives_the_padded_pass_logits():
             lengths = cache.lengths
             fed = pack([1, 2, 3], drafts, lengths, 8, 0, torch.float32, torch.device("cpu"), ragged=layout == "ragged")
             if layout == "ragged":
-                logits[layout] = fed.ragged.laid_out(forward.ragged(cache, fed.ragged), 8)
+                logits[layout] = fed.ragged.laid_out(forward.ragged(cache, fed.ragged))
             else:
                 logits[layout] = forward(cache, fed.input_ids, fed.positions, fed.slots, fed.mask, real=fed.real)
     for row, draft in enumerate(drafts):
