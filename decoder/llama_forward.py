@@ -159,9 +159,13 @@ class LlamaTreeForward:
         logits = self.head(self._norm(hidden, inner.norm))
         return self._laid_out(logits, real, padded).view(batch, fed, -1)
 
-    def ragged(self, cache: StaticKVCache, plan: RaggedPlan) -> torch.Tensor:
+    def ragged(
+        self, cache: StaticKVCache, plan: RaggedPlan, logits_of: slice | None = slice(None)
+    ) -> torch.Tensor | None:
         """Logits [n, vocab] of a ragged pass's fed tokens (`RaggedPlan`: real tokens only, float32 on a
-        CPU); the same computation as `__call__`, with each row's attention in one kernel call."""
+        CPU); the same computation as `__call__`, with each row's attention in one kernel call.
+        `logits_of`: the fed tokens whose logits to compute (a prefill needs its last token's only);
+        None: none, the pass only fills the cache (a prefill's chunks before its last)."""
         inner = self.model.model
         hidden = inner.embed_tokens(plan.input_ids)
         cos, sin = inner.rotary_emb(hidden[None], plan.positions[None])
@@ -174,7 +178,9 @@ class LlamaTreeForward:
             attended = plan.attend(cache, index, rotated, qkv, self.scaling)
             hidden = hidden + projections.output(attended)
             hidden = hidden + projections.mlp(self._norm(hidden, layer.post_attention_layernorm))
-        return self.head(self._norm(hidden, inner.norm))
+        if logits_of is None:
+            return None
+        return self.head(self._norm(hidden[logits_of], inner.norm))
 
     def _attention(
         self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor

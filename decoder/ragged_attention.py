@@ -77,6 +77,28 @@ class RaggedPlan:
             width=width,
         )
 
+    @classmethod
+    def chain(cls, tokens: list[int], row: int, start: int) -> RaggedPlan:
+        """Consecutive tokens of one cache row at slots (and positions) start, start + 1, ..., each
+        seeing the row's history and the tokens before it: a chunk of a prompt's prefill."""
+        count = len(tokens)
+        if not 0 < count <= MAX_FED:
+            raise ValueError(f"a chain of a ragged pass holds 1 to {MAX_FED} tokens, not {count}")
+        starts = np.zeros(row + 1, np.int64)
+        starts[row] = start
+        offsets = np.arange(count, dtype=np.uint64)
+        return cls(
+            input_ids=torch.tensor(tokens),
+            positions=torch.arange(start, start + count),
+            row_of=np.full(count, row, np.int64),
+            offset_of=offsets.astype(np.int64),
+            starts=starts,
+            # token i sees offsets 0..i: i + 1 low bits (all 64 for the last of a full chunk)
+            sees=np.uint64(2**64 - 1) >> (np.uint64(63) - offsets),
+            counts=[0] * row + [count],
+            width=count,
+        )
+
     def attend(
         self, cache: StaticKVCache, layer: int, rotated: torch.Tensor, qkv: torch.Tensor, scale: float
     ) -> torch.Tensor:

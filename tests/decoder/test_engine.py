@@ -39,7 +39,7 @@ from tests.decoder.test_sampling import (
 from tests.decoder.test_sampling import (
     PROMPT as SAMPLING_PROMPT,
 )
-from tests.decoder.tiny_models import BatchOracle, OracleSource, plain_greedy, tiny_gpt2, tiny_llama, tree
+from tests.decoder.tiny_models import VOCAB, BatchOracle, OracleSource, plain_greedy, tiny_gpt2, tiny_llama, tree
 from tests.extensions import assert_built
 
 SHAPES = ["empty", "chain", "wide", "deep", "branchy", "long"]
@@ -169,6 +169,23 @@ def test_a_prefill_for_its_last_token_gives_that_tokens_logits_and_the_same_cach
     assert last.shape == (1, 1, whole.shape[-1])
     torch.testing.assert_close(last[0, 0], whole[0, -1], rtol=1e-5, atol=1e-5)  # products of 1 row or of all
     assert torch.equal(caches[0].keys, caches[1].keys) and torch.equal(caches[0].values, caches[1].values)
+
+
+@pytest.mark.parametrize("length", [1, 63, 64, 65, 150])
+def test_a_ragged_prefill_in_chunks_fills_the_cache_like_the_padded_one(llama, length: int):
+    prompt = [(7 * i + 3) % VOCAB for i in range(length)]
+    results = {}
+    for layout in LAYOUTS:
+        engine = TreeEngine(llama, NoDrafts(), NodeBudget(0))
+        cache = engine._cache_for(2, 256)
+        with torch.inference_mode():
+            logits = _laid_out(engine, layout)._prefill(cache, prompt, 1)
+        results[layout] = logits, cache.keys[:, 1, :, :length].clone(), cache.values[:, 1, :, :length].clone()
+    assert results["ragged"][0].shape == results["padded"][0].shape == (1, 1, VOCAB)
+    for ragged, padded in zip(results["ragged"], results["padded"]):  # float32 sums in another order
+        torch.testing.assert_close(ragged, padded, rtol=1e-4, atol=1e-4)
+    reference = plain_greedy(llama, prompt, 12)
+    assert _laid_out(TreeEngine(llama, NoDrafts(), NodeBudget(0)), "ragged").generate(prompt, 12).tokens == reference
 
 
 def test_the_mask_built_on_the_device_is_the_mask_pack_lays_out():
