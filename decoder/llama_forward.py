@@ -176,11 +176,13 @@ class LlamaTreeForward:
             qkv = qkv.view(tokens, rotated_heads + self.kv_heads, self.head_dim)
             rotated = _rotate(qkv[:, :rotated_heads], cos, signed_sin)  # queries and keys at once
             attended = plan.attend(cache, index, rotated, qkv, self.scaling)
+            if index == len(self.layers) - 1:  # the cache is written: what remains only makes logits
+                if logits_of is None:
+                    return None
+                attended, hidden = attended[logits_of], hidden[logits_of]
             hidden = hidden + projections.output(attended)
             hidden = hidden + projections.mlp(self._norm(hidden, layer.post_attention_layernorm))
-        if logits_of is None:
-            return None
-        return self.head(self._norm(hidden[logits_of], inner.norm))
+        return self.head(self._norm(hidden, inner.norm))
 
     def _attention(
         self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
