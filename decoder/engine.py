@@ -140,7 +140,7 @@ class TreeEngine:
         target = self.target
         key = (
             f"{target.name}-{self.name}-{forward_fingerprint()}-{target.device}-{self.dtype}-{torch.get_num_threads()}threads"
-            f"-rows{rows}-past{history}-batch-passes"
+            f"-rows{rows}-past{history}-batch-passes-in-turns"
         )
         widest = PASS_WIDTHS[-1]
         points = [tokens for tokens in PASS_WIDTHS if tokens < rows] + [rows * width for width in PASS_WIDTHS]

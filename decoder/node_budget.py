@@ -59,18 +59,23 @@ class CostCurve:
     ) -> CostCurve:
         """The fastest of `repeats` timings of `time_pass(tokens)` per count of fed tokens, and of
         `time_fillers()` (seconds per filler slot), cached under `key`. The fastest, not the median: on
-        a busy machine the others measure the neighbours."""
+        a busy machine the others measure the neighbours. The counts take turns, one timing each per
+        round, so that a burst of other work slows one timing of many counts rather than every timing
+        of one; and since a pass never costs less for feeding more, a count timed above a larger one is
+        given the larger one's time (the curve kept is the lower envelope)."""
         path = cache_dir("costs") / (key.replace("/", "_").replace(":", "_") + ".json")
         if path.exists():
             return cls(**json.loads(path.read_text()))
-
-        def fastest(timing: Callable[[], float]) -> float:
+        timings: list[Callable[[], float]] = [lambda tokens=tokens: time_pass(tokens) for tokens in fed_tokens]
+        if time_fillers is not None:
+            timings.append(time_fillers)
+        for timing in timings:
             timing()  # warm-up: first-call allocations, kernel selection, compilation
-            return min(timing() for _ in range(repeats))
-
-        seconds = [fastest(lambda tokens=tokens: time_pass(tokens)) for tokens in fed_tokens]
-        filler_seconds = max(0.0, fastest(time_fillers)) if time_fillers is not None else 0.0
-        curve = cls(list(fed_tokens), seconds, filler_seconds)
+        rounds = [[timing() for timing in timings] for _ in range(repeats)]
+        fastest = np.min(rounds, axis=0)
+        seconds = np.minimum.accumulate(fastest[: len(fed_tokens)][::-1])[::-1]
+        filler_seconds = max(0.0, float(fastest[-1])) if time_fillers is not None else 0.0
+        curve = cls(list(fed_tokens), seconds.tolist(), filler_seconds)
         path.write_text(json.dumps(asdict(curve)))
         return curve
 

@@ -294,6 +294,29 @@ def test_calibration_tells_deep_nodes_from_shallow_ones_stated_alike():
     assert np.all(np.diff(everywhere) <= 1e-12)
 
 
+def test_a_cost_curve_is_timed_in_turns_and_kept_as_its_lower_envelope():
+    calls: list[int | str] = []
+    noise = {2: 0.050}  # one slowed count: a burst of other work, or a noisy neighbour
+
+    def time_pass(tokens: int) -> float:
+        calls.append(tokens)
+        slowed = noise.get(tokens, 0.0) if calls.count(tokens) % 2 == 0 else 0.0
+        return 0.010 + 0.001 * tokens + slowed + (0.004 if tokens == 4 else 0.0)  # 4 always slow
+
+    def time_fillers() -> float:
+        calls.append("fillers")
+        return 0.0001
+
+    curve = CostCurve.measure_with("test-curve", time_pass, [1, 2, 4, 8], time_fillers, repeats=3)
+    assert calls[:5] == [1, 2, 4, 8, "fillers"] and calls[5:10] == calls[:5]  # warm-ups, then rounds
+    assert len(calls) == 5 * 4
+    # 2: the fastest of its turns; 4 timed above 8 is noise: it costs no more than 8
+    np.testing.assert_allclose(curve.seconds, [0.011, 0.012, 0.018, 0.018])
+    assert curve.filler_seconds == pytest.approx(0.0001)
+    calls.clear()
+    assert CostCurve.measure_with("test-curve", time_pass, [1, 2, 4, 8], time_fillers) == curve and not calls
+
+
 def test_the_budget_drafts_nothing_when_no_width_pays():
     steep = CostCurve([1, 2, 4, 8], [0.040, 0.080, 0.090, 0.100])  # a second fed token doubles the cost
     budget = NodeBudget(7, steep)
