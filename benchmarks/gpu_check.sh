@@ -49,12 +49,13 @@ else
     echo "compiled kernels: not built (see kernels.txt); the Python rules answer" | tee -a "$OUT/gpu.txt"
 fi
 
-# step NAME LIMIT_SECONDS ARGS...: one decode_speed run, its output (tables, per-prompt progress) in $OUT/NAME.md
+# step NAME LIMIT_SECONDS ARGS...: one decode_speed run, its output (tables, per-prompt progress) in $OUT/NAME.md;
+# one run per prompt and configuration (--runs 1): the time on the GPU is short, and a GPU is not shared
 step() {
     local name=$1 limit=$2
     shift 2
     echo "== $name (limit ${limit}s, ${SECONDS}s into the run)"
-    timeout -s INT -k 15 "$limit" python3 -X faulthandler benchmarks/decode_speed.py --device cuda "$@" 2>&1 \
+    timeout -s INT -k 15 "$limit" python3 -X faulthandler benchmarks/decode_speed.py --device cuda --runs 1 "$@" 2>&1 \
         | grep --line-buffered -v "Loading weights" | tee "$OUT/$name.md"
     local status=${PIPESTATUS[0]}
     echo "== $name: exit $status after ${SECONDS}s" | tee -a "$OUT/gpu.txt"
