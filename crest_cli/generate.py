@@ -120,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
     source = draft_source(args, fingerprint)
     target = load_target(args.model, args.dtype, args.device)
     prompts = [target.encode_prompt(prompt, args.chat) for prompt in args.prompt]
+    empty = next((i for i, ids in enumerate(prompts) if not ids), None)
+    if empty is not None:
+        raise CrestError(f"--prompt number {empty + 1} is empty: give the text to continue")
     if len(prompts) == 1 and args.batch_size > 1:
         prompts *= args.batch_size
     sampling = SamplingParams(args.temperature, args.top_p, args.top_k) if args.temperature > 0 else None

@@ -183,6 +183,9 @@ class TreeEngine:
         most `rows` at once (all by default); one that finishes hands its row to the last running
         one, so a pass is never wider than the sequences it serves, and a waiting sequence is then
         prefilled into the first free row."""
+        empty = next((i for i, prompt in enumerate(prompts) if len(prompt) == 0), None)
+        if empty is not None:
+            raise ValueError(f"prompt {empty} is empty: decoding continues a prompt of at least one token")
         rows = len(prompts) if rows is None else max(1, min(rows, len(prompts)))
         widest = max(self.budget.widths())
         cache = self._cache_for(rows, max(len(p) for p in prompts) + max_new_tokens + widest)
@@ -345,8 +348,8 @@ class TreeEngine:
 
     def _prefill(self, cache: StaticKVCache, prompt: list[int], row: int) -> torch.Tensor:
         """Fill cache row `row` with the prompt; its last token's logits [1, 1, vocab]. Ragged passes
-        take it in chunks of up to MAX_FED tokens, through the attention kernel: ~10% less time than
-        the padded layout's batched products over a causal mask."""
+        take it in chunks of up to MAX_FED tokens, through the attention kernel: 6-8% less time than
+        the padded layout's batched products over a causal mask (118 and 170 tokens, SmolLM2)."""
         if not self.ragged:
             fed = prefill_inputs(prompt, self.dtype, self.device)
             own_row = slice(row, row + 1)

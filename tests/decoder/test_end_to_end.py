@@ -142,6 +142,16 @@ def test_generate_command_compares_with_plain_decoding(server: RunningServer):
     assert "identical output: True" in result.stderr and "tokens/step" in result.stderr
 
 
+def test_generate_command_refuses_an_empty_prompt_in_one_line():
+    command = [sys.executable, "-m", "crest_cli", "generate", "--no-store", "--prompt", "", "--max-new-tokens", "4"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip().splitlines()[-1] == "crest: error: --prompt number 1 is empty: give the text to continue"
+    )
+    assert "Traceback" not in result.stderr
+
+
 def test_stop_string_stops_where_plain_generate_stops(smollm2_target, server: RunningServer):
     ids = smollm2_target.encode_prompt(humaneval_prompts(3)[2], chat=False)
     with DraftClient(server.address) as client:

@@ -188,6 +188,13 @@ def test_a_ragged_prefill_in_chunks_fills_the_cache_like_the_padded_one(llama, l
     assert _laid_out(TreeEngine(llama, NoDrafts(), NodeBudget(0)), "ragged").generate(prompt, 12).tokens == reference
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_an_empty_prompt_is_refused_with_a_clear_error(llama, layout: str):
+    engine = _laid_out(TreeEngine(llama, NoDrafts(), NodeBudget(0)), layout)
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        engine.generate_batch([PROMPT, []], 5)
+
+
 def test_the_mask_built_on_the_device_is_the_mask_pack_lays_out():
     rng = np.random.default_rng(0)
     for _ in range(100):
