@@ -66,12 +66,20 @@ class Recording:
         the recorded next token where the fed token's path continues the recording; 0 elsewhere,
         where the greedy walk never goes."""
         ahead = self.ahead(history)
-        depths, on_path = [0] * len(fed_tokens), [True] * len(fed_tokens)
-        for index in range(1, len(fed_tokens)):
-            parent = fed_parents[index]
-            depths[index] = depths[parent] + 1
-            on_path[index] = on_path[parent] and ahead[depths[index] - 1 : depths[index]] == [fed_tokens[index]]
-        return [ahead[d] if on and d < len(ahead) else 0 for d, on in zip(depths, on_path)]
+        depths, continuing = _continuing(fed_tokens[1:], [parent - 1 for parent in fed_parents[1:]], ahead)
+        root = ahead[0] if ahead else 0
+        return [root] + [ahead[d] if on and d < len(ahead) else 0 for d, on in zip(depths, continuing)]
+
+
+def _continuing(tokens: list[int], parents: list[int], ahead: list[int]) -> tuple[list[int], list[bool]]:
+    """For the nodes of a tree (parents before children, -1 under the root): each one's depth, and
+    whether its path from the root spells the start of `ahead`."""
+    depths, continuing = [0] * len(tokens), [False] * len(tokens)
+    for index, (token, parent) in enumerate(zip(tokens, parents)):
+        depths[index] = 1 if parent < 0 else depths[parent] + 1
+        above = parent < 0 or continuing[parent]
+        continuing[index] = above and ahead[depths[index] - 1 : depths[index]] == [token]
+    return depths, continuing
 
 
 class ReplayEngine(TreeEngine):
@@ -123,11 +131,9 @@ class AcceptedOnly:
 
 
 def _accepted_chain(tree: DraftTree, ahead: list[int]) -> DraftTree:
-    depths, accepted = tree.depths(), np.zeros(len(tree), bool)
-    for index, (token, parent) in enumerate(zip(tree.tokens.tolist(), tree.parents.tolist())):
-        depth = int(depths[index])
-        accepted[index] = (parent < 0 or accepted[parent]) and ahead[depth - 1 : depth] == [token]
-    chain = np.flatnonzero(accepted)[np.argsort(depths[accepted], kind="stable")]
+    """The tree's nodes on the recorded path, root to leaf (one per depth, in the tree's order)."""
+    _, continuing = _continuing(tree.tokens.tolist(), tree.parents.tolist(), ahead)
+    chain = np.flatnonzero(continuing)
     if len(chain) == 0:
         return DraftTree.empty()
     ones = np.ones(len(chain), np.float32)
