@@ -29,7 +29,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .projections import LayerProjections, head_projection, product_kind
-from .ragged_attention import RaggedPlan
+from .ragged_attention import PrefillPlan, RaggedPlan
 from .static_cache import StaticKVCache
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -160,12 +160,12 @@ class LlamaTreeForward:
         return self._laid_out(logits, real, padded).view(batch, fed, -1)
 
     def ragged(
-        self, cache: StaticKVCache, plan: RaggedPlan, logits_of: slice | None = slice(None)
-    ) -> torch.Tensor | None:
+        self, cache: StaticKVCache, plan: RaggedPlan | PrefillPlan, logits_of: slice = slice(None)
+    ) -> torch.Tensor:
         """Logits [n, vocab] of a ragged pass's fed tokens (`RaggedPlan`: real tokens only, float32 on a
-        CPU); the same computation as `__call__`, with each row's attention in one kernel call.
-        `logits_of`: the fed tokens whose logits to compute (a prefill needs its last token's only);
-        None: none, the pass only fills the cache (a prefill's chunks before its last)."""
+        CPU; `PrefillPlan`: a prompt); the same computation as `__call__`, with each row's attention in
+        one kernel call. `logits_of`: the fed tokens whose logits to compute (a prefill needs its last
+        token's only)."""
         inner = self.model.model
         hidden = inner.embed_tokens(plan.input_ids)
         cos, sin = inner.rotary_emb(hidden[None], plan.positions[None])
@@ -177,8 +177,6 @@ class LlamaTreeForward:
             rotated = _rotate(qkv[:, :rotated_heads], cos, signed_sin)  # queries and keys at once
             attended = plan.attend(cache, index, rotated, qkv, self.scaling)
             if index == len(self.layers) - 1:  # the cache is written: what remains only makes logits
-                if logits_of is None:
-                    return None
                 attended, hidden = attended[logits_of], hidden[logits_of]
             hidden = hidden + projections.output(attended)
             hidden = hidden + projections.mlp(self._norm(hidden, layer.post_attention_layernorm))

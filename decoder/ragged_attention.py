@@ -149,3 +149,32 @@ class RaggedPlan:
         """A flat per-token list cut into rows."""
         ends = np.cumsum(self.counts).tolist()
         return [values[end - count : end] for end, count in zip(ends, self.counts)]
+
+
+@dataclass(frozen=True)
+class PrefillPlan:
+    """A prompt's prefill into one cache row as one pass: the products over all its tokens at once,
+    the attention in chains of up to MAX_FED tokens (a fed token's ancestry is one uint64), each
+    chain seeing the ones before it as the row's history once their keys are in the cache."""
+
+    input_ids: torch.Tensor  # [n]
+    positions: torch.Tensor  # [n]
+    chains: list[RaggedPlan]
+
+    @classmethod
+    def of(cls, prompt: list[int], row: int) -> PrefillPlan:
+        chains = [
+            RaggedPlan.chain(prompt[start : start + MAX_FED], row, start) for start in range(0, len(prompt), MAX_FED)
+        ]
+        return cls(torch.tensor(prompt), torch.arange(len(prompt)), chains)
+
+    def attend(
+        self, cache: StaticKVCache, layer: int, rotated: torch.Tensor, qkv: torch.Tensor, scale: float
+    ) -> torch.Tensor:
+        """`RaggedPlan.attend` for each chain in order, on its own rows of `rotated` and `qkv`."""
+        outputs, first = [], 0
+        for chain in self.chains:
+            rows = slice(first, first + len(chain.offset_of))
+            outputs.append(chain.attend(cache, layer, rotated[rows], qkv[rows], scale))
+            first = rows.stop
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
