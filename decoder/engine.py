@@ -348,7 +348,7 @@ class TreeEngine:
 
     def _prefill(self, cache: StaticKVCache, prompt: list[int], row: int) -> torch.Tensor:
         """Fill cache row `row` with the prompt; its last token's logits [1, 1, vocab]. Ragged passes
-        attend through the kernel, in chains of up to MAX_FED tokens (`PrefillPlan`): 6-8% less time
+        attend through the kernel, in chains of up to MAX_FED tokens (`PrefillPlan`): 10-13% less time
         than the padded layout's batched products over a causal mask (118 and 170 tokens, SmolLM2)."""
         if not self.ragged:
             fed = prefill_inputs(prompt, self.dtype, self.device)
