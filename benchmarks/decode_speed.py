@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from _report import write_section
+from _report import cpu_text, write_section
 
 from crest_cli.benchmark_prompts import humaneval_prompts, mtbench_questions
 from datastore_service.build.pipeline import default_store_path
@@ -313,7 +313,8 @@ def main() -> None:
     lines = [
         f"## Decoder: {args.device}, {args.dtype}{', float32 residual' if args.float32_residual else ''} (issue 11)",
         "",
-        f"Command: `{COMMAND}`. Model {args.model} ({args.dtype}, {args.device}, {torch.get_num_threads()} threads), "
+        f"Command: `{COMMAND}`. Model {args.model} ({args.dtype}, {args.device}, {torch.get_num_threads()} threads"
+        f"{'; ' + cpu_text() if args.device == 'cpu' else ''}), "
         f"engine `{engine}`{' (residual stream in float32)' if args.float32_residual else ''}, {args.prompts} prompts per suite, {args.max_new_tokens} new tokens, greedy, store "
         f"lookups `{DEFAULT_SELECTION}` (the default). Pass width "
         f"per step chosen from the engine's measured cost of one pass (fed tokens: time) {curve_text}; "

@@ -51,9 +51,12 @@ def main() -> None:
     args = parser.parse_args()
     model = load_target("smollm2", "float32", "cpu").model
     if not (can_pack(model) and panel_linear.available(next(model.parameters()))):
-        raise SystemExit("needs oneDNN and the panel kernel's AVX-512 code on this CPU")
+        raise SystemExit("needs oneDNN and the panel kernel's AVX-512 or AVX2 code on this CPU")
     forms = {"oneDNN": pass_products(model, PackedLinear), "panel": pass_products(model, PanelLinear)}
-    print(f"SmolLM2 float32, {torch.get_num_threads()} threads: ms of one pass's products (fastest of {args.repeats})")
+    print(
+        f"SmolLM2 float32, {torch.get_num_threads()} threads, panel kernel in {panel_linear.instruction_set()}: "
+        f"ms of one pass's products (fastest of {args.repeats})"
+    )
     print("fed tokens | oneDNN | panel | oneDNN / panel")
     with torch.inference_mode():
         for tokens in (int(t) for t in args.tokens.split(",")):

@@ -6,8 +6,9 @@ while it computes on this one, so up to ~20 fed tokens cost about what one does 
 docs/BENCHMARKS.md, `python benchmarks/product_costs.py`). The weights are packed once, in panels
 of `PANEL` output columns laid out [k][PANEL].
 
-Used where the kernel's AVX-512 code runs and the model is float32 on a CPU; elsewhere oneDNN's
-prepacked products answer (projections.py).
+Used where the model is float32 on a CPU that runs AVX-512 or AVX2 with FMA (the kernel has code for
+each; `instruction_set()` says which runs); elsewhere oneDNN's prepacked products answer
+(projections.py).
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ except ImportError:  # built without a C compiler: oneDNN's products answer
 PANEL = 48  # output columns of a panel: three vectors of 16 floats (the kernel's PANEL)
 
 
+def instruction_set() -> str | None:
+    """The kernel's code that runs on this CPU: "avx512", "avx2", or None (not built, or neither runs)."""
+    return None if _panel_linear is None else _panel_linear.instruction_set()
+
+
 def available(weight: torch.Tensor) -> bool:
     """Whether this weight's products can run through the kernel here."""
-    return (
-        _panel_linear is not None
-        and weight.dtype == torch.float32
-        and weight.device.type == "cpu"
-        and _panel_linear.vectorised()
-    )
+    return weight.dtype == torch.float32 and weight.device.type == "cpu" and instruction_set() is not None
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor:

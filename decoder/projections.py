@@ -1,6 +1,6 @@
 """The matrix products of one decoder layer, in the form that is fastest where the engine runs.
 
-In float32 on a CPU with AVX-512, our panel kernel (panel_linear.py) runs them: it overlaps the
+In float32 on a CPU with AVX-512 or AVX2, our panel kernel (panel_linear.py) runs them: it overlaps the
 weights' reading with the arithmetic, so a pass of up to ~20 fed tokens costs about one of a single
 token. Otherwise, on a CPU, PyTorch's default linear switches from a matrix-vector kernel for one fed token to a
 general matrix kernel for two or more, and the latter is slow on the narrow inputs of verification
@@ -18,6 +18,7 @@ weights (q/k/v and gate/up: fewer, wider kernels) and the model's own modules co
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -36,7 +37,20 @@ def can_pack(model: nn.Module) -> bool:
         and parameter.dtype in PACKABLE_DTYPES
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and _onednn_prepacks(parameter.dtype)
     )
+
+
+@functools.cache
+def _onednn_prepacks(dtype: torch.dtype) -> bool:
+    """Whether oneDNN prepacks weights of this dtype on this CPU: its bfloat16 path needs AVX-512
+    (bw, vl, dq) or AVX-NE-CONVERT, and refuses elsewhere (AMD Zen 3, say). Asked of oneDNN itself
+    once, on a small weight, so our rule cannot drift from its own."""
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=dtype), None)
+    except RuntimeError:
+        return False
+    return True
 
 
 class JointLinear:

@@ -1,6 +1,6 @@
 """The panel kernel (decoder/panel_linear_kernel.c) against float64 products: any rows, input width
 and output width (whole panels or not), each row's result independent of the rows beside it; the
-layers of the tiny Llama run through it where the AVX-512 code runs."""
+layers of the tiny Llama run through it where its AVX-512 or AVX2 code runs."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def test_inputs_that_do_not_fit_are_refused():
 
 def test_the_tiny_llama_runs_its_float32_products_through_the_kernel():
     if not panel_linear.available(torch.zeros(1)):
-        pytest.skip("the kernel's AVX-512 code does not run on this CPU: oneDNN's products answer")
+        pytest.skip("neither the kernel's AVX-512 nor its AVX2 code runs on this CPU: oneDNN's products answer")
     forward = LlamaTreeForward(tiny_llama().model)
     assert forward.product_kind is PanelLinear
     assert isinstance(forward.head, PanelLinear)
