@@ -35,129 +35,54 @@ typedef struct {
     float scale;
 } Layer;
 
-/* Vectors of 16 floats (GCC/Clang vector extensions): one AVX-512 register, two AVX2 ones, four SSE
- * ones, whichever the clone below is compiled for. Head dimensions are whole vectors. */
+#define MAX_LANES 16     /* floats of the widest vector below; head dimensions are whole such vectors */
+#define MAX_HEAD_DIM 256
+
+typedef void (*AttendTask)(const Layer *layer, int64_t first, int64_t count, int64_t kv_head, float *scores,
+                           float *outputs);
+
+/* The vector code, once per instruction set at its native width (ragged_attention_isa.h), with
+ * reassociation allowed (pyproject.toml); the module picks one when it loads. */
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma")
+#define ISA avx512
 #define LANES 16
-#define MAX_HEAD_DIM 256 /* also the floats of value sums held per block of queries */
-typedef float vfloat __attribute__((vector_size(64)));
-typedef int32_t vint __attribute__((vector_size(64)));
-typedef float vfloat_unaligned __attribute__((vector_size(64), aligned(4), may_alias));
+#define SUM_VECTORS 16
+#include "ragged_attention_isa.h"
+#undef ISA
+#undef LANES
+#undef SUM_VECTORS
+#pragma GCC pop_options
 
-static inline __attribute__((always_inline)) vfloat load(const float *p) { return *(const vfloat_unaligned *)p; }
-static inline __attribute__((always_inline)) void store(float *p, vfloat v) { *(vfloat_unaligned *)p = v; }
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define ISA avx2
+#define LANES 8
+#define SUM_VECTORS 8
+#include "ragged_attention_isa.h"
+#undef ISA
+#undef LANES
+#undef SUM_VECTORS
+#pragma GCC pop_options
 
-static inline __attribute__((always_inline)) float lane_sum(vfloat v) {
-    float sum = 0.0f;
-    for (int i = 0; i < LANES; i++) sum += v[i];
-    return sum;
+#define ISA base /* SSE2, which every x86-64 has; elsewhere the compiler's generic vectors */
+#define LANES 4
+#define SUM_VECTORS 8
+#include "ragged_attention_isa.h"
+#undef ISA
+#undef LANES
+#undef SUM_VECTORS
+
+static AttendTask attend_task = attend_task_base;
+
+static void choose_attend_task(void) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+        attend_task = attend_task_avx512;
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        attend_task = attend_task_avx2;
 }
-
-/* e^x for x <= 0, and 0 below -87 (-inf included): Cody-Waite reduction and Cephes' polynomial,
- * within 2 ulp of expf, in vector operations (expf is a library call per element). */
-static inline __attribute__((always_inline)) vfloat exp_nonpositive(vfloat x) {
-    const vint vanishing = x < -87.0f;
-    x = (vfloat)(((vint)x & ~vanishing) | ((vint)((vfloat){0} - 87.0f) & vanishing));
-    const vint whole = __builtin_convertvector(x * 1.44269504088896341f - 0.5f, vint); /* nearest, x <= 0 */
-    const vfloat n = __builtin_convertvector(whole, vfloat);
-    vfloat r = x - n * 0.693359375f;
-    r = r + n * 2.12194440e-4f;
-    vfloat p = r * 1.9875691500e-4f + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    const vfloat power = (vfloat)((whole + 127) << 23);
-    return (vfloat)((vint)(p * power) & ~vanishing);
-}
-
-/* One row and one key head, head dimension D (whole vectors): write the row's fed keys and values,
- * then attend for its `count` tokens from `first` on. `scores` holds (count x groups) rows of the
- * span rounded up to whole vectors, `outputs` (count x groups) x D floats. */
-static inline __attribute__((always_inline)) void attend_row_head(const Layer *layer, int64_t first, int64_t count,
-                                                                  int64_t kv_head, float *scores, float *outputs,
-                                                                  const int64_t D) {
-    const int64_t groups = layer->heads / layer->kv_heads, V = D / LANES;
-    const int64_t row = layer->row_of[first], start = layer->starts[row];
-    float *keys = layer->cache_keys + ((row * layer->kv_heads + kv_head) * layer->slots) * D;
-    float *values = layer->cache_values + ((row * layer->kv_heads + kv_head) * layer->slots) * D;
-    int64_t widest = 0;
-    for (int64_t t = first; t < first + count; t++) {
-        const int64_t offset = layer->offset_of[t];
-        memcpy(keys + (start + offset) * D, layer->key + t * layer->key_stride + kv_head * D, D * sizeof(float));
-        memcpy(values + (start + offset) * D, layer->value + t * layer->value_stride + kv_head * D, D * sizeof(float));
-        if (offset + 1 > widest) widest = offset + 1;
-    }
-    const int64_t span = start + widest, stride = (span + LANES - 1) / LANES * LANES, queries = count * groups;
-    /* Scores: each key is read once for every query. */
-    for (int64_t q = 0; q < queries; q++) {
-        const int64_t t = first + q / groups, head = kv_head * groups + q % groups;
-        memcpy(outputs + q * D, layer->query + t * layer->query_stride + head * D, D * sizeof(float));
-    }
-    for (int64_t k = 0; k < span; k++) {
-        const float *key = keys + k * D;
-        for (int64_t q = 0; q < queries; q++) {
-            const float *query = outputs + q * D;
-            vfloat dot = load(query) * load(key);
-            for (int64_t v = 1; v < V; v++) dot += load(query + v * LANES) * load(key + v * LANES);
-            scores[q * stride + k] = lane_sum(dot) * layer->scale;
-        }
-    }
-    /* Softmax per query over what it sees (the whole history, the tree offsets in `sees`): the rest
-     * of its span is set to -inf, which the exponential turns into weight 0. */
-    for (int64_t q = 0; q < queries; q++) {
-        const uint64_t sees = layer->sees[first + q / groups];
-        float *weights = scores + q * stride;
-        for (int64_t j = 0; j < widest; j++)
-            if (!((sees >> j) & 1)) weights[start + j] = -INFINITY;
-        for (int64_t k = span; k < stride; k++) weights[k] = -INFINITY;
-        vfloat highest = load(weights);
-        for (int64_t k = LANES; k < stride; k += LANES) {
-            const vfloat w = load(weights + k);
-            highest = (vfloat)(((vint)w & (w > highest)) | ((vint)highest & ~(w > highest)));
-        }
-        float top = highest[0];
-        for (int i = 1; i < LANES; i++) top = highest[i] > top ? highest[i] : top;
-        vfloat total = {0};
-        for (int64_t k = 0; k < stride; k += LANES) {
-            const vfloat w = exp_nonpositive(load(weights + k) - top);
-            store(weights + k, w);
-            total += w;
-        }
-        const float inverse = 1.0f / lane_sum(total);
-        for (int64_t k = 0; k < stride; k += LANES) store(weights + k, load(weights + k) * inverse);
-    }
-    /* Weighted values: each value read once for a block of queries whose sums stay in registers
-     * (several independent sums, so the multiply-adds do not wait on each other). */
-    const int64_t block = MAX_HEAD_DIM / D;
-    for (int64_t q0 = 0; q0 < queries; q0 += block) {
-        const int64_t in_block = queries - q0 < block ? queries - q0 : block;
-        vfloat sum[MAX_HEAD_DIM / LANES] = {{0}};
-        for (int64_t k = 0; k < span; k++) {
-            const float *value = values + k * D;
-            for (int64_t b = 0; b < block; b++) {
-                const float weight = b < in_block ? scores[(q0 + b) * stride + k] : 0.0f;
-                for (int64_t v = 0; v < V; v++) sum[b * V + v] += weight * load(value + v * LANES);
-            }
-        }
-        for (int64_t b = 0; b < in_block; b++) {
-            const int64_t t = first + (q0 + b) / groups, head = kv_head * groups + (q0 + b) % groups;
-            for (int64_t v = 0; v < V; v++) store(layer->out + t * layer->heads * D + head * D + v * LANES, sum[b * V + v]);
-        }
-    }
-}
-
-/* One row and key head for head dimension D (a constant where it can be, so that its loops unroll),
- * compiled for AVX-512, AVX2 and the base instruction set (the loader picks one), with reassociation
- * allowed (pyproject.toml). */
-#define ATTEND_TASK(NAME, D)                                                                               \
-    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) static void attend_task_##NAME( \
-        const Layer *layer, int64_t first, int64_t count, int64_t kv_head, float *scores, float *outputs) {     \
-        attend_row_head(layer, first, count, kv_head, scores, outputs, D);                                     \
-    }
-ATTEND_TASK(64, 64)
-ATTEND_TASK(128, 128)
-ATTEND_TASK(generic, layer->head_dim) /* any other whole number of vectors, up to 256 */
 
 /* Every row and key head of the layer, spread over the threads of the OpenMP runtime. Built with
  * -fopenmp, the extension shares the libgomp that torch loaded (same soname), so these are torch's
@@ -175,12 +100,7 @@ static void attend_layer(const Layer *layer, const int64_t *runs, int64_t run_co
         const int64_t run = task / layer->kv_heads, kv_head = task % layer->kv_heads;
         float *own_scores = scores + thread * scores_per_thread, *own_outputs = outputs + thread * outputs_per_thread;
         const int64_t first = runs[2 * run], count = runs[2 * run + 1];
-        if (layer->head_dim == 64)
-            attend_task_64(layer, first, count, kv_head, own_scores, own_outputs);
-        else if (layer->head_dim == 128)
-            attend_task_128(layer, first, count, kv_head, own_scores, own_outputs);
-        else
-            attend_task_generic(layer, first, count, kv_head, own_scores, own_outputs);
+        attend_task(layer, first, count, kv_head, own_scores, own_outputs);
     }
 }
 
@@ -237,7 +157,7 @@ static PyObject *attend(PyObject *module, PyObject *const *args, Py_ssize_t narg
     layer.scale = (float)PyFloat_AsDouble(args[17]);
     if (PyErr_Occurred()) return NULL;
     if (layer.heads <= 0 || layer.kv_heads <= 0 || layer.heads % layer.kv_heads != 0 || layer.head_dim <= 0 ||
-        layer.head_dim % LANES != 0 || layer.head_dim > MAX_HEAD_DIM || layer.slots <= 0) {
+        layer.head_dim % MAX_LANES != 0 || layer.head_dim > MAX_HEAD_DIM || layer.slots <= 0) {
         PyErr_SetString(PyExc_ValueError,
                         "heads must be a multiple of kv_heads, head_dim a multiple of 16 up to 256, slots positive");
         return NULL;
@@ -300,7 +220,7 @@ static PyObject *attend(PyObject *module, PyObject *const *args, Py_ssize_t narg
     const int64_t threads = 1;
 #endif
     const int64_t groups = layer.heads / layer.kv_heads;
-    const int64_t scores_per_thread = widest_run * groups * (widest_span + LANES);
+    const int64_t scores_per_thread = widest_run * groups * (widest_span + MAX_LANES);
     const int64_t outputs_per_thread = widest_run * groups * layer.head_dim;
     scores = malloc(threads * scores_per_thread * sizeof(float));
     outputs = malloc(threads * outputs_per_thread * sizeof(float));
@@ -331,4 +251,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef definition = {PyModuleDef_HEAD_INIT, "_ragged_attention", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__ragged_attention(void) { return PyModule_Create(&definition); }
+PyMODINIT_FUNC PyInit__ragged_attention(void) {
+    choose_attend_task();
+    return PyModule_Create(&definition);
+}

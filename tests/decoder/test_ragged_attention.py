@@ -137,6 +137,8 @@ def test_the_ragged_pass_gives_the_padded_pass_logits():
                 logits[layout] = fed.ragged.laid_out(forward.ragged(cache, fed.ragged))
             else:
                 logits[layout] = forward(cache, fed.input_ids, fed.positions, fed.slots, fed.mask, real=fed.real)
+    # Two float32 summation orders (the kernel's vector width sets its own): logits up to ~9 agree to
+    # ~2e-5 (AVX2) or ~1e-5 (AVX-512); a token attending to a wrong key moves them by ~0.1 or more.
     for row, draft in enumerate(drafts):
         fed_count = 1 + len(draft)
-        assert torch.allclose(logits["ragged"][row, :fed_count], logits["padded"][row, :fed_count], atol=1e-5)
+        assert torch.allclose(logits["ragged"][row, :fed_count], logits["padded"][row, :fed_count], atol=1e-4)

@@ -1,0 +1,147 @@
+/* The vector code of ragged_attention_kernel.c for one instruction set. That file includes it once
+ * per set, each time with the set's `#pragma GCC target` in force and with ISA (a suffix for the
+ * names below), LANES (floats of one native vector) and SUM_VECTORS (vectors of value sums a block
+ * of queries keeps in registers) defined. Native widths matter: GCC lowers a 16-float vector on
+ * AVX2 through the stack (a broadcast became 16 scalar stores), which made the AVX2 attention ~2x
+ * slower than it had to be. */
+#define JOIN_(name, isa) name##_##isa
+#define JOIN(name, isa) JOIN_(name, isa)
+#define vfloat JOIN(vfloat, ISA)
+#define vint JOIN(vint, ISA)
+#define vfloat_unaligned JOIN(vfloat_unaligned, ISA)
+#define load JOIN(load, ISA)
+#define store JOIN(store, ISA)
+#define lane_sum JOIN(lane_sum, ISA)
+#define exp_nonpositive JOIN(exp_nonpositive, ISA)
+#define attend_row_head JOIN(attend_row_head, ISA)
+
+typedef float vfloat __attribute__((vector_size(LANES * 4)));
+typedef int32_t vint __attribute__((vector_size(LANES * 4)));
+typedef float vfloat_unaligned __attribute__((vector_size(LANES * 4), aligned(4), may_alias));
+
+static inline __attribute__((always_inline)) vfloat load(const float *p) { return *(const vfloat_unaligned *)p; }
+static inline __attribute__((always_inline)) void store(float *p, vfloat v) { *(vfloat_unaligned *)p = v; }
+
+static inline __attribute__((always_inline)) float lane_sum(vfloat v) {
+    float sum = 0.0f;
+    for (int i = 0; i < LANES; i++) sum += v[i];
+    return sum;
+}
+
+/* e^x for x <= 0, and 0 below -87 (-inf included): Cody-Waite reduction and Cephes' polynomial,
+ * within 2 ulp of expf, in vector operations (expf is a library call per element). */
+static inline __attribute__((always_inline)) vfloat exp_nonpositive(vfloat x) {
+    const vint vanishing = x < -87.0f;
+    x = (vfloat)(((vint)x & ~vanishing) | ((vint)((vfloat){0} - 87.0f) & vanishing));
+    const vint whole = __builtin_convertvector(x * 1.44269504088896341f - 0.5f, vint); /* nearest, x <= 0 */
+    const vfloat n = __builtin_convertvector(whole, vfloat);
+    vfloat r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    vfloat p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const vfloat power = (vfloat)((whole + 127) << 23);
+    return (vfloat)((vint)(p * power) & ~vanishing);
+}
+
+/* One row and one key head, head dimension D (whole vectors): write the row's fed keys and values,
+ * then attend for its `count` tokens from `first` on. `scores` holds (count x groups) rows of the
+ * span rounded up to whole vectors, `outputs` (count x groups) x D floats. */
+static inline __attribute__((always_inline)) void attend_row_head(const Layer *layer, int64_t first, int64_t count,
+                                                                  int64_t kv_head, float *scores, float *outputs,
+                                                                  const int64_t D) {
+    const int64_t groups = layer->heads / layer->kv_heads, V = D / LANES;
+    const int64_t row = layer->row_of[first], start = layer->starts[row];
+    float *keys = layer->cache_keys + ((row * layer->kv_heads + kv_head) * layer->slots) * D;
+    float *values = layer->cache_values + ((row * layer->kv_heads + kv_head) * layer->slots) * D;
+    int64_t widest = 0;
+    for (int64_t t = first; t < first + count; t++) {
+        const int64_t offset = layer->offset_of[t];
+        memcpy(keys + (start + offset) * D, layer->key + t * layer->key_stride + kv_head * D, D * sizeof(float));
+        memcpy(values + (start + offset) * D, layer->value + t * layer->value_stride + kv_head * D, D * sizeof(float));
+        if (offset + 1 > widest) widest = offset + 1;
+    }
+    const int64_t span = start + widest, stride = (span + LANES - 1) / LANES * LANES, queries = count * groups;
+    /* Scores: each key is read once for every query. */
+    for (int64_t q = 0; q < queries; q++) {
+        const int64_t t = first + q / groups, head = kv_head * groups + q % groups;
+        memcpy(outputs + q * D, layer->query + t * layer->query_stride + head * D, D * sizeof(float));
+    }
+    for (int64_t k = 0; k < span; k++) {
+        const float *key = keys + k * D;
+        for (int64_t q = 0; q < queries; q++) {
+            const float *query = outputs + q * D;
+            vfloat dot = load(query) * load(key);
+            for (int64_t v = 1; v < V; v++) dot += load(query + v * LANES) * load(key + v * LANES);
+            scores[q * stride + k] = lane_sum(dot) * layer->scale;
+        }
+    }
+    /* Softmax per query over what it sees (the whole history, the tree offsets in `sees`): the rest
+     * of its span is set to -inf, which the exponential turns into weight 0. */
+    for (int64_t q = 0; q < queries; q++) {
+        const uint64_t sees = layer->sees[first + q / groups];
+        float *weights = scores + q * stride;
+        for (int64_t j = 0; j < widest; j++)
+            if (!((sees >> j) & 1)) weights[start + j] = -INFINITY;
+        for (int64_t k = span; k < stride; k++) weights[k] = -INFINITY;
+        vfloat highest = load(weights);
+        for (int64_t k = LANES; k < stride; k += LANES) {
+            const vfloat w = load(weights + k);
+            highest = (vfloat)(((vint)w & (w > highest)) | ((vint)highest & ~(w > highest)));
+        }
+        float top = highest[0];
+        for (int i = 1; i < LANES; i++) top = highest[i] > top ? highest[i] : top;
+        vfloat total = {0};
+        for (int64_t k = 0; k < stride; k += LANES) {
+            const vfloat w = exp_nonpositive(load(weights + k) - top);
+            store(weights + k, w);
+            total += w;
+        }
+        const float inverse = 1.0f / lane_sum(total);
+        for (int64_t k = 0; k < stride; k += LANES) store(weights + k, load(weights + k) * inverse);
+    }
+    /* Weighted values: each value read once for a block of queries whose sums stay in registers
+     * (several independent sums, so the multiply-adds do not wait on each other; as many as the
+     * instruction set's registers hold). */
+    const int64_t block = SUM_VECTORS * LANES / D > 0 ? SUM_VECTORS * LANES / D : 1;
+    for (int64_t q0 = 0; q0 < queries; q0 += block) {
+        const int64_t in_block = queries - q0 < block ? queries - q0 : block;
+        vfloat sum[MAX_HEAD_DIM / LANES] = {{0}};
+        for (int64_t k = 0; k < span; k++) {
+            const float *value = values + k * D;
+            for (int64_t b = 0; b < block; b++) {
+                const float weight = b < in_block ? scores[(q0 + b) * stride + k] : 0.0f;
+                for (int64_t v = 0; v < V; v++) sum[b * V + v] += weight * load(value + v * LANES);
+            }
+        }
+        for (int64_t b = 0; b < in_block; b++) {
+            const int64_t t = first + (q0 + b) / groups, head = kv_head * groups + (q0 + b) % groups;
+            for (int64_t v = 0; v < V; v++) store(layer->out + t * layer->heads * D + head * D + v * LANES, sum[b * V + v]);
+        }
+    }
+}
+
+/* One row and key head, the head dimension a constant where it can be (so that its loops unroll). */
+static void JOIN(attend_task, ISA)(const Layer *layer, int64_t first, int64_t count, int64_t kv_head, float *scores,
+                                   float *outputs) {
+    if (layer->head_dim == 64)
+        attend_row_head(layer, first, count, kv_head, scores, outputs, 64);
+    else if (layer->head_dim == 128)
+        attend_row_head(layer, first, count, kv_head, scores, outputs, 128);
+    else /* any other whole number of vectors, up to MAX_HEAD_DIM */
+        attend_row_head(layer, first, count, kv_head, scores, outputs, layer->head_dim);
+}
+
+#undef vfloat
+#undef vint
+#undef vfloat_unaligned
+#undef load
+#undef store
+#undef lane_sum
+#undef exp_nonpositive
+#undef attend_row_head
+#undef JOIN
+#undef JOIN_
