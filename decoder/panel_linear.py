@@ -20,7 +20,7 @@ try:  # built by the install (panel_linear_kernel.c)
 except ImportError:  # built without a C compiler: oneDNN's products answer
     _panel_linear = None
 
-PANEL = 48  # output columns of a panel: three vectors of 16 floats (the kernel's PANEL)
+PANEL = 48  # output columns of a panel (the kernel's PANEL): 3 AVX-512 vectors, or 3 AVX2 tiles of 16
 
 
 def instruction_set() -> str | None:
