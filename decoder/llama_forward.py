@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
+from .fused_layers import FusedLayers
 from .projections import LayerProjections, head_projection, product_kind
 from .ragged_attention import PrefillPlan, RaggedPlan
 from .static_cache import StaticKVCache
@@ -102,6 +103,8 @@ class LlamaTreeForward:
         self.residual_dtype = torch.float32 if float32_residual else self.dtype
         norms = [getattr(layer, part) for layer in self.layers for part in _LAYER_PARTS[:2]] + [model.model.norm]
         self._norm_weights = {norm: norm.weight.detach().to(self.residual_dtype) for norm in norms}
+        # Ragged passes' layers in one C call where it computes what they do (fused_layers.py).
+        self.fused = FusedLayers.of(model, self.projections, self._norm_weights, self.head_dim, self.scaling)
         # The fused attention kernels of a GPU take an additive mask only with as many key heads as
         # query heads: there, grouped keys and values are repeated up front (on a CPU, SDPA groups them).
         self.repeat_kv = next(model.parameters()).device.type == "cuda" and self.kv_heads != self.heads
@@ -171,6 +174,13 @@ class LlamaTreeForward:
         cos, sin = inner.rotary_emb(hidden[None], plan.positions[None])
         cos, signed_sin = cos[0, :, None], _signed_halves(sin)[0, :, None]  # [n, 1, head_dim]
         tokens, rotated_heads = hidden.shape[0], self.heads + self.kv_heads
+        if self.fused is not None:
+            kept = range(tokens)[logits_of]
+            if kept.step != 1 or kept.stop != tokens or not kept:
+                raise ValueError("the fused layers compute the logits of a last run of fed tokens")
+            angles = cos[:, 0].contiguous(), signed_sin[:, 0].contiguous()
+            hidden = self.fused(cache, plan, hidden.contiguous(), *angles, tail=kept.start)
+            return self.head(self._norm(hidden, inner.norm))
         for index, (layer, projections) in enumerate(zip(self.layers, self.projections)):
             qkv = projections.qkv(self._norm(hidden, layer.input_layernorm))
             qkv = qkv.view(tokens, rotated_heads + self.kv_heads, self.head_dim)

@@ -26,6 +26,8 @@
 #include <omp.h>
 #endif
 
+#include "panel_linear_api.h"
+
 #define PANEL 48                         /* output columns of a panel (panel_linear.py's PANEL) */
 #define LINE 64                          /* bytes of a cache line */
 #define LINES_PER_K (PANEL * 4 / LINE)   /* cache lines of one k of a panel */
@@ -205,5 +207,15 @@ static struct PyModuleDef definition = {PyModuleDef_HEAD_INIT, "_panel_linear", 
 
 PyMODINIT_FUNC PyInit__panel_linear(void) {
     choose_panel_product();
-    return PyModule_Create(&definition);
+    PyObject *module = PyModule_Create(&definition);
+    if (module == NULL) return NULL;
+    /* For other extensions (layer_kernel.c): the product as a C function, where this CPU runs one. */
+    PyObject *capsule = panel_product == NULL ? Py_NewRef(Py_None)
+                                              : PyCapsule_New((void *)multiply_all, MULTIPLY_ALL_CAPSULE, NULL);
+    if (capsule == NULL || PyModule_AddObject(module, "multiply_all", capsule) != 0) {
+        Py_XDECREF(capsule);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

@@ -114,14 +114,14 @@ class LayerProjections:
         attention, mlp = layer.self_attn, layer.mlp
         self.activation: Callable[[torch.Tensor], torch.Tensor] = mlp.act_fn
         self.qkv = kind(attention.q_proj, attention.k_proj, attention.v_proj)
-        self._gate_up = kind(mlp.gate_proj, mlp.up_proj).split
+        self.gate_up = kind(mlp.gate_proj, mlp.up_proj)
         joined_only = kind is JointLinear  # single plain linears run as the model's own modules
         self.output = attention.o_proj if joined_only else kind(attention.o_proj)
-        self._down = mlp.down_proj if joined_only else kind(mlp.down_proj)
+        self.down = mlp.down_proj if joined_only else kind(mlp.down_proj)
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self._gate_up(x)
-        return self._down(self.activation(gate) * up)
+        gate, up = self.gate_up.split(x)
+        return self.down(self.activation(gate) * up)
 
 
 def head_projection(model: nn.Module, kind: type[JointLinear]) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -138,6 +138,10 @@ class RaggedPlan:
         )
         return out
 
+    def kernel_chains(self) -> tuple[tuple[np.ndarray, ...], ...]:
+        """The plan as layer_kernel.c takes it: one chain of (row_of, offset_of, starts, sees)."""
+        return ((self.row_of, self.offset_of, self.starts, self.sees),)
+
     def laid_out(self, logits: torch.Tensor) -> torch.Tensor:
         """[n, vocab] logits of the real tokens as [rows, width, vocab], fillers zero."""
         rows, width = len(self.counts), self.width
@@ -167,6 +171,10 @@ class PrefillPlan:
             RaggedPlan.chain(prompt[start : start + MAX_FED], row, start) for start in range(0, len(prompt), MAX_FED)
         ]
         return cls(torch.tensor(prompt), torch.arange(len(prompt)), chains)
+
+    def kernel_chains(self) -> tuple[tuple[np.ndarray, ...], ...]:
+        """Its chains as layer_kernel.c takes them, in order."""
+        return tuple(chain for plan in self.chains for chain in plan.kernel_chains())
 
     def attend(
         self, cache: StaticKVCache, layer: int, rotated: torch.Tensor, qkv: torch.Tensor, scale: float

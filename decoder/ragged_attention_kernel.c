@@ -22,18 +22,9 @@
 #include <omp.h>
 #endif
 
-#define MAX_FED 64     /* fed offsets fit one uint64 of `sees` */
+#include "ragged_attention_api.h"
 
-typedef struct {
-    const float *query, *key, *value; /* [n, ., head_dim] with token strides below (elements) */
-    int64_t query_stride, key_stride, value_stride;
-    float *out;                        /* [n, heads * head_dim] */
-    float *cache_keys, *cache_values;  /* the layer's [rows, kv_heads, slots, head_dim] */
-    const int64_t *row_of, *offset_of, *starts; /* per token: row, fed offset; per row: cached length */
-    const uint64_t *sees;
-    int64_t tokens, rows, heads, kv_heads, head_dim, slots;
-    float scale;
-} Layer;
+#define MAX_FED RAGGED_MAX_FED
 
 #define MAX_LANES 16     /* floats of the widest vector below; head dimensions are whole such vectors */
 #define MAX_HEAD_DIM 256
@@ -120,6 +111,47 @@ static int check_plan(const Layer *layer) {
     return 0;
 }
 
+/* ragged_attention_api.h's AttendPlan: the plan checked, each row's tokens as one run (first, count),
+ * each thread's scratch for the longest run, and every row and key head attended. */
+static int attend_plan(const Layer *layer) {
+    if (check_plan(layer) != 0) return ATTEND_BAD_PLAN;
+    if (layer->tokens == 0) return ATTEND_OK;
+    int64_t *runs = malloc(2 * layer->tokens * sizeof(int64_t));
+    if (runs == NULL) return ATTEND_NO_MEMORY;
+    int64_t run_count = 0, widest_run = 0, widest_span = 0;
+    for (int64_t first = 0; first < layer->tokens; run_count++) {
+        int64_t count = 1;
+        while (first + count < layer->tokens && layer->row_of[first + count] == layer->row_of[first]) count++;
+        runs[2 * run_count] = first;
+        runs[2 * run_count + 1] = count;
+        widest_run = count > widest_run ? count : widest_run;
+        first += count;
+    }
+    for (int64_t t = 0; t < layer->tokens; t++) {
+        const int64_t span = layer->starts[layer->row_of[t]] + layer->offset_of[t] + 1;
+        widest_span = span > widest_span ? span : widest_span;
+    }
+#ifdef _OPENMP
+    const int64_t threads = omp_get_max_threads();
+#else
+    const int64_t threads = 1;
+#endif
+    const int64_t groups = layer->heads / layer->kv_heads;
+    const int64_t scores_per_thread = widest_run * groups * (widest_span + MAX_LANES);
+    const int64_t outputs_per_thread = widest_run * groups * layer->head_dim;
+    float *scores = malloc(threads * scores_per_thread * sizeof(float));
+    float *outputs = malloc(threads * outputs_per_thread * sizeof(float));
+    int status = ATTEND_NO_MEMORY;
+    if (scores != NULL && outputs != NULL) {
+        attend_layer(layer, runs, run_count, scores, scores_per_thread, outputs, outputs_per_thread);
+        status = ATTEND_OK;
+    }
+    free(runs);
+    free(scores);
+    free(outputs);
+    return status;
+}
+
 static int get_buffer(PyObject *object, Py_buffer *view, Py_ssize_t itemsize, Py_ssize_t items, const char *name) {
     if (PyObject_GetBuffer(object, view, PyBUF_C_CONTIGUOUS) != 0) return -1;
     if (view->itemsize != itemsize || view->len != itemsize * items) {
@@ -164,8 +196,6 @@ static PyObject *attend(PyObject *module, PyObject *const *args, Py_ssize_t narg
     }
     /* Zeroed buffers release as nothing, so every exit below goes through `done`. */
     Py_buffer row_of = {0}, offset_of = {0}, starts = {0}, sees = {0};
-    float *scores = NULL, *outputs = NULL;
-    int64_t *runs = NULL;
     PyObject *result = NULL;
     if (PyObject_GetBuffer(args[9], &row_of, PyBUF_C_CONTIGUOUS) != 0) goto done;
     const Py_ssize_t tokens = row_of.len / (Py_ssize_t)sizeof(int64_t);
@@ -185,57 +215,22 @@ static PyObject *attend(PyObject *module, PyObject *const *args, Py_ssize_t narg
     layer.sees = sees.buf;
     layer.tokens = tokens;
     layer.rows = rows;
-    if (check_plan(&layer) != 0) {
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = attend_plan(&layer);
+    Py_END_ALLOW_THREADS
+    if (status == ATTEND_BAD_PLAN) {
         PyErr_SetString(PyExc_ValueError,
                         "a ragged plan must give each row's tokens as one run, offsets within the row's free "
                         "slots and under 64, and each token seeing itself and no later offset");
         goto done;
     }
-    if (tokens == 0) {
-        result = Py_NewRef(Py_None);
-        goto done;
-    }
-    /* Each row's tokens as one run (first, count), and the scratch each thread needs for the longest. */
-    runs = malloc(2 * tokens * sizeof(int64_t));
-    if (runs == NULL) {
+    if (status == ATTEND_NO_MEMORY) {
         result = PyErr_NoMemory();
         goto done;
     }
-    int64_t run_count = 0, widest_run = 0, widest_span = 0;
-    for (int64_t first = 0; first < tokens; run_count++) {
-        int64_t count = 1;
-        while (first + count < tokens && layer.row_of[first + count] == layer.row_of[first]) count++;
-        runs[2 * run_count] = first;
-        runs[2 * run_count + 1] = count;
-        widest_run = count > widest_run ? count : widest_run;
-        first += count;
-    }
-    for (int64_t t = 0; t < tokens; t++) {
-        const int64_t span = layer.starts[layer.row_of[t]] + layer.offset_of[t] + 1;
-        widest_span = span > widest_span ? span : widest_span;
-    }
-#ifdef _OPENMP
-    const int64_t threads = omp_get_max_threads();
-#else
-    const int64_t threads = 1;
-#endif
-    const int64_t groups = layer.heads / layer.kv_heads;
-    const int64_t scores_per_thread = widest_run * groups * (widest_span + MAX_LANES);
-    const int64_t outputs_per_thread = widest_run * groups * layer.head_dim;
-    scores = malloc(threads * scores_per_thread * sizeof(float));
-    outputs = malloc(threads * outputs_per_thread * sizeof(float));
-    if (scores == NULL || outputs == NULL) {
-        result = PyErr_NoMemory();
-        goto done;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    attend_layer(&layer, runs, run_count, scores, scores_per_thread, outputs, outputs_per_thread);
-    Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
-    free(runs);
-    free(scores);
-    free(outputs);
     PyBuffer_Release(&row_of);
     PyBuffer_Release(&offset_of);
     PyBuffer_Release(&starts);
@@ -253,5 +248,13 @@ static struct PyModuleDef definition = {PyModuleDef_HEAD_INIT, "_ragged_attentio
 
 PyMODINIT_FUNC PyInit__ragged_attention(void) {
     choose_attend_task();
-    return PyModule_Create(&definition);
+    PyObject *module = PyModule_Create(&definition);
+    if (module == NULL) return NULL;
+    PyObject *capsule = PyCapsule_New((void *)attend_plan, ATTEND_PLAN_CAPSULE, NULL);
+    if (capsule == NULL || PyModule_AddObject(module, "attend_plan", capsule) != 0) {
+        Py_XDECREF(capsule);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

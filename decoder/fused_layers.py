@@ -1,0 +1,131 @@
+"""Every decoder layer of a float32 ragged pass on a CPU in one call into layer_kernel.c.
+
+Driven from Python, a layer of a small model is ~25 tiny torch operations and a few calls into our
+kernels, and their launches cost a quarter of a one-token pass on 2 cores (SmolLM2). The C code runs
+the same computation: the norms, the rotation, the activation and the residual adds itself, the
+products through the panel kernel and the attention through the ragged kernel. It serves the ragged
+passes of `LlamaTreeForward` where both kernels run, the model is float32 with SiLU MLPs and no biases;
+elsewhere the layers run as torch operations. Tests hold its logits to the torch layers' and decoding
+to `generate`'s tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .projections import LayerProjections, PanelLinear
+from .ragged_attention import PrefillPlan, RaggedPlan
+from .static_cache import StaticKVCache
+
+try:  # built by the install (layer_kernel.c)
+    from decoder import _fused_layers
+except ImportError:  # built without a C compiler: the torch layers answer
+    _fused_layers = None
+
+SILU_NAMES = ("silu", "swish")
+
+
+class FusedLayers:
+    """A model's layers as the kernel takes them: each layer's weights as addresses (the tensors kept
+    alive here), the shapes, and the norms' epsilon."""
+
+    def __init__(
+        self,
+        layers: Sequence[nn.Module],
+        projections: Sequence[LayerProjections],
+        norm_weights: dict[nn.Module, torch.Tensor],
+        shape: tuple[int, int, int, int, int],
+        scale: float,
+    ) -> None:
+        self._tensors = []
+        addresses = []
+        for layer, products in zip(layers, projections):
+            tensors = (
+                norm_weights[layer.input_layernorm].contiguous(),
+                products.qkv.weight,
+                products.output.weight,
+                norm_weights[layer.post_attention_layernorm].contiguous(),
+                products.gate_up.weight,
+                products.down.weight,
+            )
+            self._tensors.extend(tensors)
+            addresses.append(tuple(tensor.data_ptr() for tensor in tensors))
+        self.layers = tuple(addresses)
+        self.shape = shape
+        self.eps = layers[0].input_layernorm.variance_epsilon
+        self.scale = scale
+
+    @classmethod
+    def of(
+        cls,
+        model: nn.Module,
+        projections: Sequence[LayerProjections],
+        norm_weights: dict[nn.Module, torch.Tensor],
+        head_dim: int,
+        scale: float,
+    ) -> FusedLayers | None:
+        """The fused layers of this model, or None where the kernel does not compute what its layers do."""
+        config, layers = model.config, list(model.model.layers)
+        if _fused_layers is None or not _fused_layers.available():
+            return None
+        norms = [norm for layer in layers for norm in (layer.input_layernorm, layer.post_attention_layernorm)]
+        products = [product for p in projections for product in (p.qkv, p.output, p.gate_up, p.down)]
+        if (
+            getattr(config, "hidden_act", None) not in SILU_NAMES
+            or any(not isinstance(product, PanelLinear) or product.bias is not None for product in products)
+            or any(norm_weights[norm].dtype != torch.float32 for norm in norms)
+            or len({getattr(norm, "variance_epsilon", None) for norm in norms}) != 1
+        ):
+            return None
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        shape = (config.hidden_size, heads, kv_heads, head_dim, config.intermediate_size)
+        return cls(layers, projections, norm_weights, shape, scale)
+
+    def __call__(
+        self,
+        cache: StaticKVCache,
+        plan: RaggedPlan | PrefillPlan,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        signed_sin: torch.Tensor,
+        tail: int,
+    ) -> torch.Tensor:
+        """Run every layer over the embedded fed tokens `hidden` [n, dim] (in place), writing their keys
+        and values into `cache`; the last layer's output only for tokens tail.. (those whose logits are
+        wanted): the residual stream of those, [n - tail, dim]. cos / signed_sin: [n, head_dim]."""
+        tokens, dim = hidden.shape
+        head_dim = self.shape[3]
+        for tensor, width in ((hidden, dim), (cos, head_dim), (signed_sin, head_dim)):
+            if tensor.dtype != torch.float32 or not tensor.is_contiguous() or tensor.shape != (tokens, width):
+                raise ValueError("fused layers take contiguous float32 hidden [n, dim] and angles [n, head_dim]")
+        keys, values = cache.keys, cache.values
+        if keys.dtype != torch.float32 or (keys.shape[0], keys.shape[2], keys.shape[4]) != (
+            len(self.layers),
+            self.shape[2],
+            head_dim,
+        ):
+            raise ValueError("the cache does not fit these layers")
+        chains = plan.kernel_chains()
+        if any(len(starts) > cache.rows for _, _, starts, _ in chains):
+            raise ValueError("the ragged plan does not fit this cache")
+        _fused_layers.run(
+            hidden.data_ptr(),
+            tokens,
+            tail,
+            cos.data_ptr(),
+            signed_sin.data_ptr(),
+            self.layers,
+            self.shape,
+            self.eps,
+            self.scale,
+            keys.data_ptr(),
+            values.data_ptr(),
+            keys.stride(0),
+            keys.shape[3],
+            chains,
+        )
+        return hidden[tail:]

@@ -1,0 +1,312 @@
+/* The decoder layers of one ragged pass (verification or prefill), float32 on a CPU, in one call.
+ *
+ * From Python a layer of SmolLM2 is ~25 small torch operations and 4 calls into our kernels, and on
+ * 2 cores their launches cost ~2.5-3 ms of an ~11 ms one-token pass (perf: the second thread spins
+ * in libgomp meanwhile). Here every layer runs in C: the norms, the rotation, the activation and the
+ * residual adds as plain loops on the calling thread (they are small), the products through
+ * panel_linear_kernel.c and the attention through ragged_attention_kernel.c, each reached through
+ * its capsule, on torch's OpenMP threads.
+ *
+ * Each operation rounds as its torch counterpart in llama_forward.py does (no contraction into fused
+ * multiply-adds: -ffp-contract=off), with two exceptions: a norm's sum of squares runs in another
+ * order, and the activation's exponential is a polynomial (within ~1 ulp of expf). Tests hold the
+ * logits to the torch pass's and decoding to `generate`'s tokens. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "panel_linear_api.h"
+#include "ragged_attention_api.h"
+
+static MultiplyAll multiply_all = NULL;
+static AttendPlan attend_plan = NULL;
+
+typedef struct {
+    const float *input_norm, *qkv, *output, *post_norm, *gate_up, *down; /* products: packed panels */
+} LayerWeights;
+
+typedef struct {
+    int64_t dim, heads, kv_heads, head_dim, inter;
+    float eps, scale;
+} Shape;
+
+/* One chain of the attention: its tokens [first, first + tokens) and their plan (ragged_attention.py). */
+typedef struct {
+    int64_t first;
+    Layer plan;
+} Chain;
+
+/* transformers' RMSNorm: x * (1 / sqrt(mean(x^2) + eps)) * weight, each product rounded. */
+static void rms_norm(const float *x, const float *weight, float *y, int64_t rows, int64_t dim, float eps) {
+    for (int64_t r = 0; r < rows; r++, x += dim, y += dim) {
+        float partial[16] = {0};
+        int64_t i = 0;
+        for (; i + 16 <= dim; i += 16)
+            for (int j = 0; j < 16; j++) partial[j] += x[i + j] * x[i + j];
+        double sum = 0;
+        for (int j = 0; j < 16; j++) sum += partial[j];
+        for (; i < dim; i++) sum += (double)x[i] * x[i];
+        const float inverse = 1.0f / sqrtf((float)(sum / (double)dim) + eps);
+        for (i = 0; i < dim; i++) y[i] = (x[i] * inverse) * weight[i];
+    }
+}
+
+/* The rotary embedding of the first `rotated` heads of each token, in place:
+ * x * cos + rotate_half(x) * sin, as x * cos + roll(x, d / 2) * signed_sin (llama_forward._rotate). */
+static void rotate(float *qkv, int64_t tokens, int64_t rotated, int64_t stride, int64_t head_dim, const float *cos,
+                   const float *signed_sin) {
+    const int64_t half = head_dim / 2;
+    float x[512]; /* head_dim <= 256 (ragged_attention.available) */
+    for (int64_t t = 0; t < tokens; t++) {
+        const float *c = cos + t * head_dim, *s = signed_sin + t * head_dim;
+        for (int64_t h = 0; h < rotated; h++) {
+            float *head = qkv + t * stride + h * head_dim;
+            memcpy(x, head, head_dim * sizeof(float));
+            for (int64_t i = 0; i < half; i++) head[i] = x[i] * c[i] + x[i + half] * s[i];
+            for (int64_t i = half; i < head_dim; i++) head[i] = x[i] * c[i] + x[i - half] * s[i];
+        }
+    }
+}
+
+/* e^x: Cody-Waite reduction by ln 2 in two parts and a degree-6 polynomial on [-ln2/2, ln2/2],
+ * branch-free so that the loop below vectorises; x clamped to where e^x is a normal float. */
+static inline float exponential(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    const float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f; /* round to nearest: 1.5 * 2^23 */
+    const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float power;
+    memcpy(&power, &bits, sizeof power);
+    return p * power;
+}
+
+/* The MLP's activation: silu(gate) * up for gate_up [rows, 2 * inter] = [gate | up], into act. */
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void silu_times_up(const float *gate_up,
+                                                                                       float *act, int64_t rows,
+                                                                                       int64_t inter) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *gate = gate_up + r * 2 * inter, *up = gate + inter;
+        float *out = act + r * inter;
+        for (int64_t i = 0; i < inter; i++) out[i] = gate[i] / (1.0f + exponential(-gate[i])) * up[i];
+    }
+}
+
+static void add_into(float *hidden, const float *delta, int64_t count) {
+    for (int64_t i = 0; i < count; i++) hidden[i] = hidden[i] + delta[i];
+}
+
+/* Every layer over hidden [tokens, dim] in place; the last one's output part only for rows
+ * [tail, tokens) (a prefill needs only its last token's logits), written at hidden + tail * dim. */
+static int run_all(float *hidden, int64_t tokens, int64_t tail, const float *cos, const float *signed_sin,
+                   const LayerWeights *layers, int64_t layer_count, const Shape *shape, float *cache_keys,
+                   float *cache_values, int64_t layer_stride, Chain *chains, int64_t chain_count) {
+    const int64_t dim = shape->dim, attended_width = shape->heads * shape->head_dim;
+    const int64_t qkv_width = (shape->heads + 2 * shape->kv_heads) * shape->head_dim;
+    float *scratch = malloc(tokens * (2 * dim + qkv_width + attended_width + 3 * shape->inter) * sizeof(float));
+    if (scratch == NULL) return ATTEND_NO_MEMORY;
+    float *normed = scratch, *delta = normed + tokens * dim, *qkv = delta + tokens * dim;
+    float *attended = qkv + tokens * qkv_width, *gate_up = attended + tokens * attended_width;
+    float *act = gate_up + tokens * 2 * shape->inter;
+    int status = ATTEND_OK;
+    for (int64_t index = 0; index < layer_count && status == ATTEND_OK; index++) {
+        const LayerWeights *weights = layers + index;
+        rms_norm(hidden, weights->input_norm, normed, tokens, dim, shape->eps);
+        multiply_all(normed, tokens, dim, weights->qkv, qkv, qkv_width);
+        rotate(qkv, tokens, shape->heads + shape->kv_heads, qkv_width, shape->head_dim, cos, signed_sin);
+        for (int64_t c = 0; c < chain_count && status == ATTEND_OK; c++) {
+            Layer plan = chains[c].plan;
+            const float *query = qkv + chains[c].first * qkv_width;
+            plan.query = query;
+            plan.key = query + shape->heads * shape->head_dim;
+            plan.value = query + (shape->heads + shape->kv_heads) * shape->head_dim;
+            plan.query_stride = plan.key_stride = plan.value_stride = qkv_width;
+            plan.out = attended + chains[c].first * attended_width;
+            plan.cache_keys = cache_keys + index * layer_stride;
+            plan.cache_values = cache_values + index * layer_stride;
+            status = attend_plan(&plan);
+        }
+        const int64_t first = index == layer_count - 1 ? tail : 0, rows = tokens - first;
+        float *stream = hidden + first * dim;
+        multiply_all(attended + first * attended_width, rows, attended_width, weights->output, delta, dim);
+        add_into(stream, delta, rows * dim);
+        rms_norm(stream, weights->post_norm, normed, rows, dim, shape->eps);
+        multiply_all(normed, rows, dim, weights->gate_up, gate_up, 2 * shape->inter);
+        silu_times_up(gate_up, act, rows, shape->inter);
+        multiply_all(act, rows, shape->inter, weights->down, delta, dim);
+        add_into(stream, delta, rows * dim);
+    }
+    free(scratch);
+    return status;
+}
+
+static int as_pointers(PyObject *sequence, const float **pointers, Py_ssize_t count, const char *what) {
+    if (!PyTuple_Check(sequence) || PyTuple_GET_SIZE(sequence) != count) {
+        PyErr_Format(PyExc_ValueError, "%s: expected a tuple of %zd addresses", what, count);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        pointers[i] = PyLong_AsVoidPtr(PyTuple_GET_ITEM(sequence, i));
+        if (pointers[i] == NULL) {
+            if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "%s: a null address", what);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The buffers of one chain (row_of, offset_of, starts, sees) into its plan; 4 views to release. */
+static int chain_plan(PyObject *chain, Py_buffer *views, Layer *plan) {
+    if (!PyTuple_Check(chain) || PyTuple_GET_SIZE(chain) != 4) {
+        PyErr_SetString(PyExc_ValueError, "a chain is (row_of, offset_of, starts, sees)");
+        return -1;
+    }
+    for (int i = 0; i < 4; i++) {
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(chain, i), views + i, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0)
+            return -1;
+        if (views[i].itemsize != 8) {
+            PyErr_SetString(PyExc_ValueError, "a chain's arrays hold 64-bit integers");
+            return -1;
+        }
+    }
+    plan->tokens = views[0].len / 8;
+    plan->rows = views[2].len / 8;
+    if (views[1].len / 8 != plan->tokens || views[3].len / 8 != plan->tokens) {
+        PyErr_SetString(PyExc_ValueError, "a chain's row_of, offset_of and sees have one entry a token");
+        return -1;
+    }
+    plan->row_of = views[0].buf;
+    plan->offset_of = views[1].buf;
+    plan->starts = views[2].buf;
+    plan->sees = views[3].buf;
+    return 0;
+}
+
+/* run(hidden, tokens, tail, cos, signed_sin, layers, shape, eps, scale, cache_keys, cache_values,
+ *     layer_stride, slots, chains): hidden, cos and signed_sin are integer addresses of float32
+ * [tokens, dim] and [tokens, head_dim]; layers a tuple of a tuple of 6 addresses a layer
+ * (LayerWeights); shape (dim, heads, kv_heads, head_dim, inter); cache_keys / cache_values the
+ * addresses of the cache's [layers, rows, kv_heads, slots, head_dim], layer_stride its floats a
+ * layer; chains a tuple of (row_of, offset_of, starts, sees) arrays, their tokens one after the
+ * other. fused_layers.py checks the tensors behind the addresses. */
+static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 14) {
+        PyErr_SetString(PyExc_TypeError, "run takes 14 arguments");
+        return NULL;
+    }
+    if (multiply_all == NULL || attend_plan == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "run: the panel or the ragged attention kernel does not run here");
+        return NULL;
+    }
+    float *hidden = PyLong_AsVoidPtr(args[0]);
+    const int64_t tokens = PyLong_AsLongLong(args[1]), tail = PyLong_AsLongLong(args[2]);
+    const float *cos = PyLong_AsVoidPtr(args[3]), *signed_sin = PyLong_AsVoidPtr(args[4]);
+    long long dims[5];
+    if (!PyArg_ParseTuple(args[6], "LLLLL", dims, dims + 1, dims + 2, dims + 3, dims + 4)) return NULL;
+    Shape shape = {.dim = dims[0], .heads = dims[1], .kv_heads = dims[2], .head_dim = dims[3], .inter = dims[4]};
+    shape.eps = (float)PyFloat_AsDouble(args[7]);
+    shape.scale = (float)PyFloat_AsDouble(args[8]);
+    float *cache_keys = PyLong_AsVoidPtr(args[9]), *cache_values = PyLong_AsVoidPtr(args[10]);
+    const int64_t layer_stride = PyLong_AsLongLong(args[11]), slots = PyLong_AsLongLong(args[12]);
+    if (PyErr_Occurred()) return NULL;
+    if (tokens <= 0 || tail < 0 || tail >= tokens || hidden == NULL || cos == NULL || signed_sin == NULL ||
+        cache_keys == NULL || cache_values == NULL || shape.dim <= 0 || shape.heads <= 0 || shape.kv_heads <= 0 ||
+        shape.heads % shape.kv_heads != 0 || shape.head_dim <= 0 || shape.head_dim > 256 || shape.head_dim % 16 ||
+        shape.inter <= 0 || layer_stride <= 0 || slots <= 0) {
+        PyErr_SetString(PyExc_ValueError, "run: a pass's shapes, addresses or tail out of range");
+        return NULL;
+    }
+    if (!PyTuple_Check(args[5]) || !PyTuple_Check(args[13])) {
+        PyErr_SetString(PyExc_TypeError, "run: layers and chains are tuples");
+        return NULL;
+    }
+    const Py_ssize_t layer_count = PyTuple_GET_SIZE(args[5]), chain_count = PyTuple_GET_SIZE(args[13]);
+    LayerWeights *layers = PyMem_Calloc(layer_count ? layer_count : 1, sizeof(LayerWeights));
+    Chain *chains = PyMem_Calloc(chain_count ? chain_count : 1, sizeof(Chain));
+    Py_buffer *views = PyMem_Calloc(4 * (chain_count ? chain_count : 1), sizeof(Py_buffer)); /* zeroed: release as nothing */
+    PyObject *result = NULL;
+    if (layers == NULL || chains == NULL || views == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < layer_count; i++) {
+        const float *weights[6];
+        if (as_pointers(PyTuple_GET_ITEM(args[5], i), weights, 6, "a layer's weights") != 0) goto done;
+        layers[i] = (LayerWeights){weights[0], weights[1], weights[2], weights[3], weights[4], weights[5]};
+    }
+    int64_t fed = 0;
+    for (Py_ssize_t c = 0; c < chain_count; c++) {
+        Layer *plan = &chains[c].plan;
+        if (chain_plan(PyTuple_GET_ITEM(args[13], c), views + 4 * c, plan) != 0) goto done;
+        plan->heads = shape.heads;
+        plan->kv_heads = shape.kv_heads;
+        plan->head_dim = shape.head_dim;
+        plan->slots = slots;
+        plan->scale = shape.scale;
+        chains[c].first = fed;
+        fed += plan->tokens;
+    }
+    if (fed != tokens) {
+        PyErr_SetString(PyExc_ValueError, "run: the chains' tokens are not the pass's");
+        goto done;
+    }
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = run_all(hidden, tokens, tail, cos, signed_sin, layers, layer_count, &shape, cache_keys, cache_values,
+                     layer_stride, chains, chain_count);
+    Py_END_ALLOW_THREADS
+    if (status == ATTEND_BAD_PLAN)
+        PyErr_SetString(PyExc_ValueError, "run: a chain's plan is out of the attention kernel's limits");
+    else if (status == ATTEND_NO_MEMORY)
+        PyErr_NoMemory();
+    else
+        result = Py_NewRef(Py_None);
+done:
+    if (views != NULL)
+        for (Py_ssize_t i = 0; i < 4 * chain_count; i++) PyBuffer_Release(views + i);
+    PyMem_Free(views);
+    PyMem_Free(chains);
+    PyMem_Free(layers);
+    return result;
+}
+
+/* Whether both kernels this one calls run here (each exports its capsule only then). */
+static PyObject *available(PyObject *module, PyObject *unused) {
+    (void)module;
+    (void)unused;
+    return PyBool_FromLong(multiply_all != NULL && attend_plan != NULL);
+}
+
+static PyMethodDef methods[] = {
+    {"run", (PyCFunction)(void (*)(void))run, METH_FASTCALL, "Every decoder layer of one ragged float32 pass."},
+    {"available", available, METH_NOARGS, "Whether the products' and the attention's kernels run here."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef definition = {PyModuleDef_HEAD_INIT, "_fused_layers", NULL, -1, methods};
+
+/* The two kernels' functions, or NULL where a module or its capsule is missing (then `available`
+ * says False and the torch layers run). */
+static void *imported(const char *module, const char *capsule) {
+    PyObject *loaded = PyImport_ImportModule(module); /* PyCapsule_Import finds only loaded submodules */
+    void *pointer = loaded == NULL ? NULL : PyCapsule_Import(capsule, 0);
+    Py_XDECREF(loaded);
+    if (pointer == NULL) PyErr_Clear();
+    return pointer;
+}
+
+PyMODINIT_FUNC PyInit__fused_layers(void) {
+    multiply_all = (MultiplyAll)imported("decoder._panel_linear", MULTIPLY_ALL_CAPSULE);
+    attend_plan = (AttendPlan)imported("decoder._ragged_attention", ATTEND_PLAN_CAPSULE);
+    return PyModule_Create(&definition);
+}
