@@ -52,6 +52,10 @@ def forward_fingerprint() -> str:
         "ragged_attention_kernel.c",
         "panel_linear.py",
         "panel_linear_kernel.c",
+        "panel_linear_api.h",
+        "ragged_attention_api.h",
+        "fused_layers.py",
+        "layer_kernel.c",
     )
     sources = b"".join((here / name).read_bytes() for name in names if (here / name).exists())  # a wheel lacks the .c
     return hashlib.sha256(sources).hexdigest()[:10]
