@@ -8,7 +8,8 @@ fastest of --repeats timings is printed (on a shared machine noise only slows a 
 it answers: what a batch of drafted rows costs against a batch of single tokens, and what a
 filler slot costs (the engine prices both in its node budget); and a batch step as it comes
 (trees of different sizes over rows of different lengths) in the ragged layout, which feeds only
-real tokens (float32 on a CPU), and in the padded one.
+real tokens (float32 on a CPU), and in the padded one. Where the fused layers run (layer_kernel.c),
+each ragged pass is timed with them and with the torch layers they replace, the two taking turns.
 """
 
 from __future__ import annotations
@@ -37,29 +38,44 @@ def main() -> None:
     cache = engine._cache_for(args.rows, args.history + 64)
     vocab = target.model.config.vocab_size
 
-    @torch.inference_mode()
-    def fastest(rows: int, width: int, nodes: int | list[int], histories: list[int] | None = None) -> float:
-        per_row = nodes if isinstance(nodes, list) else [nodes] * rows
-        timings = []
-        for _ in range(args.repeats + 1):  # the first is a warm-up
-            cache.reset()
-            for row in range(rows):
-                cache.advance(row, histories[row] if histories else args.history)
-            fed = engine._pack(cache, [0] * rows, [_chain_tree(n, vocab) for n in per_row], width)
-            if target.device.type == "cuda":
-                torch.cuda.synchronize()
-            started = time.perf_counter()
-            engine._verdicts(engine._pass(cache, fed), fed)
-            timings.append(time.perf_counter() - started)
-        return min(timings[1:]) * 1e3
+    # Where the fused layers run, each pass is also timed with the torch layers, the two taking turns.
+    fused = engine.forward.fused if hasattr(engine, "forward") else None
+    layer_kinds = {"fused": fused, "torch": None} if fused is not None else {"": None}
 
-    print(f"engine {engine.name}, {args.device} {args.dtype}, {args.history} cached tokens a row; ms per pass")
+    @torch.inference_mode()
+    def fastest(
+        rows: int, width: int, nodes: int | list[int], histories: list[int] | None = None, ragged: bool = True
+    ) -> str:
+        per_row = nodes if isinstance(nodes, list) else [nodes] * rows
+        kinds = layer_kinds if ragged else {"": fused}  # the padded pass has no fused layers
+        timings: dict[str, list[float]] = {kind: [] for kind in kinds}
+        for _ in range(args.repeats + 1):  # the first is a warm-up
+            for kind, layers in kinds.items():
+                if fused is not None:
+                    engine.forward.fused = layers
+                cache.reset()
+                for row in range(rows):
+                    cache.advance(row, histories[row] if histories else args.history)
+                fed = engine._pack(cache, [0] * rows, [_chain_tree(n, vocab) for n in per_row], width)
+                if target.device.type == "cuda":
+                    torch.cuda.synchronize()
+                started = time.perf_counter()
+                engine._verdicts(engine._pass(cache, fed), fed)
+                timings[kind].append(time.perf_counter() - started)
+        if fused is not None:
+            engine.forward.fused = fused
+        return " / ".join(f"{min(times[1:]) * 1e3:.1f}" for times in timings.values())
+
+    layers_text = "; fused layers / torch layers" if fused is not None else ""
+    print(
+        f"engine {engine.name}, {args.device} {args.dtype}, {args.history} cached tokens a row; ms per pass{layers_text}"
+    )
     for width in (1, 2, 4, 8):
-        print(f"1 row x {width} fed: {fastest(1, width, width - 1):.1f}")
+        print(f"1 row x {width} fed: {fastest(1, width, width - 1)}")
     for width in (1, 2, 4, 8):
-        print(f"{args.rows} rows x {width} fed: {fastest(args.rows, width, width - 1):.1f}")
+        print(f"{args.rows} rows x {width} fed: {fastest(args.rows, width, width - 1)}")
     for width in (4, 8):
-        print(f"{args.rows} rows x 1 fed + {width - 1} fillers: {fastest(args.rows, width, 0):.1f}")
+        print(f"{args.rows} rows x 1 fed + {width - 1} fillers: {fastest(args.rows, width, 0)}")
     # A drafted batch step as it comes: trees of different sizes, rows at different lengths.
     nodes = [min(7, n) for n in (0, 0, 1, 2, 3, 3, 3, 7) * (args.rows // 8 + 1)][: args.rows]
     histories = [args.history - 50 + 100 * row // max(1, args.rows - 1) for row in range(args.rows)]
@@ -68,7 +84,7 @@ def main() -> None:
         engine.ragged = layout == "ragged"
         print(
             f"{args.rows} rows, trees of {'/'.join(map(str, nodes))} nodes, {histories[0]}..{histories[-1]} cached, "
-            f"{layout} layout: {fastest(args.rows, 8, nodes, histories):.1f}"
+            f"{layout} layout: {fastest(args.rows, 8, nodes, histories, ragged=engine.ragged)}"
         )
 
 

@@ -105,10 +105,12 @@ static void add_into(float *hidden, const float *delta, int64_t count) {
     for (int64_t i = 0; i < count; i++) hidden[i] = hidden[i] + delta[i];
 }
 
-/* Every layer over hidden [tokens, dim] in place; the last one's output part only for rows
- * [tail, tokens) (a prefill needs only its last token's logits), written at hidden + tail * dim. */
+/* Every layer over hidden [tokens, dim] in place, then the model's final norm: the last layer's output
+ * part and the norm only for rows [tail, tokens) (a prefill needs only its last token's logits),
+ * written at hidden + tail * dim. */
 static int run_all(float *hidden, int64_t tokens, int64_t tail, const float *cos, const float *signed_sin,
-                   const LayerWeights *layers, int64_t layer_count, const Shape *shape, float *cache_keys,
+                   const LayerWeights *layers, int64_t layer_count, const float *final_norm, const Shape *shape,
+                   float *cache_keys,
                    float *cache_values, int64_t layer_stride, Chain *chains, int64_t chain_count) {
     const int64_t dim = shape->dim, attended_width = shape->heads * shape->head_dim;
     const int64_t qkv_width = (shape->heads + 2 * shape->kv_heads) * shape->head_dim;
@@ -145,6 +147,7 @@ static int run_all(float *hidden, int64_t tokens, int64_t tail, const float *cos
         multiply_all(act, rows, shape->inter, weights->down, delta, dim);
         add_into(stream, delta, rows * dim);
     }
+    if (status == ATTEND_OK) rms_norm(hidden + tail * dim, final_norm, hidden + tail * dim, tokens - tail, dim, shape->eps);
     free(scratch);
     return status;
 }
@@ -192,16 +195,16 @@ static int chain_plan(PyObject *chain, Py_buffer *views, Layer *plan) {
 }
 
 /* run(hidden, tokens, tail, cos, signed_sin, layers, shape, eps, scale, cache_keys, cache_values,
- *     layer_stride, slots, chains): hidden, cos and signed_sin are integer addresses of float32
- * [tokens, dim] and [tokens, head_dim]; layers a tuple of a tuple of 6 addresses a layer
- * (LayerWeights); shape (dim, heads, kv_heads, head_dim, inter); cache_keys / cache_values the
+ *     layer_stride, slots, chains, final_norm): hidden, cos and signed_sin are integer addresses of
+ * float32 [tokens, dim] and [tokens, head_dim]; layers a tuple of a tuple of 6 addresses a layer
+ * (LayerWeights), final_norm the address of the model's last norm weight [dim]; shape (dim, heads, kv_heads, head_dim, inter); cache_keys / cache_values the
  * addresses of the cache's [layers, rows, kv_heads, slots, head_dim], layer_stride its floats a
  * layer; chains a tuple of (row_of, offset_of, starts, sees) arrays, their tokens one after the
  * other. fused_layers.py checks the tensors behind the addresses. */
 static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 14) {
-        PyErr_SetString(PyExc_TypeError, "run takes 14 arguments");
+    if (nargs != 15) {
+        PyErr_SetString(PyExc_TypeError, "run takes 15 arguments");
         return NULL;
     }
     if (multiply_all == NULL || attend_plan == NULL) {
@@ -218,8 +221,10 @@ static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
     shape.scale = (float)PyFloat_AsDouble(args[8]);
     float *cache_keys = PyLong_AsVoidPtr(args[9]), *cache_values = PyLong_AsVoidPtr(args[10]);
     const int64_t layer_stride = PyLong_AsLongLong(args[11]), slots = PyLong_AsLongLong(args[12]);
+    const float *final_norm = PyLong_AsVoidPtr(args[14]);
     if (PyErr_Occurred()) return NULL;
     if (tokens <= 0 || tail < 0 || tail >= tokens || hidden == NULL || cos == NULL || signed_sin == NULL ||
+        final_norm == NULL ||
         cache_keys == NULL || cache_values == NULL || shape.dim <= 0 || shape.heads <= 0 || shape.kv_heads <= 0 ||
         shape.heads % shape.kv_heads != 0 || shape.head_dim <= 0 || shape.head_dim > 256 || shape.head_dim % 16 ||
         shape.inter <= 0 || layer_stride <= 0 || slots <= 0) {
@@ -262,7 +267,8 @@ static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
     }
     int status;
     Py_BEGIN_ALLOW_THREADS
-    status = run_all(hidden, tokens, tail, cos, signed_sin, layers, layer_count, &shape, cache_keys, cache_values,
+    status = run_all(hidden, tokens, tail, cos, signed_sin, layers, layer_count, final_norm, &shape, cache_keys,
+                     cache_values,
                      layer_stride, chains, chain_count);
     Py_END_ALLOW_THREADS
     if (status == ATTEND_BAD_PLAN)
@@ -288,7 +294,7 @@ static PyObject *available(PyObject *module, PyObject *unused) {
 }
 
 static PyMethodDef methods[] = {
-    {"run", (PyCFunction)(void (*)(void))run, METH_FASTCALL, "Every decoder layer of one ragged float32 pass."},
+    {"run", (PyCFunction)(void (*)(void))run, METH_FASTCALL, "Every decoder layer of one ragged float32 pass, and the final norm."},
     {"available", available, METH_NOARGS, "Whether the products' and the attention's kernels run here."},
     {NULL, NULL, 0, NULL},
 };

@@ -183,8 +183,7 @@ class LlamaTreeForward:
             if kept.step != 1 or kept.stop != tokens or not kept:
                 raise ValueError("the fused layers compute the logits of a last run of fed tokens")
             angles = cos[:, 0].contiguous(), signed_sin[:, 0].contiguous()
-            hidden = self.fused(cache, plan, hidden.contiguous(), *angles, tail=kept.start)
-            return self.head(self._norm(hidden, inner.norm))
+            return self.head(self.fused(cache, plan, hidden.contiguous(), *angles, tail=kept.start))
         for index, (layer, projections) in enumerate(zip(self.layers, self.projections)):
             qkv = projections.qkv(self._norm(hidden, layer.input_layernorm))
             qkv = qkv.view(tokens, rotated_heads + self.kv_heads, self.head_dim)
