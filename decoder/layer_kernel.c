@@ -1,4 +1,5 @@
-/* The decoder layers of one ragged pass (verification or prefill), float32 on a CPU, in one call.
+/* The decoder layers of one ragged pass (verification or prefill), float32 on a CPU, and the model's
+ * final norm, in one call.
  *
  * From Python a layer of SmolLM2 is ~25 small torch operations and 4 calls into our kernels, and on
  * 2 cores their launches cost ~2.5-3 ms of an ~11 ms one-token pass (perf: the second thread spins
@@ -59,7 +60,7 @@ static void rms_norm(const float *x, const float *weight, float *y, int64_t rows
 static void rotate(float *qkv, int64_t tokens, int64_t rotated, int64_t stride, int64_t head_dim, const float *cos,
                    const float *signed_sin) {
     const int64_t half = head_dim / 2;
-    float x[512]; /* head_dim <= 256 (ragged_attention.available) */
+    float x[256]; /* head_dim <= 256 (run checks it, as ragged_attention.available does) */
     for (int64_t t = 0; t < tokens; t++) {
         const float *c = cos + t * head_dim, *s = signed_sin + t * head_dim;
         for (int64_t h = 0; h < rotated; h++) {
