@@ -203,7 +203,11 @@ def test_calls_in_flight_on_a_killed_replica_fail_over(store: Path):
     (first, first_address, _), (second, second_address, _) = start_server(store), start_server(store)
     try:
         with DraftClient([first_address, second_address], timeout=10, retries=3) as client:
-            for _ in range(4):  # both replicas connected
+            # Calls for a second, so that both replicas are connected: round_robin only picks a ready
+            # one, and four quick calls once all went to the replica that connected first (a busy
+            # machine), leaving the stopped one never picked.
+            warmed = time.monotonic() + 1.0
+            while time.monotonic() < warmed:
                 client.lookup([[0]])
             os.kill(first.pid, signal.SIGSTOP)
             outcomes: list = []
