@@ -2,8 +2,8 @@
  * final norm, in one call.
  *
  * From Python a layer of SmolLM2 is ~25 small torch operations and 4 calls into our kernels, and on
- * 2 cores their launches cost ~2.5-3 ms of an ~11 ms one-token pass (perf: the second thread spins
- * in libgomp meanwhile). Here every layer runs in C: the norms, the rotation, the activation and the
+ * 2 cores their launches cost 2-3 ms a pass (benchmarks/pass_costs.py times both ways; perf showed
+ * the second thread spinning in libgomp meanwhile). Here every layer runs in C: the norms, the rotation, the activation and the
  * residual adds as plain loops on the calling thread (they are small), the products through
  * panel_linear_kernel.c and the attention through ragged_attention_kernel.c, each reached through
  * its capsule, on torch's OpenMP threads.

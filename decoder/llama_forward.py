@@ -176,14 +176,15 @@ class LlamaTreeForward:
         inner = self.model.model
         hidden = inner.embed_tokens(plan.input_ids)
         cos, sin = inner.rotary_emb(hidden[None], plan.positions[None])
-        cos, signed_sin = cos[0, :, None], _signed_halves(sin)[0, :, None]  # [n, 1, head_dim]
+        cos, signed_sin = cos[0], _signed_halves(sin)[0]  # [n, head_dim]
         tokens, rotated_heads = hidden.shape[0], self.heads + self.kv_heads
         if self.fused is not None:
             kept = range(tokens)[logits_of]
             if kept.step != 1 or kept.stop != tokens or not kept:
                 raise ValueError("the fused layers compute the logits of a last run of fed tokens")
-            angles = cos[:, 0].contiguous(), signed_sin[:, 0].contiguous()
+            angles = cos.contiguous(), signed_sin.contiguous()
             return self.head(self.fused(cache, plan, hidden.contiguous(), *angles, tail=kept.start))
+        cos, signed_sin = cos[:, None], signed_sin[:, None]  # [n, 1, head_dim]: one angle per head
         for index, (layer, projections) in enumerate(zip(self.layers, self.projections)):
             qkv = projections.qkv(self._norm(hidden, layer.input_layernorm))
             qkv = qkv.view(tokens, rotated_heads + self.kv_heads, self.head_dim)
