@@ -6,9 +6,11 @@ derived from exactly that DuckDB file and rebuilds it when missing or damaged). 
 or copied at load, so loading takes milliseconds and a few MB of private memory, and every replica
 that serves the version shares the file's pages in the page cache.
 
-Two paths give the same answers, bit for bit:
-- up to SMALL_BATCH sequences: small_batch.py, plain Python over memoryviews (microseconds);
-- larger batches: vectorised numpy (below). It hashes every suffix (lengths 1..N) of every query at
+Three paths give the same answers, bit for bit:
+- where the install built it, one compiled call for the whole batch (store_answer.c, through
+  compiled_lookup.py; CHAINED grows its MERGED answers);
+- otherwise, up to SMALL_BATCH sequences: small_batch.py, plain Python over memoryviews (microseconds);
+- and larger batches: vectorised numpy (below). It hashes every suffix (lengths 1..N) of every query at
   once, finds candidates with one `searchsorted` over the sorted context hashes, verifies them
   token by token (so matches are exact whatever the hash does), picks one tree per query, and
   gathers the first `max_nodes` nodes of each chosen tree.
@@ -30,6 +32,7 @@ import numpy as np
 
 from datastore_service.draft import DEFAULT_SELECTION, DraftBatch, QueryBatch, QueryError, prepare_queries
 from datastore_service.lookup.chaining import chain_trees
+from datastore_service.lookup.compiled_lookup import CompiledLookup, kernel
 from datastore_service.lookup.serving_loader import open_serving_file
 from datastore_service.lookup.small_batch import SMALL_BATCH, SmallBatchLookup
 from datastore_service.lookup.tree_merge import merge_trees
@@ -40,6 +43,9 @@ from datastore_service.store.serving_arrays import concatenated_ranges, depths_w
 from datastore_service.store.serving_file import ServingFile
 
 SELECTIONS = ("scored", "longest", "merged", "chained")
+# Batches up to this many sequences are validated in plain Python (small_batch.py) before the compiled
+# lookup: measured 7 µs against numpy's 22 µs for 8 sequences, 18 against 25 for 32, 32 against 28 for 64.
+QUICK_PREPARE = 32
 
 
 class DraftIndex:
@@ -58,6 +64,9 @@ class DraftIndex:
         self.node_parents = arrays["node_parents"]
         self.node_cumulative = arrays["node_cumulative"]
         self.small = SmallBatchLookup(arrays, metadata, self._default_nodes, info.vocab_size)
+        self.compiled = (
+            CompiledLookup(arrays, self.width, self.hash_seed, self.max_tree_depth) if kernel() is not None else None
+        )
         # Per suffix length n (rows) and position (columns): outside the query's last n tokens.
         self._suffix_lengths = np.arange(1, self.width + 1)[None, :]  # [1, N]
         self._outside_suffix = np.arange(self.width)[None, None, :] < (self.width - self._suffix_lengths)[:, :, None]
@@ -80,8 +89,9 @@ class DraftIndex:
         self, sequences: Sequence[Sequence[int]], max_nodes: Sequence[int] | int = 0, max_depth: Sequence[int] | int = 0
     ) -> QueryBatch:
         """Validate queries (QueryError says which and why) and lay them out for `lookup_batch`."""
-        if len(sequences) <= SMALL_BATCH:
-            batch = self.small.prepare(sequences, max_nodes, max_depth)
+        most = QUICK_PREPARE if self.compiled is not None else SMALL_BATCH
+        if len(sequences) <= most:
+            batch = self.small.prepare(sequences, max_nodes, max_depth, most)
             if batch is not None:
                 return batch
         return prepare_queries(
@@ -96,7 +106,7 @@ class DraftIndex:
         selection: str = DEFAULT_SELECTION,
     ) -> DraftBatch:
         _check_selection(selection)
-        if len(sequences) <= SMALL_BATCH and selection != "chained":
+        if self.compiled is None and len(sequences) <= SMALL_BATCH and selection != "chained":
             answer = self.small.lookup(sequences, max_nodes, max_depth, selection)
             if answer is not None:
                 return answer
@@ -106,6 +116,8 @@ class DraftIndex:
         _check_selection(selection)
         if selection == "chained":
             return chain_trees(lambda queries: self.lookup_batch(queries, "merged"), batch, self.width)
+        if self.compiled is not None:
+            return self.compiled.answers(batch, selection)
         if len(batch.lengths) <= SMALL_BATCH:
             return self.small.lookup_batch(batch, selection)
         return self.lookup_vectorised(batch, selection)

@@ -54,9 +54,11 @@ class SmallBatchLookup:
         checked = self.checked(sequences, max_nodes, max_depth)
         return None if checked is None else self._answer(*checked, selection)
 
-    def prepare(self, sequences: Sequence[Sequence[int]], max_nodes: object, max_depth: object) -> QueryBatch | None:
+    def prepare(
+        self, sequences: Sequence[Sequence[int]], max_nodes: object, max_depth: object, most: int = SMALL_BATCH
+    ) -> QueryBatch | None:
         """The QueryBatch `prepare_queries` would make, in a few microseconds; None as for `checked`."""
-        checked = self.checked(sequences, max_nodes, max_depth)
+        checked = self.checked(sequences, max_nodes, max_depth, most)
         if checked is None:
             return None
         rows, nodes, depths = checked
@@ -67,12 +69,13 @@ class SmallBatchLookup:
         return QueryBatch(tails, lengths, np.array(nodes, np.int64), np.array(depths, np.int64))
 
     def checked(
-        self, sequences: Sequence[Sequence[int]], max_nodes: object, max_depth: object
+        self, sequences: Sequence[Sequence[int]], max_nodes: object, max_depth: object, most: int = SMALL_BATCH
     ) -> tuple[list[list[int]], list[int], list[int]] | None:
         """Rows of Python ints and per-row limits (defaults filled in) when every part is plainly
-        valid; None for anything unusual or wrong, which `prepare_queries` then handles (and names)."""
+        valid and there are at most `most`; None for anything unusual or wrong, or more rows, which
+        `prepare_queries` then handles (and names)."""
         count = len(sequences)
-        if not 0 < count <= SMALL_BATCH:
+        if not 0 < count <= most:
             return None
         nodes = _limits(max_nodes, count, MAX_NODES_LIMIT, self.default_nodes)
         depths = _limits(max_depth, count, MAX_DEPTH_LIMIT, MAX_DEPTH_LIMIT)

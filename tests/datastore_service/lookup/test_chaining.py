@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from datastore_service.draft import DraftTree
 from datastore_service.lookup.chaining import NODES_PER_GRAFT
 from datastore_service.lookup.draft_index import DraftIndex
-from tests.datastore_service.lookup.stores import BIG_IDS, EDGE_IDS
-from tests.datastore_service.lookup.test_small_batch import sequences
+from datastore_service.lookup.small_batch import SMALL_BATCH
+from tests.datastore_service.lookup.stores import BIG_IDS, EDGE_IDS, queries
 from tests.datastore_service.lookup.test_tree_merge import paths
 
 
@@ -81,7 +81,7 @@ def test_chained_trees_extend_merged_trees_with_the_store_s_own_trees(
     case: tuple[DraftIndex, list[int]], data: st.DataObject
 ):
     index, alphabet = case
-    rows = data.draw(sequences(index, alphabet))
+    rows = data.draw(queries(index, alphabet, SMALL_BATCH))
     limits = st.lists(st.integers(0, 24), min_size=len(rows), max_size=len(rows))
     max_nodes, max_depth = data.draw(limits), [min(d, 6) for d in data.draw(limits)]
     batch = index.prepare(rows, max_nodes, max_depth)

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from datastore_service.draft import prepare_queries
-from datastore_service.lookup.draft_index import SELECTIONS, DraftIndex
+from datastore_service.lookup.draft_index import DraftIndex
 from datastore_service.lookup.small_batch import SMALL_BATCH
-from tests.datastore_service.lookup.stores import BIG_IDS, EDGE_IDS, assert_same_answers
+from tests.datastore_service.lookup.stores import BIG_IDS, EDGE_IDS, ONE_TREE_SELECTIONS, assert_same_answers, queries
 
 
 @pytest.fixture(scope="module", params=["big-ids", "edge-ids"])
@@ -24,43 +24,26 @@ def case(request: pytest.FixtureRequest, big_id_store: Path, edge_id_store: Path
     return DraftIndex.load(edge_id_store), EDGE_IDS
 
 
-@st.composite
-def sequences(draw: st.DrawFn, index: DraftIndex, alphabet: list[int]) -> list[list[int]]:
-    """Stored contexts (hits), stored contexts behind other tokens, and random ones (mostly misses)."""
-    ids = st.sampled_from(alphabet) | st.integers(0, index.info.vocab_size - 1)
-    rows = []
-    for _ in range(draw(st.integers(1, SMALL_BATCH))):
-        kind = draw(st.sampled_from(["stored", "extended", "random"]))
-        if kind == "random":
-            rows.append(draw(st.lists(ids, min_size=1, max_size=index.width)))
-            continue
-        stored = draw(st.integers(0, len(index.context_hashes) - 1))
-        context = index.context_matrix[stored, index.width - int(index.context_lengths[stored]) :].tolist()
-        before = draw(st.lists(ids, max_size=index.width)) if kind == "extended" else []
-        rows.append((before + context)[-index.width :])
-    return rows
-
-
 @given(data=st.data())
 @settings(max_examples=250, deadline=None)
 def test_small_batches_answer_as_the_vectorised_path(case: tuple[DraftIndex, list[int]], data: st.DataObject):
     index, alphabet = case
-    rows = data.draw(sequences(index, alphabet))
+    rows = data.draw(queries(index, alphabet, SMALL_BATCH))
     limits = st.lists(st.integers(0, 10), min_size=len(rows), max_size=len(rows))
     max_nodes, max_depth = data.draw(limits), [min(d, 5) for d in data.draw(limits)]
-    selection = data.draw(st.sampled_from(SELECTIONS))
+    selection = data.draw(st.sampled_from(ONE_TREE_SELECTIONS))
     batch = index.prepare(rows, max_nodes, max_depth)
-    assert_same_answers(index.lookup_batch(batch, selection), index.lookup_vectorised(batch, selection))
-    # Scalar limits and Python lists: `lookup` takes them to the small path without `prepare`.
+    assert_same_answers(index.small.lookup_batch(batch, selection), index.lookup_vectorised(batch, selection))
+    # Scalar limits and Python lists: the small path's own entry, without `prepare`.
     expected = index.lookup_vectorised(index.prepare(rows, max_nodes[0], max_depth[0]), selection)
-    assert_same_answers(index.lookup(rows, max_nodes[0], max_depth[0], selection), expected)
+    assert_same_answers(index.small.lookup(rows, max_nodes[0], max_depth[0], selection), expected)
 
 
 @given(data=st.data())
 @settings(max_examples=100, deadline=None)
 def test_small_batches_are_prepared_as_prepare_queries_does(case: tuple[DraftIndex, list[int]], data: st.DataObject):
     index, alphabet = case
-    rows = data.draw(sequences(index, alphabet))
+    rows = data.draw(queries(index, alphabet, SMALL_BATCH))
     limit = st.integers(0, 50)
     as_given = st.sampled_from([int, list, np.array])  # how callers pass limits: one for all, or one per row
     limits = []

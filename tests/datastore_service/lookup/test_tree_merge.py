@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from datastore_service.draft import DraftTree
 from datastore_service.lookup.draft_index import DraftIndex
-from tests.datastore_service.lookup.stores import BIG_IDS, EDGE_IDS
-from tests.datastore_service.lookup.test_small_batch import sequences
+from datastore_service.lookup.small_batch import SMALL_BATCH
+from tests.datastore_service.lookup.stores import BIG_IDS, EDGE_IDS, queries
 
 
 @pytest.fixture(scope="module", params=["big-ids", "edge-ids"])
@@ -59,7 +59,7 @@ def oracle(index: DraftIndex, row: list[int], max_nodes: int, max_depth: int) ->
 @settings(max_examples=150, deadline=None)
 def test_merged_trees_hold_the_rule_s_nodes(case: tuple[DraftIndex, list[int]], data: st.DataObject):
     index, alphabet = case
-    rows = data.draw(sequences(index, alphabet))
+    rows = data.draw(queries(index, alphabet, SMALL_BATCH))
     limits = st.lists(st.integers(0, 12), min_size=len(rows), max_size=len(rows))
     max_nodes, max_depth = data.draw(limits), [min(d, 5) for d in data.draw(limits)]
     batch = index.prepare(rows, max_nodes, max_depth)

@@ -1,0 +1,84 @@
+"""A store's LONGEST, SCORED and MERGED answers for a whole batch in one compiled call
+(store_answer.c). small_batch.py and the numpy path in draft_index.py state the same rule and stay
+its references: tests hold the three bit-identical. The extension is built by the package install
+(optional: without a C compiler the install still succeeds and the Python paths answer)."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import numpy as np
+
+from datastore_service.draft import DraftBatch, QueryBatch
+
+try:
+    from datastore_service.lookup import _store_answer
+except ImportError:  # built without a C compiler: the Python paths answer
+    _store_answer = None
+
+SELECTION_CODES = {"longest": 0, "scored": 1, "merged": 2}
+# The serving arrays after `context_hashes`, as store_answer.c reads them (each in its own integer width).
+SERVING_COLUMNS = (
+    "context_tokens",
+    "context_lengths",
+    "context_counts",
+    "tree_offsets",
+    "node_tokens",
+    "node_parents",
+    "node_cumulative",
+)
+
+
+def kernel() -> ModuleType | None:
+    """The compiled extension, or None when the install could not build it."""
+    return _store_answer
+
+
+class CompiledLookup:
+    """One serving file's arrays, handed to the kernel as they are mapped (nothing is copied)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], width: int, seed: int, max_tree_depth: int) -> None:
+        self.hashes = np.ascontiguousarray(arrays["context_hashes"], np.uint64)
+        self.columns = tuple(np.ascontiguousarray(arrays[name]) for name in SERVING_COLUMNS)
+        self.sizes = tuple(column.dtype.itemsize for column in self.columns)
+        self.width, self.seed, self.max_tree_depth = width, seed, max_tree_depth
+
+    def answers(self, batch: QueryBatch, selection: str) -> DraftBatch:
+        """Every query's tree for `selection` (longest, scored or merged)."""
+        assert _store_answer is not None, "the compiled lookup is not built"
+        queries = len(batch.lengths)
+        max_nodes = np.ascontiguousarray(batch.max_nodes, np.int64)
+        capacity = int(max_nodes.sum())  # an answer holds at most its max_nodes
+        out = (
+            np.empty(capacity, np.int32),  # tokens
+            np.empty(capacity, np.int32),  # parents
+            np.empty(capacity, np.float32),  # probabilities
+            np.empty(queries + 1, np.int64),  # offsets
+            np.empty(queries, np.int32),  # context lengths
+            np.empty(queries, np.float32),  # scores
+        )
+        written = _store_answer.answers(
+            SELECTION_CODES[selection],
+            self.hashes,
+            *self.columns,
+            self.sizes,
+            len(self.hashes),
+            self.width,
+            self.seed,
+            self.max_tree_depth,
+            queries,
+            np.ascontiguousarray(batch.tails, np.int64),
+            np.ascontiguousarray(batch.lengths, np.int64),
+            max_nodes,
+            np.ascontiguousarray(batch.max_depth, np.int64),
+            *out,
+            capacity,
+        )
+        if written == -2:
+            raise MemoryError("the compiled lookup could not allocate its scratch")
+        if written < 0:
+            raise RuntimeError("the compiled lookup ran out of room: a bug, its capacity is an upper bound")
+        tokens, parents, probabilities, offsets, context_lengths, scores = out
+        return DraftBatch(
+            tokens[:written], parents[:written], probabilities[:written], offsets, context_lengths, scores
+        )
