@@ -35,6 +35,7 @@ from .acceptance import Accepted, SamplingParams, sampling_targets, walk_greedy,
 from .calibration import AcceptanceCalibration
 from .cuda_graphs import GraphedPasses
 from .draft_gate import DraftGate
+from .fused_layers import greedy_tokens
 from .draft_sources import DraftSource
 from .llama_forward import LlamaTreeForward, forward_fingerprint
 from .node_budget import PASS_WIDTHS, CostCurve, NodeBudget, first_nodes
@@ -385,7 +386,8 @@ class TreeEngine:
     def _verdicts(self, logits: torch.Tensor, fed: FedBatch) -> Callable[[int], Accepted]:
         """Bring the target's verdicts to the host (the step's one device sync); a walk per row."""
         if self.sampling is None:
-            predicted = logits.argmax(dim=-1).tolist()
+            predicted = greedy_tokens(logits) if logits.dim() == 2 else None
+            predicted = logits.argmax(dim=-1).tolist() if predicted is None else predicted
             if fed.ragged is not None and logits.dim() == 2:  # the real tokens' verdicts, row after row
                 predicted = fed.ragged.per_row(predicted)
             return lambda row: walk_greedy(fed.fed_tokens[row], fed.fed_parents[row], predicted[row])

@@ -13,7 +13,7 @@ loop: the weights streamed through the caches have evicted its code and data; th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -30,21 +30,33 @@ except ImportError:  # built without a C compiler: the torch layers answer
 SILU_NAMES = ("silu", "swish")
 
 
+# The rotary angles are tabled for positions in steps of this (a table of 1,024 is 0.5 MB for SmolLM2).
+ANGLE_ROWS_GRANULE = 1024
+
+
 class FusedLayers:
     """A model's layers as the kernel takes them: each layer's weights as addresses (the tensors kept
-    alive here), the final norm's weight, the shapes, and the norms' epsilon."""
+    alive here), the embedding and the final norm's weights, the shapes, the norms' epsilon, and the
+    rotary angles of every position so far (`angles(positions)` computes them: transformers' rotary
+    embedding, called once per ANGLE_ROWS_GRANULE positions rather than once a pass)."""
 
     def __init__(
         self,
         layers: Sequence[nn.Module],
         projections: Sequence[LayerProjections],
         norm_weights: dict[nn.Module, torch.Tensor],
+        embedding: torch.Tensor,
         final_norm: torch.Tensor,
         shape: tuple[int, int, int, int, int],
         scale: float,
+        angles: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     ) -> None:
-        self._tensors = [final_norm.contiguous()]
-        self.final_norm = self._tensors[0].data_ptr()
+        self._tensors = [final_norm.contiguous(), embedding.contiguous()]
+        self.final_norm, self.embedding = (tensor.data_ptr() for tensor in self._tensors)
+        self.vocab = embedding.shape[0]
+        self._angles_of = angles
+        self._angles = (torch.empty(0, shape[3]), torch.empty(0, shape[3]))  # cos, signed sin by position
+        self._hidden = torch.empty(0, shape[0])  # the stream of a pass, reused while it is large enough
         addresses = []
         for layer, products in zip(layers, projections):
             tensors = (
@@ -70,6 +82,7 @@ class FusedLayers:
         norm_weights: dict[nn.Module, torch.Tensor],
         head_dim: int,
         scale: float,
+        angles: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     ) -> FusedLayers | None:
         """The fused layers of this model, or None where the kernel does not compute what its layers do."""
         config, layers = model.config, list(model.model.layers)
@@ -83,31 +96,20 @@ class FusedLayers:
             or any(not isinstance(product, PanelLinear) or product.bias is not None for product in products)
             or any(norm_weights[norm].dtype != torch.float32 for norm in norms)
             or len({getattr(norm, "variance_epsilon", None) for norm in norms}) != 1
+            or model.model.embed_tokens.weight.dtype != torch.float32
         ):
             return None
         heads = config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         shape = (config.hidden_size, heads, kv_heads, head_dim, config.intermediate_size)
-        return cls(layers, projections, norm_weights, norm_weights[model.model.norm], shape, scale)
+        embedding = model.model.embed_tokens.weight.detach()
+        return cls(layers, projections, norm_weights, embedding, norm_weights[model.model.norm], shape, scale, angles)
 
-    def __call__(
-        self,
-        cache: StaticKVCache,
-        plan: RaggedPlan | PrefillPlan,
-        hidden: torch.Tensor,
-        cos: torch.Tensor,
-        signed_sin: torch.Tensor,
-        tail: int,
-    ) -> torch.Tensor:
-        """Run every layer over the embedded fed tokens `hidden` [n, dim] (in place), writing their keys
-        and values into `cache`, and the final norm; the last layer's output and the norm only for tokens
-        tail.. (those whose logits are wanted): the head's input for those, [n - tail, dim].
-        cos / signed_sin: [n, head_dim]."""
-        tokens, dim = hidden.shape
-        head_dim = self.shape[3]
-        for tensor, width in ((hidden, dim), (cos, head_dim), (signed_sin, head_dim)):
-            if tensor.dtype != torch.float32 or not tensor.is_contiguous() or tensor.shape != (tokens, width):
-                raise ValueError("fused layers take contiguous float32 hidden [n, dim] and angles [n, head_dim]")
+    def __call__(self, cache: StaticKVCache, plan: RaggedPlan | PrefillPlan, tail: int) -> torch.Tensor:
+        """Embed the plan's fed tokens and run every layer over them, writing their keys and values into
+        `cache`, then the final norm; the last layer's output and the norm only for tokens tail.. (those
+        whose logits are wanted): the head's input for those, [n - tail, dim]."""
+        tokens, (dim, _, _, head_dim, _) = len(plan.input_ids), self.shape
         keys, values = cache.keys, cache.values
         if keys.dtype != torch.float32 or (keys.shape[0], keys.shape[2], keys.shape[4]) != (
             len(self.layers),
@@ -118,12 +120,19 @@ class FusedLayers:
         chains = plan.kernel_chains()
         if any(len(starts) > cache.rows for _, _, starts, _ in chains):
             raise ValueError("the ragged plan does not fit this cache")
+        cos, signed_sin = self._angles_up_to(int(plan.positions.max()) + 1)
+        if len(self._hidden) < tokens:
+            self._hidden = torch.empty(tokens, dim)
         _fused_layers.run(
-            hidden.data_ptr(),
-            tokens,
+            self._hidden.data_ptr(),
+            plan.input_ids,
+            plan.positions,
             tail,
+            self.embedding,
+            self.vocab,
             cos.data_ptr(),
             signed_sin.data_ptr(),
+            len(cos),
             self.layers,
             self.shape,
             self.eps,
@@ -135,4 +144,21 @@ class FusedLayers:
             chains,
             self.final_norm,
         )
-        return hidden[tail:]
+        return self._hidden[tail:tokens]
+
+    def _angles_up_to(self, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The angle tables, grown to hold at least `positions` positions."""
+        if len(self._angles[0]) < positions:
+            rows = -(-positions // ANGLE_ROWS_GRANULE) * ANGLE_ROWS_GRANULE
+            self._angles = tuple(table.contiguous() for table in self._angles_of(torch.arange(rows)))
+        return self._angles
+
+
+def greedy_tokens(logits: torch.Tensor) -> list[int] | None:
+    """Each row's argmax of float32 logits [n, vocab] on a CPU, as torch.argmax takes it (the first
+    largest; a NaN the largest), in one call into layer_kernel.c; None where that does not run."""
+    if _fused_layers is None or logits.dim() != 2 or logits.dtype != torch.float32 or logits.device.type != "cpu":
+        return None
+    if not logits.is_contiguous() or logits.shape[1] == 0:
+        return None
+    return _fused_layers.greedy(logits.data_ptr(), logits.shape[0], logits.shape[1])

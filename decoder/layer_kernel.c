@@ -55,14 +55,22 @@ static void rms_norm(const float *x, const float *weight, float *y, int64_t rows
     }
 }
 
+/* The fed tokens' positions, and the rotary angles of every position up to the cache's capacity
+ * ([positions, head_dim] each, computed once by torch's own rotary embedding: fused_layers.py). */
+typedef struct {
+    const int64_t *positions;
+    const float *cos, *signed_sin;
+} Angles;
+
 /* The rotary embedding of the first `rotated` heads of each token, in place:
  * x * cos + rotate_half(x) * sin, as x * cos + roll(x, d / 2) * signed_sin (llama_forward._rotate). */
-static void rotate(float *qkv, int64_t tokens, int64_t rotated, int64_t stride, int64_t head_dim, const float *cos,
-                   const float *signed_sin) {
+static void rotate(float *qkv, int64_t tokens, int64_t rotated, int64_t stride, int64_t head_dim,
+                   const Angles *angles) {
     const int64_t half = head_dim / 2;
     float x[256]; /* head_dim <= 256 (run checks it, as ragged_attention.available does) */
     for (int64_t t = 0; t < tokens; t++) {
-        const float *c = cos + t * head_dim, *s = signed_sin + t * head_dim;
+        const int64_t at = angles->positions[t] * head_dim;
+        const float *c = angles->cos + at, *s = angles->signed_sin + at;
         for (int64_t h = 0; h < rotated; h++) {
             float *head = qkv + t * stride + h * head_dim;
             memcpy(x, head, head_dim * sizeof(float));
@@ -109,9 +117,8 @@ static void add_into(float *hidden, const float *delta, int64_t count) {
 /* Every layer over hidden [tokens, dim] in place, then the model's final norm: the last layer's output
  * part and the norm only for rows [tail, tokens) (a prefill needs only its last token's logits),
  * written at hidden + tail * dim. */
-static int run_all(float *hidden, int64_t tokens, int64_t tail, const float *cos, const float *signed_sin,
-                   const LayerWeights *layers, int64_t layer_count, const float *final_norm, const Shape *shape,
-                   float *cache_keys,
+static int run_all(float *hidden, int64_t tokens, int64_t tail, const Angles *angles, const LayerWeights *layers,
+                   int64_t layer_count, const float *final_norm, const Shape *shape, float *cache_keys,
                    float *cache_values, int64_t layer_stride, Chain *chains, int64_t chain_count) {
     const int64_t dim = shape->dim, attended_width = shape->heads * shape->head_dim;
     const int64_t qkv_width = (shape->heads + 2 * shape->kv_heads) * shape->head_dim;
@@ -125,7 +132,7 @@ static int run_all(float *hidden, int64_t tokens, int64_t tail, const float *cos
         const LayerWeights *weights = layers + index;
         rms_norm(hidden, weights->input_norm, normed, tokens, dim, shape->eps);
         multiply_all(normed, tokens, dim, weights->qkv, qkv, qkv_width);
-        rotate(qkv, tokens, shape->heads + shape->kv_heads, qkv_width, shape->head_dim, cos, signed_sin);
+        rotate(qkv, tokens, shape->heads + shape->kv_heads, qkv_width, shape->head_dim, angles);
         for (int64_t c = 0; c < chain_count && status == ATTEND_OK; c++) {
             Layer plan = chains[c].plan;
             const float *query = qkv + chains[c].first * qkv_width;
@@ -195,48 +202,72 @@ static int chain_plan(PyObject *chain, Py_buffer *views, Layer *plan) {
     return 0;
 }
 
-/* run(hidden, tokens, tail, cos, signed_sin, layers, shape, eps, scale, cache_keys, cache_values,
- *     layer_stride, slots, chains, final_norm): hidden, cos and signed_sin are integer addresses of
- * float32 [tokens, dim] and [tokens, head_dim]; layers a tuple of a tuple of 6 addresses a layer
- * (LayerWeights), final_norm the address of the model's last norm weight [dim]; shape (dim, heads, kv_heads, head_dim, inter); cache_keys / cache_values the
- * addresses of the cache's [layers, rows, kv_heads, slots, head_dim], layer_stride its floats a
- * layer; chains a tuple of (row_of, offset_of, starts, sees) arrays, their tokens one after the
- * other. fused_layers.py checks the tensors behind the addresses. */
+/* run(hidden, ids, positions, tail, embedding, vocab, cos, signed_sin, table_positions, layers, shape,
+ *     eps, scale, cache_keys, cache_values, layer_stride, slots, chains, final_norm): the fed tokens'
+ * ids and positions are int64 buffers; hidden is the integer address of a float32 [tokens, dim] to
+ * fill (it is written with the token's embedding rows, then holds the stream), embedding the
+ * address of [vocab, dim], cos and signed_sin those of the angle tables [table_positions, head_dim];
+ * layers a tuple of a tuple of 6 addresses a layer (LayerWeights), final_norm the address of the
+ * model's last norm weight [dim]; shape (dim, heads, kv_heads, head_dim, inter); cache_keys /
+ * cache_values the addresses of the cache's [layers, rows, kv_heads, slots, head_dim], layer_stride
+ * its floats a layer; chains a tuple of (row_of, offset_of, starts, sees) arrays, their tokens one
+ * after the other. fused_layers.py checks the tensors behind the addresses; ids and positions are
+ * checked here against vocab and table_positions. */
+enum { RUN_ARGUMENTS = 19 };
+
 static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 15) {
-        PyErr_SetString(PyExc_TypeError, "run takes 15 arguments");
+    if (nargs != RUN_ARGUMENTS) {
+        PyErr_SetString(PyExc_TypeError, "run takes 19 arguments");
         return NULL;
     }
     if (multiply_all == NULL || attend_plan == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "run: the panel or the ragged attention kernel does not run here");
         return NULL;
     }
+    Py_buffer given[2] = {{0}};
+    for (int i = 0; i < 2; i++)
+        if (PyObject_GetBuffer(args[1 + i], given + i, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0 || given[i].itemsize != 8) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "run: ids and positions hold 64-bit integers");
+            for (int j = 0; j <= i; j++) PyBuffer_Release(given + j);
+            return NULL;
+        }
+    const int64_t *ids = given[0].buf, *positions = given[1].buf;
+    const int64_t tokens = given[0].len / 8, tail = PyLong_AsLongLong(args[3]);
     float *hidden = PyLong_AsVoidPtr(args[0]);
-    const int64_t tokens = PyLong_AsLongLong(args[1]), tail = PyLong_AsLongLong(args[2]);
-    const float *cos = PyLong_AsVoidPtr(args[3]), *signed_sin = PyLong_AsVoidPtr(args[4]);
-    long long dims[5];
-    if (!PyArg_ParseTuple(args[6], "LLLLL", dims, dims + 1, dims + 2, dims + 3, dims + 4)) return NULL;
+    const float *embedding = PyLong_AsVoidPtr(args[4]);
+    const int64_t vocab = PyLong_AsLongLong(args[5]);
+    const Angles angles = {positions, PyLong_AsVoidPtr(args[6]), PyLong_AsVoidPtr(args[7])};
+    const int64_t table_positions = PyLong_AsLongLong(args[8]);
+    long long dims[5] = {0};
+    if (!PyErr_Occurred()) PyArg_ParseTuple(args[10], "LLLLL", dims, dims + 1, dims + 2, dims + 3, dims + 4);
     Shape shape = {.dim = dims[0], .heads = dims[1], .kv_heads = dims[2], .head_dim = dims[3], .inter = dims[4]};
-    shape.eps = (float)PyFloat_AsDouble(args[7]);
-    shape.scale = (float)PyFloat_AsDouble(args[8]);
-    float *cache_keys = PyLong_AsVoidPtr(args[9]), *cache_values = PyLong_AsVoidPtr(args[10]);
-    const int64_t layer_stride = PyLong_AsLongLong(args[11]), slots = PyLong_AsLongLong(args[12]);
-    const float *final_norm = PyLong_AsVoidPtr(args[14]);
-    if (PyErr_Occurred()) return NULL;
-    if (tokens <= 0 || tail < 0 || tail >= tokens || hidden == NULL || cos == NULL || signed_sin == NULL ||
-        final_norm == NULL ||
+    shape.eps = (float)PyFloat_AsDouble(args[11]);
+    shape.scale = (float)PyFloat_AsDouble(args[12]);
+    float *cache_keys = PyLong_AsVoidPtr(args[13]), *cache_values = PyLong_AsVoidPtr(args[14]);
+    const int64_t layer_stride = PyLong_AsLongLong(args[15]), slots = PyLong_AsLongLong(args[16]);
+    const float *final_norm = PyLong_AsVoidPtr(args[18]);
+    int fits = !PyErr_Occurred() && given[1].len == given[0].len;
+    for (int64_t t = 0; fits && t < tokens; t++)
+        fits = ids[t] >= 0 && ids[t] < vocab && positions[t] >= 0 && positions[t] < table_positions;
+    if (PyErr_Occurred() || !fits || tokens <= 0 || tail < 0 || tail >= tokens || hidden == NULL ||
+        embedding == NULL || angles.cos == NULL || angles.signed_sin == NULL || final_norm == NULL ||
         cache_keys == NULL || cache_values == NULL || shape.dim <= 0 || shape.heads <= 0 || shape.kv_heads <= 0 ||
         shape.heads % shape.kv_heads != 0 || shape.head_dim <= 0 || shape.head_dim > 256 || shape.head_dim % 16 ||
         shape.inter <= 0 || layer_stride <= 0 || slots <= 0) {
-        PyErr_SetString(PyExc_ValueError, "run: a pass's shapes, addresses or tail out of range");
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "run: a pass's ids, positions, shapes, addresses or tail out of range");
+        PyBuffer_Release(given);
+        PyBuffer_Release(given + 1);
         return NULL;
     }
-    if (!PyTuple_Check(args[5]) || !PyTuple_Check(args[13])) {
+    if (!PyTuple_Check(args[9]) || !PyTuple_Check(args[17])) {
         PyErr_SetString(PyExc_TypeError, "run: layers and chains are tuples");
+        PyBuffer_Release(given);
+        PyBuffer_Release(given + 1);
         return NULL;
     }
-    const Py_ssize_t layer_count = PyTuple_GET_SIZE(args[5]), chain_count = PyTuple_GET_SIZE(args[13]);
+    const Py_ssize_t layer_count = PyTuple_GET_SIZE(args[9]), chain_count = PyTuple_GET_SIZE(args[17]);
     LayerWeights *layers = PyMem_Calloc(layer_count ? layer_count : 1, sizeof(LayerWeights));
     Chain *chains = PyMem_Calloc(chain_count ? chain_count : 1, sizeof(Chain));
     Py_buffer *views = PyMem_Calloc(4 * (chain_count ? chain_count : 1), sizeof(Py_buffer)); /* zeroed: release as nothing */
@@ -247,13 +278,13 @@ static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
     }
     for (Py_ssize_t i = 0; i < layer_count; i++) {
         const float *weights[6];
-        if (as_pointers(PyTuple_GET_ITEM(args[5], i), weights, 6, "a layer's weights") != 0) goto done;
+        if (as_pointers(PyTuple_GET_ITEM(args[9], i), weights, 6, "a layer's weights") != 0) goto done;
         layers[i] = (LayerWeights){weights[0], weights[1], weights[2], weights[3], weights[4], weights[5]};
     }
     int64_t fed = 0;
     for (Py_ssize_t c = 0; c < chain_count; c++) {
         Layer *plan = &chains[c].plan;
-        if (chain_plan(PyTuple_GET_ITEM(args[13], c), views + 4 * c, plan) != 0) goto done;
+        if (chain_plan(PyTuple_GET_ITEM(args[17], c), views + 4 * c, plan) != 0) goto done;
         plan->heads = shape.heads;
         plan->kv_heads = shape.kv_heads;
         plan->head_dim = shape.head_dim;
@@ -268,8 +299,9 @@ static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
     }
     int status;
     Py_BEGIN_ALLOW_THREADS
-    status = run_all(hidden, tokens, tail, cos, signed_sin, layers, layer_count, final_norm, &shape, cache_keys,
-                     cache_values,
+    for (int64_t t = 0; t < tokens; t++)
+        memcpy(hidden + t * shape.dim, embedding + ids[t] * shape.dim, shape.dim * sizeof(float));
+    status = run_all(hidden, tokens, tail, &angles, layers, layer_count, final_norm, &shape, cache_keys, cache_values,
                      layer_stride, chains, chain_count);
     Py_END_ALLOW_THREADS
     if (status == ATTEND_BAD_PLAN)
@@ -284,7 +316,85 @@ done:
     PyMem_Free(views);
     PyMem_Free(chains);
     PyMem_Free(layers);
+    PyBuffer_Release(given);
+    PyBuffer_Release(given + 1);
     return result;
+}
+
+enum { ARGMAX_BLOCK = 256 };
+
+/* The index of the first largest value of x[0..count), a NaN counting as the largest (torch.argmax's
+ * rule). Each block's maximum in vector code (`>` selects as vmaxps does: no NaN can slip through
+ * unseen, they are looked for alongside), then the first block holding the largest, then its first
+ * index holding it: a vocabulary-wide row costs about one vector pass. */
+__attribute__((target_clones("avx512f", "avx2", "default"))) static int64_t first_largest(const float *x,
+                                                                                          int64_t count) {
+    float largest = x[0];
+    int64_t block_of_largest = 0;
+    int any_nan = 0;
+    for (int64_t start = 0; start < count; start += ARGMAX_BLOCK) {
+        const int64_t end = start + ARGMAX_BLOCK < count ? start + ARGMAX_BLOCK : count;
+        float lanes[16];
+        int nan_lanes[16] = {0};
+        for (int j = 0; j < 16; j++) lanes[j] = x[start];
+        int64_t i = start;
+        for (; i + 16 <= end; i += 16)
+            for (int j = 0; j < 16; j++) {
+                lanes[j] = x[i + j] > lanes[j] ? x[i + j] : lanes[j];
+                nan_lanes[j] |= x[i + j] != x[i + j];
+            }
+        float block = lanes[0];
+        for (int j = 0; j < 16; j++) {
+            block = lanes[j] > block ? lanes[j] : block;
+            any_nan |= nan_lanes[j];
+        }
+        for (; i < end; i++) {
+            block = x[i] > block ? x[i] : block;
+            any_nan |= x[i] != x[i];
+        }
+        if (block > largest) {
+            largest = block;
+            block_of_largest = start;
+        }
+    }
+    if (any_nan) {
+        for (int64_t i = 0; i < count; i++)
+            if (x[i] != x[i]) return i;
+    }
+    for (int64_t i = block_of_largest; i < count; i++)
+        if (x[i] == largest) return i;
+    return 0; /* not reached: the largest value is one of x */
+}
+
+/* greedy(logits, rows, vocab) -> list of each row's argmax (first_largest); logits: the integer
+ * address of float32 [rows, vocab], which fused_layers.py checks. The greedy verdicts of a pass
+ * without torch's argmax, .tolist() and their dispatch, which cost ~0.1 ms between passes. */
+static PyObject *greedy(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "greedy takes 3 arguments");
+        return NULL;
+    }
+    const float *logits = PyLong_AsVoidPtr(args[0]);
+    const int64_t rows = PyLong_AsLongLong(args[1]), vocab = PyLong_AsLongLong(args[2]);
+    if (PyErr_Occurred()) return NULL;
+    if ((logits == NULL && rows > 0) || rows < 0 || vocab <= 0) {
+        PyErr_SetString(PyExc_ValueError, "greedy: a null address or an empty vocabulary");
+        return NULL;
+    }
+    int64_t *chosen = PyMem_Malloc((rows ? rows : 1) * sizeof(int64_t));
+    if (chosen == NULL) return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t r = 0; r < rows; r++) chosen[r] = first_largest(logits + r * vocab, vocab);
+    Py_END_ALLOW_THREADS
+    PyObject *list = PyList_New(rows);
+    for (int64_t r = 0; list != NULL && r < rows; r++) {
+        PyObject *item = PyLong_FromLongLong(chosen[r]);
+        if (item == NULL) Py_CLEAR(list);
+        else PyList_SET_ITEM(list, r, item);
+    }
+    PyMem_Free(chosen);
+    return list;
 }
 
 /* Whether both kernels this one calls run here (each exports its capsule only then). */
@@ -296,6 +406,7 @@ static PyObject *available(PyObject *module, PyObject *unused) {
 
 static PyMethodDef methods[] = {
     {"run", (PyCFunction)(void (*)(void))run, METH_FASTCALL, "Every decoder layer of one ragged float32 pass, and the final norm."},
+    {"greedy", (PyCFunction)(void (*)(void))greedy, METH_FASTCALL, "Each row's argmax, as torch.argmax takes it."},
     {"available", available, METH_NOARGS, "Whether the products' and the attention's kernels run here."},
     {NULL, NULL, 0, NULL},
 };

@@ -108,11 +108,20 @@ class LlamaTreeForward:
         norms = [getattr(layer, part) for layer in self.layers for part in _LAYER_PARTS[:2]] + [model.model.norm]
         self._norm_weights = {norm: norm.weight.detach().to(self.residual_dtype) for norm in norms}
         # Ragged passes' layers in one C call where it computes what they do (fused_layers.py).
-        self.fused = FusedLayers.of(model, self.projections, self._norm_weights, self.head_dim, self.scaling)
+        self.fused = FusedLayers.of(
+            model, self.projections, self._norm_weights, self.head_dim, self.scaling, angles=self.angles
+        )
         # The fused attention kernels of a GPU take an additive mask only with as many key heads as
         # query heads: there, grouped keys and values are repeated up front (on a CPU, SDPA groups them).
         self.repeat_kv = next(model.parameters()).device.type == "cuda" and self.kv_heads != self.heads
         self.grouped_products = next(model.parameters()).device.type == "cpu"
+
+    def angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rotary embedding's cos and signed sin (`_signed_halves`) at each position [n], in the
+        model's dtype: [n, head_dim] each, as transformers computes them."""
+        like = torch.empty(0, dtype=self.dtype, device=positions.device)  # what the module reads: dtype, device
+        cos, sin = self.model.model.rotary_emb(like, positions[None])
+        return cos[0], _signed_halves(sin)[0]
 
     def new_cache(self, rows: int, capacity: int) -> StaticKVCache:
         parameter = next(self.model.parameters())
@@ -173,18 +182,17 @@ class LlamaTreeForward:
         CPU; `PrefillPlan`: a prompt); the same computation as `__call__`, with each row's attention in
         one kernel call. `logits_of`: the fed tokens whose logits to compute (a prefill needs its last
         token's only)."""
-        inner = self.model.model
-        hidden = inner.embed_tokens(plan.input_ids)
-        cos, sin = inner.rotary_emb(hidden[None], plan.positions[None])
-        cos, signed_sin = cos[0], _signed_halves(sin)[0]  # [n, head_dim]
-        tokens, rotated_heads = hidden.shape[0], self.heads + self.kv_heads
         if self.fused is not None:
+            tokens = len(plan.input_ids)
             kept = range(tokens)[logits_of]
             if kept.step != 1 or kept.stop != tokens or not kept:
                 raise ValueError("the fused layers compute the logits of a last run of fed tokens")
-            angles = cos.contiguous(), signed_sin.contiguous()
-            return self.head(self.fused(cache, plan, hidden.contiguous(), *angles, tail=kept.start))
+            return self.head(self.fused(cache, plan, tail=kept.start))
+        inner = self.model.model
+        hidden = inner.embed_tokens(torch.from_numpy(plan.input_ids))
+        cos, signed_sin = self.angles(torch.from_numpy(plan.positions))
         cos, signed_sin = cos[:, None], signed_sin[:, None]  # [n, 1, head_dim]: one angle per head
+        tokens, rotated_heads = hidden.shape[0], self.heads + self.kv_heads
         for index, (layer, projections) in enumerate(zip(self.layers, self.projections)):
             qkv = projections.qkv(self._norm(hidden, layer.input_layernorm))
             qkv = qkv.view(tokens, rotated_heads + self.kv_heads, self.head_dim)

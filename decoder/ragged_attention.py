@@ -46,8 +46,8 @@ class RaggedPlan:
     `offset_of[t]` (slot starts[row] + offset) and sees the row's history and the offsets whose bits
     are set in `sees[t]`."""
 
-    input_ids: torch.Tensor  # [n]
-    positions: torch.Tensor  # [n]
+    input_ids: np.ndarray  # int64 [n]
+    positions: np.ndarray  # int64 [n]
     row_of: np.ndarray  # int64 [n]
     offset_of: np.ndarray  # int64 [n]
     starts: np.ndarray  # int64 [rows]
@@ -67,8 +67,8 @@ class RaggedPlan:
         starts = np.ascontiguousarray(starts, np.int64)
         row_of = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
         return cls(
-            input_ids=torch.tensor([token for row in tokens for token in row]),
-            positions=torch.from_numpy(starts[row_of] + np.array([d for row in depths for d in row], np.int64)),
+            input_ids=np.array([token for row in tokens for token in row], np.int64),
+            positions=starts[row_of] + np.array([d for row in depths for d in row], np.int64),
             row_of=row_of,
             offset_of=np.concatenate([np.arange(count, dtype=np.int64) for count in counts]),
             starts=starts,
@@ -88,8 +88,8 @@ class RaggedPlan:
         starts[row] = start
         offsets = np.arange(count, dtype=np.uint64)
         return cls(
-            input_ids=torch.tensor(tokens),
-            positions=torch.arange(start, start + count),
+            input_ids=np.array(tokens, np.int64),
+            positions=np.arange(start, start + count, dtype=np.int64),
             row_of=np.full(count, row, np.int64),
             offset_of=offsets.astype(np.int64),
             starts=starts,
@@ -161,8 +161,8 @@ class PrefillPlan:
     the attention in chains of up to MAX_FED tokens (a fed token's ancestry is one uint64), each
     chain seeing the ones before it as the row's history once their keys are in the cache."""
 
-    input_ids: torch.Tensor  # [n]
-    positions: torch.Tensor  # [n]
+    input_ids: np.ndarray  # int64 [n]
+    positions: np.ndarray  # int64 [n]
     chains: list[RaggedPlan]
 
     @classmethod
@@ -170,7 +170,7 @@ class PrefillPlan:
         chains = [
             RaggedPlan.chain(prompt[start : start + MAX_FED], row, start) for start in range(0, len(prompt), MAX_FED)
         ]
-        return cls(torch.tensor(prompt), torch.arange(len(prompt)), chains)
+        return cls(np.array(prompt, np.int64), np.arange(len(prompt), dtype=np.int64), chains)
 
     def kernel_chains(self) -> tuple[tuple[np.ndarray, ...], ...]:
         """Its chains as layer_kernel.c takes them, in order."""

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from decoder.fused_layers import _fused_layers
+from decoder.fused_layers import _fused_layers, greedy_tokens
 from decoder.llama_forward import LlamaTreeForward
 from decoder.ragged_attention import PrefillPlan
 from decoder.target_model import load_target
@@ -89,3 +89,60 @@ def test_layers_the_kernel_does_not_compute_keep_the_torch_layers(unlike: dict):
     sizes = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
     assert LlamaTreeForward(LlamaForCausalLM(LlamaConfig(**sizes, head_dim=16))).fused is not None
     assert LlamaTreeForward(LlamaForCausalLM(LlamaConfig(**sizes, head_dim=16, **unlike))).fused is None
+
+
+def test_the_angle_tables_hold_what_the_rotary_embedding_computes_each_pass(smollm2_forward):
+    """The kernel rotates by tables computed once for every position: bit for bit the angles that
+    transformers' rotary embedding gives the positions of a pass (the torch layers' path)."""
+    if smollm2_forward.fused is None:
+        pytest.skip("the fused layers do not run here (no AVX-512 or AVX2 with FMA)")
+    positions = torch.tensor([0, 1, 117, 118, 118, 119, 1023, 1500, 3000])
+    tables = smollm2_forward.fused._angles_up_to(int(positions.max()) + 1)
+    assert len(tables[0]) >= 3001
+    inner = smollm2_forward.model.model
+    cos, sin = inner.rotary_emb(torch.empty(1, len(positions), 576), positions[None])
+    assert torch.equal(tables[0][positions], cos[0])
+    half = sin.shape[-1] // 2
+    assert torch.equal(tables[1][positions], torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1))
+
+
+def test_a_pass_with_ids_or_positions_outside_the_tables_is_refused():
+    forward = LlamaTreeForward(tiny_llama().model)
+    if forward.fused is None:
+        pytest.skip("the fused layers do not run here (no AVX-512 or AVX2 with FMA)")
+    cache = forward.new_cache(rows=1, capacity=16)
+    with torch.inference_mode():
+        plan = PrefillPlan.of([1, 2, 3], 0)
+        forward.ragged(cache, plan, logits_of=slice(-1, None))  # within range: runs
+        for bad in (VOCAB, -1):
+            wrong = PrefillPlan(plan.input_ids.copy(), plan.positions, plan.chains)
+            wrong.input_ids[1] = bad
+            with pytest.raises(ValueError, match="ids, positions"):
+                forward.ragged(cache, wrong, logits_of=slice(-1, None))
+        wrong = PrefillPlan(plan.input_ids, plan.positions.copy(), plan.chains)
+        wrong.positions[2] = -1
+        with pytest.raises(ValueError, match="ids, positions"):
+            forward.ragged(cache, wrong, logits_of=slice(-1, None))
+
+
+@pytest.mark.parametrize("vocab", [1, 15, 16, 255, 256, 257, 49152, 50001])
+def test_greedy_tokens_are_torch_argmax(vocab: int):
+    """Ties (the first largest wins), infinities and NaN (the first NaN wins), across the kernel's
+    vector lanes and blocks of 256, rows of a vocabulary not a multiple of either."""
+    generator = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(12, vocab, generator=generator)
+    logits[1] = 0.5  # all tied
+    logits[2, vocab // 2 :] = 9.0  # tied in the second half
+    logits[3, -1] = float("inf")
+    logits[4, vocab // 3] = float("nan")
+    logits[4, -1] = float("nan")
+    logits[5] = float("-inf")
+    logits[6, 0] = 50.0
+    logits[7, -1] = 50.0
+    logits[8] = -logits[8].abs()
+    logits[9, 255 % vocab] = 77.0
+    logits[9, 256 % vocab] = 77.0
+    assert greedy_tokens(logits) == logits.argmax(dim=-1).tolist()
+    assert greedy_tokens(logits[:0]) == []
+    other = torch.randn(4, 8, generator=generator)
+    assert greedy_tokens(other.double()) is None and greedy_tokens(other.t()) is None  # torch's to answer
