@@ -35,8 +35,8 @@ from .acceptance import Accepted, SamplingParams, sampling_targets, walk_greedy,
 from .calibration import AcceptanceCalibration
 from .cuda_graphs import GraphedPasses
 from .draft_gate import DraftGate
-from .fused_layers import greedy_tokens
 from .draft_sources import DraftSource
+from .fused_layers import greedy_tokens
 from .llama_forward import LlamaTreeForward, forward_fingerprint
 from .node_budget import PASS_WIDTHS, CostCurve, NodeBudget, first_nodes
 from .ragged_attention import PrefillPlan

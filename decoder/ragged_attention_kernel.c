@@ -238,9 +238,56 @@ done:
     return result;
 }
 
+/* keep_slots(keys, values, layers, rows, kv_heads, slots, row_bytes, moves): within the static
+ * cache's [layers, rows, kv_heads, slots, head_dim] keys and values (integer addresses; row_bytes =
+ * head_dim x element size), copy slot `source` to slot `target` of row `row` for every (row,
+ * source, target) triple of the int64 buffer `moves`, in order, every layer and key head. The
+ * accepted tokens of a tree move down to follow their history (static_cache.py: each target lies
+ * below every later source, so in-order copies never overwrite what is still to move). */
+static PyObject *keep_slots(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "keep_slots takes 8 arguments");
+        return NULL;
+    }
+    char *keys = PyLong_AsVoidPtr(args[0]), *values = PyLong_AsVoidPtr(args[1]);
+    const long long layers = PyLong_AsLongLong(args[2]), rows = PyLong_AsLongLong(args[3]);
+    const long long kv_heads = PyLong_AsLongLong(args[4]), slots = PyLong_AsLongLong(args[5]);
+    const long long row_bytes = PyLong_AsLongLong(args[6]);
+    if (PyErr_Occurred()) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[7], &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) return NULL;
+    const int64_t *moves = view.buf;
+    const int64_t count = view.itemsize == 8 ? view.len / 24 : -1;
+    int fits = keys != NULL && values != NULL && layers > 0 && rows > 0 && kv_heads > 0 && slots > 0 &&
+               row_bytes > 0 && count >= 0 && view.len == count * 24;
+    for (int64_t m = 0; fits && m < count; m++)
+        fits = moves[3 * m] >= 0 && moves[3 * m] < rows && moves[3 * m + 1] >= 0 && moves[3 * m + 1] < slots &&
+               moves[3 * m + 2] >= 0 && moves[3 * m + 2] < slots;
+    if (!fits) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "keep_slots: a null address, a bad shape or a move outside the cache");
+        return NULL;
+    }
+    const int64_t head_bytes = slots * row_bytes;
+    for (int64_t layer = 0; layer < layers; layer++)
+        for (int64_t m = 0; m < count; m++) {
+            const int64_t row = moves[3 * m], source = moves[3 * m + 1], target = moves[3 * m + 2];
+            for (int64_t head = 0; head < kv_heads; head++) {
+                const int64_t at = ((layer * rows + row) * kv_heads + head) * head_bytes;
+                memcpy(keys + at + target * row_bytes, keys + at + source * row_bytes, row_bytes);
+                memcpy(values + at + target * row_bytes, values + at + source * row_bytes, row_bytes);
+            }
+        }
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"attend", (PyCFunction)(void (*)(void))attend, METH_FASTCALL,
      "One layer's tree attention for a ragged batch of fed tokens over a static KV cache."},
+    {"keep_slots", (PyCFunction)(void (*)(void))keep_slots, METH_FASTCALL,
+     "Move accepted tokens' keys and values down to their rows' next slots."},
     {NULL, NULL, 0, NULL},
 };
 
