@@ -13,6 +13,8 @@
 #define store JOIN(store, ISA)
 #define lane_sum JOIN(lane_sum, ISA)
 #define exp_nonpositive JOIN(exp_nonpositive, ISA)
+#define halving_masks JOIN(halving_masks, ISA)
+#define lane_sums JOIN(lane_sums, ISA)
 #define attend_row_head JOIN(attend_row_head, ISA)
 
 typedef float vfloat __attribute__((vector_size(LANES * 4)));
@@ -26,6 +28,33 @@ static inline __attribute__((always_inline)) float lane_sum(vfloat v) {
     float sum = 0.0f;
     for (int i = 0; i < LANES; i++) sum += v[i];
     return sum;
+}
+
+/* What `lane_sums` shuffles by: for each level (halving the lanes a key holds, from LANES to 1), the
+ * lanes of two vectors that go into one, first halves in masks[2 * level], second halves in
+ * masks[2 * level + 1] (indices past LANES - 1 take the second vector's lanes). */
+static inline __attribute__((always_inline)) void halving_masks(vint *masks) {
+    int level = 0;
+    for (int half = LANES / 2; half >= 1; half /= 2, level++) {
+        const int held = 2 * half, keys = LANES / held; /* lanes a key holds, keys a vector holds */
+        for (int lane = 0; lane < LANES; lane++) {
+            const int slot = lane / half, source = slot < keys ? 0 : LANES, key = slot % keys;
+            masks[2 * level][lane] = source + key * held + lane % half;
+            masks[2 * level + 1][lane] = source + key * held + half + lane % half;
+        }
+    }
+}
+
+/* The lane sums of LANES vectors as one vector (sums[j] = the sum of parts[j]'s lanes): each level
+ * adds, two vectors into one, the two halves of the lanes each key holds, so LANES sums cost
+ * LANES - 1 shuffle pairs and adds instead of a reduction each. Overwrites `parts`. */
+static inline __attribute__((always_inline)) vfloat lane_sums(vfloat *parts, const vint *masks) {
+    int count = LANES, level = 0;
+    for (int half = LANES / 2; half >= 1; half /= 2, level++, count /= 2)
+        for (int m = 0; m < count / 2; m++)
+            parts[m] = __builtin_shuffle(parts[2 * m], parts[2 * m + 1], masks[2 * level]) +
+                       __builtin_shuffle(parts[2 * m], parts[2 * m + 1], masks[2 * level + 1]);
+    return parts[0];
 }
 
 /* e^x for x <= 0, and 0 below -87 (-inf included): Cody-Waite reduction and Cephes' polynomial,
@@ -70,13 +99,22 @@ static inline __attribute__((always_inline)) void attend_row_head(const Layer *l
         const int64_t t = first + q / groups, head = kv_head * groups + q % groups;
         memcpy(outputs + q * D, layer->query + t * layer->query_stride + head * D, D * sizeof(float));
     }
-    for (int64_t k = 0; k < span; k++) {
-        const float *key = keys + k * D;
+    /* A block of LANES keys at a time (read once from memory for all queries), its LANES dot products
+     * summed into one vector by `lane_sums`; keys past the span repeat the last one, and their scores
+     * are masked below. */
+    vint masks[2 * 5]; /* log2(LANES) <= 5 levels */
+    halving_masks(masks);
+    for (int64_t k0 = 0; k0 < span; k0 += LANES) {
         for (int64_t q = 0; q < queries; q++) {
             const float *query = outputs + q * D;
-            vfloat dot = load(query) * load(key);
-            for (int64_t v = 1; v < V; v++) dot += load(query + v * LANES) * load(key + v * LANES);
-            scores[q * stride + k] = lane_sum(dot) * layer->scale;
+            vfloat parts[LANES];
+            for (int j = 0; j < LANES; j++) {
+                const float *key = keys + (k0 + j < span ? k0 + j : span - 1) * D;
+                vfloat dot = load(query) * load(key);
+                for (int64_t v = 1; v < V; v++) dot += load(query + v * LANES) * load(key + v * LANES);
+                parts[j] = dot;
+            }
+            store(scores + q * stride + k0, lane_sums(parts, masks) * layer->scale);
         }
     }
     /* Softmax per query over what it sees (the whole history, the tree offsets in `sees`): the rest
@@ -142,6 +180,8 @@ static void JOIN(attend_task, ISA)(const Layer *layer, int64_t first, int64_t co
 #undef store
 #undef lane_sum
 #undef exp_nonpositive
+#undef halving_masks
+#undef lane_sums
 #undef attend_row_head
 #undef JOIN
 #undef JOIN_

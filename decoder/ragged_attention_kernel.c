@@ -65,14 +65,24 @@ typedef void (*AttendTask)(const Layer *layer, int64_t first, int64_t count, int
 #undef SUM_VECTORS
 
 static AttendTask attend_task = attend_task_base;
+static const char *attend_isa = "base";
 
+/* The widest set this CPU runs, or a narrower one named by CREST_ATTENTION_ISA (avx2, base), so that
+ * tests run every set's code on one machine. */
 static void choose_attend_task(void) {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+    const char *asked = getenv("CREST_ATTENTION_ISA");
+    const int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+    const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (asked != NULL && strcmp(asked, "base") == 0) return;
+    if (avx512 && !(asked != NULL && strcmp(asked, "avx2") == 0)) {
         attend_task = attend_task_avx512;
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        attend_isa = "avx512";
+    } else if (avx2) {
         attend_task = attend_task_avx2;
+        attend_isa = "avx2";
+    }
 }
 
 /* Every row and key head of the layer, spread over the threads of the OpenMP runtime. Built with
@@ -283,9 +293,16 @@ static PyObject *keep_slots(PyObject *module, PyObject *const *args, Py_ssize_t 
     Py_RETURN_NONE;
 }
 
+static PyObject *instruction_set(PyObject *module, PyObject *unused) {
+    (void)module;
+    (void)unused;
+    return PyUnicode_FromString(attend_isa);
+}
+
 static PyMethodDef methods[] = {
     {"attend", (PyCFunction)(void (*)(void))attend, METH_FASTCALL,
      "One layer's tree attention for a ragged batch of fed tokens over a static KV cache."},
+    {"instruction_set", instruction_set, METH_NOARGS, "The instruction set whose attention code runs."},
     {"keep_slots", (PyCFunction)(void (*)(void))keep_slots, METH_FASTCALL,
      "Move accepted tokens' keys and values down to their rows' next slots."},
     {NULL, NULL, 0, NULL},

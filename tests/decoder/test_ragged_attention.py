@@ -5,6 +5,10 @@ ragged pass of a model gives the padded pass's logits."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -88,6 +92,25 @@ def test_each_fed_token_attends_to_its_history_and_ancestors_only(batch: dict):
     assert torch.equal(cache.keys[0], keys) and torch.equal(cache.values[0], values)  # those slots, nothing else
     expected = expected_attention(plan, rotated[:, :heads], keys, values, d**-0.5)
     assert torch.allclose(out.view(n, heads, d).double(), expected, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ["avx2", "base"])
+def test_every_instruction_set_s_code_attends_by_the_rule(isa: str):
+    """The property above, run with the kernel's narrower vector code (CREST_ATTENTION_ISA), which
+    this machine would otherwise never run (each set sums a dot product's lanes its own way)."""
+    if isa == "avx2" and _ragged_attention.instruction_set() == "base":
+        pytest.skip("this CPU has no AVX2")
+    environment = {**os.environ, "CREST_ATTENTION_ISA": isa}
+    check = (
+        "from decoder import _ragged_attention; "
+        f"assert _ragged_attention.instruction_set() == {isa!r}, _ragged_attention.instruction_set()"
+    )
+    subprocess.run([sys.executable, "-c", check], env=environment, check=True)
+    test = f"{__file__}::test_each_fed_token_attends_to_its_history_and_ancestors_only"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test], env=environment, capture_output=True
+    )
+    assert done.returncode == 0, done.stdout.decode()[-2000:]
 
 
 def test_a_plan_the_kernel_cannot_follow_is_refused():
