@@ -321,32 +321,36 @@ done:
     return result;
 }
 
-enum { ARGMAX_BLOCK = 256 };
+enum { ARGMAX_BLOCK = 256, GREEDY_ROWS_PER_THREAD = 4 };
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef int32_t i16 __attribute__((vector_size(64)));
+typedef float v16_unaligned __attribute__((vector_size(64), aligned(4), may_alias));
 
 /* The index of the first largest value of x[0..count), a NaN counting as the largest (torch.argmax's
- * rule). Each block's maximum in vector code (`>` selects as vmaxps does: no NaN can slip through
- * unseen, they are looked for alongside), then the first block holding the largest, then its first
- * index holding it: a vocabulary-wide row costs about one vector pass. */
+ * rule). Each block's maximum in vector code (a lane keeps its value unless a later one is larger,
+ * so no NaN enters the maxima: they are looked for alongside), then the first block holding the
+ * largest, then its first index holding it: a vocabulary-wide row costs about one vector pass. */
 __attribute__((target_clones("avx512f", "avx2", "default"))) static int64_t first_largest(const float *x,
                                                                                           int64_t count) {
     float largest = x[0];
     int64_t block_of_largest = 0;
+    i16 nan = {0};
     int any_nan = 0;
     for (int64_t start = 0; start < count; start += ARGMAX_BLOCK) {
         const int64_t end = start + ARGMAX_BLOCK < count ? start + ARGMAX_BLOCK : count;
-        float lanes[16];
-        int nan_lanes[16] = {0};
-        for (int j = 0; j < 16; j++) lanes[j] = x[start];
+        float block = x[start];
         int64_t i = start;
-        for (; i + 16 <= end; i += 16)
-            for (int j = 0; j < 16; j++) {
-                lanes[j] = x[i + j] > lanes[j] ? x[i + j] : lanes[j];
-                nan_lanes[j] |= x[i + j] != x[i + j];
+        if (i + 16 <= end) {
+            v16 lanes = *(const v16_unaligned *)(x + i);
+            nan |= lanes != lanes;
+            for (i += 16; i + 16 <= end; i += 16) {
+                const v16 v = *(const v16_unaligned *)(x + i);
+                const i16 larger = v > lanes;
+                lanes = (v16)(((i16)v & larger) | ((i16)lanes & ~larger));
+                nan |= v != v;
             }
-        float block = lanes[0];
-        for (int j = 0; j < 16; j++) {
-            block = lanes[j] > block ? lanes[j] : block;
-            any_nan |= nan_lanes[j];
+            for (int j = 0; j < 16; j++) block = lanes[j] > block ? lanes[j] : block;
         }
         for (; i < end; i++) {
             block = x[i] > block ? x[i] : block;
@@ -357,6 +361,7 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) static int64_t firs
             block_of_largest = start;
         }
     }
+    for (int j = 0; j < 16; j++) any_nan |= nan[j] != 0;
     if (any_nan) {
         for (int64_t i = 0; i < count; i++)
             if (x[i] != x[i]) return i;
@@ -385,6 +390,8 @@ static PyObject *greedy(PyObject *module, PyObject *const *args, Py_ssize_t narg
     int64_t *chosen = PyMem_Malloc((rows ? rows : 1) * sizeof(int64_t));
     if (chosen == NULL) return PyErr_NoMemory();
     Py_BEGIN_ALLOW_THREADS
+    /* Rows on torch's OpenMP threads (the products' own, warm): a batch's rows read ~6 MB of logits. */
+#pragma omp parallel for schedule(static) if (rows >= GREEDY_ROWS_PER_THREAD * 2)
     for (int64_t r = 0; r < rows; r++) chosen[r] = first_largest(logits + r * vocab, vocab);
     Py_END_ALLOW_THREADS
     PyObject *list = PyList_New(rows);
