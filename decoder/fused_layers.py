@@ -8,7 +8,9 @@ passes of `LlamaTreeForward` where both kernels run, the model is float32 with S
 elsewhere the layers run as torch operations. Tests hold its logits to the torch layers' and decoding
 to `generate`'s tokens. (A torch operation between passes costs several times what it does in a
 loop: the weights streamed through the caches have evicted its code and data; the final norm measured
-~50-90 us after a pass against 9 us in a loop, so it runs in C too.)
+~50-90 us after a pass against 9 us in a loop, so it runs in C too, and so do the embedding, the
+rotary angles, read from tables computed once by transformers' own rotary embedding, and the greedy
+verdicts after the head, `greedy_tokens`.)
 """
 
 from __future__ import annotations
