@@ -37,7 +37,7 @@ class IndexSource:
 
     def drafts(self, contexts: Sequence[Sequence[int]], max_nodes: int) -> list[DraftTree]:
         tails = [list(c[-self.max_context :]) for c in contexts]
-        return self.index.lookup(tails, max_nodes=max_nodes, selection=self.selection).trees()
+        return self.index.lookup_trees(tails, max_nodes, self.selection)
 
 
 class ServiceSource:

@@ -9,7 +9,7 @@ from types import ModuleType
 
 import numpy as np
 
-from datastore_service.draft import DraftBatch, QueryBatch
+from datastore_service.draft import DraftBatch, DraftTree, QueryBatch
 
 try:
     from datastore_service.lookup import _store_answer
@@ -35,17 +35,20 @@ def kernel() -> ModuleType | None:
 
 
 class CompiledLookup:
-    """One serving file's arrays, handed to the kernel as they are mapped (nothing is copied)."""
+    """One serving file's arrays, bound once to the kernel as they are mapped (nothing is copied)."""
 
     def __init__(self, arrays: dict[str, np.ndarray], width: int, seed: int, max_tree_depth: int) -> None:
+        assert _store_answer is not None, "the compiled lookup is not built"
         self.hashes = np.ascontiguousarray(arrays["context_hashes"], np.uint64)
         self.columns = tuple(np.ascontiguousarray(arrays[name]) for name in SERVING_COLUMNS)
         self.sizes = tuple(column.dtype.itemsize for column in self.columns)
         self.width, self.seed, self.max_tree_depth = width, seed, max_tree_depth
+        self.bound = _store_answer.bind(
+            self.hashes, *self.columns, self.sizes, len(self.hashes), width, seed, max_tree_depth
+        )
 
     def answers(self, batch: QueryBatch, selection: str) -> DraftBatch:
         """Every query's tree for `selection` (longest, scored or merged)."""
-        assert _store_answer is not None, "the compiled lookup is not built"
         queries = len(batch.lengths)
         max_nodes = np.ascontiguousarray(batch.max_nodes, np.int64)
         capacity = int(max_nodes.sum())  # an answer holds at most its max_nodes
@@ -58,14 +61,8 @@ class CompiledLookup:
             np.empty(queries, np.float32),  # scores
         )
         written = _store_answer.answers(
+            self.bound,
             SELECTION_CODES[selection],
-            self.hashes,
-            *self.columns,
-            self.sizes,
-            len(self.hashes),
-            self.width,
-            self.seed,
-            self.max_tree_depth,
             queries,
             np.ascontiguousarray(batch.tails, np.int64),
             np.ascontiguousarray(batch.lengths, np.int64),
@@ -82,3 +79,13 @@ class CompiledLookup:
         return DraftBatch(
             tokens[:written], parents[:written], probabilities[:written], offsets, context_lengths, scores
         )
+
+    def tree(self, tokens: list[int], max_nodes: int, max_depth: int, selection: str, vocab: int) -> DraftTree | None:
+        """One sequence's tree straight from a list of ints (limits already resolved, > 0); None when
+        the list is not plainly valid (1..width ids in the vocabulary): the general path then says why."""
+        out = np.empty(max_nodes, np.int32), np.empty(max_nodes, np.int32), np.empty(max_nodes, np.float32)
+        answer = _store_answer.tree(self.bound, SELECTION_CODES[selection], tokens, max_nodes, max_depth, vocab, *out)
+        if answer is None:
+            return None
+        size, context_length, score = answer
+        return DraftTree(out[0][:size], out[1][:size], out[2][:size], context_length, score)

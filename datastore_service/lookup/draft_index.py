@@ -30,7 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
-from datastore_service.draft import DEFAULT_SELECTION, DraftBatch, QueryBatch, QueryError, prepare_queries
+from datastore_service.draft import (
+    DEFAULT_SELECTION,
+    MAX_DEPTH_LIMIT,
+    MAX_NODES_LIMIT,
+    DraftBatch,
+    DraftTree,
+    QueryBatch,
+    QueryError,
+    prepare_queries,
+)
 from datastore_service.lookup.chaining import chain_trees
 from datastore_service.lookup.compiled_lookup import CompiledLookup, kernel
 from datastore_service.lookup.serving_loader import open_serving_file
@@ -111,6 +120,21 @@ class DraftIndex:
             if answer is not None:
                 return answer
         return self.lookup_batch(self.prepare(sequences, max_nodes, max_depth), selection)
+
+    def lookup_trees(
+        self, sequences: Sequence[Sequence[int]], max_nodes: int = 0, selection: str = DEFAULT_SELECTION
+    ) -> list[DraftTree]:
+        """`lookup(...).trees()`; one sequence of plain ints goes straight to the compiled lookup (a
+        decode step's lookup, where every avoided array and object counts)."""
+        _check_selection(selection)
+        if self.compiled is not None and len(sequences) == 1 and selection != "chained":
+            nodes = max_nodes or self._default_nodes
+            if type(nodes) is int and 0 < nodes <= MAX_NODES_LIMIT:
+                sequence = sequences[0] if type(sequences[0]) is list else list(sequences[0])
+                tree = self.compiled.tree(sequence, nodes, MAX_DEPTH_LIMIT, selection, self.info.vocab_size)
+                if tree is not None:
+                    return [tree]
+        return self.lookup(sequences, max_nodes, selection=selection).trees()
 
     def lookup_batch(self, batch: QueryBatch, selection: str = DEFAULT_SELECTION) -> DraftBatch:
         _check_selection(selection)

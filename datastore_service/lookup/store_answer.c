@@ -211,6 +211,62 @@ static int64_t merged_nodes(const Store *store, const Match *matches, int64_t co
     return size;
 }
 
+/* Scratch of one call, sized by its largest max_nodes and the store's width. */
+typedef struct {
+    Scratch scratch;
+    Match *matches;
+    int32_t *block;
+} Workspace;
+
+static int workspace_for(const Store *store, int64_t largest, Workspace *work) {
+    if (largest < 1) largest = 1;
+    /* Ints of `largest` each: a shorter context's tokens, parents, probabilities (floats), depths,
+     * renumbered, branch and moved; then the covered first tokens, at most `largest` from each of at
+     * most `width` contexts. */
+    work->block = malloc((size_t)(7 * largest + store->width * largest) * sizeof(int32_t));
+    work->matches = malloc((size_t)store->width * sizeof(Match));
+    if (work->block == NULL || work->matches == NULL) {
+        free(work->block);
+        free(work->matches);
+        return -1;
+    }
+    int32_t *block = work->block;
+    work->scratch = (Scratch){
+        .shorter = {block, block + largest, (float *)(block + 2 * largest)},
+        .depths = block + 3 * largest,
+        .renumbered = block + 4 * largest,
+        .branch = block + 5 * largest,
+        .moved = block + 6 * largest,
+        .covered = block + 7 * largest,
+    };
+    return 0;
+}
+
+static void workspace_free(Workspace *work) {
+    free(work->block);
+    free(work->matches);
+}
+
+/* One query's tree into `into` (room for max_nodes): its size; *length = the matched context's
+ * length (0 if none), *score = the sum of its probabilities, left to right in double. */
+static int64_t answer_query(const Store *store, int selection, const int64_t *tail, int64_t tail_length,
+                            int64_t max_nodes, int64_t max_depth, Nodes into, Workspace *work, int32_t *length,
+                            float *score) {
+    int64_t count = find_matches(store, tail, tail_length, work->matches), size = 0, matched = 0;
+    if (count > 0 && selection == SELECT_MERGED) {
+        size = merged_nodes(store, work->matches, count, max_nodes, max_depth, into, &work->scratch);
+        matched = work->matches[count - 1].length;
+    } else if (count > 0) {
+        int64_t row = chosen_context(store, work->matches, count, max_nodes, selection == SELECT_SCORED, &matched);
+        size = tree_nodes(store, row, max_nodes, max_depth, into, work->scratch.depths, work->scratch.renumbered);
+    }
+    double sum = 0.0;
+    for (int64_t i = 0; i < size; i++) sum += (double)into.probabilities[i];
+    *length = size > 0 ? (int32_t)matched : 0;
+    *score = (float)sum;
+    return size;
+}
+
 /* Every query's answer into out_* (room for `capacity` nodes). Returns the nodes written, -1 if
  * `capacity` is too small, -2 out of memory. */
 static int64_t store_answers(const Store *store, int selection, int64_t queries, const int64_t *tails,
@@ -220,24 +276,8 @@ static int64_t store_answers(const Store *store, int selection, int64_t queries,
     int64_t largest = 1;
     for (int64_t q = 0; q < queries; q++)
         if (max_nodes[q] > largest) largest = max_nodes[q];
-    /* Scratch, ints of `largest` each: a shorter context's tokens, parents, probabilities (floats),
-     * depths, renumbered, branch and moved; then the covered first tokens, at most `largest` from
-     * each of at most `width` contexts. */
-    int32_t *block = malloc((size_t)(7 * largest + store->width * largest) * sizeof(int32_t));
-    Match *matches = malloc((size_t)store->width * sizeof(Match));
-    if (block == NULL || matches == NULL) {
-        free(block);
-        free(matches);
-        return -2;
-    }
-    Scratch scratch = {
-        .shorter = {block, block + largest, (float *)(block + 2 * largest)},
-        .depths = block + 3 * largest,
-        .renumbered = block + 4 * largest,
-        .branch = block + 5 * largest,
-        .moved = block + 6 * largest,
-        .covered = block + 7 * largest,
-    };
+    Workspace work;
+    if (workspace_for(store, largest, &work) != 0) return -2;
     int64_t written = 0;
     out_offsets[0] = 0;
     for (int64_t q = 0; q < queries; q++) {
@@ -246,89 +286,178 @@ static int64_t store_answers(const Store *store, int selection, int64_t queries,
             break;
         }
         Nodes into = {out.tokens + written, out.parents + written, out.probabilities + written};
-        int64_t count = find_matches(store, tails + q * store->width, lengths[q], matches), size = 0, length = 0;
-        if (count > 0 && selection == SELECT_MERGED) {
-            size = merged_nodes(store, matches, count, max_nodes[q], max_depth[q], into, &scratch);
-            length = matches[count - 1].length;
-        } else if (count > 0) {
-            int64_t row = chosen_context(store, matches, count, max_nodes[q], selection == SELECT_SCORED, &length);
-            size = tree_nodes(store, row, max_nodes[q], max_depth[q], into, scratch.depths, scratch.renumbered);
-        }
-        double score = 0.0;
-        for (int64_t i = 0; i < size; i++) score += (double)into.probabilities[i];
-        out_context_lengths[q] = size > 0 ? (int32_t)length : 0;
-        out_scores[q] = (float)score;
-        written += size;
+        written += answer_query(store, selection, tails + q * store->width, lengths[q], max_nodes[q], max_depth[q],
+                                into, &work, out_context_lengths + q, out_scores + q);
         out_offsets[q + 1] = written;
     }
-    free(block);
-    free(matches);
+    workspace_free(&work);
     return written;
 }
 
-/* Python entry: answers(selection, hashes, context_tokens, context_lengths, context_counts,
- * tree_offsets, node_tokens, node_parents, cumulative, element_sizes, contexts, width, seed,
- * max_tree_depth, queries, tails, lengths, max_nodes, max_depth, out_tokens, out_parents,
- * out_probabilities, out_offsets, out_context_lengths, out_scores, capacity) -> nodes written (-1
- * short of capacity, -2 out of memory). `element_sizes`: the bytes of an element of the seven
- * arrays after `hashes`, in order. Arrays are C-contiguous buffers; tails and the limits int64. */
-enum { STORE_BUFFERS = 8, QUERY_BUFFERS = 4, WRITE_BUFFERS = 6 };
+/* A serving file's arrays bound once (`bind`): the Store and the buffer views that keep them readable. */
+enum { STORE_BUFFERS = 8, QUERY_BUFFERS = 4, WRITE_BUFFERS = 6, TREE_BUFFERS = 3 };
+#define BOUND_CAPSULE "datastore_service.lookup._store_answer.Store"
+
+typedef struct {
+    Store store;
+    Py_buffer views[STORE_BUFFERS];
+} Bound;
+
+static void release_bound(PyObject *capsule) {
+    Bound *bound = PyCapsule_GetPointer(capsule, BOUND_CAPSULE);
+    if (bound == NULL) return;
+    for (int i = 0; i < STORE_BUFFERS; i++) PyBuffer_Release(bound->views + i);
+    PyMem_Free(bound);
+}
 
 static int valid_size(int size) { return size == 1 || size == 2 || size == 4 || size == 8; }
 
-static PyObject *answers(PyObject *self, PyObject *args) {
-    int selection, sizes[STORE_BUFFERS - 1];
-    Py_ssize_t contexts, width, max_tree_depth, queries, capacity;
+/* bind(hashes, context_tokens, context_lengths, context_counts, tree_offsets, node_tokens,
+ * node_parents, cumulative, element_sizes, contexts, width, seed, max_tree_depth) -> a capsule the
+ * other entries answer from. `element_sizes`: the bytes of an element of the seven arrays after
+ * `hashes`, in order. Every array's length is checked against the store's counts here, once. */
+static PyObject *bind(PyObject *self, PyObject *args) {
+    (void)self;
+    int sizes[STORE_BUFFERS - 1];
+    Py_ssize_t contexts, width, max_tree_depth;
     unsigned long long seed;
-    Py_buffer in[STORE_BUFFERS], query[QUERY_BUFFERS], out[WRITE_BUFFERS];
-    if (!PyArg_ParseTuple(args, "i" "y*y*y*y*y*y*y*y*" "(iiiiiii)" "nnKn" "n" "y*y*y*y*" "w*w*w*w*w*w*" "n",
-                          &selection, &in[0], &in[1], &in[2], &in[3], &in[4], &in[5], &in[6], &in[7], &sizes[0],
-                          &sizes[1], &sizes[2], &sizes[3], &sizes[4], &sizes[5], &sizes[6], &contexts, &width, &seed,
-                          &max_tree_depth, &queries, &query[0], &query[1], &query[2], &query[3], &out[0], &out[1],
-                          &out[2], &out[3], &out[4], &out[5], &capacity))
+    Bound *bound = PyMem_Calloc(1, sizeof(Bound));
+    if (bound == NULL) return PyErr_NoMemory();
+    Py_buffer *in = bound->views;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*" "(iiiiiii)" "nnKn", &in[0], &in[1], &in[2], &in[3], &in[4], &in[5],
+                          &in[6], &in[7], &sizes[0], &sizes[1], &sizes[2], &sizes[3], &sizes[4], &sizes[5],
+                          &sizes[6], &contexts, &width, &seed, &max_tree_depth)) {
+        PyMem_Free(bound); /* the parser released what it had taken */
         return NULL;
+    }
     const char *problem = NULL;
     for (int i = 0; i < STORE_BUFFERS - 1; i++)
-        if (!valid_size(sizes[i])) problem = "answers: an element size is not 1, 2, 4 or 8";
-    if (selection < SELECT_LONGEST || selection > SELECT_MERGED) problem = "answers: unknown selection";
-    if (width < 1) problem = "answers: the width must be positive";
-    /* The sizes the loop relies on; the nodes' after the offsets' last entry is readable. */
+        if (!valid_size(sizes[i])) problem = "bind: an element size is not 1, 2, 4 or 8";
+    if (width < 1 || contexts < 0) problem = "bind: the width must be positive";
     int fits = problem == NULL && in[0].len >= contexts * 8 && in[1].len >= contexts * width * sizes[0] &&
                in[2].len >= contexts * sizes[1] && in[3].len >= contexts * sizes[2] &&
-               in[4].len >= (contexts + 1) * sizes[3] && query[0].len >= queries * width * 8 &&
-               query[1].len >= queries * 8 && query[2].len >= queries * 8 && query[3].len >= queries * 8 &&
-               out[0].len >= capacity * 4 && out[1].len >= capacity * 4 && out[2].len >= capacity * 4 &&
-               out[3].len >= (queries + 1) * 8 && out[4].len >= queries * 4 && out[5].len >= queries * 4;
-    Store store = {
+               in[4].len >= (contexts + 1) * sizes[3];
+    bound->store = (Store){
         contexts, width, max_tree_depth, (uint64_t)seed, in[0].buf, {in[1].buf, sizes[0]}, {in[2].buf, sizes[1]},
         {in[3].buf, sizes[2]}, {in[4].buf, sizes[3]}, {in[5].buf, sizes[4]}, {in[6].buf, sizes[5]},
         {in[7].buf, sizes[6]},
     };
-    if (fits) {
-        int64_t nodes = signed_at(store.tree_offsets, contexts);
-        fits = in[5].len >= nodes * sizes[4] && in[6].len >= nodes * sizes[5] && in[7].len >= nodes * sizes[6];
+    if (fits) { /* the nodes' arrays reach the offsets' last entry */
+        int64_t nodes = signed_at(bound->store.tree_offsets, contexts);
+        fits = nodes >= 0 && in[5].len >= nodes * sizes[4] && in[6].len >= nodes * sizes[5] &&
+               in[7].len >= nodes * sizes[6];
     }
-    if (problem == NULL && !fits) problem = "answers: an array is shorter than the store or the batch needs";
+    if (problem == NULL && !fits) problem = "bind: an array is shorter than the store needs";
+    PyObject *capsule = problem == NULL ? PyCapsule_New(bound, BOUND_CAPSULE, release_bound) : NULL;
+    if (capsule == NULL) {
+        for (int i = 0; i < STORE_BUFFERS; i++) PyBuffer_Release(in + i);
+        PyMem_Free(bound);
+        if (problem != NULL) PyErr_SetString(PyExc_ValueError, problem);
+    }
+    return capsule;
+}
+
+static const Store *bound_store(PyObject *capsule) {
+    Bound *bound = PyCapsule_GetPointer(capsule, BOUND_CAPSULE);
+    return bound == NULL ? NULL : &bound->store;
+}
+
+/* answers(bound, selection, queries, tails, lengths, max_nodes, max_depth, out_tokens, out_parents,
+ * out_probabilities, out_offsets, out_context_lengths, out_scores, capacity) -> nodes written (-1
+ * short of capacity, -2 out of memory). Tails [queries, width] and the limits int64, C-contiguous. */
+static PyObject *answers(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *capsule;
+    int selection;
+    Py_ssize_t queries, capacity;
+    Py_buffer query[QUERY_BUFFERS], out[WRITE_BUFFERS];
+    if (!PyArg_ParseTuple(args, "Oin" "y*y*y*y*" "w*w*w*w*w*w*" "n", &capsule, &selection, &queries, &query[0],
+                          &query[1], &query[2], &query[3], &out[0], &out[1], &out[2], &out[3], &out[4], &out[5],
+                          &capacity))
+        return NULL;
+    const Store *store = bound_store(capsule);
+    const char *problem = NULL;
+    if (store == NULL) problem = "answers: not a bound store";
+    else if (selection < SELECT_LONGEST || selection > SELECT_MERGED) problem = "answers: unknown selection";
+    else if (!(query[0].len >= queries * store->width * 8 && query[1].len >= queries * 8 &&
+               query[2].len >= queries * 8 && query[3].len >= queries * 8 && out[0].len >= capacity * 4 &&
+               out[1].len >= capacity * 4 && out[2].len >= capacity * 4 && out[3].len >= (queries + 1) * 8 &&
+               out[4].len >= queries * 4 && out[5].len >= queries * 4))
+        problem = "answers: an array is shorter than the batch needs";
     int64_t written = -1;
     if (problem == NULL) {
         Nodes into = {out[0].buf, out[1].buf, out[2].buf};
         Py_BEGIN_ALLOW_THREADS
-        written = store_answers(&store, selection, queries, query[0].buf, query[1].buf, query[2].buf, query[3].buf,
+        written = store_answers(store, selection, queries, query[0].buf, query[1].buf, query[2].buf, query[3].buf,
                                 into, out[3].buf, out[4].buf, out[5].buf, capacity);
         Py_END_ALLOW_THREADS
     }
-    for (int i = 0; i < STORE_BUFFERS; i++) PyBuffer_Release(&in[i]);
     for (int i = 0; i < QUERY_BUFFERS; i++) PyBuffer_Release(&query[i]);
     for (int i = 0; i < WRITE_BUFFERS; i++) PyBuffer_Release(&out[i]);
     if (problem != NULL) {
-        PyErr_SetString(PyExc_ValueError, problem);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, problem);
         return NULL;
     }
     return PyLong_FromLongLong((long long)written);
 }
 
+/* tree(bound, selection, tokens, max_nodes, max_depth, vocab, out_tokens, out_parents,
+ * out_probabilities) -> (size, context length, score), or None when `tokens` is not a list of
+ * 1..width ints in [0, vocab) (the caller's general path then validates and names the problem).
+ * One sequence straight from a Python list: no query batch, no answer batch. Limits already
+ * validated (> 0); the outputs hold max_nodes. */
+static PyObject *tree(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *capsule, *tokens;
+    int selection;
+    Py_ssize_t max_nodes, max_depth, vocab;
+    Py_buffer out[TREE_BUFFERS];
+    if (!PyArg_ParseTuple(args, "OiOnnn" "w*w*w*", &capsule, &selection, &tokens, &max_nodes, &max_depth, &vocab,
+                          &out[0], &out[1], &out[2]))
+        return NULL;
+    const Store *store = bound_store(capsule);
+    const char *problem = NULL;
+    if (store == NULL) problem = "tree: not a bound store";
+    else if (selection < SELECT_LONGEST || selection > SELECT_MERGED) problem = "tree: unknown selection";
+    else if (max_nodes < 1 || max_depth < 1 || out[0].len < max_nodes * 4 || out[1].len < max_nodes * 4 ||
+             out[2].len < max_nodes * 4)
+        problem = "tree: limits below 1 or outputs shorter than max_nodes";
+    int plain = problem == NULL && PyList_CheckExact(tokens) && PyList_GET_SIZE(tokens) >= 1 &&
+                PyList_GET_SIZE(tokens) <= store->width;
+    int64_t tail[256], length = plain ? PyList_GET_SIZE(tokens) : 0;
+    if (plain && store->width > 256) plain = 0; /* the general path serves such stores */
+    for (int64_t i = 0; plain && i < length; i++) {
+        PyObject *item = PyList_GET_ITEM(tokens, i);
+        long long token = PyLong_CheckExact(item) ? PyLong_AsLongLong(item) : -1;
+        if (token == -1 && PyErr_Occurred()) PyErr_Clear();
+        plain = token >= 0 && token < vocab;
+        tail[store->width - length + i] = token;
+    }
+    PyObject *result = NULL;
+    if (problem == NULL && plain) {
+        Workspace work;
+        int32_t context_length = 0;
+        float score = 0.0f;
+        int64_t size = -1;
+        if (workspace_for(store, max_nodes, &work) == 0) {
+            Nodes into = {out[0].buf, out[1].buf, out[2].buf};
+            size = answer_query(store, selection, tail, length, max_nodes, max_depth, into, &work, &context_length,
+                                &score);
+            workspace_free(&work);
+        }
+        result = size < 0 ? PyErr_NoMemory() : Py_BuildValue("(Lid)", (long long)size, context_length, (double)score);
+    } else if (problem == NULL) {
+        result = Py_NewRef(Py_None);
+    }
+    for (int i = 0; i < TREE_BUFFERS; i++) PyBuffer_Release(&out[i]);
+    if (problem != NULL) PyErr_SetString(PyExc_ValueError, problem);
+    return result;
+}
+
 static PyMethodDef methods[] = {
-    {"answers", answers, METH_VARARGS, "Each query's draft tree from a store's serving arrays."},
+    {"bind", bind, METH_VARARGS, "A store's serving arrays, checked and bound once for the entries below."},
+    {"answers", answers, METH_VARARGS, "Each query's draft tree from a bound store."},
+    {"tree", tree, METH_VARARGS, "One sequence's draft tree from a bound store, straight from a list of ints."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -111,6 +111,12 @@ class RestIndex:
     ) -> DraftBatch:
         return self.lookup_batch(self.prepare(sequences, max_nodes, max_depth), selection)
 
+    def lookup_trees(
+        self, sequences: Sequence[Sequence[int]], max_nodes: int = 0, selection: str = "longest"
+    ) -> list[DraftTree]:
+        """`lookup(...).trees()`, as DraftIndex offers it."""
+        return self.lookup(sequences, max_nodes, selection=selection).trees()
+
     def lookup_batch(self, batch: QueryBatch, selection: str = "longest") -> DraftBatch:
         """REST always drafts from the longest match; `selection` is accepted for the common interface."""
         trees = []

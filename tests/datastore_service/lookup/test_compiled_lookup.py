@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from datastore_service.draft import QueryError
 from datastore_service.lookup.compiled_lookup import SELECTION_CODES, kernel
 from datastore_service.lookup.draft_index import QUICK_PREPARE, SELECTIONS, DraftIndex
 from tests.datastore_service.lookup.stores import BIG_IDS, EDGE_IDS, assert_same_answers, queries
@@ -57,21 +58,57 @@ def test_compiled_answers_equal_the_numpy_path(case: tuple[DraftIndex, list[int]
 
 
 @needs(kernel(), EXTENSION)
-def test_arrays_too_short_for_the_batch_are_refused(case: tuple[DraftIndex, list[int]]):
+@given(data=st.data())
+@settings(max_examples=150, deadline=None)
+def test_one_sequence_s_tree_is_the_batch_answer_s(case: tuple[DraftIndex, list[int]], data: st.DataObject):
+    """`lookup_trees` of one plain list (the decode loop's call) answers straight from the list."""
+    index, alphabet = case
+    row = data.draw(queries(index, alphabet, 1))[0]
+    max_nodes = data.draw(st.integers(0, 40))
+    selection = data.draw(st.sampled_from(SELECTIONS))
+    (tree,) = index.lookup_trees([row], max_nodes, selection)
+    (expected,) = index.lookup_vectorised(index.prepare([row], max_nodes), selection).trees()
+    for field in ("tokens", "parents", "probabilities"):
+        assert np.array_equal(getattr(tree, field), getattr(expected, field)), field
+        assert getattr(tree, field).dtype == getattr(expected, field).dtype
+    assert (tree.context_length, tree.score) == (expected.context_length, expected.score)
+
+
+@needs(kernel(), EXTENSION)
+def test_unplain_sequences_take_the_general_path_and_its_errors(case: tuple[DraftIndex, list[int]]):
+    index, _ = case
+    stored = index.context_matrix[0, index.width - int(index.context_lengths[0]) :]
+    expected = index.lookup([stored.tolist()]).trees()[0]
+    for unplain in (tuple(stored.tolist()), stored, [np.int64(t) for t in stored]):  # not a list of ints
+        assert np.array_equal(index.lookup_trees([unplain])[0].tokens, expected.tokens)
+    with pytest.raises(QueryError, match="token id -1"):
+        index.lookup_trees([[-1]])
+    with pytest.raises(QueryError, match=str(index.info.vocab_size)):
+        index.lookup_trees([[index.info.vocab_size]])
+
+
+@needs(kernel(), EXTENSION)
+def test_arrays_too_short_are_refused(case: tuple[DraftIndex, list[int]]):
     """The kernel checks every length it reads or writes: a ValueError, never a read past an array."""
     index, _ = case
     compiled = index.compiled
+    arrays = [compiled.hashes, *compiled.columns]
+    with pytest.raises(ValueError, match="shorter than the store"):
+        kernel().bind(arrays[0][:-1], *arrays[1:], compiled.sizes, len(compiled.hashes), index.width, 1, 2)
+    with pytest.raises(ValueError, match="element size"):
+        kernel().bind(*arrays, (3,) * 7, len(compiled.hashes), index.width, 1, 2)
     tails = np.full((2, index.width), 1, np.int64)
     ones = np.ones(2, np.int64)
     outputs = [np.empty(4, np.int32), np.empty(4, np.int32), np.empty(4, np.float32)]
     outputs += [np.empty(3, np.int64), np.empty(2, np.int32), np.empty(2, np.float32)]
-    arguments = [compiled.hashes, *compiled.columns, compiled.sizes, len(compiled.hashes), index.width]
-    arguments += [compiled.seed, compiled.max_tree_depth, 2, tails, ones, ones * 2, ones]
     merged = SELECTION_CODES["merged"]
-    assert kernel().answers(merged, *arguments, *outputs, 4) == int(np.diff(outputs[3]).sum())
+    answer = kernel().answers(compiled.bound, merged, 2, tails, ones, ones * 2, ones, *outputs, 4)
+    assert answer == int(np.diff(outputs[3]).sum())
     with pytest.raises(ValueError, match="shorter"):
-        kernel().answers(merged, *arguments, *outputs, 5)  # room for 5 nodes claimed, 4 given
+        kernel().answers(compiled.bound, merged, 2, tails, ones, ones * 2, ones, *outputs, 5)  # room for 5 claimed
     with pytest.raises(ValueError, match="shorter"):
-        kernel().answers(merged, *arguments[:-5], 3, tails, ones, ones * 2, ones, *outputs, 4)  # 3 queries, 2 rows
-    with pytest.raises(ValueError, match="element size"):
-        kernel().answers(merged, *arguments[:8], (3,) * 7, *arguments[9:], *outputs, 4)
+        kernel().answers(compiled.bound, merged, 3, tails, ones, ones * 2, ones, *outputs, 4)  # 3 queries, 2 rows
+    with pytest.raises(ValueError, match="outputs shorter"):
+        kernel().tree(compiled.bound, merged, [1], 5, 1, index.info.vocab_size, *outputs[:3])  # 5 nodes, room for 4
+    with pytest.raises(ValueError, match="bound store"):
+        kernel().tree(object(), merged, [1], 4, 1, index.info.vocab_size, *outputs[:3])
