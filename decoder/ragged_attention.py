@@ -65,17 +65,21 @@ class RaggedPlan:
         if max(counts, default=0) > MAX_FED:
             raise ValueError(f"a ragged pass holds at most {MAX_FED} fed tokens a row, not {max(counts)}")
         starts = np.ascontiguousarray(starts, np.int64)
-        row_of = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
-        return cls(
-            input_ids=np.array([token for row in tokens for token in row], np.int64),
-            positions=starts[row_of] + np.array([d for row in depths for d in row], np.int64),
-            row_of=row_of,
-            offset_of=np.concatenate([np.arange(count, dtype=np.int64) for count in counts]),
-            starts=starts,
-            sees=np.array([bits for row in seen for bits in row], np.uint64),
-            counts=counts,
-            width=width,
+        first_slots = starts.tolist()
+        # One array for the five per-token columns (a step's host time: each numpy call between passes
+        # runs cold); unsigned for the 64-bit `sees`, the others non-negative and read as int64.
+        columns = np.array(
+            [
+                [token for row in tokens for token in row],
+                [first_slots[b] + depth for b, row in enumerate(depths) for depth in row],
+                [b for b, count in enumerate(counts) for _ in range(count)],
+                [offset for count in counts for offset in range(count)],
+                [bits for row in seen for bits in row],
+            ],
+            np.uint64,
         )
+        input_ids, positions, row_of, offset_of = columns[:4].view(np.int64)
+        return cls(input_ids, positions, row_of, offset_of, starts, columns[4], counts, width)
 
     @classmethod
     def chain(cls, tokens: list[int], row: int, start: int) -> RaggedPlan:
