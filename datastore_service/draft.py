@@ -96,6 +96,25 @@ class DraftBatch:
         return [self.tree(i) for i in range(len(self))]
 
 
+def answer_buffers(capacity: int, queries: int) -> tuple[np.ndarray, ...]:
+    """The empty arrays a compiled answer fills: tokens, parents and probabilities (room for
+    `capacity` nodes), then offsets, context lengths and scores of `queries` queries."""
+    return (
+        np.empty(capacity, np.int32),
+        np.empty(capacity, np.int32),
+        np.empty(capacity, np.float32),
+        np.empty(queries + 1, np.int64),
+        np.empty(queries, np.int32),
+        np.empty(queries, np.float32),
+    )
+
+
+def filled_answers(buffers: tuple[np.ndarray, ...], written: int) -> DraftBatch:
+    """The DraftBatch in `answer_buffers` once `written` nodes are in them."""
+    tokens, parents, probabilities, offsets, context_lengths, scores = buffers
+    return DraftBatch(tokens[:written], parents[:written], probabilities[:written], offsets, context_lengths, scores)
+
+
 @dataclass(frozen=True)
 class QueryBatch:
     """Queries right-aligned in a matrix, with per-query limits (already validated)."""

@@ -386,8 +386,9 @@ class TreeEngine:
     def _verdicts(self, logits: torch.Tensor, fed: FedBatch) -> Callable[[int], Accepted]:
         """Bring the target's verdicts to the host (the step's one device sync); a walk per row."""
         if self.sampling is None:
-            predicted = greedy_tokens(logits) if logits.dim() == 2 else None
-            predicted = logits.argmax(dim=-1).tolist() if predicted is None else predicted
+            predicted = greedy_tokens(logits)  # None where the C argmax does not take these logits
+            if predicted is None:
+                predicted = logits.argmax(dim=-1).tolist()
             if fed.ragged is not None and logits.dim() == 2:  # the real tokens' verdicts, row after row
                 predicted = fed.ragged.per_row(predicted)
             return lambda row: walk_greedy(fed.fed_tokens[row], fed.fed_parents[row], predicted[row])

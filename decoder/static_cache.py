@@ -38,6 +38,7 @@ class StaticKVCache:
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.capacity = capacity
         self.lengths = [0] * rows  # kept on the host: the loop reads it without waiting on the device
+        self._moves_in_c = keep_slots is not None and device.type == "cpu"  # torch.zeros is contiguous
 
     @property
     def rows(self) -> int:
@@ -70,7 +71,7 @@ class StaticKVCache:
         width = max(len(k) for k in kept)
         if width == 0:
             return
-        if keep_slots is not None and self.keys.device.type == "cpu" and self.keys.is_contiguous():
+        if self._moves_in_c:
             self._keep_in_c(kept)
         else:
             self._keep_in_torch(kept, width)

@@ -9,7 +9,8 @@ from types import ModuleType
 
 import numpy as np
 
-from datastore_service.draft import DraftBatch, DraftTree, QueryBatch
+from datastore_service.draft import DraftBatch, DraftTree, QueryBatch, answer_buffers, filled_answers
+from datastore_service.store.serving_arrays import SECTIONS
 
 try:
     from datastore_service.lookup import _store_answer
@@ -18,15 +19,7 @@ except ImportError:  # built without a C compiler: the Python paths answer
 
 SELECTION_CODES = {"longest": 0, "scored": 1, "merged": 2}
 # The serving arrays after `context_hashes`, as store_answer.c reads them (each in its own integer width).
-SERVING_COLUMNS = (
-    "context_tokens",
-    "context_lengths",
-    "context_counts",
-    "tree_offsets",
-    "node_tokens",
-    "node_parents",
-    "node_cumulative",
-)
+SERVING_COLUMNS = tuple(name for name in SECTIONS if name != "context_hashes")
 
 
 def kernel() -> ModuleType | None:
@@ -42,7 +35,6 @@ class CompiledLookup:
         self.hashes = np.ascontiguousarray(arrays["context_hashes"], np.uint64)
         self.columns = tuple(np.ascontiguousarray(arrays[name]) for name in SERVING_COLUMNS)
         self.sizes = tuple(column.dtype.itemsize for column in self.columns)
-        self.width, self.seed, self.max_tree_depth = width, seed, max_tree_depth
         self.bound = _store_answer.bind(
             self.hashes, *self.columns, self.sizes, len(self.hashes), width, seed, max_tree_depth
         )
@@ -52,14 +44,7 @@ class CompiledLookup:
         queries = len(batch.lengths)
         max_nodes = np.ascontiguousarray(batch.max_nodes, np.int64)
         capacity = int(max_nodes.sum())  # an answer holds at most its max_nodes
-        out = (
-            np.empty(capacity, np.int32),  # tokens
-            np.empty(capacity, np.int32),  # parents
-            np.empty(capacity, np.float32),  # probabilities
-            np.empty(queries + 1, np.int64),  # offsets
-            np.empty(queries, np.int32),  # context lengths
-            np.empty(queries, np.float32),  # scores
-        )
+        out = answer_buffers(capacity, queries)
         written = _store_answer.answers(
             self.bound,
             SELECTION_CODES[selection],
@@ -75,10 +60,7 @@ class CompiledLookup:
             raise MemoryError("the compiled lookup could not allocate its scratch")
         if written < 0:
             raise RuntimeError("the compiled lookup ran out of room: a bug, its capacity is an upper bound")
-        tokens, parents, probabilities, offsets, context_lengths, scores = out
-        return DraftBatch(
-            tokens[:written], parents[:written], probabilities[:written], offsets, context_lengths, scores
-        )
+        return filled_answers(out, written)
 
     def tree(self, tokens: list[int], max_nodes: int, max_depth: int, selection: str, vocab: int) -> DraftTree | None:
         """One sequence's tree straight from a list of ints (limits already resolved, > 0); None when

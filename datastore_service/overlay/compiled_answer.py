@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from datastore_service.draft import DraftBatch, QueryBatch
+from datastore_service.draft import DraftBatch, QueryBatch, answer_buffers, filled_answers
 
 if TYPE_CHECKING:  # trees.py imports this module
     from datastore_service.overlay.trees import TreeView
@@ -35,14 +35,7 @@ def learned_answers(view: TreeView, batch: QueryBatch, static: DraftBatch, merge
     assert _merged_answer is not None, "the compiled answer is not built"
     rows, queries = view.rows, len(batch.lengths)
     capacity = len(static.tokens) + int(batch.max_nodes.sum())  # each answer: the store's or <= max_nodes
-    out = (
-        np.empty(capacity, np.int32),  # tokens
-        np.empty(capacity, np.int32),  # parents
-        np.empty(capacity, np.float32),  # probabilities
-        np.empty(queries + 1, np.int64),  # offsets
-        np.empty(queries, np.int32),  # context lengths
-        np.empty(queries, np.float32),  # scores
-    )
+    out = answer_buffers(capacity, queries)
     written, replaced = _merged_answer.answers(
         queries,
         batch.tails.shape[1],
@@ -74,5 +67,4 @@ def learned_answers(view: TreeView, batch: QueryBatch, static: DraftBatch, merge
         raise RuntimeError("the compiled answer ran out of room: a bug, its capacity is an upper bound")
     if replaced == 0:
         return None
-    tokens, parents, probabilities, offsets, context_lengths, scores = out
-    return DraftBatch(tokens[:written], parents[:written], probabilities[:written], offsets, context_lengths, scores)
+    return filled_answers(out, written)
