@@ -80,6 +80,9 @@ class TreeEngine:
         # Acceptance on the real tokens' logits as they come; sampling and subclasses' `_scores` read
         # them laid out by row and width.
         self.padded_logits = sampling is not None or type(self)._scores is not TreeEngine._scores
+        # Greedy acceptance on the fused layers' passes asks them for tokens, not logits: their head can
+        # then be read as bfloat16 (screened_head.py).
+        self.greedy_passes = self.ragged and not self.padded_logits and self.forward.fused is not None
         # Read once: transformers computes these from the parameters and config on every access.
         self.dtype, self.device = target.model.dtype, target.device
         self.eos = target.eos_token_ids
@@ -155,7 +158,7 @@ class TreeEngine:
                 cache.advance(row, history)
             fed = self._pack(cache, [0] * used, [_chain_tree(nodes, vocab)] * used, width)
             started = time.perf_counter()
-            self._verdicts(self._pass(cache, fed), fed)
+            self._verify(cache, fed, [[0]] * used)
             return time.perf_counter() - started
 
         def time_tokens(tokens: int) -> float:
@@ -224,10 +227,8 @@ class TreeEngine:
             prompt, generation = histories[sequence], generations[sequence]
             started = time.perf_counter()
             cache.clear_row(row)
-            logits = self._prefill(cache, prompt, row)
+            first = self._prefill_first_token(cache, prompt, row)
             cache.advance(row, len(prompt))
-            scores = self._scores(logits, [[prompt[-1]]], [[-1]], [list(prompt)])
-            first = self._first_token(scores[0, -1])
             generation.prefill_seconds = time.perf_counter() - started
             if max_new_tokens <= 0:
                 continue
@@ -267,8 +268,7 @@ class TreeEngine:
         width = self.budget.width_for(1 + max(counts))
         fed = self._pack(cache, [histories[s][-1] for s in seated], trees, width)
         prepared = time.perf_counter()
-        scores = self._scores(self._pass(cache, fed), fed.fed_tokens, fed.fed_parents, [histories[s] for s in seated])
-        verdicts = self._verdicts(scores, fed)
+        verdicts = self._verify(cache, fed, [histories[s] for s in seated])
         verified = time.perf_counter()
         outcomes = []
         for row, sequence in enumerate(seated):
@@ -356,6 +356,20 @@ class TreeEngine:
             own_row = slice(row, row + 1)
             return self.forward(cache, fed.input_ids, fed.positions, fed.slots, fed.mask, rows=own_row, last_only=True)
         return self.forward.ragged(cache, PrefillPlan.of(prompt, row), logits_of=slice(-1, None))[None]
+
+    def _prefill_first_token(self, cache: StaticKVCache, prompt: list[int], row: int) -> int:
+        """Prefill cache row `row` with the prompt; the first token after it."""
+        if self.greedy_passes:
+            return self.forward.greedy_ragged(cache, PrefillPlan.of(prompt, row), logits_of=slice(-1, None))[0]
+        scores = self._scores(self._prefill(cache, prompt, row), [[prompt[-1]]], [[-1]], [list(prompt)])
+        return self._first_token(scores[0, -1])
+
+    def _verify(self, cache: StaticKVCache, fed: FedBatch, histories: list[list[int]]) -> Callable[[int], Accepted]:
+        """The target's pass over a step's fed tokens and its verdicts: a walk per row."""
+        if self.greedy_passes and fed.ragged is not None:
+            predicted = fed.ragged.per_row(self.forward.greedy_ragged(cache, fed.ragged))
+            return lambda row: walk_greedy(fed.fed_tokens[row], fed.fed_parents[row], predicted[row])
+        return self._verdicts(self._scores(self._pass(cache, fed), fed.fed_tokens, fed.fed_parents, histories), fed)
 
     def _pass(self, cache: StaticKVCache, fed: FedBatch) -> torch.Tensor:
         if self.compiled:  # a graph replays fixed shapes: fillers are computed like the rest

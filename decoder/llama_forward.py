@@ -28,9 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from .fused_layers import FusedLayers
+from .fused_layers import FusedLayers, greedy_tokens
 from .projections import LayerProjections, head_projection, product_kind
 from .ragged_attention import PrefillPlan, RaggedPlan
+from .screened_head import SCREENED_ROWS, ScreenedHead
 from .static_cache import StaticKVCache
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -50,12 +51,15 @@ def forward_fingerprint() -> str:
         "cuda_graphs.py",
         "ragged_attention.py",
         "ragged_attention_kernel.c",
+        "ragged_attention_isa.h",
         "panel_linear.py",
         "panel_linear_kernel.c",
         "panel_linear_api.h",
         "ragged_attention_api.h",
         "fused_layers.py",
         "layer_kernel.c",
+        "screened_head.py",
+        "screened_head_kernel.c",
     )
     sources = b"".join((here / name).read_bytes() for name in names if (here / name).exists())  # a wheel lacks the .c
     return hashlib.sha256(sources).hexdigest()[:10]
@@ -111,6 +115,8 @@ class LlamaTreeForward:
         self.fused = FusedLayers.of(
             model, self.projections, self._norm_weights, self.head_dim, self.scaling, angles=self.angles
         )
+        # Their greedy passes' head read as bfloat16 where that runs (screened_head.py): None elsewhere.
+        self.screened_head = ScreenedHead.of(model.lm_head) if self.fused is not None else None
         # The fused attention kernels of a GPU take an additive mask only with as many key heads as
         # query heads: there, grouped keys and values are repeated up front (on a CPU, SDPA groups them).
         self.repeat_kv = next(model.parameters()).device.type == "cuda" and self.kv_heads != self.heads
@@ -183,11 +189,7 @@ class LlamaTreeForward:
         one kernel call. `logits_of`: the fed tokens whose logits to compute (a prefill needs its last
         token's only)."""
         if self.fused is not None:
-            tokens = len(plan.input_ids)
-            kept = range(tokens)[logits_of]
-            if kept.step != 1 or kept.stop != tokens or not kept:
-                raise ValueError("the fused layers compute the logits of a last run of fed tokens")
-            return self.head(self.fused(cache, plan, tail=kept.start))
+            return self.head(self._fused_hidden(cache, plan, logits_of))
         inner = self.model.model
         hidden = inner.embed_tokens(torch.from_numpy(plan.input_ids))
         cos, signed_sin = self.angles(torch.from_numpy(plan.positions))
@@ -203,6 +205,29 @@ class LlamaTreeForward:
             hidden = hidden + projections.output(attended)
             hidden = hidden + projections.mlp(self._norm(hidden, layer.post_attention_layernorm))
         return self.head(self._norm(hidden, inner.norm))
+
+    def greedy_ragged(
+        self, cache: StaticKVCache, plan: RaggedPlan | PrefillPlan, logits_of: slice = slice(None)
+    ) -> list[int]:
+        """Greedy tokens (each its logits' argmax) of a ragged pass's fed tokens (those of `logits_of`),
+        on the fused layers: through the head's bfloat16 screen up to SCREENED_ROWS tokens, where reading
+        the head is most of its cost; beyond, the float32 head and an argmax."""
+        hidden = self._fused_hidden(cache, plan, logits_of)
+        if self.screened_head is not None and len(hidden) <= SCREENED_ROWS:
+            return self.screened_head.tokens(hidden)
+        logits = self.head(hidden)
+        tokens = greedy_tokens(logits)
+        return tokens if tokens is not None else logits.argmax(dim=-1).tolist()
+
+    def _fused_hidden(self, cache: StaticKVCache, plan: RaggedPlan | PrefillPlan, logits_of: slice) -> torch.Tensor:
+        """The fused layers' pass: the head's input for the fed tokens of `logits_of`, [n, dim]."""
+        if self.fused is None:
+            raise ValueError("the fused layers do not run for this model here")
+        tokens = len(plan.input_ids)
+        kept = range(tokens)[logits_of]
+        if kept.step != 1 or kept.stop != tokens or not kept:
+            raise ValueError("the fused layers compute the logits of a last run of fed tokens")
+        return self.fused(cache, plan, tail=kept.start)
 
     def _attention(
         self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
