@@ -9,7 +9,8 @@ it answers: what a batch of drafted rows costs against a batch of single tokens,
 filler slot costs (the engine prices both in its node budget); and a batch step as it comes
 (trees of different sizes over rows of different lengths) in the ragged layout, which feeds only
 real tokens (float32 on a CPU), and in the padded one. Where the fused layers run (layer_kernel.c),
-each ragged pass is timed with them and with the torch layers they replace, the two taking turns.
+each ragged pass is timed with them and with the torch layers they replace, and where the screened
+head runs (screened_head.py), also with it after the fused layers; the kinds taking turns.
 """
 
 from __future__ import annotations
@@ -38,21 +39,27 @@ def main() -> None:
     cache = engine._cache_for(args.rows, args.history + 64)
     vocab = target.model.config.vocab_size
 
-    # Where the fused layers run, each pass is also timed with the torch layers, the two taking turns.
+    # Where the fused layers run, each pass is also timed with the torch layers, and where the screened
+    # head runs, with the float32 head after the fused layers; the kinds taking turns.
     fused = engine.forward.fused if hasattr(engine, "forward") else None
-    layer_kinds = {"fused": fused, "torch": None} if fused is not None else {"": None}
+    screened = engine.forward.screened_head if fused is not None else None
+    layer_kinds = {"": (None, None)}
+    if fused is not None:
+        layer_kinds = {"fused layers": (fused, None), "torch layers": (None, None)}
+    if screened is not None:
+        layer_kinds = {"fused layers, screened head": (fused, screened), **layer_kinds}
 
     @torch.inference_mode()
     def fastest(
         rows: int, width: int, nodes: int | list[int], histories: list[int] | None = None, ragged: bool = True
     ) -> str:
         per_row = nodes if isinstance(nodes, list) else [nodes] * rows
-        kinds = layer_kinds if ragged else {"": fused}  # the padded pass has no fused layers
+        kinds = layer_kinds if ragged else {"": (fused, screened)}  # the padded pass has no fused layers
         timings: dict[str, list[float]] = {kind: [] for kind in kinds}
         for _ in range(args.repeats + 1):  # the first is a warm-up
-            for kind, layers in kinds.items():
+            for kind, (layers, head) in kinds.items():
                 if fused is not None:
-                    engine.forward.fused = layers
+                    engine.forward.fused, engine.forward.screened_head = layers, head
                 cache.reset()
                 for row in range(rows):
                     cache.advance(row, histories[row] if histories else args.history)
@@ -60,13 +67,13 @@ def main() -> None:
                 if target.device.type == "cuda":
                     torch.cuda.synchronize()
                 started = time.perf_counter()
-                engine._verdicts(engine._pass(cache, fed), fed)
+                engine._verify(cache, fed, [[0]] * rows)
                 timings[kind].append(time.perf_counter() - started)
         if fused is not None:
-            engine.forward.fused = fused
+            engine.forward.fused, engine.forward.screened_head = fused, screened
         return " / ".join(f"{min(times[1:]) * 1e3:.1f}" for times in timings.values())
 
-    layers_text = "; fused layers / torch layers" if fused is not None else ""
+    layers_text = "; " + " / ".join(layer_kinds) if fused is not None else ""
     print(
         f"engine {engine.name}, {args.device} {args.dtype}, {args.history} cached tokens a row; ms per pass{layers_text}"
     )

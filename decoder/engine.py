@@ -80,9 +80,6 @@ class TreeEngine:
         # Acceptance on the real tokens' logits as they come; sampling and subclasses' `_scores` read
         # them laid out by row and width.
         self.padded_logits = sampling is not None or type(self)._scores is not TreeEngine._scores
-        # Greedy acceptance on the fused layers' passes asks them for tokens, not logits: their head can
-        # then be read as bfloat16 (screened_head.py).
-        self.greedy_passes = self.ragged and not self.padded_logits and self.forward.fused is not None
         # Read once: transformers computes these from the parameters and config on every access.
         self.dtype, self.device = target.model.dtype, target.device
         self.eos = target.eos_token_ids
@@ -90,6 +87,12 @@ class TreeEngine:
         self.host_generator = torch.Generator().manual_seed(seed)
         self.device_generator = torch.Generator(device=target.device).manual_seed(seed)
         self._cache: StaticKVCache | None = None
+
+    @property
+    def greedy_passes(self) -> bool:
+        """Whether greedy acceptance asks the fused layers' passes for tokens rather than logits (their
+        head can then be read as bfloat16: screened_head.py)."""
+        return self.ragged and not self.padded_logits and self.forward.fused is not None
 
     @property
     def name(self) -> str:

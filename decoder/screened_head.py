@@ -2,12 +2,13 @@
 
 A one-token pass on a CPU costs what reading the weights costs, and the head is a fifth of them on
 SmolLM2 (49,152 x 576 floats). Greedy verification wants only each row's largest logit: the kernel
-computes every logit from a bfloat16 copy of the head (half the bytes), keeps the tokens that a proven
-bound on that copy's error cannot rule out (a handful), and computes those in float32 from the
-model's own weights. The answer is the argmax of float32 logits, by torch.argmax's rule; the kernel's
-comment gives the bound and the proof, tests/decoder/test_screened_head.py checks it.
+computes every logit from a bfloat16 copy of the head (half the bytes, widened to float32 in
+registers), keeps the tokens that a proven bound on that copy's error cannot rule out (a handful),
+and computes those in float32 from the model's own weights. The answer is the argmax of float32
+logits, by torch.argmax's rule; the kernel's comment gives the bound and the proof,
+tests/decoder/test_screened_head.py checks it.
 
-It runs on CPUs with AVX512-BF16, for float32 heads without bias whose dimension is a multiple of 16;
+It runs on CPUs with AVX-512, for float32 heads without bias whose dimension is a multiple of 16;
 elsewhere `ScreenedHead.of` says None and the full head and an argmax answer.
 """
 
@@ -29,10 +30,10 @@ TILE = 16  # tokens per tile of the bfloat16 copy (the kernel's TILE)
 MAX_DIM = 4096  # the kernel's MAX_DIM
 EXPONENT_BITS = 0x7F80  # a bfloat16 without any is subnormal (or zero): the instruction reads zero
 SIGN_BIT = -0x8000  # (as int16)
-# Up to this many rows the screen is faster than the float32 head; beyond, its pair products are the
-# bound and the float32 kernel is faster (crossover at 14 rows, measured on 2 Zen 5 cores, ad hoc).
+# Up to this many rows the screen is faster than the float32 head; beyond, both are bound by the same
+# multiply-adds, and the screen adds its own work (crossover at 14-16 rows on 2 Zen 5 cores, ad hoc).
 SCREENED_ROWS = 12
-LARGEST_WEIGHT = 1e30  # heads beyond (or not finite) are left to float32: their bfloat16 copy could overflow
+LARGEST_WEIGHT = 1e6  # heads beyond (or not finite) are left to float32 (the kernel's sums stay finite below)
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,8 @@ class BFloat16Head:
         # Both exact in float32 (w - w' is, w' being w rounded), then up to the next float, never down.
         error = (exact - rounded).abs().amax(dim=1).numpy()
         largest = torch.maximum(exact.abs(), rounded.abs()).amax(dim=1).numpy()
-        # The layout AVX512-BF16's pair products read: per tile, per pair (2j, 2j + 1), the 16 tokens' two
-        # halves as one uint32, the first in the low bits.
+        # The kernel's layout: per tile, per pair of dimensions (2j, 2j + 1), the 16 tokens' two halves as
+        # one uint32, the first in the low bits (a shift and a mask widen each to float32).
         pairs = halves.view(len(exact) // TILE, TILE, dim // 2, 2).permute(0, 2, 1, 3).contiguous()
         return cls(
             pairs.view(torch.int32).numpy().view(np.uint32).reshape(-1),
@@ -84,8 +85,7 @@ class ScreenedHead:
         self.weight = weight.detach().contiguous()
         self.copy = BFloat16Head.of(weight)
         self.padded_vocab = len(self.copy.error)
-        self._approx = np.empty(0, np.float32)
-        self._pairs = np.empty(0, np.uint32)
+        self._upper = np.empty(0, np.float32)
 
     @classmethod
     def of(cls, head: nn.Module) -> ScreenedHead | None:
@@ -106,9 +106,8 @@ class ScreenedHead:
             raise ValueError(f"expected float32 hidden states [rows, {self.dim}]")
         hidden = hidden.contiguous()
         rows = hidden.shape[0]
-        if len(self._approx) < rows * self.padded_vocab:  # scratch, kept: a fresh one costs page faults
-            self._approx = np.empty(rows * self.padded_vocab, np.float32)
-            self._pairs = np.empty(rows * self.dim // 2, np.uint32)
+        if len(self._upper) < rows * self.padded_vocab:  # scratch, kept: a fresh one costs page faults
+            self._upper = np.empty(rows * self.padded_vocab, np.float32)
         return _screened_head.tokens(
             hidden.data_ptr(),
             rows,
@@ -119,6 +118,5 @@ class ScreenedHead:
             self.vocab,
             self.padded_vocab,
             self.dim,
-            self._approx,
-            self._pairs,
+            self._upper,
         )

@@ -20,9 +20,7 @@ from tests.extensions import needs
 
 pytestmark = [
     needs(_screened_head, "decoder._screened_head"),
-    pytest.mark.skipif(
-        _screened_head is not None and not _screened_head.available(), reason="this CPU lacks AVX512-BF16"
-    ),
+    pytest.mark.skipif(_screened_head is not None and not _screened_head.available(), reason="this CPU lacks AVX-512"),
 ]
 
 
@@ -78,7 +76,19 @@ def test_exact_ties_go_to_the_first_token_and_padding_is_never_chosen():
     assert tokens[1] == float32_argmax(weight, hidden[1:])[0] < 37
 
 
-def test_subnormal_weights_count_as_what_the_instruction_reads():
+def test_the_padding_never_sets_the_bar_the_vocabulary_must_reach():
+    """Every logit below 0, the padded tokens' approximate 0 would rule out the most likely token (small
+    weights, a tight bound) and keep a less likely one (large weights, a loose bound)."""
+    weight = torch.zeros(17, 16)  # padded to 32 tokens
+    weight[:, 0] = -1.0
+    weight[3, 0] = -0.01  # the argmax, known closely
+    weight[11, 0], weight[11, 1] = -0.5, 1000.0  # far less likely, but known only to within ~1
+    hidden = torch.zeros(1, 16)
+    hidden[0, 0] = 1.0
+    assert ScreenedHead.of(linear(weight)).tokens(hidden) == [3]
+
+
+def test_subnormal_weights_are_bounded_as_the_copy_holds_them():
     generator = torch.Generator().manual_seed(2)
     weight = torch.randn(64, 16, generator=generator) * 1e-39  # subnormal in float32 and in bfloat16
     weight[:, 0] = torch.linspace(-1.0, 1.0, 64)
