@@ -92,7 +92,11 @@ class TreeEngine:
     def greedy_passes(self) -> bool:
         """Whether greedy acceptance asks the fused layers' passes for tokens rather than logits (their
         head can then be read as bfloat16: screened_head.py)."""
-        return self.ragged and not self.padded_logits and self.forward.fused is not None
+        return self.ragged and self.sampling is None and self.forward.fused is not None and self._scores_are_logits()
+
+    def _scores_are_logits(self) -> bool:
+        """Whether `_scores` leaves the logits as they are (a subclass that processes them says when)."""
+        return type(self)._scores is TreeEngine._scores
 
     @property
     def name(self) -> str:

@@ -74,6 +74,9 @@ class GenerateEngine(TreeEngine):
                 scores[row, indices] = self.processors(sequences, scores[row, indices])
         return scores
 
+    def _scores_are_logits(self) -> bool:
+        return not self.processors
+
     def _until_stop(
         self, sequence: int, accepted: list[int], before: list[int], stop_strings: Sequence[str]
     ) -> tuple[list[int], str]:

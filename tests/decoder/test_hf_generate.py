@@ -13,7 +13,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from datastore_service.errors import CrestError
 from decoder.acceptance import SamplingParams
-from decoder.hf_generate import crest_generate
+from decoder.hf_generate import _ENGINES, crest_generate
 from tests.decoder.test_sampling import CRITICAL_35, FixedTreeSource, chi_square, exact_pair_distribution, small_target
 from tests.decoder.tiny_models import tiny_gpt2, tiny_llama
 
@@ -37,6 +37,24 @@ def both(model, ids: torch.Tensor, **settings) -> tuple[list, list]:
 def test_greedy_output_equals_plain_generate(model, settings):
     plain, drafted = both(model, torch.tensor([PROMPT]), max_new_tokens=40, do_sample=False, **settings)
     assert drafted == plain
+
+
+def test_greedy_passes_answer_tokens_without_processors_and_logits_with_them(model):
+    """No logits processor: the passes give tokens (their head may be screened, screened_head.py); with
+    one, acceptance reads the processed scores of full logits."""
+    both(model, torch.tensor([PROMPT]), max_new_tokens=4, do_sample=False)  # the engine, made
+    forward = next(iter(_ENGINES[model].values())).forward
+    calls = []
+    greedy_ragged = forward.greedy_ragged
+    forward.greedy_ragged = lambda *args, **kwargs: calls.append(1) or greedy_ragged(*args, **kwargs)
+    try:
+        for settings, tokens_asked in (({}, True), ({"repetition_penalty": 1.3}, False)):
+            calls.clear()
+            plain, drafted = both(model, torch.tensor([PROMPT]), max_new_tokens=12, do_sample=False, **settings)
+            assert drafted == plain
+            assert bool(calls) == tokens_asked
+    finally:
+        del forward.greedy_ragged
 
 
 def test_a_batch_of_two_prompt_lengths_equals_plain_generate(model):
