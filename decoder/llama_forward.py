@@ -31,7 +31,7 @@ from transformers import PreTrainedModel
 from .fused_layers import FusedLayers, greedy_tokens
 from .projections import LayerProjections, head_projection, product_kind
 from .ragged_attention import PrefillPlan, RaggedPlan
-from .screened_head import SCREENED_ROWS, ScreenedHead
+from .screened_head import ScreenedHead
 from .static_cache import StaticKVCache
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -60,6 +60,7 @@ def forward_fingerprint() -> str:
         "layer_kernel.c",
         "screened_head.py",
         "screened_head_kernel.c",
+        "screened_head_isa.h",
     )
     sources = b"".join((here / name).read_bytes() for name in names if (here / name).exists())  # a wheel lacks the .c
     return hashlib.sha256(sources).hexdigest()[:10]
@@ -210,10 +211,10 @@ class LlamaTreeForward:
         self, cache: StaticKVCache, plan: RaggedPlan | PrefillPlan, logits_of: slice = slice(None)
     ) -> list[int]:
         """Greedy tokens (each its logits' argmax) of a ragged pass's fed tokens (those of `logits_of`),
-        on the fused layers: through the head's bfloat16 screen up to SCREENED_ROWS tokens, where reading
+        on the fused layers: through the head's bfloat16 screen up to its `most_rows` tokens, where reading
         the head is most of its cost; beyond, the float32 head and an argmax."""
         hidden = self._fused_hidden(cache, plan, logits_of)
-        if self.screened_head is not None and len(hidden) <= SCREENED_ROWS:
+        if self.screened_head is not None and len(hidden) <= self.screened_head.most_rows:
             return self.screened_head.tokens(hidden)
         logits = self.head(hidden)
         tokens = greedy_tokens(logits)

@@ -8,8 +8,8 @@ and computes those in float32 from the model's own weights. The answer is the ar
 logits, by torch.argmax's rule; the kernel's comment gives the bound and the proof,
 tests/decoder/test_screened_head.py checks it.
 
-It runs on CPUs with AVX-512, for float32 heads without bias whose dimension is a multiple of 16;
-elsewhere `ScreenedHead.of` says None and the full head and an argmax answer.
+It runs on x86 CPUs with AVX-512 or AVX2 and FMA, for float32 heads without bias whose dimension is a
+multiple of 16; elsewhere `ScreenedHead.of` says None and the full head and an argmax answer.
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ TILE = 16  # tokens per tile of the bfloat16 copy (the kernel's TILE)
 MAX_DIM = 4096  # the kernel's MAX_DIM
 EXPONENT_BITS = 0x7F80  # a bfloat16 without any is subnormal (or zero): the instruction reads zero
 SIGN_BIT = -0x8000  # (as int16)
-# Up to this many rows the screen is faster than the float32 head; beyond, both are bound by the same
-# multiply-adds, and the screen adds its own work (crossover at 14-16 rows on 2 Zen 5 cores, ad hoc).
-SCREENED_ROWS = 12
+# Up to this many rows a pass's head is screened, by the instruction set of the kernel's code: beyond,
+# the screen and the float32 head are bound by the same multiply-adds, and the screen adds its own
+# work (crossover at 14-16 rows with AVX-512 on 2 Zen 5 cores, ad hoc; AVX2's registers hold fewer
+# rows' sums, so it stops earlier).
+SCREENED_ROWS = {"avx512": 12, "avx2": 4}
 LARGEST_WEIGHT = 1e6  # heads beyond (or not finite) are left to float32 (the kernel's sums stay finite below)
 
 
@@ -82,6 +84,7 @@ class ScreenedHead:
 
     def __init__(self, weight: torch.Tensor) -> None:
         self.vocab, self.dim = weight.shape
+        self.most_rows = SCREENED_ROWS[_screened_head.instruction_set()]  # what a pass screens at most
         self.weight = weight.detach().contiguous()
         self.copy = BFloat16Head.of(weight)
         self.padded_vocab = len(self.copy.error)

@@ -1,9 +1,13 @@
 """The screened head (decoder/screened_head_kernel.c): each row's token is the argmax of its float32
 logits by torch.argmax's rule, also where the bfloat16 copy ranks the tokens otherwise, on near ties,
 exact ties, padded vocabularies, subnormal weights and rows that are not finite; heads it does not
-take are refused; and the engine's greedy passes go through it."""
+take are refused; the engine's greedy passes go through it; and the AVX2 code answers as AVX-512's."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,7 +17,7 @@ from decoder.draft_sources import NoDrafts
 from decoder.engine import TreeEngine
 from decoder.node_budget import NodeBudget
 from decoder.prompt_lookup import WithPromptLookup
-from decoder.screened_head import SCREENED_ROWS, ScreenedHead, _screened_head
+from decoder.screened_head import ScreenedHead, _screened_head
 from decoder.target_model import load_target
 from tests.decoder.tiny_models import plain_greedy, tiny_llama
 from tests.extensions import needs
@@ -145,4 +149,27 @@ def test_the_engine_s_greedy_passes_read_the_screened_head():
     engine.forward.screened_head.tokens = lambda hidden: calls.append(len(hidden)) or tokens(hidden)
     prompt = [5, 9, 2, 33, 17, 8, 40, 1, 5, 9, 2]
     assert engine.generate(prompt, 24).tokens == plain_greedy(target, prompt, 24)
-    assert calls and max(calls) <= SCREENED_ROWS
+    assert calls and max(calls) <= engine.forward.screened_head.most_rows
+
+
+def test_the_avx2_code_gives_the_same_tokens():
+    """The tests above with the kernel's AVX2 code (CREST_HEAD_ISA), which an AVX-512 machine would
+    otherwise never run (it sums a tile in two halves, with one sum per row)."""
+    if _screened_head.instruction_set() != "avx512":
+        pytest.skip("the AVX2 code is what runs here: the tests above ran it")
+    environment = {**os.environ, "CREST_HEAD_ISA": "avx2"}
+    check = "from decoder import _screened_head; assert _screened_head.instruction_set() == 'avx2'"
+    subprocess.run([sys.executable, "-c", check], env=environment, check=True)
+    tests = [
+        f"{__file__}::{name}"
+        for name in (
+            "test_tokens_are_the_float32_argmax_even_where_bfloat16_ranks_otherwise",
+            "test_exact_ties_go_to_the_first_token_and_padding_is_never_chosen",
+            "test_the_padding_never_sets_the_bar_the_vocabulary_must_reach",
+            "test_rows_that_are_not_finite_follow_torch_argmax",
+        )
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], env=environment, capture_output=True
+    )
+    assert done.returncode == 0, done.stdout.decode()[-2000:]
