@@ -7,9 +7,11 @@ without drafts, side by side, prompt by prompt.
 HumanEval prompts (plain code completion) draft from the stdlib store; MT-Bench first turns (chat
 template) from the ShareGPT store. Both stores are the defaults, built if missing. For each prompt
 every configuration runs back to back (plain `generate`, the engine without drafts, with the store,
-with prompt lookup, with both), so a ratio compares runs made seconds apart on the same machine; and
---runs times, taking turns, each configuration's fastest run counting (a burst of other work on a
-shared machine once set a prompt's ratio at 0.87x that four alternating runs put at 1.43x).
+with prompt lookup, with both): a round. A prompt's ratio of two configurations is the median over
+--runs rounds of their ratio within a round, so it compares runs made seconds apart, and one round
+slowed (or sped up) by the machine does not set it. (Each configuration's fastest run, the earlier
+rule, let one fast moment of the memory in a baseline's run set a prompt at 0.86x: this machine's
+memory speed moves within minutes, not only other work.) Times and tokens/s are medians over rounds.
 
 Reported per configuration: total tokens/s; median per-prompt speedup over `generate` and over the
 same engine without drafts (and the slowest prompt's); accepted tokens per step (tokens per target
@@ -122,9 +124,9 @@ def run_suite(
     max_new_tokens: int,
     runs: int = 1,
 ) -> dict[str, Tally]:
-    """Every configuration on every prompt, `runs` times, the configurations taking turns; a
-    configuration's time on a prompt is its fastest run (on a shared machine noise only slows a run
-    down, and one slowed run would set a prompt's ratio)."""
+    """Every configuration on every prompt in `runs` rounds (each configuration once a round); a
+    prompt's ratio of two configurations is the median of their ratios within a round, its time the
+    median round's."""
     sources: dict[str, DraftSource] = {
         "store": IndexSource(index),
         "prompt lookup": WithPromptLookup(NoDrafts()),
@@ -145,21 +147,25 @@ def run_suite(
             reference = (
                 plain_generate(reference_target, ids, max_new_tokens)[0] if reference_target is not target else None
             )
-            tokens, generate_seconds, fastest = fastest_runs(target, decoders, ids, max_new_tokens, runs)
+            tokens, rounds = timed_rounds(target, decoders, ids, max_new_tokens, runs)
         except KeyboardInterrupt:  # a time limit: keep the prompts done, tell the table
             print(
                 f"interrupted: {len(tallies['generate'].vs_generate)} of {len(prompts)} prompts done", file=sys.stderr
             )
             break
         reference = tokens if reference is None else reference
-        tallies["generate"].add(tokens, generate_seconds, reference, None)
-        rates = {"generate": len(tokens) / generate_seconds}
-        for name, (generation, seconds) in fastest.items():
-            tallies[name].add(generation.tokens, seconds, reference, generation)
-            rates[name] = len(generation.tokens) / seconds
+        rates: dict[str, float] = {}
         for name in tallies:
-            tallies[name].vs_generate.append(rates[name] / rates["generate"])
-            tallies[name].vs_no_drafts.append(rates[name] / rates["no drafts"])
+            runs_of = sorted((run[name] for run in rounds), key=lambda run: run[1])
+            generation, seconds = runs_of[len(runs_of) // 2]  # the median round's run
+            tallies[name].add(generation.tokens if generation is not None else tokens, seconds, reference, generation)
+            rates[name] = tokens_per_second(runs_of[len(runs_of) // 2], tokens)
+            for against, ratios in (("generate", tallies[name].vs_generate), ("no drafts", tallies[name].vs_no_drafts)):
+                ratios.append(
+                    statistics.median(
+                        tokens_per_second(run[name], tokens) / tokens_per_second(run[against], tokens) for run in rounds
+                    )
+                )
         rates_text = ", ".join(f"{name} {rate:.1f}" for name, rate in rates.items())
         print(
             f"prompt {len(tallies['generate'].vs_generate)}/{len(prompts)}: tokens/s {rates_text}",
@@ -169,20 +175,25 @@ def run_suite(
     return tallies
 
 
-def fastest_runs(
+def tokens_per_second(run: tuple[Generation | None, float], generate_tokens: list[int]) -> float:
+    """A run's tokens over its seconds (`generate`'s run has no Generation: its tokens are given)."""
+    generation, seconds = run
+    return len(generation.tokens if generation is not None else generate_tokens) / seconds
+
+
+def timed_rounds(
     target: TargetModel, decoders: dict[str, Decoder], ids: list[int], max_new_tokens: int, runs: int
-) -> tuple[list[int], float, dict[str, tuple[Generation, float]]]:
-    """`generate`'s tokens and fastest time on one prompt, and each decoder's fastest run and its time:
-    `runs` rounds, every configuration once per round."""
-    generate_seconds, fastest = float("inf"), {}
+) -> tuple[list[int], list[dict[str, tuple[Generation | None, float]]]]:
+    """`generate`'s tokens on one prompt, and `runs` rounds, each running every configuration once
+    (`generate` first: its Generation None) and holding each one's run and its seconds."""
+    rounds = []
     for _ in range(runs):
         tokens, seconds = plain_generate(target, ids, max_new_tokens)
-        generate_seconds = min(generate_seconds, seconds)
+        run: dict[str, tuple[Generation | None, float]] = {"generate": (None, seconds)}
         for name, decoder in decoders.items():
-            generation, seconds = timed(lambda d=decoder: d.generate(ids, max_new_tokens), target)
-            if name not in fastest or seconds < fastest[name][1]:
-                fastest[name] = generation, seconds
-    return tokens, generate_seconds, fastest
+            run[name] = timed(lambda d=decoder: d.generate(ids, max_new_tokens), target)
+        rounds.append(run)
+    return tokens, rounds
 
 
 BATCH_REPEATS = 3  # each batch configuration runs this often, alternating; the medians are quoted
@@ -295,8 +306,7 @@ def main() -> None:
         "--runs",
         type=int,
         default=3,
-        help="runs of every configuration per prompt, taking turns; the fastest counts (with 2, a prompt where "
-        "drafting barely pays was once put at 0.77x by its two slowed runs)",
+        help="rounds per prompt, every configuration once a round; a ratio is the median of its rounds' ratios",
     )
     parser.add_argument("--write", action="store_true", help="write the section into docs/BENCHMARKS.md")
     args = parser.parse_args()
@@ -324,8 +334,8 @@ def main() -> None:
         f"per step chosen from the engine's measured cost of one pass (fed tokens: time) {curve_text}; "
         f"1-minute load average before the run: {_load()}.",
         "",
-        f"Speedups are medians of per-prompt ratios, each configuration's fastest of {args.runs} runs per prompt, the "
-        "configurations taking turns; `no drafts` is the same engine "
+        f"Speedups are medians of per-prompt ratios, each the median of its ratios within {args.runs} rounds (every "
+        "configuration once a round, back to back); `no drafts` is the same engine "
         "verifying nothing. Step ms: lookup / preparation / forward / acceptance / compaction (share outside the "
         "forward). Exactness: outputs identical to the float32 `generate` reference, and the mean first differing "
         "position of the others.",
