@@ -28,7 +28,7 @@ except ImportError:
 
 TILE = 16  # tokens per tile of the bfloat16 copy (the kernel's TILE)
 MAX_DIM = 4096  # the kernel's MAX_DIM
-EXPONENT_BITS = 0x7F80  # a bfloat16 without any is subnormal (or zero): the instruction reads zero
+EXPONENT_BITS = 0x7F80  # a bfloat16 without any is subnormal (or zero): the copy holds zero, as flush-to-zero reads it
 SIGN_BIT = -0x8000  # (as int16)
 # Up to this many rows a pass's head is screened, by the instruction set of the kernel's code: beyond,
 # the screen and the float32 head are bound by the same multiply-adds, and the screen adds its own
@@ -60,7 +60,7 @@ class BFloat16Head:
         exact = torch.zeros(-(-vocab // TILE) * TILE, dim)
         exact[:vocab] = weight.detach()
         halves = exact.bfloat16().view(torch.int16)
-        halves = torch.where(halves & EXPONENT_BITS != 0, halves, halves & SIGN_BIT)  # as the instruction reads
+        halves = torch.where(halves & EXPONENT_BITS != 0, halves, halves & SIGN_BIT)  # subnormals to signed zero
         rounded = halves.view(torch.bfloat16).float()
         # Both exact in float32 (w - w' is, w' being w rounded), then up to the next float, never down.
         error = (exact - rounded).abs().amax(dim=1).numpy()
@@ -98,7 +98,7 @@ class ScreenedHead:
             return None
         if head.bias is not None or weight.dtype != torch.float32 or weight.device.type != "cpu":
             return None
-        vocab, dim = weight.shape
+        dim = weight.shape[1]
         if dim % TILE != 0 or dim > MAX_DIM or not bool(weight.abs().max() < LARGEST_WEIGHT):
             return None  # (NaN fails the comparison too)
         return cls(weight)
