@@ -127,6 +127,10 @@ static PyObject *tokens(PyObject *module, PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_TypeError, "tokens takes 10 arguments");
         return NULL;
     }
+    if (screened_tokens == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "tokens: this CPU has neither AVX-512 nor AVX2 with FMA (see available())");
+        return NULL;
+    }
     const float *hidden = PyLong_AsVoidPtr(args[0]);
     const int64_t rows = PyLong_AsLongLong(args[1]);
     Head head;
