@@ -157,9 +157,10 @@ def run_suite(
         rates: dict[str, float] = {}
         for name in tallies:
             runs_of = sorted((run[name] for run in rounds), key=lambda run: run[1])
-            generation, seconds = runs_of[len(runs_of) // 2]  # the median round's run
+            median_run = runs_of[len(runs_of) // 2]
+            generation, seconds = median_run
             tallies[name].add(generation.tokens if generation is not None else tokens, seconds, reference, generation)
-            rates[name] = tokens_per_second(runs_of[len(runs_of) // 2], tokens)
+            rates[name] = tokens_per_second(median_run, tokens)
             for against, ratios in (("generate", tallies[name].vs_generate), ("no drafts", tallies[name].vs_no_drafts)):
                 ratios.append(
                     statistics.median(

@@ -36,7 +36,7 @@ from .calibration import AcceptanceCalibration
 from .cuda_graphs import GraphedPasses
 from .draft_gate import DraftGate
 from .draft_sources import DraftSource
-from .fused_layers import greedy_tokens
+from .fused_layers import argmax_tokens
 from .llama_forward import LlamaTreeForward, forward_fingerprint
 from .node_budget import PASS_WIDTHS, CostCurve, NodeBudget, first_nodes
 from .ragged_attention import PrefillPlan
@@ -407,9 +407,7 @@ class TreeEngine:
     def _verdicts(self, logits: torch.Tensor, fed: FedBatch) -> Callable[[int], Accepted]:
         """Bring the target's verdicts to the host (the step's one device sync); a walk per row."""
         if self.sampling is None:
-            predicted = greedy_tokens(logits)  # None where the C argmax does not take these logits
-            if predicted is None:
-                predicted = logits.argmax(dim=-1).tolist()
+            predicted = argmax_tokens(logits)
             if fed.ragged is not None and logits.dim() == 2:  # the real tokens' verdicts, row after row
                 predicted = fed.ragged.per_row(predicted)
             return lambda row: walk_greedy(fed.fed_tokens[row], fed.fed_parents[row], predicted[row])

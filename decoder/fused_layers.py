@@ -164,3 +164,10 @@ def greedy_tokens(logits: torch.Tensor) -> list[int] | None:
     if not logits.is_contiguous() or logits.shape[1] == 0:
         return None
     return _fused_layers.greedy(logits.data_ptr(), logits.shape[0], logits.shape[1])
+
+
+def argmax_tokens(logits: torch.Tensor) -> list:
+    """Each row's argmax (torch.argmax's rule), through `greedy_tokens` where it runs; nested lists
+    for logits of more than two dimensions."""
+    tokens = greedy_tokens(logits)
+    return tokens if tokens is not None else logits.argmax(dim=-1).tolist()

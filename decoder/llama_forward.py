@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from .fused_layers import FusedLayers, greedy_tokens
+from .fused_layers import FusedLayers, argmax_tokens
 from .projections import LayerProjections, head_projection, product_kind
 from .ragged_attention import PrefillPlan, RaggedPlan
 from .screened_head import ScreenedHead
@@ -216,9 +216,7 @@ class LlamaTreeForward:
         hidden = self._fused_hidden(cache, plan, logits_of)
         if self.screened_head is not None and len(hidden) <= self.screened_head.most_rows:
             return self.screened_head.tokens(hidden)
-        logits = self.head(hidden)
-        tokens = greedy_tokens(logits)
-        return tokens if tokens is not None else logits.argmax(dim=-1).tolist()
+        return argmax_tokens(self.head(hidden))
 
     def _fused_hidden(self, cache: StaticKVCache, plan: RaggedPlan | PrefillPlan, logits_of: slice) -> torch.Tensor:
         """The fused layers' pass: the head's input for the fed tokens of `logits_of`, [n, dim]."""
