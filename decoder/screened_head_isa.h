@@ -1,9 +1,9 @@
 /* The vector code of screened_head_kernel.c for one instruction set. That file includes it once per
  * set, each time with the set's `#pragma GCC target` in force and with ISA (a suffix for the names
  * below), LANES (floats of one native vector), ROW_BLOCK (hidden rows that share a tile's loads) and
- * SUMS (sums per row and vector, so that consecutive multiply-adds do not wait on each other)
- * defined: AVX-512's 32 registers hold 12 rows of two sums, AVX2's 16 hold 5 rows of one per half
- * tile. */
+ * SUMS (sums per row and vector, so that consecutive multiply-adds do not wait on each other) and
+ * PAIR_PRODUCTS (1: AVX512-BF16's products of bfloat16 pairs, the rows rounded too) defined:
+ * AVX-512's 32 registers hold 12 rows of two sums, AVX2's 16 hold 5 rows of one per half tile. */
 #define JOIN_(name, isa) name##_##isa
 #define JOIN(name, isa) JOIN_(name, isa)
 #define vfloat JOIN(vfloat, ISA)
@@ -23,6 +23,17 @@
 #define screened_argmax JOIN(screened_argmax, ISA)
 
 #define HALVES (TILE / LANES) /* vectors of one tile's tokens */
+#define operand JOIN(operand, ISA)
+
+/* What the screen multiplies a row's weights by: its float32 values, or with PAIR_PRODUCTS its values
+ * rounded to bfloat16, a pair per uint32 (prepared_pairs). */
+#if PAIR_PRODUCTS
+typedef uint32_t operand;
+#define OPERANDS(dim) ((dim) / 2)
+#else
+typedef float operand;
+#define OPERANDS(dim) (dim)
+#endif
 
 typedef float vfloat __attribute__((vector_size(LANES * 4)));
 typedef int32_t vint __attribute__((vector_size(LANES * 4)));
@@ -72,10 +83,11 @@ static int64_t exact_argmax(const float *weight, const float *hidden, int64_t vo
 
 /* Rows [first, first + count) (count <= ROW_BLOCK) against tile t: the approximate logits, from the
  * tile's pairs of dimensions (16 tokens' two bfloat16 weights as 32-bit lanes, widened to float32 by
- * a shift and a mask, each multiplied by the row's float32 value of that dimension); then each
+ * a shift and a mask, each multiplied by the row's float32 value of that dimension; or with
+ * PAIR_PRODUCTS multiplied as pairs by the row's rounded pair); then each
  * token's upper end (approx + M) stored in `upper`, and the lower end (approx - M) raising the row's
  * running maximum in `lowest`. Padded tokens take -inf at both. */
-static inline __attribute__((always_inline)) void tile_bounds(const Head *head, int64_t t, const float *hidden,
+static inline __attribute__((always_inline)) void tile_bounds(const Head *head, int64_t t, const operand *rows_in,
                                                               const Scale *scales, const int64_t count, float *upper,
                                                               vfloat *lowest) {
     const int64_t dim = head->dim, half_dim = dim / 2, token = t * TILE;
@@ -84,18 +96,44 @@ static inline __attribute__((always_inline)) void tile_bounds(const Head *head, 
     for (int64_t r = 0; r < ROW_BLOCK; r++)
         for (int h = 0; h < HALVES; h++)
             for (int s = 0; s < SUMS; s++) sums[r][h][s] = (vfloat){0};
+    /* Each line of the tile comes with a prefetch of the next tile's same line: the hardware's own
+     * prefetcher left a thread at ~13 GB/s once rows made it compute as well, and 64 lines ahead was
+     * too close once a tile's rows took longer than the memory's latency (8-24 rows: 10-15% slower,
+     * ad hoc). */
+#if PAIR_PRODUCTS
+#if LANES != 16 || SUMS != 2
+#error "the pair products take a tile as one vector, with two sums per row"
+#endif
+    /* Both sides bfloat16: one instruction multiplies a lane's pair of weights by the row's pair of
+     * values and adds both products; two sums per row take even and odd pairs. */
+    for (int64_t j = 0; j < half_dim; j += 2) {
+        __builtin_prefetch(tile + (j + half_dim) * TILE, 0, 3);
+        __builtin_prefetch(tile + (j + 1 + half_dim) * TILE, 0, 3);
+        const __m512bh even = (__m512bh)_mm512_loadu_si512(tile + j * TILE),
+                       odd = (__m512bh)_mm512_loadu_si512(tile + (j + 1) * TILE);
+        for (int64_t r = 0; r < ROW_BLOCK; r++)
+            if (r < count) {
+                const uint32_t *values = rows_in + r * half_dim + j;
+                sums[r][0][0] = (vfloat)_mm512_dpbf16_ps((__m512)sums[r][0][0], even,
+                                                         (__m512bh)_mm512_set1_epi32((int)values[0]));
+                sums[r][0][1] = (vfloat)_mm512_dpbf16_ps((__m512)sums[r][0][1], odd,
+                                                         (__m512bh)_mm512_set1_epi32((int)values[1]));
+            }
+    }
+#else
     for (int64_t j = 0; j < half_dim; j++) {
-        __builtin_prefetch(tile + (j + PREFETCH_LINES) * TILE, 0, 3);
+        __builtin_prefetch(tile + (j + half_dim) * TILE, 0, 3);
         for (int h = 0; h < HALVES; h++) {
             const vint pair = *(const vint_unaligned *)(tile + j * TILE + h * LANES);
             const vfloat first = (vfloat)(pair << 16), second = (vfloat)(pair & (int32_t)0xffff0000u);
             for (int64_t r = 0; r < ROW_BLOCK; r++)
                 if (r < count) {
-                    sums[r][h][0] += first * hidden[r * dim + 2 * j];
-                    sums[r][h][SUMS - 1] += second * hidden[r * dim + 2 * j + 1];
+                    sums[r][h][0] += first * rows_in[r * dim + 2 * j];
+                    sums[r][h][SUMS - 1] += second * rows_in[r * dim + 2 * j + 1];
                 }
         }
     }
+#endif
     for (int h = 0; h < HALVES; h++) {
         const int64_t at = token + h * LANES;
         vint real;
@@ -113,11 +151,11 @@ static inline __attribute__((always_inline)) void tile_bounds(const Head *head, 
 }
 
 /* tile_bounds with its row count a constant, so that its loops over rows unroll without a branch. */
-static void tile_bounds_of(const Head *head, int64_t t, const float *hidden, const Scale *scales, int64_t count,
+static void tile_bounds_of(const Head *head, int64_t t, const operand *rows_in, const Scale *scales, int64_t count,
                            float *upper, vfloat *lowest) {
     switch (count) {
 #define ROWS(n) \
-    case n: tile_bounds(head, t, hidden, scales, n, upper, lowest); break;
+    case n: tile_bounds(head, t, rows_in, scales, n, upper, lowest); break;
         ROWS(1) ROWS(2) ROWS(3) ROWS(4) ROWS(5)
 #if ROW_BLOCK == 12
         ROWS(6) ROWS(7) ROWS(8) ROWS(9) ROWS(10) ROWS(11) ROWS(12)
@@ -149,14 +187,22 @@ static int64_t screened_argmax(const Head *head, const float *hidden, const floa
 }
 
 /* The kernel for this instruction set: each row's greedy token into chosen[rows]; `upper` is scratch
- * of rows x padded_vocab floats, `lowest` of threads x rows vectors of 64 bytes, `scales` and
- * `screened` of rows. */
+ * of rows x padded_vocab floats, `lowest` of threads x rows vectors of 64 bytes, `pairs` of rows x
+ * dim / 2, `scales` and `screened` of rows. */
 static void JOIN(screened_tokens, ISA)(const Head *head, const float *hidden, int64_t rows, float *upper,
-                                      void *lowest_scratch, int64_t threads, Scale *scales, int *screened,
-                                      int64_t *chosen) {
+                                      void *lowest_scratch, int64_t threads, uint32_t *pairs, Scale *scales,
+                                      int *screened, int64_t *chosen) {
     const int64_t dim = head->dim, tiles = head->padded_vocab / TILE;
     vfloat *lowest = lowest_scratch;
+#if PAIR_PRODUCTS
+    for (int64_t r = 0; r < rows; r++)
+        screened[r] = prepared_pairs(hidden + r * dim, dim, scales + r, pairs + r * OPERANDS(dim));
+    const operand *rows_in = pairs;
+#else
+    (void)pairs;
     for (int64_t r = 0; r < rows; r++) screened[r] = prepared_row(hidden + r * dim, dim, scales + r);
+    const operand *rows_in = hidden;
+#endif
     for (int64_t i = 0; i < threads * rows; i++) lowest[i] = splat(-INFINITY);
     /* Rows in blocks of equal size (13 rows as 7 + 6, not 12 + 1: a block's sums are its parallel chains). */
     const int64_t blocks = (rows + ROW_BLOCK - 1) / ROW_BLOCK, block = (rows + blocks - 1) / blocks;
@@ -170,7 +216,8 @@ static void JOIN(screened_tokens, ISA)(const Head *head, const float *hidden, in
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tiles; t++)
             for (int64_t first = 0; first < rows; first += block)
-                tile_bounds_of(head, t, hidden + first * dim, scales + first, rows - first < block ? rows - first : block,
+                tile_bounds_of(head, t, rows_in + first * OPERANDS(dim), scales + first,
+                               rows - first < block ? rows - first : block,
                                upper + first * head->padded_vocab, own + first);
     }
 #pragma omp parallel for schedule(static) if (rows >= 4)
@@ -186,6 +233,8 @@ static void JOIN(screened_tokens, ISA)(const Head *head, const float *hidden, in
 }
 
 #undef HALVES
+#undef OPERANDS
+#undef operand
 #undef vfloat
 #undef vint
 #undef vfloat_unaligned

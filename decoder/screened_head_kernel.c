@@ -11,7 +11,12 @@
  * to bfloat16, m_v: its largest |w| or |w'|): approx_v sums the products w' x h in float32,
  *   |approx_v - exact_v| <= e_v A + (the two float32 sums' rounding, products included, each under
  *   577 x 2^-24 x m_v x A for SmolLM2, under 2^-14 m_v A) <= M_v = e_v A + 2^-10 m_v A,
- * computed with 0.1% to spare, plus 1e-6 (for subnormal terms a flush-to-zero mode would drop). With
+ * computed with 0.1% to spare, plus 1e-6 (for subnormal terms a flush-to-zero mode would drop).
+ * Where the CPU multiplies bfloat16 pairs (AVX512-BF16: twice the float32 multiply-adds per
+ * instruction, which pays once a pass has several rows), the row is rounded to bfloat16 as well, h',
+ * with subnormals to zero as the instruction reads them; with D = |h - h'|_1 the same argument gives
+ *   |approx_v - exact_v| <= e_v A + m_v D + 2^-14 m_v (A + D) <= e_v A + m_v (D + 2^-10 (A + D))
+ * (the products of two bfloat16 values are exact in float32; the sums round as above). With
  * L = max_v (approx_v - M_v) over the vocabulary's tokens (never the padding's), reached at u:
  * exact_u >= L, and every token with approx_v + M_v < L has exact_v < L <= exact_u, so it is not the
  * argmax; the others are the candidates. Among them the first largest wins, torch.argmax's rule. A
@@ -20,6 +25,7 @@
  * of full float32 logits. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -30,8 +36,6 @@
 
 #define TILE 16 /* tokens per tile of the bfloat16 copy: one AVX-512 vector of float32 sums, two AVX2 ones */
 #define MAX_DIM 4096
-#define PREFETCH_LINES 64 /* how far ahead the tiles are read (lines of 16 pairs): the prefetcher alone
-                           * left a thread at ~13 GB/s once rows made it compute as well */
 #define LARGEST_ROW 1e28 /* |h|_1 beyond: every token in float32 (with weights under 1e6, no sum overflows) */
 
 typedef struct {
@@ -57,22 +61,64 @@ static int prepared_row(const float *row, int64_t dim, Scale *scale) {
     return total < LARGEST_ROW;
 }
 
+/* A row rounded to bfloat16 for the pair products (subnormals to zero, as the instruction reads them),
+ * a pair of values per uint32, the first in the low bits; and its bound's scale. */
+static int prepared_pairs(const float *row, int64_t dim, Scale *scale, uint32_t *pairs) {
+    double total = 0.0, moved = 0.0; /* A and D */
+    for (int64_t d = 0; d < dim; d += 2) {
+        uint32_t halves[2];
+        for (int i = 0; i < 2; i++) {
+            const float value = row[d + i];
+            uint32_t bits, rounded;
+            memcpy(&bits, &value, sizeof bits);
+            rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u; /* to nearest, ties to even */
+            if ((rounded & 0x7f800000u) == 0) rounded &= 0x80000000u;
+            float back;
+            memcpy(&back, &rounded, sizeof back);
+            total += fabs((double)value);
+            moved += fabs((double)value - (double)back);
+            halves[i] = rounded >> 16;
+        }
+        pairs[d / 2] = halves[0] | halves[1] << 16;
+    }
+    scale->by_error = (float)total * 1.001f;
+    scale->by_largest = (float)(moved + (total + moved) / 1024.0) * 1.001f;
+    return total < LARGEST_ROW;
+}
+
 typedef void (*ScreenedTokens)(const Head *head, const float *hidden, int64_t rows, float *upper, void *lowest,
-                               int64_t threads, Scale *scales, int *screened, int64_t *chosen);
+                               int64_t threads, uint32_t *pairs, Scale *scales, int *screened, int64_t *chosen);
 
 /* The vector code, once per instruction set at its native width (screened_head_isa.h); the module
  * picks one when it loads. */
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,fma")
+#define ISA avx512bf16
+#define LANES 16
+#define ROW_BLOCK 12
+#define SUMS 2
+#define PAIR_PRODUCTS 1
+#include "screened_head_isa.h"
+#undef ISA
+#undef LANES
+#undef ROW_BLOCK
+#undef SUMS
+#undef PAIR_PRODUCTS
+#pragma GCC pop_options
+
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma")
 #define ISA avx512
 #define LANES 16
 #define ROW_BLOCK 12
 #define SUMS 2
+#define PAIR_PRODUCTS 0
 #include "screened_head_isa.h"
 #undef ISA
 #undef LANES
 #undef ROW_BLOCK
 #undef SUMS
+#undef PAIR_PRODUCTS
 #pragma GCC pop_options
 
 #pragma GCC push_options
@@ -81,27 +127,37 @@ typedef void (*ScreenedTokens)(const Head *head, const float *hidden, int64_t ro
 #define LANES 8
 #define ROW_BLOCK 5
 #define SUMS 1
+#define PAIR_PRODUCTS 0
 #include "screened_head_isa.h"
 #undef ISA
 #undef LANES
 #undef ROW_BLOCK
 #undef SUMS
+#undef PAIR_PRODUCTS
 #pragma GCC pop_options
 
 static ScreenedTokens screened_tokens = NULL;
 static const char *screen_isa = "none";
 
-/* The widest set this CPU runs, or AVX2 where CREST_HEAD_ISA says so (tests run both on one machine);
- * none without AVX2 and FMA: then `available` says False and the float32 head answers. */
+/* The widest set this CPU runs (AVX-512 with bfloat16 pair products, AVX-512, AVX2 with FMA), or the
+ * one CREST_HEAD_ISA names (tests run each on one machine); none without AVX2 and FMA, or where the
+ * named set does not run: then `available` says False and the float32 head answers. */
+static int asked_for(const char *name) {
+    const char *asked = getenv("CREST_HEAD_ISA");
+    return asked == NULL || *asked == '\0' || strcmp(asked, name) == 0;
+}
+
 static void choose_screen(void) {
     __builtin_cpu_init();
-    const char *asked = getenv("CREST_HEAD_ISA");
     const int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-    if (avx512 && !(asked != NULL && strcmp(asked, "avx2") == 0)) {
+    if (avx512 && __builtin_cpu_supports("avx512bf16") && asked_for("avx512bf16")) {
+        screened_tokens = screened_tokens_avx512bf16;
+        screen_isa = "avx512bf16";
+    } else if (avx512 && asked_for("avx512")) {
         screened_tokens = screened_tokens_avx512;
         screen_isa = "avx512";
-    } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && asked_for("avx2")) {
         screened_tokens = screened_tokens_avx2;
         screen_isa = "avx2";
     }
@@ -155,8 +211,9 @@ static PyObject *tokens(PyObject *module, PyObject *const *args, Py_ssize_t narg
     int64_t *chosen = PyMem_Malloc(rows * sizeof(int64_t));
     Scale *scales = PyMem_Malloc(rows * sizeof(Scale));
     int *screened = PyMem_Malloc(rows * sizeof(int));
+    uint32_t *pairs = PyMem_Malloc(rows * head.dim / 2 * sizeof(uint32_t));
     void *lowest = aligned_alloc(64, threads * rows * 64); /* a vector of up to 64 bytes per thread and row */
-    if (chosen == NULL || scales == NULL || screened == NULL || lowest == NULL) {
+    if (chosen == NULL || scales == NULL || screened == NULL || pairs == NULL || lowest == NULL) {
         PyErr_NoMemory();
         goto done;
     }
@@ -169,7 +226,7 @@ static PyObject *tokens(PyObject *module, PyObject *const *args, Py_ssize_t narg
     head.error = error.buf;
     head.largest = largest.buf;
     Py_BEGIN_ALLOW_THREADS
-    screened_tokens(&head, hidden, rows, upper.buf, lowest, threads, scales, screened, chosen);
+    screened_tokens(&head, hidden, rows, upper.buf, lowest, threads, pairs, scales, screened, chosen);
     Py_END_ALLOW_THREADS
     result = PyList_New(rows);
     for (int64_t r = 0; result != NULL && r < rows; r++) {
@@ -181,6 +238,7 @@ done:
     PyMem_Free(chosen);
     PyMem_Free(scales);
     PyMem_Free(screened);
+    PyMem_Free(pairs);
     free(lowest);
     PyBuffer_Release(&tiles);
     PyBuffer_Release(&error);

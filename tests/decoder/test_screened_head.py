@@ -1,7 +1,8 @@
 """The screened head (decoder/screened_head_kernel.c): each row's token is the argmax of its float32
 logits by torch.argmax's rule, also where the bfloat16 copy ranks the tokens otherwise, on near ties,
-exact ties, padded vocabularies, subnormal weights and rows that are not finite; heads it does not
-take are refused; the engine's greedy passes go through it; and the AVX2 code answers as AVX-512's."""
+exact ties, padded vocabularies, subnormal weights and rows, rows that are not finite, and calls of
+few rows and many; heads it does not take are refused; the engine's greedy passes go through it; and
+each instruction set's code this CPU runs (AVX512-BF16's pair products, AVX-512, AVX2) answers the same."""
 
 from __future__ import annotations
 
@@ -61,12 +62,26 @@ def test_tokens_are_the_float32_argmax_even_where_bfloat16_ranks_otherwise(vocab
     hidden = anchors * 3 + torch.randn(400, dim, generator=generator) * 0.05
     clear = clear_winners(weight, hidden)
     screen = ScreenedHead.of(linear(weight))
-    got = [screen.tokens(hidden[i : i + 5]) for i in range(0, len(hidden), 5)]
-    got = [token for chunk in got for token in chunk]
     want = float32_argmax(weight, hidden)
-    assert [g for g, c in zip(got, clear) if c] == [w for w, c in zip(want, clear) if c]
+    for rows in (5, 40):  # one block of rows a call, and several (the kernel's blocks hold up to 12)
+        got = [token for i in range(0, len(hidden), rows) for token in screen.tokens(hidden[i : i + rows])]
+        assert [g for g, c in zip(got, clear) if c] == [w for w, c in zip(want, clear) if c]
     reordered = [a != w for a, w, c in zip(bfloat16_argmax(weight, hidden), want, clear) if c]
     assert sum(reordered) >= 5  # the test has teeth: bfloat16 alone would have answered these wrongly
+
+
+def test_rows_rounded_to_bfloat16_are_bounded_too():
+    """Weights exact in bfloat16, a row whose values all lie just beside a rounding midpoint: token 0
+    reads dimensions that round down, token 1 dimensions that round up, so rounding the row (as the
+    pair products do) puts token 1 far ahead, 0.12, where float32 has token 0 ahead by 0.004."""
+    below, above = 1 + 2**-8 - 1e-5, 1 + 2**-8 + 1e-5  # bfloat16 rounds them to 1 and to 1 + 2^-7
+    hidden = torch.tensor([[below] * 16 + [above] * 16])
+    weight = torch.zeros(2, 32)
+    weight[0, :16] = 1.0
+    weight[1, 16:] = 1.0
+    weight[1, 31] = 1 - 2**-8
+    assert float32_argmax(weight, hidden) == [0] and bfloat16_argmax(weight, hidden) == [1]
+    assert ScreenedHead.of(linear(weight)).tokens(hidden) == [0]
 
 
 def test_exact_ties_go_to_the_first_token_and_padding_is_never_chosen():
@@ -92,14 +107,19 @@ def test_the_padding_never_sets_the_bar_the_vocabulary_must_reach():
     assert ScreenedHead.of(linear(weight)).tokens(hidden) == [3]
 
 
-def test_subnormal_weights_are_bounded_as_the_copy_holds_them():
+def test_subnormal_weights_and_rows_are_bounded_as_the_kernel_reads_them():
     generator = torch.Generator().manual_seed(2)
     weight = torch.randn(64, 16, generator=generator) * 1e-39  # subnormal in float32 and in bfloat16
     weight[:, 0] = torch.linspace(-1.0, 1.0, 64)
     hidden = torch.randn(50, 16, generator=generator) * 1e3
     hidden[:, 0] = 1e-30
+    # Rows that only subnormal values tell apart (the pair products read them as zero).
+    weight[:, 1] = torch.linspace(1.0, 2.0, 64).flip(0)
+    hidden[40:] = 0.0
+    hidden[40:, 1] = torch.linspace(1e-39, 1e-38, 10)
     screen = ScreenedHead.of(linear(weight))
     assert screen.tokens(hidden) == float32_argmax(weight, hidden)
+    assert screen.tokens(hidden)[40:] == [0] * 10
 
 
 def test_rows_that_are_not_finite_follow_torch_argmax():
@@ -152,20 +172,25 @@ def test_the_engine_s_greedy_passes_read_the_screened_head():
     assert calls and max(calls) <= engine.forward.screened_head.most_rows
 
 
-def test_the_avx2_code_gives_the_same_tokens():
-    """The tests above with the kernel's AVX2 code (CREST_HEAD_ISA), which an AVX-512 machine would
-    otherwise never run (it sums a tile in two halves, with one sum per row)."""
-    if _screened_head.instruction_set() != "avx512":
-        pytest.skip("the AVX2 code is what runs here: the tests above ran it")
-    environment = {**os.environ, "CREST_HEAD_ISA": "avx2"}
-    check = "from decoder import _screened_head; assert _screened_head.instruction_set() == 'avx2'"
-    subprocess.run([sys.executable, "-c", check], env=environment, check=True)
+@pytest.mark.parametrize("instruction_set", ["avx512bf16", "avx512", "avx2"])
+def test_each_instruction_set_s_code_gives_the_same_tokens(instruction_set: str):
+    """The tests above with each other set's code this CPU runs (CREST_HEAD_ISA), which it would
+    otherwise never run: AVX-512 widens bfloat16 weights and multiplies float32 rows, AVX2 sums a
+    tile in two halves with one sum per row, AVX512-BF16 rounds the rows and multiplies pairs."""
+    if _screened_head.instruction_set() == instruction_set:
+        pytest.skip(f"{instruction_set} is what runs here: the tests above ran it")
+    environment = {**os.environ, "CREST_HEAD_ISA": instruction_set}
+    check = f"from decoder import _screened_head; assert _screened_head.instruction_set() == {instruction_set!r}"
+    if subprocess.run([sys.executable, "-c", check], env=environment, capture_output=True).returncode != 0:
+        pytest.skip(f"this CPU does not run the {instruction_set} code")
     tests = [
         f"{__file__}::{name}"
         for name in (
             "test_tokens_are_the_float32_argmax_even_where_bfloat16_ranks_otherwise",
+            "test_rows_rounded_to_bfloat16_are_bounded_too",
             "test_exact_ties_go_to_the_first_token_and_padding_is_never_chosen",
             "test_the_padding_never_sets_the_bar_the_vocabulary_must_reach",
+            "test_subnormal_weights_and_rows_are_bounded_as_the_kernel_reads_them",
             "test_rows_that_are_not_finite_follow_torch_argmax",
         )
     ]
@@ -173,3 +198,4 @@ def test_the_avx2_code_gives_the_same_tokens():
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], env=environment, capture_output=True
     )
     assert done.returncode == 0, done.stdout.decode()[-2000:]
+    assert b"9 passed" in done.stdout  # (the near-tie test is 4 cases)
