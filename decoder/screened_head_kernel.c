@@ -61,6 +61,14 @@ static int prepared_row(const float *row, int64_t dim, Scale *scale) {
     return total < LARGEST_ROW;
 }
 
+/* AVX512-BF16 code where the compiler has its instructions and their CPU test (GCC 11, clang 12 on). */
+#if (defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11)
+#define PAIRS_BUILT 1
+#else
+#define PAIRS_BUILT 0
+#endif
+
+#if PAIRS_BUILT
 /* A row rounded to bfloat16 for the pair products (subnormals to zero, as the instruction reads them),
  * a pair of values per uint32, the first in the low bits; and its bound's scale. */
 static int prepared_pairs(const float *row, int64_t dim, Scale *scale, uint32_t *pairs) {
@@ -85,12 +93,14 @@ static int prepared_pairs(const float *row, int64_t dim, Scale *scale, uint32_t 
     scale->by_largest = (float)(moved + (total + moved) / 1024.0) * 1.001f;
     return total < LARGEST_ROW;
 }
+#endif
 
 typedef void (*ScreenedTokens)(const Head *head, const float *hidden, int64_t rows, float *upper, void *lowest,
                                int64_t threads, uint32_t *pairs, Scale *scales, int *screened, int64_t *chosen);
 
 /* The vector code, once per instruction set at its native width (screened_head_isa.h); the module
  * picks one when it loads. */
+#if PAIRS_BUILT
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,fma")
 #define ISA avx512bf16
@@ -105,6 +115,7 @@ typedef void (*ScreenedTokens)(const Head *head, const float *hidden, int64_t ro
 #undef SUMS
 #undef PAIR_PRODUCTS
 #pragma GCC pop_options
+#endif
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma")
@@ -151,10 +162,14 @@ static void choose_screen(void) {
     __builtin_cpu_init();
     const int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+#if PAIRS_BUILT
     if (avx512 && __builtin_cpu_supports("avx512bf16") && asked_for("avx512bf16")) {
         screened_tokens = screened_tokens_avx512bf16;
         screen_isa = "avx512bf16";
-    } else if (avx512 && asked_for("avx512")) {
+        return;
+    }
+#endif
+    if (avx512 && asked_for("avx512")) {
         screened_tokens = screened_tokens_avx512;
         screen_isa = "avx512";
     } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && asked_for("avx2")) {
