@@ -211,8 +211,8 @@ class LlamaTreeForward:
         self, cache: StaticKVCache, plan: RaggedPlan | PrefillPlan, logits_of: slice = slice(None)
     ) -> list[int]:
         """Greedy tokens (each its logits' argmax) of a ragged pass's fed tokens (those of `logits_of`),
-        on the fused layers: through the head's bfloat16 screen up to its `most_rows` tokens, where reading
-        the head is most of its cost; beyond, the float32 head and an argmax."""
+        on the fused layers: through the head's bfloat16 screen up to its `most_rows` tokens (as far as it
+        was measured faster than the float32 head); beyond, the float32 head and an argmax."""
         hidden = self._fused_hidden(cache, plan, logits_of)
         if self.screened_head is not None and len(hidden) <= self.screened_head.most_rows:
             return self.screened_head.tokens(hidden)
