@@ -19,7 +19,8 @@ forward, bonus token included); the mean ms of a step split into lookup, draft p
 forward, acceptance and cache compaction; and exactness: how many outputs equal the float32
 reference (`generate` in float32) and, for those that differ, the mean first differing position.
 With --batch-size, also a batch: that many rows decoding HumanEval prompts (4 per row by default), each
-finished sequence's row taken by the next prompt, with and without drafts.
+finished sequence's row taken by the next prompt, with and without drafts, the two alternating; their
+ratio is the median of the ratios within a round, and the rounds' lowest and highest are given too.
 Every decoder and `generate` first decode the suite's longest prompt once, untimed (warm-up).
 """
 
@@ -197,7 +198,7 @@ def timed_rounds(
     return tokens, rounds
 
 
-BATCH_REPEATS = 3  # each batch configuration runs this often, alternating; the medians are quoted
+BATCH_REPEATS = 3  # each batch configuration runs this often, alternating: a round is one run of each
 
 
 @dataclass
@@ -251,17 +252,25 @@ def batch_rates(
     return rates
 
 
+def round_ratios(plain: list[float], drafted: list[float]) -> str:
+    """The median of the rounds' ratios (drafted over plain, each round's two runs back to back) and their
+    range: the memory's speed moves within minutes, and the ratio with it."""
+    ratios = [d / p for p, d in zip(plain, drafted)]
+    return f"**{statistics.median(ratios):.2f}x** (rounds {min(ratios):.2f}-{max(ratios):.2f}x)"
+
+
 def batch_summary(rates: dict[str, BatchRates], rows: int, prompts: int, max_new_tokens: int) -> str:
     plain, drafted = rates["no drafts"], rates["store + prompt lookup"]
     end_to_end = [statistics.median(r.end_to_end) for r in (plain, drafted)]
     decoding = [statistics.median(r.decoding) for r in (plain, drafted)]
     return (
         f"Batch of {rows} rows: {prompts} HumanEval prompts decoded {rows} at a time, each finished sequence's row "
-        f"taken by the next prompt ({max_new_tokens} new tokens each; medians of "
-        f"{BATCH_REPEATS} alternating runs): {end_to_end[0]:.1f} tokens/s without drafts, {end_to_end[1]:.1f} with "
-        f"store + prompt lookup: **{end_to_end[1] / end_to_end[0]:.2f}x** end to end; in the decoding phase "
-        f"alone (prefill left out) {decoding[0]:.1f} and {decoding[1]:.1f} tokens/s, "
-        f"**{decoding[1] / decoding[0]:.2f}x**. Step ms (lookup / preparation / forward / acceptance / compaction): "
+        f"taken by the next prompt ({max_new_tokens} new tokens each; {BATCH_REPEATS} rounds, the two "
+        f"configurations alternating; tokens/s medians): {end_to_end[0]:.1f} tokens/s without drafts, "
+        f"{end_to_end[1]:.1f} with store + prompt lookup: {round_ratios(plain.end_to_end, drafted.end_to_end)} "
+        f"end to end; in the decoding phase alone (prefill left out) {decoding[0]:.1f} and {decoding[1]:.1f} "
+        f"tokens/s, {round_ratios(plain.decoding, drafted.decoding)}. Step ms (lookup / preparation / forward / "
+        f"acceptance / compaction): "
         f"{plain.step_text()} without drafts, {drafted.step_text()} with; tokens per row and pass "
         f"{drafted.tokens / drafted.row_passes:.2f} (all tokens over all rows' passes, prefills included; "
         f"{plain.tokens / plain.row_passes:.2f} without drafts)."
