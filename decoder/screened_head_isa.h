@@ -2,7 +2,8 @@
  * set, each time with the set's `#pragma GCC target` in force and with ISA (a suffix for the names
  * below), LANES (floats of one native vector), ROW_BLOCK (hidden rows that share a tile's loads) and
  * SUMS (sums per row and vector, so that consecutive multiply-adds do not wait on each other) and
- * PAIR_PRODUCTS (1: AVX512-BF16's products of bfloat16 pairs, the rows rounded too) defined:
+ * PAIR_PRODUCTS (1: AVX512-BF16's products of bfloat16 pairs, the rows rounded too) defined (and
+ * undefined again at its end):
  * AVX-512's 32 registers hold 12 rows of two sums, AVX2's 16 hold 5 rows of one per half tile. */
 #define JOIN_(name, isa) name##_##isa
 #define JOIN(name, isa) JOIN_(name, isa)
@@ -252,3 +253,8 @@ static void JOIN(screened_tokens, ISA)(const Head *head, const float *hidden, in
 #undef screened_argmax
 #undef JOIN
 #undef JOIN_
+#undef ISA
+#undef LANES
+#undef ROW_BLOCK
+#undef SUMS
+#undef PAIR_PRODUCTS

@@ -98,8 +98,8 @@ static int prepared_pairs(const float *row, int64_t dim, Scale *scale, uint32_t 
 typedef void (*ScreenedTokens)(const Head *head, const float *hidden, int64_t rows, float *upper, void *lowest,
                                int64_t threads, uint32_t *pairs, Scale *scales, int *screened, int64_t *chosen);
 
-/* The vector code, once per instruction set at its native width (screened_head_isa.h); the module
- * picks one when it loads. */
+/* The vector code, once per instruction set at its native width (screened_head_isa.h, which undefines
+ * the parameters below after use); the module picks one when it loads. */
 #if PAIRS_BUILT
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,fma")
@@ -109,11 +109,6 @@ typedef void (*ScreenedTokens)(const Head *head, const float *hidden, int64_t ro
 #define SUMS 2
 #define PAIR_PRODUCTS 1
 #include "screened_head_isa.h"
-#undef ISA
-#undef LANES
-#undef ROW_BLOCK
-#undef SUMS
-#undef PAIR_PRODUCTS
 #pragma GCC pop_options
 #endif
 
@@ -125,11 +120,6 @@ typedef void (*ScreenedTokens)(const Head *head, const float *hidden, int64_t ro
 #define SUMS 2
 #define PAIR_PRODUCTS 0
 #include "screened_head_isa.h"
-#undef ISA
-#undef LANES
-#undef ROW_BLOCK
-#undef SUMS
-#undef PAIR_PRODUCTS
 #pragma GCC pop_options
 
 #pragma GCC push_options
@@ -140,11 +130,6 @@ typedef void (*ScreenedTokens)(const Head *head, const float *hidden, int64_t ro
 #define SUMS 1
 #define PAIR_PRODUCTS 0
 #include "screened_head_isa.h"
-#undef ISA
-#undef LANES
-#undef ROW_BLOCK
-#undef SUMS
-#undef PAIR_PRODUCTS
 #pragma GCC pop_options
 
 static ScreenedTokens screened_tokens = NULL;
