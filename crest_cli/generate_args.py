@@ -64,8 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--engine",
         choices=("auto", "eager", "static", "compiled"),
         default="auto",
-        help="decode loop: static (preallocated KV cache, Llama-family models; oneDNN with prepacked weights on a "
-        "CPU), compiled (the same, each pass replayed as a CUDA graph: GPU only), eager (transformers' forward, any "
+        help="decode loop: static (preallocated KV cache, Llama-family models; on a CPU in float32 our own kernels "
+        "for the products, attention and head, oneDNN with prepacked weights otherwise), compiled (the same, "
+        "each pass replayed as a CUDA graph: GPU only), eager (transformers' forward, any "
         "model: the reference); auto: compiled on a GPU, static on a CPU, eager where the model needs it",
     )
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
