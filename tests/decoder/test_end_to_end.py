@@ -89,8 +89,8 @@ def test_greedy_through_the_service_equals_plain_greedy(smollm2_target, server: 
 
 
 def test_the_static_engine_equals_generate_on_smollm2_alone_and_in_a_batch(smollm2_target, server: RunningServer):
-    """The fast engine (prepacked oneDNN products on this CPU), drafts through the service: float32
-    output token-identical to transformers' generate, one sequence at a time and as a batch."""
+    """The fast engine (on this CPU our panel kernel, fused layers and screened head), drafts through the
+    service: float32 output token-identical to transformers' generate, one sequence at a time and as a batch."""
     prompts = [smollm2_target.encode_prompt(text, chat=False) for text in humaneval_prompts(3)]
     with torch.inference_mode():
         plain = [
