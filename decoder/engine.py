@@ -71,7 +71,7 @@ class TreeEngine:
         if compiled and target.device.type != "cuda":
             raise ValueError("the compiled engine replays CUDA graphs: it needs a GPU")
         self.compiled = compiled
-        self.forward = LlamaTreeForward(target.model, float32_residual)
+        self.forward = LlamaTreeForward(target.model, float32_residual, gguf=target.gguf)
         self.run_pass = GraphedPasses(self.forward) if compiled else None
         # Passes over real fed tokens only (ragged_attention.py) where the kernel runs: float32 on a CPU.
         self.ragged = not compiled and ragged_attention.available(

@@ -20,14 +20,35 @@
 #include <string.h>
 
 #include "panel_linear_api.h"
+#include "q4_panel_api.h"
 #include "ragged_attention_api.h"
 
 static MultiplyAll multiply_all = NULL;
+static MultiplyQ4 multiply_q4 = NULL;
 static AttendPlan attend_plan = NULL;
 
+/* A product's weights: packed float32 panels (panel_linear.py) and, where the model has them, its
+ * packed Q4_1 codes (q4_panels.py), which rebuild the same float32 weights. */
 typedef struct {
-    const float *input_norm, *qkv, *output, *post_norm, *gate_up, *down; /* products: packed panels */
+    const float *panels;
+    const uint8_t *codes; /* NULL: none */
+} Product;
+
+typedef struct {
+    const float *input_norm, *post_norm;
+    Product qkv, output, gate_up, down;
 } LayerWeights;
+
+/* y = x W^T, from the codes for up to `code_rows` rows of x (where reading the weights sets the time:
+ * a sixth of the bytes), from the float32 panels beyond (where the arithmetic does, and the panel
+ * kernel's is cheaper). The same bits either way. */
+static void multiply(const Product *product, int64_t code_rows, const float *x, int64_t m, int64_t k, float *y,
+                     int64_t n) {
+    if (product->codes != NULL && m <= code_rows)
+        multiply_q4(x, m, k, product->codes, y, n);
+    else
+        multiply_all(x, m, k, product->panels, y, n);
+}
 
 typedef struct {
     int64_t dim, heads, kv_heads, head_dim, inter;
@@ -118,7 +139,7 @@ static void add_into(float *hidden, const float *delta, int64_t count) {
  * part and the norm only for rows [tail, tokens) (a prefill needs only its last token's logits),
  * written at hidden + tail * dim. */
 static int run_all(float *hidden, int64_t tokens, int64_t tail, const Angles *angles, const LayerWeights *layers,
-                   int64_t layer_count, const float *final_norm, const Shape *shape, float *cache_keys,
+                   int64_t layer_count, int64_t code_rows, const float *final_norm, const Shape *shape, float *cache_keys,
                    float *cache_values, int64_t layer_stride, Chain *chains, int64_t chain_count) {
     const int64_t dim = shape->dim, attended_width = shape->heads * shape->head_dim;
     const int64_t qkv_width = (shape->heads + 2 * shape->kv_heads) * shape->head_dim;
@@ -131,7 +152,7 @@ static int run_all(float *hidden, int64_t tokens, int64_t tail, const Angles *an
     for (int64_t index = 0; index < layer_count && status == ATTEND_OK; index++) {
         const LayerWeights *weights = layers + index;
         rms_norm(hidden, weights->input_norm, normed, tokens, dim, shape->eps);
-        multiply_all(normed, tokens, dim, weights->qkv, qkv, qkv_width);
+        multiply(&weights->qkv, code_rows, normed, tokens, dim, qkv, qkv_width);
         rotate(qkv, tokens, shape->heads + shape->kv_heads, qkv_width, shape->head_dim, angles);
         for (int64_t c = 0; c < chain_count && status == ATTEND_OK; c++) {
             Layer plan = chains[c].plan;
@@ -147,12 +168,12 @@ static int run_all(float *hidden, int64_t tokens, int64_t tail, const Angles *an
         }
         const int64_t first = index == layer_count - 1 ? tail : 0, rows = tokens - first;
         float *stream = hidden + first * dim;
-        multiply_all(attended + first * attended_width, rows, attended_width, weights->output, delta, dim);
+        multiply(&weights->output, code_rows, attended + first * attended_width, rows, attended_width, delta, dim);
         add_into(stream, delta, rows * dim);
         rms_norm(stream, weights->post_norm, normed, rows, dim, shape->eps);
-        multiply_all(normed, rows, dim, weights->gate_up, gate_up, 2 * shape->inter);
+        multiply(&weights->gate_up, code_rows, normed, rows, dim, gate_up, 2 * shape->inter);
         silu_times_up(gate_up, act, rows, shape->inter);
-        multiply_all(act, rows, shape->inter, weights->down, delta, dim);
+        multiply(&weights->down, code_rows, act, rows, shape->inter, delta, dim);
         add_into(stream, delta, rows * dim);
     }
     if (status == ATTEND_OK) rms_norm(hidden + tail * dim, final_norm, hidden + tail * dim, tokens - tail, dim, shape->eps);
@@ -213,12 +234,12 @@ static int chain_plan(PyObject *chain, Py_buffer *views, Layer *plan) {
  * its floats a layer; chains a tuple of (row_of, offset_of, starts, sees) arrays, their tokens one
  * after the other. fused_layers.py checks the tensors behind the addresses; ids and positions are
  * checked here against vocab and table_positions. */
-enum { RUN_ARGUMENTS = 19 };
+enum { RUN_ARGUMENTS = 20 };
 
 static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
     if (nargs != RUN_ARGUMENTS) {
-        PyErr_SetString(PyExc_TypeError, "run takes 19 arguments");
+        PyErr_SetString(PyExc_TypeError, "run takes 20 arguments");
         return NULL;
     }
     if (multiply_all == NULL || attend_plan == NULL) {
@@ -247,6 +268,7 @@ static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
     float *cache_keys = PyLong_AsVoidPtr(args[13]), *cache_values = PyLong_AsVoidPtr(args[14]);
     const int64_t layer_stride = PyLong_AsLongLong(args[15]), slots = PyLong_AsLongLong(args[16]);
     const float *final_norm = PyLong_AsVoidPtr(args[18]);
+    const int64_t code_rows = PyLong_AsLongLong(args[19]); /* rows up to which the products read codes */
     int fits = !PyErr_Occurred() && given[1].len == given[0].len;
     for (int64_t t = 0; fits && t < tokens; t++)
         fits = ids[t] >= 0 && ids[t] < vocab && positions[t] >= 0 && positions[t] < table_positions;
@@ -277,9 +299,19 @@ static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
         goto done;
     }
     for (Py_ssize_t i = 0; i < layer_count; i++) {
-        const float *weights[6];
-        if (as_pointers(PyTuple_GET_ITEM(args[9], i), weights, 6, "a layer's weights") != 0) goto done;
-        layers[i] = (LayerWeights){weights[0], weights[1], weights[2], weights[3], weights[4], weights[5]};
+        /* the norms and the four products' panels, then (where the model has them) the products' codes */
+        const float *weights[10] = {NULL};
+        PyObject *given_weights = PyTuple_GET_ITEM(args[9], i);
+        const Py_ssize_t count = PyTuple_Check(given_weights) && PyTuple_GET_SIZE(given_weights) == 10 ? 10 : 6;
+        if (as_pointers(given_weights, weights, count, "a layer's weights") != 0) goto done;
+        if (count == 10 && multiply_q4 == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "run: the Q4_1 panel kernel does not run here");
+            goto done;
+        }
+        const uint8_t *codes[4];
+        for (int c = 0; c < 4; c++) codes[c] = (const uint8_t *)weights[6 + c]; /* NULL where none */
+        layers[i] = (LayerWeights){weights[0], weights[3], {weights[1], codes[0]}, {weights[2], codes[1]},
+                                   {weights[4], codes[2]}, {weights[5], codes[3]}};
     }
     int64_t fed = 0;
     for (Py_ssize_t c = 0; c < chain_count; c++) {
@@ -301,8 +333,8 @@ static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
     Py_BEGIN_ALLOW_THREADS
     for (int64_t t = 0; t < tokens; t++)
         memcpy(hidden + t * shape.dim, embedding + ids[t] * shape.dim, shape.dim * sizeof(float));
-    status = run_all(hidden, tokens, tail, &angles, layers, layer_count, final_norm, &shape, cache_keys, cache_values,
-                     layer_stride, chains, chain_count);
+    status = run_all(hidden, tokens, tail, &angles, layers, layer_count, code_rows, final_norm, &shape, cache_keys,
+                     cache_values, layer_stride, chains, chain_count);
     Py_END_ALLOW_THREADS
     if (status == ATTEND_BAD_PLAN)
         PyErr_SetString(PyExc_ValueError, "run: a chain's plan is out of the attention kernel's limits");
@@ -432,6 +464,7 @@ static void *imported(const char *module, const char *capsule) {
 
 PyMODINIT_FUNC PyInit__fused_layers(void) {
     multiply_all = (MultiplyAll)imported("decoder._panel_linear", MULTIPLY_ALL_CAPSULE);
+    multiply_q4 = (MultiplyQ4)imported("decoder._q4_panel", MULTIPLY_Q4_CAPSULE);
     attend_plan = (AttendPlan)imported("decoder._ragged_attention", ATTEND_PLAN_CAPSULE);
     return PyModule_Create(&definition);
 }

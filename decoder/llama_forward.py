@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
+from . import q4_panels
 from .fused_layers import FusedLayers, argmax_tokens
 from .projections import LayerProjections, head_projection, product_kind
 from .ragged_attention import PrefillPlan, RaggedPlan
@@ -61,9 +62,20 @@ def forward_fingerprint() -> str:
         "screened_head.py",
         "screened_head_kernel.c",
         "screened_head_isa.h",
+        "q4_panels.py",
+        "q4_panel_kernel.c",
+        "q4_panel_api.h",
     )
     sources = b"".join((here / name).read_bytes() for name in names if (here / name).exists())  # a wheel lacks the .c
     return hashlib.sha256(sources).hexdigest()[:10]
+
+
+def _q4_codes(model: PreTrainedModel, gguf: Path | None) -> list[dict[str, torch.Tensor]] | None:
+    """The Q4_1 codes of a float32 model on a CPU dequantized from `gguf`, where the kernel runs here."""
+    parameter = next(model.parameters())
+    if gguf is None or parameter.dtype != torch.float32 or parameter.device.type != "cpu" or not q4_panels.available():
+        return None
+    return q4_panels.packed_layers(model, gguf)
 
 
 def unsupported_reason(model: PreTrainedModel) -> str | None:
@@ -91,10 +103,12 @@ def unsupported_reason(model: PreTrainedModel) -> str | None:
 class LlamaTreeForward:
     """Logits of fed tokens [rows, q] at given positions, attending through `mask`."""
 
-    def __init__(self, model: PreTrainedModel, float32_residual: bool = False) -> None:
+    def __init__(self, model: PreTrainedModel, float32_residual: bool = False, gguf: Path | None = None) -> None:
         """`float32_residual`: for a bfloat16/float16 model, keep the residual stream (what each layer adds
         to) in float32 and round only each product's input: fewer roundings, so the output stays closer
-        to float32 decoding, for a few more operations per layer."""
+        to float32 decoding, for a few more operations per layer. `gguf`: the file a float32 model was
+        dequantized from; where its linears are Q4_1 codes that rebuild the model's weights bit for bit,
+        the fused layers read those (q4_panels.py)."""
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"the static-cache engine does not support this model: {reason}")
@@ -113,8 +127,9 @@ class LlamaTreeForward:
         norms = [getattr(layer, part) for layer in self.layers for part in _LAYER_PARTS[:2]] + [model.model.norm]
         self._norm_weights = {norm: norm.weight.detach().to(self.residual_dtype) for norm in norms}
         # Ragged passes' layers in one C call where it computes what they do (fused_layers.py).
+        codes = _q4_codes(model, gguf)
         self.fused = FusedLayers.of(
-            model, self.projections, self._norm_weights, self.head_dim, self.scaling, angles=self.angles
+            model, self.projections, self._norm_weights, self.head_dim, self.scaling, angles=self.angles, codes=codes
         )
         # Their greedy passes' head read as bfloat16 where that runs (screened_head.py): None elsewhere.
         self.screened_head = ScreenedHead.of(model.lm_head) if self.fused is not None else None

@@ -25,6 +25,7 @@ class TargetModel:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase | None
     folder: Path | None = None
+    gguf: Path | None = None  # the file the weights were dequantized from (its codes can serve the products)
 
     @property
     def tokenizer_fingerprint(self) -> str:
@@ -77,14 +78,17 @@ def load_target(spec: str = "smollm2", dtype: str = "float32", device: str = "cp
     """A preset (`smollm2`, `gemma3`), a .gguf file, or a Hugging Face model folder."""
     if dtype not in DTYPES:
         raise CrestError(f"dtype must be one of {', '.join(DTYPES)}")
+    gguf = None
     if spec in PRESETS:
-        folder = _converted_folder(PRESETS[spec]())
+        gguf = PRESETS[spec]()
     elif spec.endswith(".gguf"):
-        folder = _converted_folder(Path(spec).expanduser())
+        gguf = Path(spec).expanduser()
+    if gguf is not None:
+        folder = _converted_folder(gguf)
     else:
         folder = Path(spec).expanduser()
         if not (folder / "config.json").exists():
             raise CrestError(f"model {spec!r} not found (a preset, a .gguf file, or a folder with config.json)")
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=DTYPES[dtype]).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    return TargetModel(name=spec, model=model, tokenizer=tokenizer, folder=folder)
+    return TargetModel(name=spec, model=model, tokenizer=tokenizer, folder=folder, gguf=gguf)
