@@ -9,8 +9,9 @@ it answers: what a batch of drafted rows costs against a batch of single tokens,
 filler slot costs (the engine prices both in its node budget); and a batch step as it comes
 (trees of different sizes over rows of different lengths) in the ragged layout, which feeds only
 real tokens (float32 on a CPU), and in the padded one. Where the fused layers run (layer_kernel.c),
-each ragged pass is timed with them and with the torch layers they replace, and where the screened
-head runs (screened_head.py), also with it after the fused layers; the kinds taking turns.
+each ragged pass is timed with them and with the torch layers they replace, where the screened
+head runs (screened_head.py), also with it after the fused layers, and where the model's Q4_1 codes
+serve the products (q4_panels.py), also with the float32 panels alone; the kinds taking turns.
 """
 
 from __future__ import annotations
@@ -39,27 +40,32 @@ def main() -> None:
     cache = engine._cache_for(args.rows, args.history + 64)
     vocab = target.model.config.vocab_size
 
-    # Where the fused layers run, each pass is also timed with the torch layers, and where the screened
-    # head runs, with the float32 head after the fused layers; the kinds taking turns.
+    # Where the fused layers run, each pass is also timed with the torch layers, where the screened
+    # head runs, with the float32 head after the fused layers, and where the model's Q4_1 codes serve
+    # the products, with the float32 panels alone; the kinds taking turns. A kind: (layers, head, code rows).
     fused = engine.forward.fused if hasattr(engine, "forward") else None
     screened = engine.forward.screened_head if fused is not None else None
-    layer_kinds = {"": (None, None)}
+    code_rows = fused.code_rows if fused is not None else 0
+    layer_kinds = {"": (None, None, 0)}
     if fused is not None:
-        layer_kinds = {"fused layers": (fused, None), "torch layers": (None, None)}
+        layer_kinds = {"fused layers": (fused, None, code_rows), "torch layers": (None, None, 0)}
     if screened is not None:
-        layer_kinds = {"fused layers, screened head": (fused, screened), **layer_kinds}
+        layer_kinds = {"fused layers, screened head": (fused, screened, code_rows), **layer_kinds}
+    if code_rows:
+        layer_kinds = {**layer_kinds, "the same, float32 panels only": (fused, screened, 0)}
 
     @torch.inference_mode()
     def fastest(
         rows: int, width: int, nodes: int | list[int], histories: list[int] | None = None, ragged: bool = True
     ) -> str:
         per_row = nodes if isinstance(nodes, list) else [nodes] * rows
-        kinds = layer_kinds if ragged else {"": (fused, screened)}  # the padded pass has no fused layers
+        kinds = layer_kinds if ragged else {"": (fused, screened, 0)}  # the padded pass has no fused layers
         timings: dict[str, list[float]] = {kind: [] for kind in kinds}
         for _ in range(args.repeats + 1):  # the first is a warm-up
-            for kind, (layers, head) in kinds.items():
+            for kind, (layers, head, rows_with_codes) in kinds.items():
                 if fused is not None:
                     engine.forward.fused, engine.forward.screened_head = layers, head
+                    fused.code_rows = rows_with_codes
                 cache.reset()
                 for row in range(rows):
                     cache.advance(row, histories[row] if histories else args.history)
@@ -70,7 +76,7 @@ def main() -> None:
                 engine._verify(cache, fed, [[0]] * rows)
                 timings[kind].append(time.perf_counter() - started)
         if fused is not None:
-            engine.forward.fused, engine.forward.screened_head = fused, screened
+            engine.forward.fused, engine.forward.screened_head, fused.code_rows = fused, screened, code_rows
         return " / ".join(f"{min(times[1:]) * 1e3:.1f}" for times in timings.values())
 
     layers_text = "; " + " / ".join(layer_kinds) if fused is not None else ""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,7 +203,7 @@ def packed_layers(model: torch.nn.Module, gguf: Path) -> list[dict[str, torch.Te
         if result is None:
             break
         result.append(packed)
-    partial = path.with_name(path.name + ".partial.npz")
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial.npz")  # processes packing at once each write their own
     fingerprint = _fingerprint(layers)
     if result is None:
         np.savez(partial, missing=np.zeros(0), fingerprint=fingerprint)
