@@ -81,7 +81,6 @@ class Q4Rows:
 
     def weights(self) -> np.ndarray:
         """The float32 weights, as GGUF dequantizes them: d * q + m in float32."""
-        n, k = self.codes.shape
         d = np.repeat(self.scales.astype(np.float32), BLOCK, axis=1)
         m = np.repeat(self.offsets.astype(np.float32), BLOCK, axis=1)
         return d * self.codes.astype(np.float32) + m
