@@ -5,8 +5,9 @@
  * 2 cores their launches cost 2-3 ms a pass (benchmarks/pass_costs.py times both ways; perf showed
  * the second thread spinning in libgomp meanwhile). Here every layer runs in C: the norms, the rotation, the activation and the
  * residual adds as plain loops on the calling thread (they are small), the products through
- * panel_linear_kernel.c and the attention through ragged_attention_kernel.c, each reached through
- * its capsule, on torch's OpenMP threads.
+ * panel_linear_kernel.c (or, for passes of up to `code_rows` tokens, q4_panel_kernel.c over the
+ * model's Q4_1 codes: the same bits) and the attention through ragged_attention_kernel.c, each
+ * reached through its capsule, on torch's OpenMP threads.
  *
  * Each operation rounds as its torch counterpart in llama_forward.py does (no contraction into fused
  * multiply-adds: -ffp-contract=off), with two exceptions: a norm's sum of squares runs in another
