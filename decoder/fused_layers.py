@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from . import q4_panels
 from .projections import LayerProjections, PanelLinear
 from .ragged_attention import PrefillPlan, RaggedPlan
 from .static_cache import StaticKVCache
@@ -33,8 +32,9 @@ except ImportError:  # built without a C compiler: the torch layers answer
 SILU_NAMES = ("silu", "swish")
 # Products of up to this many fed tokens read a model's Q4_1 codes where it has them: there the weights'
 # reading sets the time, and the codes are a sixth of the bytes; beyond, the arithmetic does, and the
-# float32 panel kernel's costs less (no weights to rebuild). Ad hoc on 2 Zen 5 cores, SmolLM2's layers,
-# ms (codes / float32 panels): 1 token 2.0 / 10.3, 8 4.7 / 10.8, 16 9.1 / 11.5, 24 13.0 / 13.1.
+# float32 panel kernel's costs as much or less (no weights to rebuild): `benchmarks/product_costs.py`
+# on 2 Zen 5 cores, a pass's products in ms (float32 panels / codes): 1 token 12.9 / 5.4, 8 13.5 / 7.6,
+# 16 11.9 / 11.5, 24 16.2 / 16.2.
 CODE_ROWS = 16
 
 
@@ -100,7 +100,7 @@ class FusedLayers:
         codes: Sequence[dict[str, torch.Tensor]] | None = None,
     ) -> FusedLayers | None:
         """The fused layers of this model, or None where the kernel does not compute what its layers do;
-        with `codes` (its products' Q4_1 codes), reading those where their kernel runs."""
+        with `codes` (its products' Q4_1 codes, given where their kernel runs), reading those."""
         config, layers = model.config, list(model.model.layers)
         if _fused_layers is None or not _fused_layers.available():
             return None
@@ -119,7 +119,6 @@ class FusedLayers:
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         shape = (config.hidden_size, heads, kv_heads, head_dim, config.intermediate_size)
         embedding = model.model.embed_tokens.weight.detach()
-        codes = codes if codes is not None and q4_panels.available() else None
         final_norm = norm_weights[model.model.norm]
         return cls(layers, projections, norm_weights, embedding, final_norm, shape, scale, angles, codes)
 

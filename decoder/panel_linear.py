@@ -13,6 +13,8 @@ each; `instruction_set()` says which runs); elsewhere oneDNN's prepacked product
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 try:  # built by the install (panel_linear_kernel.c)
@@ -49,8 +51,17 @@ def linear(x: torch.Tensor, packed: torch.Tensor, out_features: int) -> torch.Te
         raise ValueError(f"input [..., {x.shape[-1]}] does not fit a packed weight of {out_features} x {k}")
     if x.dtype != torch.float32 or packed.dtype != torch.float32:
         raise ValueError("the panel kernel multiplies float32")
+    return rows_through(_panel_linear.multiply, x, packed, out_features)
+
+
+def rows_through(
+    multiply: Callable[[int, int, int, int, int, int], None], x: torch.Tensor, packed: torch.Tensor, out_features: int
+) -> torch.Tensor:
+    """x [..., k] as rows through a kernel's `multiply(x, rows, k, packed, y, n)` (integer addresses):
+    [..., out_features], float32."""
+    k = x.shape[-1]
     rows = x.reshape(-1, k).contiguous()
     out = torch.empty(rows.shape[0], out_features, dtype=torch.float32)
     if rows.shape[0]:
-        _panel_linear.multiply(rows.data_ptr(), rows.shape[0], k, packed.data_ptr(), out.data_ptr(), out_features)
+        multiply(rows.data_ptr(), rows.shape[0], k, packed.data_ptr(), out.data_ptr(), out_features)
     return out.view(*x.shape[:-1], out_features)

@@ -26,6 +26,8 @@ import torch
 
 from datastore_service.paths import cache_dir
 
+from . import panel_linear
+
 try:  # built by the install (q4_panel_kernel.c)
     from decoder import _q4_panel
 except ImportError:  # built without a C compiler: the float32 products answer
@@ -142,11 +144,7 @@ def linear(x: torch.Tensor, packed: torch.Tensor, out_features: int) -> torch.Te
         raise ValueError(f"input [..., {x.shape[-1]}] does not fit a packed Q4_1 weight of {out_features} x {k}")
     if x.dtype != torch.float32:
         raise ValueError("the Q4_1 panel kernel multiplies float32 inputs")
-    rows = x.reshape(-1, k).contiguous()
-    out = torch.empty(rows.shape[0], out_features, dtype=torch.float32)
-    if rows.shape[0]:
-        _q4_panel.multiply(rows.data_ptr(), rows.shape[0], k, packed.data_ptr(), out.data_ptr(), out_features)
-    return out.view(*x.shape[:-1], out_features)
+    return panel_linear.rows_through(_q4_panel.multiply, x, packed, out_features)
 
 
 class GgufCodes:
@@ -177,7 +175,7 @@ def packed_layers(model: torch.nn.Module, gguf: Path) -> list[dict[str, torch.Te
     None where any linear's codes are missing or differ from the model's float32 weights. Cached per
     GGUF file and model weights."""
     layers = list(model.model.layers)
-    key = _cache_key(model, gguf)
+    key = _cache_key(gguf)
     path = cache_dir("q4") / f"{gguf.stem}-{key}.npz"
     if path.exists():
         with np.load(path) as saved:
@@ -234,10 +232,8 @@ def _unflatten(saved: np.lib.npyio.NpzFile, layers: int) -> list[dict[str, torch
     return result
 
 
-def _cache_key(model: torch.nn.Module, gguf: Path) -> str:
-    """The GGUF file (path, size, time) and the model's shape: a changed file or model packs anew."""
+def _cache_key(gguf: Path) -> str:
+    """The GGUF file (path, size, time): a changed file packs anew (a changed model shows in the fingerprint)."""
     stat = gguf.stat()
-    config = model.config
-    shape = (config.num_hidden_layers, config.hidden_size)
-    described = json.dumps([CACHE_VERSION, str(gguf.resolve()), stat.st_size, stat.st_mtime_ns, shape])
+    described = json.dumps([CACHE_VERSION, str(gguf.resolve()), stat.st_size, stat.st_mtime_ns])
     return hashlib.sha256(described.encode()).hexdigest()[:12]
