@@ -15,6 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
+try:  # the compiled form of `walk_greedy` (step_host_kernel.c), built by the install
+    from decoder import _step_host
+except ImportError:  # built without a C compiler: the Python rule answers
+    _step_host = None
+
+MAX_COMPILED_WALK = 64  # fed tokens the compiled walk takes (a ragged pass's most)
+
 
 @dataclass(frozen=True)
 class Accepted:
@@ -34,8 +41,11 @@ def accept_greedy(fed_tokens: list[int], fed_parents: list[int], logits: torch.T
     return walk_greedy(fed_tokens, fed_parents, logits.argmax(dim=-1).tolist())
 
 
-def walk_greedy(fed_tokens: list[int], fed_parents: list[int], predicted: list[int]) -> Accepted:
-    """The greedy walk, given the target's argmax after each fed token."""
+def walk_greedy(fed_tokens: list[int], fed_parents: list[int], predicted: list[int], compiled: bool = True) -> Accepted:
+    """The greedy walk, given the target's argmax after each fed token. `compiled`: in one call into
+    step_host_kernel.c where it is built and the tree fits it (the same walk; this rule stays its reference)."""
+    if compiled and _step_host is not None and len(fed_tokens) <= MAX_COMPILED_WALK:
+        return Accepted(*_step_host.walk_greedy(fed_tokens, fed_parents, predicted))
     children = _children(fed_parents)
     node, path = 0, []
     while True:

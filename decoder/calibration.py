@@ -25,6 +25,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from datastore_service.draft import DraftTree
+
+try:  # the compiled form of the cells' lookup, counts and fit (step_host_kernel.c), built by the install
+    from decoder import _step_host
+except ImportError:  # built without a C compiler: numpy and Python answer
+    _step_host = None
+
 BINS = 20
 # Depth classes: 1, 2, 3, 4-5, 6 and deeper.
 DEPTH_STARTS = np.array([1, 2, 3, 4, 6])
@@ -45,8 +52,9 @@ class AcceptanceCalibration:
         self.accepted = np.zeros(shape)
         self.stated = np.zeros(shape)  # sum of stated probabilities per cell
         self._table = self._fit()
-        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # observed since the last fit
-        self._unfitted = 0  # nodes in _pending
+        # observed since the last fit: (stated probabilities, accepted nodes' indices, depths) per tree
+        self._pending: list[tuple[np.ndarray, list[int], np.ndarray]] = []
+        self._unfitted = 0  # nodes observed since the last fit
         self._observed = 0  # nodes counted into the cells
 
     def _cells(self, probabilities: np.ndarray, depths: np.ndarray) -> np.ndarray:
@@ -57,26 +65,41 @@ class AcceptanceCalibration:
 
     def observe(self, probabilities: np.ndarray, accepted: np.ndarray, depths: np.ndarray) -> None:
         """One verified tree: each node's stated probability, whether it was accepted, and its depth."""
+        self.observe_accepted(probabilities, np.flatnonzero(accepted).tolist(), depths)
+
+    def observe_accepted(
+        self, probabilities: np.ndarray, accepted_nodes: list[int], depths: np.ndarray, compiled: bool = True
+    ) -> None:
+        """`observe` given the indices of the accepted nodes (a step's walk: a decode step builds no mask).
+        `compiled`: counted into the cells at once in one call into step_host_kernel.c where it is built
+        (float32 probabilities, int32 depths); otherwise pooled until the refit."""
         if len(probabilities) == 0:
             return
-        self._pending.append((probabilities, accepted, depths))
+        if compiled and _step_host is not None and probabilities.dtype == np.float32 and depths.dtype == np.int32:
+            cells = (self.verified, self.accepted, self.stated)
+            _step_host.observe(probabilities, accepted_nodes, depths, DEPTH_STARTS, self.bins, *cells)
+        else:
+            self._pending.append((probabilities, accepted_nodes, depths))
         self._unfitted += len(probabilities)
         if self._unfitted >= max(REFIT_AFTER, REFIT_SHARE * self._observed):
-            self._count_pending()
-            self._table = self._fit()
+            if self._pending:
+                self._count_pending()
+            self._observed, self._unfitted = self._observed + self._unfitted, 0
+            self._table = self._fit(compiled)
 
     def _count_pending(self) -> None:
         """Fold the pooled observations into the cells (once per refit: a step's own handful of nodes
         would cost three bincounts of a CPU step's host time each)."""
         probabilities = np.concatenate([p for p, _, _ in self._pending]).astype(np.float64)
-        accepted = np.concatenate([a for _, a, _ in self._pending]).astype(np.float64)
+        firsts = np.cumsum([0] + [len(p) for p, _, _ in self._pending[:-1]])
+        accepted = np.zeros(len(probabilities))
+        accepted[[first + node for first, (_, nodes, _) in zip(firsts.tolist(), self._pending) for node in nodes]] = 1.0
         cells = self._cells(probabilities, np.concatenate([d for _, _, d in self._pending]))
         size = self.verified.size
         self.verified += np.bincount(cells, minlength=size).reshape(self.verified.shape)
         self.accepted += np.bincount(cells, weights=accepted, minlength=size).reshape(self.verified.shape)
         self.stated += np.bincount(cells, weights=probabilities, minlength=size).reshape(self.verified.shape)
-        self._observed += self._unfitted
-        self._pending, self._unfitted = [], 0
+        self._pending = []
 
     def calibrate(self, probabilities: np.ndarray, depths: np.ndarray) -> np.ndarray:
         """Calibrated acceptance probability of each node (same order; a child never above its parent)."""
@@ -84,12 +107,32 @@ class AcceptanceCalibration:
             return np.asarray(probabilities, np.float64)
         return self._table.ravel()[self._cells(probabilities, depths)]
 
+    def calibrate_tree(self, tree: DraftTree, compiled: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """`calibrate(tree.probabilities, depths)` and the depths (`tree.depths()`); `compiled`: both in one
+        call into step_host_kernel.c where it is built and the tree holds float32 probabilities and int32
+        parents (the same values)."""
+        probabilities, parents = tree.probabilities, tree.parents
+        if compiled and _step_host is not None and probabilities.dtype == np.float32 and parents.dtype == np.int32:
+            calibrated, depths = np.empty(len(tree)), np.empty(len(tree), np.int32)
+            _step_host.calibrated(probabilities, parents, DEPTH_STARTS, self._table, self.bins, calibrated, depths)
+            return calibrated, depths
+        depths = tree.depths()
+        return self.calibrate(probabilities, depths), depths
+
     @property
     def trust(self) -> float:
         """Accepted nodes per unit of stated probability, over everything observed."""
         return (self.accepted.sum() + TRUST_PRIOR) / (self.stated.sum() + TRUST_PRIOR)
 
-    def _fit(self) -> np.ndarray:
+    def _fit(self, compiled: bool = True) -> np.ndarray:
+        """The table: per cell its acceptance rate shrunk toward its prior, made non-decreasing per depth
+        and capped by the shallower depth's. `compiled`: in one call into step_host_kernel.c where it
+        is built (the same rule; its sums run in order, so the trust may differ in its last bits)."""
+        if compiled and _step_host is not None:
+            table = np.empty_like(self.verified)
+            cells = (self.verified, self.accepted, self.stated)
+            _step_host.fit(*cells, self.bins, self.prior_weight, TRUST_PRIOR, table)
+            return table
         centers = (np.arange(self.bins) + 0.5) / self.bins
         stated = np.where(self.verified > 0, self.stated / np.maximum(self.verified, 1), centers)
         prior = np.minimum(stated * self.trust, 1.0)

@@ -38,7 +38,7 @@ from .draft_gate import DraftGate
 from .draft_sources import DraftSource
 from .fused_layers import argmax_tokens
 from .llama_forward import LlamaTreeForward, forward_fingerprint
-from .node_budget import PASS_WIDTHS, CostCurve, NodeBudget, first_nodes
+from .node_budget import PASS_WIDTHS, CostCurve, NodeBudget
 from .ragged_attention import PrefillPlan
 from .speculative import Generation, StepRecord, emitted_until_stop, limit_depth, run_to_end
 from .static_cache import StaticKVCache
@@ -46,6 +46,7 @@ from .target_model import TargetModel
 from .tree_batch import FedBatch, pack, prefill_inputs
 
 FILLER_TOKEN = 0
+NO_DRAFT = DraftTree.empty()  # what a step that skips the lookup verifies (shared: trees are never changed)
 # Caches are sized in steps of this, so one serves many generations; on a GPU in larger steps, since a
 # new cache means capturing every CUDA graph again (and memory there is plentiful).
 CAPACITY_GRANULE = {"cpu": 256, "cuda": 1024}
@@ -256,33 +257,35 @@ class TreeEngine:
         gate: DraftGate,
     ) -> list[tuple[list[int], StepRecord] | None]:
         started = time.perf_counter()
-        drafting = gate.should_draft()
+        drafting = self.budget.max_nodes > 0 and gate.should_draft()
         if drafting:
             context = self.source.max_context
             looked_up = self.source.drafts([histories[s][-context:] for s in seated], self.budget.max_nodes)
             if len(looked_up) != len(seated):
                 raise ValueError(f"the draft source answered {len(looked_up)} trees for {len(seated)} sequences")
         else:
-            looked_up = [DraftTree.empty()] * len(seated)
+            looked_up = [NO_DRAFT] * len(seated)
         lookup_done = time.perf_counter()
         trees = [
             limit_depth(tree, max_new_tokens - len(generations[s].tokens) - 1) for s, tree in zip(seated, looked_up)
         ]
-        depths = [tree.depths() for tree in trees]
-        gains = [self.calibration.calibrate(tree.probabilities, depth) for tree, depth in zip(trees, depths)]
-        counts = self.budget.plan_counts(gains, fillers_cost=self.compiled)
-        trees = [first_nodes(tree, count) for tree, count in zip(trees, counts)]
-        width = self.budget.width_for(1 + max(counts))
-        fed = self._pack(cache, [histories[s][-1] for s in seated], trees, width)
+        if any(len(tree) for tree in trees):
+            gains, depths = zip(*[self.calibration.calibrate_tree(tree) for tree in trees])
+            counts = self.budget.plan_counts(gains, fillers_cost=self.compiled)
+            width = self.budget.width_for(1 + max(counts))
+        else:  # nothing drafted: nothing to weigh (a plain step's host time is all overhead)
+            depths, counts, width = (), [0] * len(trees), 1
+        fed = self._pack(cache, [histories[s][-1] for s in seated], trees, width, counts)
         prepared = time.perf_counter()
         verdicts = self._verify(cache, fed, [histories[s] for s in seated])
         verified = time.perf_counter()
         outcomes = []
         for row, sequence in enumerate(seated):
-            accepted = verdicts(row)
-            on_path = np.zeros(len(trees[row]), bool)
-            on_path[[i - 1 for i in accepted.fed_path]] = True
-            self.calibration.observe(trees[row].probabilities, on_path, depths[row][: len(trees[row])])
+            accepted, count = verdicts(row), counts[row]
+            if count:
+                self.calibration.observe_accepted(
+                    trees[row].probabilities[:count], [i - 1 for i in accepted.fed_path], depths[row][:count]
+                )
             emitted, generations[sequence].stopped_by = self._until_stop(
                 sequence, accepted.tokens, generations[sequence].tokens, stop_strings
             )
@@ -296,7 +299,7 @@ class TreeEngine:
             generations[sequence].tokens.extend(emitted)
             histories[sequence].extend(emitted)
             record = StepRecord(
-                drafted=len(trees[row]),
+                drafted=counts[row],
                 accepted=len(accepted.fed_path),
                 emitted=emitted,
                 seconds=finished - started,
@@ -340,7 +343,15 @@ class TreeEngine:
         self._cache.reset()
         return self._cache
 
-    def _pack(self, cache: StaticKVCache, roots: list[int], trees: list[DraftTree], width: int) -> FedBatch:
+    def _pack(
+        self,
+        cache: StaticKVCache,
+        roots: list[int],
+        trees: list[DraftTree],
+        width: int,
+        counts: list[int] | None = None,
+    ) -> FedBatch:
+        """The pass of `roots` and `trees` (of each only its first `counts[row]` nodes, if given)."""
         lengths = cache.lengths[: len(roots)]
         return pack(
             roots,
@@ -352,6 +363,7 @@ class TreeEngine:
             self.device,
             mask_on_device=self.compiled,
             ragged=self.ragged and width <= ragged_attention.MAX_FED,
+            counts=counts,
         )
 
     def _prefill(self, cache: StaticKVCache, prompt: list[int], row: int) -> torch.Tensor:

@@ -25,6 +25,11 @@ from datastore_service.paths import cache_dir
 from .hf_compat import new_dynamic_cache, with_cache
 from .target_model import TargetModel
 
+try:  # the compiled form of `best_count`'s pricing (step_host_kernel.c), built by the install
+    from decoder import _step_host
+except ImportError:  # built without a C compiler: numpy answers
+    _step_host = None
+
 MEASURED_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 # Widths of the static engine's passes: few, so that compiled shapes repeat.
 PASS_WIDTHS = (1, 2, 4, 8, 16, 32, 64)
@@ -115,13 +120,17 @@ class NodeBudget:
     max_nodes: int = 32
     curve: CostCurve | None = None
 
-    def best_count(self, probabilities: np.ndarray, padded: bool = False) -> int:
+    def best_count(self, probabilities: np.ndarray, padded: bool = False, compiled: bool = True) -> int:
         """How many of a tree's ranked nodes to verify: every count priced at once. `padded`: the pass
-        is one of the static engine's widths, the nodes it does not fill priced as fillers."""
+        is one of the static engine's widths, the nodes it does not fill priced as fillers. `compiled`:
+        priced in one call into step_host_kernel.c where it is built (the same count: numpy's is the
+        reference)."""
         cap = self.widths()[-1] - 1 if padded else self.max_nodes
         if self.curve is None or len(probabilities) == 0:
             return min(len(probabilities), cap)
         counted = min(len(probabilities), cap)
+        if compiled and _step_host is not None and padded and probabilities.dtype == np.float64:
+            return _step_host.best_count(probabilities, self._padded_costs, cap)
         expected = np.empty(counted + 1)
         expected[0] = 1.0
         np.cumsum(probabilities[:counted], out=expected[1:])

@@ -93,16 +93,17 @@ def merge_trees(first: DraftTree, second: DraftTree) -> DraftTree:
     return _tree_from_paths(merged, max(first.context_length, second.context_length))
 
 
-def with_prompt_lookup(tree: DraftTree, history: np.ndarray, compiled: bool = True) -> DraftTree:
-    """`tree` merged with the prompt lookup tree of `history` (int64): `merge_trees(tree,
-    prompt_lookup_tree(history))`, in one compiled call when the extension is built (`compiled`
-    False: the Python rule, which tests hold the two to)."""
+def with_prompt_lookup(tree: DraftTree, history: np.ndarray | list[int], compiled: bool = True) -> DraftTree:
+    """`tree` merged with the prompt lookup tree of `history` (int64 ids, or a list of ints: the compiled
+    call reads a decode loop's list as it is): `merge_trees(tree, prompt_lookup_tree(history))`, in one
+    compiled call when the extension is built (`compiled` False: the Python rule, which tests hold the
+    two to)."""
     if _prompt_lookup is None or not compiled:
-        return merge_trees(tree, prompt_lookup_tree(history))
+        return merge_trees(tree, prompt_lookup_tree(np.asarray(history, np.int64)))
     room = len(tree) + MAX_MATCHES * MAX_DEPTH
     tokens, parents, probabilities = np.empty(room, np.int32), np.empty(room, np.int32), np.empty(room, np.float32)
     size, matched = _prompt_lookup.merged(
-        np.ascontiguousarray(history, np.int64),
+        history if type(history) is list else np.ascontiguousarray(history, np.int64),
         _NGRAM_SIZES,
         MAX_DEPTH,
         MAX_MATCHES,
@@ -130,7 +131,4 @@ class WithPromptLookup:
 
     def drafts(self, contexts: Sequence[Sequence[int]], max_nodes: int) -> list[DraftTree]:
         stored = self.source.drafts([c[-self.source.max_context :] for c in contexts], max_nodes)
-        return [
-            with_prompt_lookup(tree, np.asarray(context[-self.history_tokens :], np.int64))
-            for tree, context in zip(stored, contexts)
-        ]
+        return [with_prompt_lookup(tree, context[-self.history_tokens :]) for tree, context in zip(stored, contexts)]

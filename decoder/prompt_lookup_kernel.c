@@ -144,29 +144,76 @@ static int64_t merged_tree(const int64_t *history, int64_t length, const int64_t
     return count;
 }
 
+/* The history as int64 values: an int64 buffer read in place, or a sequence of ints (a decode loop's
+ * list: converting it to an array first costs more than the lookup) copied into *owned (freed by the
+ * caller). -1 with an exception if neither. */
+static int64_t history_of(PyObject *object, Py_buffer *view, const int64_t **values, int64_t **owned) {
+    *owned = NULL;
+    view->obj = NULL;
+    if (PyObject_CheckBuffer(object)) {
+        if (PyObject_GetBuffer(object, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
+        if (view->itemsize != 8) {
+            PyBuffer_Release(view);
+            PyErr_SetString(PyExc_ValueError, "merged: the history must hold int64 ids");
+            return -1;
+        }
+        *values = view->buf;
+        return view->len / 8;
+    }
+    PyObject *items = PySequence_Fast(object, "merged: the history must be int64 ids or a sequence of ints");
+    if (items == NULL) return -1;
+    int64_t length = PySequence_Fast_GET_SIZE(items);
+    *owned = malloc((length > 0 ? length : 1) * sizeof(int64_t));
+    if (*owned == NULL) {
+        Py_DECREF(items);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (int64_t i = 0; i < length; i++) {
+        (*owned)[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(items, i));
+        if ((*owned)[i] == -1 && PyErr_Occurred()) {
+            Py_DECREF(items);
+            free(*owned);
+            *owned = NULL;
+            return -1;
+        }
+    }
+    Py_DECREF(items);
+    *values = *owned;
+    return length;
+}
+
 /* Python entry: merged(history, ngram_sizes, max_depth, max_matches, store_tokens, store_parents,
- * store_probabilities, out_tokens, out_parents, out_probabilities) -> (size, matched n); int64
- * history and sizes, int32 tokens and parents, float32 probabilities, C-contiguous. */
+ * store_probabilities, out_tokens, out_parents, out_probabilities) -> (size, matched n); the history
+ * int64 ids or a sequence of ints, int64 sizes, int32 tokens and parents, float32 probabilities,
+ * C-contiguous. */
 static PyObject *merged(PyObject *self, PyObject *args) {
     (void)self;
     Py_ssize_t max_depth, max_matches;
+    PyObject *history_object;
     Py_buffer history, sizes, tokens, parents, probabilities, out_tokens, out_parents, out_probabilities;
-    if (!PyArg_ParseTuple(args, "y*y*nny*y*y*w*w*w*", &history, &sizes, &max_depth, &max_matches, &tokens, &parents,
-                          &probabilities, &out_tokens, &out_parents, &out_probabilities))
+    if (!PyArg_ParseTuple(args, "Oy*nny*y*y*w*w*w*", &history_object, &sizes, &max_depth, &max_matches, &tokens,
+                          &parents, &probabilities, &out_tokens, &out_parents, &out_probabilities))
         return NULL;
-    int64_t store_size = tokens.len / 4, length = history.len / 8, result = -1, matched = 0;
+    const int64_t *history_values = NULL;
+    int64_t *owned = NULL;
+    int64_t length = history_of(history_object, &history, &history_values, &owned);
+    int64_t store_size = tokens.len / 4, result = -1, matched = 0;
     int64_t room = store_size + max_matches * max_depth;
     int fits = parents.len == tokens.len && probabilities.len == tokens.len && out_tokens.len >= room * 4 &&
                out_parents.len >= room * 4 && out_probabilities.len >= room * 4 && max_depth >= 0 && max_matches >= 0;
-    if (fits) {
+    if (fits && length >= 0) {
         Py_BEGIN_ALLOW_THREADS
-        result = merged_tree(history.buf, length, sizes.buf, sizes.len / 8, max_depth, max_matches, tokens.buf,
+        result = merged_tree(history_values, length, sizes.buf, sizes.len / 8, max_depth, max_matches, tokens.buf,
                              parents.buf, probabilities.buf, store_size, out_tokens.buf, out_parents.buf,
                              out_probabilities.buf, &matched);
         Py_END_ALLOW_THREADS
     }
-    Py_buffer *buffers[] = {&history, &sizes, &tokens, &parents, &probabilities, &out_tokens, &out_parents, &out_probabilities};
+    free(owned);
+    if (history.obj != NULL) PyBuffer_Release(&history);
+    Py_buffer *buffers[] = {&sizes, &tokens, &parents, &probabilities, &out_tokens, &out_parents, &out_probabilities};
     for (size_t i = 0; i < sizeof(buffers) / sizeof(buffers[0]); i++) PyBuffer_Release(buffers[i]);
+    if (length < 0) return NULL;
     if (!fits) {
         PyErr_SetString(PyExc_ValueError, "merged: arrays of unequal length or output too small");
         return NULL;

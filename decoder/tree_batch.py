@@ -20,7 +20,13 @@ import torch
 
 from datastore_service.draft import DraftTree
 
+from .node_budget import first_nodes
 from .ragged_attention import RaggedPlan
+
+try:  # the compiled form of `ragged_rows` (step_host_kernel.c), built by the install
+    from decoder import _step_host
+except ImportError:  # built without a C compiler: the Python rule answers
+    _step_host = None
 
 # The mask's key span is a multiple of this: attention pays for every slot of it, so it is kept small.
 VISIBLE_GRANULE = 16
@@ -77,17 +83,22 @@ def pack(
     visible: int | None = None,
     mask_on_device: bool = False,
     ragged: bool = False,
+    counts: Sequence[int] | None = None,
 ) -> FedBatch:
-    """Lay out one pass: `roots[b]` and `trees[b]` (at most width - 1 nodes) after `lengths[b]` cached tokens.
+    """Lay out one pass: `roots[b]` and `trees[b]` (at most width - 1 nodes) after `lengths[b]` cached tokens;
+    with `counts`, only the first `counts[b]` nodes of `trees[b]`.
     `visible` fixes the mask's key span; by default it follows the lengths. `mask_on_device`: leave the
     mask to `tree_mask` on the device (a CUDA graph builds it from `starts` and `sees`, so each step
     sends q x q bits per row instead of a q x visible mask). `ragged`: lay out the real fed tokens alone
     (`RaggedPlan`) instead of a mask."""
+    if counts is None:
+        counts = [len(tree) for tree in trees]
+    if ragged:  # the real tokens alone, their ancestry bits as they are: no padded layout
+        plan, fed_tokens, fed_parents = ragged_rows(roots, trees, counts, lengths, width)
+        return FedBatch(None, None, None, None, fed_tokens, fed_parents, ragged=plan)
+    trees = [first_nodes(tree, count) for tree, count in zip(trees, counts)]
     fed_tokens, fed_parents, seen_bits, fed_depths = _fed_rows(roots, trees, width)
     start = np.asarray(lengths, np.int64)[:, None]
-    if ragged:  # the real tokens alone, their ancestry bits as they are: no padded layout
-        plan = RaggedPlan.of(fed_tokens, seen_bits, fed_depths, start[:, 0], width)
-        return FedBatch(None, None, None, None, fed_tokens, fed_parents, ragged=plan)
     rows = len(roots)
     ids = np.full((rows, width), filler, np.int64)
     depths = np.zeros((rows, width), np.int64)
@@ -119,6 +130,33 @@ def pack(
         starts=starts,
         sees=sees_on_device,
     )
+
+
+def ragged_rows(
+    roots: Sequence[int],
+    trees: Sequence[DraftTree],
+    counts: Sequence[int],
+    lengths: Sequence[int],
+    width: int,
+    compiled: bool = True,
+) -> tuple[RaggedPlan, list[list[int]], list[list[int]]]:
+    """A ragged pass's plan (`RaggedPlan`) of `roots[b]` and the first `counts[b]` nodes of `trees[b]`
+    after `lengths[b]` cached tokens, and per row its fed tokens and their fed parents. `compiled`: in
+    one call into step_host_kernel.c where it is built (the same plan; this rule stays its reference)."""
+    starts = np.ascontiguousarray(lengths, np.int64)
+    if _step_host is None or not compiled:
+        cut = [first_nodes(tree, count) for tree, count in zip(trees, counts)]
+        fed_tokens, fed_parents, seen_bits, fed_depths = _fed_rows(roots, cut, width)
+        return RaggedPlan.of(fed_tokens, seen_bits, fed_depths, starts, width), fed_tokens, fed_parents
+    if len(starts) != len(trees):
+        raise ValueError(f"{len(trees)} trees for {len(starts)} rows")
+    columns = np.empty((5, len(trees) + sum(counts)), np.int64)
+    fed_tokens, fed_parents = _step_host.ragged_rows(roots, trees, counts, starts, width, columns)
+    input_ids, positions, row_of, offset_of, sees = columns
+    plan = RaggedPlan(
+        input_ids, positions, row_of, offset_of, starts, sees.view(np.uint64), [len(row) for row in fed_tokens], width
+    )
+    return plan, fed_tokens, fed_parents
 
 
 def _fed_rows(

@@ -80,6 +80,8 @@ def test_the_compiled_merge_equals_the_python_rule(seed, length, vocabulary, sto
     tree = random_tree(rng, vocabulary, stored)
     compiled = with_prompt_lookup(tree, history)
     expected = with_prompt_lookup(tree, history, compiled=False)
+    from_list = with_prompt_lookup(tree, history.tolist())  # a decode loop's history, read as it is
+    assert np.array_equal(from_list.tokens, compiled.tokens) and from_list.score == compiled.score
     assert compiled.context_length == expected.context_length
     assert compiled.score == expected.score
     for field in ("tokens", "parents", "probabilities"):
