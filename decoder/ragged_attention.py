@@ -40,7 +40,7 @@ def available(cache_dtype: torch.dtype, device: torch.device, head_dim: int) -> 
     )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's constructor doubles its share of a step's host time
 class RaggedPlan:
     """The real fed tokens of one pass, row after row. Token t of row `row_of[t]` sits at fed offset
     `offset_of[t]` (slot starts[row] + offset) and sees the row's history and the offsets whose bits
