@@ -68,19 +68,26 @@ class AcceptanceCalibration:
         self.observe_accepted(probabilities, np.flatnonzero(accepted).tolist(), depths)
 
     def observe_accepted(
-        self, probabilities: np.ndarray, accepted_nodes: list[int], depths: np.ndarray, compiled: bool = True
+        self,
+        probabilities: np.ndarray,
+        accepted_nodes: list[int],
+        depths: np.ndarray,
+        count: int | None = None,
+        compiled: bool = True,
     ) -> None:
-        """`observe` given the indices of the accepted nodes (a step's walk: a decode step builds no mask).
-        `compiled`: counted into the cells at once in one call into step_host_kernel.c where it is built
-        (float32 probabilities, int32 depths); otherwise pooled until the refit."""
-        if len(probabilities) == 0:
+        """`observe` given the indices of the accepted nodes (a step's walk: a decode step builds no mask),
+        of the first `count` nodes only if given (those verified). `compiled`: counted into the cells at
+        once in one call into step_host_kernel.c where it is built (float32 probabilities, int32 depths);
+        otherwise pooled until the refit."""
+        count = len(probabilities) if count is None else count
+        if count == 0:
             return
         if compiled and _step_host is not None and probabilities.dtype == np.float32 and depths.dtype == np.int32:
             cells = (self.verified, self.accepted, self.stated)
-            _step_host.observe(probabilities, accepted_nodes, depths, DEPTH_STARTS, self.bins, *cells)
+            _step_host.observe(probabilities, accepted_nodes, depths, count, DEPTH_STARTS, self.bins, *cells)
         else:
-            self._pending.append((probabilities, accepted_nodes, depths))
-        self._unfitted += len(probabilities)
+            self._pending.append((probabilities[:count], accepted_nodes, depths[:count]))
+        self._unfitted += count
         if self._unfitted >= max(REFIT_AFTER, REFIT_SHARE * self._observed):
             if self._pending:
                 self._count_pending()

@@ -36,7 +36,7 @@ class IndexSource:
         self.max_context = index.width
 
     def drafts(self, contexts: Sequence[Sequence[int]], max_nodes: int) -> list[DraftTree]:
-        tails = [list(c[-self.max_context :]) for c in contexts]
+        tails = [c[-self.max_context :] if type(c) is list else list(c[-self.max_context :]) for c in contexts]
         return self.index.lookup_trees(tails, max_nodes, self.selection)
 
 

@@ -43,7 +43,7 @@ from .ragged_attention import PrefillPlan
 from .speculative import Generation, StepRecord, emitted_until_stop, limit_depth, run_to_end
 from .static_cache import StaticKVCache
 from .target_model import TargetModel
-from .tree_batch import FedBatch, pack, prefill_inputs
+from .tree_batch import FedBatch, PlanColumns, pack, prefill_inputs
 
 FILLER_TOKEN = 0
 NO_DRAFT = DraftTree.empty()  # what a step that skips the lookup verifies (shared: trees are never changed)
@@ -88,6 +88,7 @@ class TreeEngine:
         self.host_generator = torch.Generator().manual_seed(seed)
         self.device_generator = torch.Generator(device=target.device).manual_seed(seed)
         self._cache: StaticKVCache | None = None
+        self.plan_columns = PlanColumns()  # each step's ragged plan is laid out in these
 
     @property
     def greedy_passes(self) -> bool:
@@ -284,7 +285,7 @@ class TreeEngine:
             accepted, count = verdicts(row), counts[row]
             if count:
                 self.calibration.observe_accepted(
-                    trees[row].probabilities[:count], [i - 1 for i in accepted.fed_path], depths[row][:count]
+                    trees[row].probabilities, [i - 1 for i in accepted.fed_path], depths[row], count
                 )
             emitted, generations[sequence].stopped_by = self._until_stop(
                 sequence, accepted.tokens, generations[sequence].tokens, stop_strings
@@ -364,6 +365,7 @@ class TreeEngine:
             mask_on_device=self.compiled,
             ragged=self.ragged and width <= ragged_attention.MAX_FED,
             counts=counts,
+            columns=self.plan_columns,
         )
 
     def _prefill(self, cache: StaticKVCache, prompt: list[int], row: int) -> torch.Tensor:

@@ -40,9 +40,9 @@ static PyObject *int_list(const int64_t *values, Py_ssize_t count) {
 }
 
 /* One row's fed tokens: the root at offset 0, node i < nodes of the tree at offset i + 1. Writes the five
- * columns at `at` (stride n), the row's tokens and fed parents; returns its count, -1 on error. */
-static Py_ssize_t lay_out_row(int64_t root, PyObject *tree, Py_ssize_t nodes, int64_t start, int64_t row, Py_ssize_t width,
-                              int64_t *columns, Py_ssize_t n, Py_ssize_t at, int64_t *tokens_out,
+ * columns (of n items) from `at`, the row's tokens and fed parents; returns its count, -1 on error. */
+static Py_ssize_t lay_out_row(int64_t root, PyObject *tree, Py_ssize_t nodes, int64_t start, int64_t row,
+                              Py_ssize_t width, int64_t *columns[5], Py_ssize_t n, Py_ssize_t at, int64_t *tokens_out,
                               int64_t *parents_out) {
     PyObject *tokens_array = PyObject_GetAttrString(tree, "tokens");
     if (tokens_array == NULL) return -1;
@@ -79,11 +79,11 @@ static Py_ssize_t lay_out_row(int64_t root, PyObject *tree, Py_ssize_t nodes, in
                     sees[i] = (i == 0 ? 0 : sees[fed_parent]) | ((uint64_t)1 << i);
                     tokens_out[i] = i == 0 ? root : token[i - 1];
                     parents_out[i] = fed_parent;
-                    columns[0 * n + at + i] = tokens_out[i];
-                    columns[1 * n + at + i] = start + depth[i];
-                    columns[2 * n + at + i] = row;
-                    columns[3 * n + at + i] = i;
-                    memcpy(&columns[4 * n + at + i], &sees[i], sizeof(uint64_t));
+                    columns[0][at + i] = tokens_out[i];
+                    columns[1][at + i] = start + depth[i];
+                    columns[2][at + i] = row;
+                    columns[3][at + i] = i;
+                    memcpy(&columns[4][at + i], &sees[i], sizeof(uint64_t));
                 }
             }
             PyBuffer_Release(&parents);
@@ -95,17 +95,23 @@ static Py_ssize_t lay_out_row(int64_t root, PyObject *tree, Py_ssize_t nodes, in
     return count;
 }
 
-/* ragged_rows(roots, trees, counts, starts, width, columns) -> (fed_tokens, fed_parents): per row b, its
+/* ragged_rows(roots, trees, counts, starts, width, ids, positions, rows, offsets, sees) -> (fed_tokens,
+ * fed_parents): per row b, its
  * root roots[b] and the first counts[b] nodes of trees[b] (objects with int32 `tokens` and `parents`) after starts[b]
- * (int64) cached tokens, laid out in the int64 columns [5, n] (n = every row's 1 + count): input ids,
+ * (int64) cached tokens, laid out in five 8-byte columns of n (every row's 1 + count) items: input ids,
  * positions, row, fed offset, and the fed offsets each token sees as bits (its ancestors and itself);
- * returned, per row, its fed tokens and their fed parents (-1 for the root) as lists. */
+ * returned, per row, its fed tokens and their fed parents (-1 for the root) as lists. (Five arrays, not
+ * one of five rows: a step's host time pays more for five views of one than for five allocations.) */
 static PyObject *ragged_rows(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *roots, *trees, *counts;
-    Py_buffer starts, columns;
+    Py_buffer starts, column[5];
     Py_ssize_t width;
-    if (!PyArg_ParseTuple(args, "OOOy*nw*", &roots, &trees, &counts, &starts, &width, &columns)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOOy*nw*w*w*w*w*", &roots, &trees, &counts, &starts, &width, &column[0], &column[1],
+                          &column[2], &column[3], &column[4]))
+        return NULL;
+    int64_t *columns[5];
+    for (int c = 0; c < 5; c++) columns[c] = column[c].buf;
     PyObject *result = NULL, *all_tokens = NULL, *all_parents = NULL;
     Py_ssize_t rows = PySequence_Length(trees);
     if (rows < 0) goto done;
@@ -117,7 +123,12 @@ static PyObject *ragged_rows(PyObject *self, PyObject *args) {
     all_tokens = PyList_New(rows);
     all_parents = PyList_New(rows);
     if (all_tokens == NULL || all_parents == NULL) goto done;
-    Py_ssize_t n = columns.len / (5 * 8), at = 0;
+    Py_ssize_t n = column[0].len / 8, at = 0;
+    for (int c = 1; c < 5; c++)
+        if (column[c].len != column[0].len) {
+            PyErr_SetString(PyExc_ValueError, "ragged_rows: columns of unequal length");
+            goto done;
+        }
     for (Py_ssize_t b = 0; b < rows; b++) {
         int64_t tokens[MAX_FED], parents[MAX_FED];
         PyObject *root_object = PySequence_GetItem(roots, b), *tree = PySequence_GetItem(trees, b);
@@ -125,8 +136,8 @@ static PyObject *ragged_rows(PyObject *self, PyObject *args) {
         int64_t root = root_object == NULL ? -1 : PyLong_AsLongLong(root_object);
         Py_ssize_t nodes = nodes_object == NULL ? -1 : PyLong_AsSsize_t(nodes_object), count = -1;
         if (tree != NULL && !PyErr_Occurred())
-            count = lay_out_row(root, tree, nodes, ((const int64_t *)starts.buf)[b], b, width, columns.buf, n, at,
-                                tokens, parents);
+            count = lay_out_row(root, tree, nodes, ((const int64_t *)starts.buf)[b], b, width, columns, n, at, tokens,
+                                parents);
         Py_XDECREF(root_object);
         Py_XDECREF(nodes_object);
         Py_XDECREF(tree);
@@ -150,7 +161,7 @@ done:
     Py_XDECREF(all_tokens);
     Py_XDECREF(all_parents);
     PyBuffer_Release(&starts);
-    PyBuffer_Release(&columns);
+    for (int c = 0; c < 5; c++) PyBuffer_Release(&column[c]);
     return result;
 }
 
@@ -288,20 +299,20 @@ static PyObject *best_count(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(best);
 }
 
-/* observe(probabilities, accepted_nodes, depths, depth_starts, bins, verified, accepted, stated): one
- * verified tree (float32 probabilities, int32 depths, the accepted nodes' indices as ints) counted into
- * its cells (`cell_of`) of the float64 [classes, bins] counts: +1 verified, +1 accepted for the accepted
- * nodes, + the stated probability. */
+/* observe(probabilities, accepted_nodes, depths, count, depth_starts, bins, verified, accepted, stated):
+ * the first `count` nodes of a verified tree (float32 probabilities, int32 depths, the accepted nodes'
+ * indices as ints) counted into their cells (`cell_of`) of the float64 [classes, bins] counts: +1
+ * verified, +1 accepted for the accepted nodes, + the stated probability. */
 static PyObject *observe(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *accepted_nodes;
     Py_buffer probabilities, depths, starts, verified, accepted, stated;
-    Py_ssize_t bins;
-    if (!PyArg_ParseTuple(args, "y*Oy*y*nw*w*w*", &probabilities, &accepted_nodes, &depths, &starts, &bins, &verified,
-                          &accepted, &stated))
+    Py_ssize_t count, bins;
+    if (!PyArg_ParseTuple(args, "y*Oy*ny*nw*w*w*", &probabilities, &accepted_nodes, &depths, &count, &starts, &bins,
+                          &verified, &accepted, &stated))
         return NULL;
-    Py_ssize_t count = probabilities.len / 4, classes = starts.len / 8, cells = classes * bins;
-    int fits = depths.len == count * 4 && bins > 0 && classes > 0 && verified.len == cells * 8 &&
+    Py_ssize_t classes = starts.len / 8, cells = classes * bins;
+    int fits = count >= 0 && probabilities.len >= count * 4 && depths.len >= count * 4 && bins > 0 && classes > 0 && verified.len == cells * 8 &&
                accepted.len == cells * 8 && stated.len == cells * 8, valid = 1;
     PyObject *nodes = fits ? PySequence_Fast(accepted_nodes, "observe: the accepted nodes must be a sequence") : NULL;
     if (nodes != NULL) {
@@ -329,7 +340,7 @@ static PyObject *observe(PyObject *self, PyObject *args) {
     if (!fits || !valid) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_ValueError, fits ? "observe: an accepted node outside the tree"
-                                                   : "observe: arrays of unequal length or counts of another shape");
+                                                   : "observe: fewer nodes than counted or counts of another shape");
         return NULL;
     }
     Py_RETURN_NONE;

@@ -84,17 +84,18 @@ def pack(
     mask_on_device: bool = False,
     ragged: bool = False,
     counts: Sequence[int] | None = None,
+    columns: PlanColumns | None = None,
 ) -> FedBatch:
     """Lay out one pass: `roots[b]` and `trees[b]` (at most width - 1 nodes) after `lengths[b]` cached tokens;
     with `counts`, only the first `counts[b]` nodes of `trees[b]`.
     `visible` fixes the mask's key span; by default it follows the lengths. `mask_on_device`: leave the
     mask to `tree_mask` on the device (a CUDA graph builds it from `starts` and `sees`, so each step
     sends q x q bits per row instead of a q x visible mask). `ragged`: lay out the real fed tokens alone
-    (`RaggedPlan`) instead of a mask."""
+    (`RaggedPlan`) instead of a mask, in `columns` if given (`ragged_rows`)."""
     if counts is None:
         counts = [len(tree) for tree in trees]
     if ragged:  # the real tokens alone, their ancestry bits as they are: no padded layout
-        plan, fed_tokens, fed_parents = ragged_rows(roots, trees, counts, lengths, width)
+        plan, fed_tokens, fed_parents = ragged_rows(roots, trees, counts, lengths, width, columns=columns)
         return FedBatch(None, None, None, None, fed_tokens, fed_parents, ragged=plan)
     trees = [first_nodes(tree, count) for tree, count in zip(trees, counts)]
     fed_tokens, fed_parents, seen_bits, fed_depths = _fed_rows(roots, trees, width)
@@ -132,6 +133,27 @@ def pack(
     )
 
 
+class PlanColumns:
+    """Reused columns for one engine's ragged plans: the compiled layout writes each step's plan into
+    them, and the views of a given count of fed tokens are made once. After a pass has flushed the
+    caches a new array object costs a step ~3 us of host time, and a plan has five. A plan laid out
+    here is valid until the next one is (a decode step uses its plan within the step)."""
+
+    def __init__(self) -> None:
+        self._buffers = np.empty((5, 0), np.int64)
+        self._views: dict[int, tuple[np.ndarray, ...]] = {}
+
+    def views(self, tokens: int) -> tuple[np.ndarray, ...]:
+        """Five columns of `tokens` items: ids, positions, rows, offsets (int64) and sees (uint64)."""
+        views = self._views.get(tokens)
+        if views is None:
+            if tokens > self._buffers.shape[1]:
+                self._buffers, self._views = np.empty((5, max(tokens, 2 * self._buffers.shape[1])), np.int64), {}
+            views = (*(column[:tokens] for column in self._buffers[:4]), self._buffers[4, :tokens].view(np.uint64))
+            self._views[tokens] = views
+        return views
+
+
 def ragged_rows(
     roots: Sequence[int],
     trees: Sequence[DraftTree],
@@ -139,10 +161,12 @@ def ragged_rows(
     lengths: Sequence[int],
     width: int,
     compiled: bool = True,
+    columns: PlanColumns | None = None,
 ) -> tuple[RaggedPlan, list[list[int]], list[list[int]]]:
     """A ragged pass's plan (`RaggedPlan`) of `roots[b]` and the first `counts[b]` nodes of `trees[b]`
     after `lengths[b]` cached tokens, and per row its fed tokens and their fed parents. `compiled`: in
-    one call into step_host_kernel.c where it is built (the same plan; this rule stays its reference)."""
+    one call into step_host_kernel.c where it is built (the same plan; this rule stays its reference),
+    written into `columns` if given (the plan is then valid until their next one), else into new arrays."""
     starts = np.ascontiguousarray(lengths, np.int64)
     if _step_host is None or not compiled:
         cut = [first_nodes(tree, count) for tree, count in zip(trees, counts)]
@@ -150,12 +174,13 @@ def ragged_rows(
         return RaggedPlan.of(fed_tokens, seen_bits, fed_depths, starts, width), fed_tokens, fed_parents
     if len(starts) != len(trees):
         raise ValueError(f"{len(trees)} trees for {len(starts)} rows")
-    columns = np.empty((5, len(trees) + sum(counts)), np.int64)
-    fed_tokens, fed_parents = _step_host.ragged_rows(roots, trees, counts, starts, width, columns)
-    input_ids, positions, row_of, offset_of, sees = columns
-    plan = RaggedPlan(
-        input_ids, positions, row_of, offset_of, starts, sees.view(np.uint64), [len(row) for row in fed_tokens], width
-    )
+    tokens = len(trees) + sum(counts)
+    if columns is None:
+        laid_out = (*(np.empty(tokens, np.int64) for _ in range(4)), np.empty(tokens, np.uint64))
+    else:
+        laid_out = columns.views(tokens)
+    fed_tokens, fed_parents = _step_host.ragged_rows(roots, trees, counts, starts, width, *laid_out)
+    plan = RaggedPlan(*laid_out[:4], starts, laid_out[4], [len(row) for row in fed_tokens], width)
     return plan, fed_tokens, fed_parents
 
 

@@ -10,7 +10,7 @@ from datastore_service.draft import DraftTree
 from decoder.acceptance import walk_greedy
 from decoder.calibration import AcceptanceCalibration
 from decoder.node_budget import CostCurve, NodeBudget
-from decoder.tree_batch import _step_host, ragged_rows
+from decoder.tree_batch import PlanColumns, _step_host, ragged_rows
 from tests.extensions import assert_built, needs
 
 compiled_here = needs(_step_host, "decoder._step_host")
@@ -42,6 +42,23 @@ def test_the_ragged_layout_is_the_python_one() -> None:
             got, expected = getattr(compiled[0], field), getattr(reference[0], field)
             assert got.dtype == expected.dtype and np.array_equal(got, expected), field
         assert compiled[0].counts == reference[0].counts and compiled[1:] == reference[1:]
+
+
+@compiled_here
+def test_plans_laid_out_in_reused_columns_are_the_fresh_ones() -> None:
+    rng = np.random.default_rng(5)
+    columns = PlanColumns()
+    for _ in range(100):  # counts repeat and grow: views are reused and the buffers reallocated
+        rows = int(rng.integers(1, 9))
+        trees = [random_tree(rng, int(rng.integers(0, 30))) for _ in range(rows)]
+        counts = [len(tree) for tree in trees]
+        roots, lengths = rng.integers(0, 40, rows).tolist(), rng.integers(0, 500, rows).tolist()
+        reused = ragged_rows(roots, trees, counts, lengths, 32, columns=columns)
+        fresh = ragged_rows(roots, trees, counts, lengths, 32)
+        for field in ("input_ids", "positions", "row_of", "offset_of", "starts", "sees"):
+            got, expected = getattr(reused[0], field), getattr(fresh[0], field)
+            assert got.dtype == expected.dtype and np.array_equal(got, expected), field
+    assert columns.views(7)[0] is columns.views(7)[0]
 
 
 @compiled_here
@@ -85,9 +102,10 @@ def test_calibration_counts_and_fit_are_the_python_ones() -> None:
         expected_gains, expected_depths = reference.calibrate_tree(tree, compiled=False)
         assert np.array_equal(gains, expected_gains) and np.array_equal(depths, expected_depths)
         assert depths.dtype == expected_depths.dtype == np.int32
-        accepted = sorted(set(rng.integers(0, len(tree), 3).tolist()))
-        compiled.observe_accepted(tree.probabilities, accepted, depths)
-        reference.observe_accepted(tree.probabilities, accepted, expected_depths, compiled=False)
+        count = int(rng.integers(1, len(tree) + 1))  # the nodes verified: the first count
+        accepted = sorted(set(rng.integers(0, count, 3).tolist()))
+        compiled.observe_accepted(tree.probabilities, accepted, depths, count)
+        reference.observe_accepted(tree.probabilities, accepted, expected_depths, count, compiled=False)
         if not reference._pending:  # both refitted: the same cells, the same table
             assert np.array_equal(compiled.verified, reference.verified)
             assert np.array_equal(compiled.accepted, reference.accepted)
@@ -97,6 +115,8 @@ def test_calibration_counts_and_fit_are_the_python_ones() -> None:
     np.testing.assert_allclose(compiled._fit(), compiled._fit(compiled=False), rtol=1e-12)
     with pytest.raises(ValueError, match="outside the tree"):
         compiled.observe_accepted(tree.probabilities, [len(tree)], depths)
+    with pytest.raises(ValueError, match="fewer nodes than counted"):
+        compiled.observe_accepted(tree.probabilities, [], depths, len(tree) + 1)
 
 
 @compiled_here
