@@ -207,7 +207,7 @@ class TreeEngine:
         waiting = deque(range(len(prompts)))
         seated: list[int] = []
         curve = self.budget.curve
-        gate = DraftGate(float(curve.cost(rows)) if curve is not None and self.budget.max_nodes > 0 else None)
+        gate = DraftGate(judging=curve is not None and self.budget.max_nodes > 0)
         while True:
             self._unseat_finished(cache, seated, generations, max_new_tokens)
             if waiting and len(seated) < rows:  # then look again: a sequence may stop at its first token
@@ -294,7 +294,10 @@ class TreeEngine:
         accepted_done = time.perf_counter()
         cache.keep([[0] + accepted.fed_path for accepted, _ in outcomes])
         finished = time.perf_counter()
-        gate.record(drafting, sum(len(emitted) for _, emitted in outcomes) / len(outcomes), finished - started)
+        if drafting and gate.judging:  # what a plain step would have taken: this pass, priced at one token a row
+            plain = verified - prepared
+            plain *= float(self.budget.curve.cost(len(seated)) / self._priced_pass(len(seated), counts, width, fed))
+            gate.record(True, sum(len(emitted) for _, emitted in outcomes) / len(outcomes), finished - started, plain)
         results: list[tuple[list[int], StepRecord] | None] = [None] * len(generations)
         for row, (sequence, (accepted, emitted)) in enumerate(zip(seated, outcomes)):
             generations[sequence].tokens.extend(emitted)
@@ -367,6 +370,15 @@ class TreeEngine:
             counts=counts,
             columns=self.plan_columns,
         )
+
+    def _priced_pass(self, rows: int, counts: list[int], width: int, fed: FedBatch) -> float:
+        """The cost curve's seconds for a pass of `rows` roots and `counts` nodes at `width`: a graph
+        computes every slot of the width; a padded pass pays its fillers at the curve's filler price."""
+        curve, real = self.budget.curve, rows + sum(counts)
+        if self.compiled:
+            return float(curve.cost(rows * width))
+        fillers = 0 if fed.ragged is not None else rows * width - real
+        return float(curve.cost(real)) + curve.filler_seconds * fillers
 
     def _prefill(self, cache: StaticKVCache, prompt: list[int], row: int) -> torch.Tensor:
         """Fill cache row `row` with the prompt; its last token's logits [1, 1, vocab]. Ragged passes

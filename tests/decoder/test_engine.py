@@ -420,7 +420,20 @@ def test_a_slow_source_that_does_not_pay_is_asked_less_and_less(llama):
 
 
 def test_the_gate_keeps_asking_a_source_that_pays():
-    gate = DraftGate(plain_step_seconds=0.02)
+    gate = DraftGate(judging=True)
     for _ in range(50):
         assert gate.should_draft()
-        gate.record(drafted=True, tokens_per_sequence=2.5, seconds=0.025)  # 100 tokens/s against 50
+        gate.record(drafted=True, tokens_per_sequence=2.5, seconds=0.025, plain_seconds=0.02)  # 100 tokens/s vs 50
+
+
+def test_the_gate_judges_drafting_against_a_plain_step_of_the_same_moment():
+    """A machine that slows down halfway (its passes take twice as long) must not make drafting that
+    pays look as if it did not, nor drafting that does not pay look as if it did."""
+    paying, losing = DraftGate(judging=True), DraftGate(judging=True)
+    for step in range(40):
+        slow = 2.0 if step >= 20 else 1.0
+        for gate, tokens in ((paying, 1.3), (losing, 1.05)):
+            if gate.should_draft():  # the drafting pass costs 1.2x a plain one, whatever the speed
+                gate.record(True, tokens, seconds=0.012 * slow, plain_seconds=0.010 * slow)
+    assert paying.skip == 0 and paying.gain > 1.0
+    assert losing.wait > 1  # it closed, and after looking again closed again
