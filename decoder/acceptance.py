@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
+from .ragged_attention import MAX_FED
+
 try:  # the compiled form of `walk_greedy` (step_host_kernel.c), built by the install
     from decoder import _step_host
 except ImportError:  # built without a C compiler: the Python rule answers
     _step_host = None
-
-MAX_COMPILED_WALK = 64  # fed tokens the compiled walk takes (a ragged pass's most)
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's constructor doubles its share of a step's host time
@@ -44,7 +44,7 @@ def accept_greedy(fed_tokens: list[int], fed_parents: list[int], logits: torch.T
 def walk_greedy(fed_tokens: list[int], fed_parents: list[int], predicted: list[int], compiled: bool = True) -> Accepted:
     """The greedy walk, given the target's argmax after each fed token. `compiled`: in one call into
     step_host_kernel.c where it is built and the tree fits it (the same walk; this rule stays its reference)."""
-    if compiled and _step_host is not None and len(fed_tokens) <= MAX_COMPILED_WALK:
+    if compiled and _step_host is not None and len(fed_tokens) <= MAX_FED:  # what the compiled walk holds
         return Accepted(*_step_host.walk_greedy(fed_tokens, fed_parents, predicted))
     children = _children(fed_parents)
     node, path = 0, []
