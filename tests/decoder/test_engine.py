@@ -426,6 +426,33 @@ def test_the_gate_keeps_asking_a_source_that_pays():
         gate.record(drafted=True, tokens_per_sequence=2.5, seconds=0.025, plain_seconds=0.02)  # 100 tokens/s vs 50
 
 
+def test_one_lucky_look_neither_keeps_the_gate_open_nor_restarts_its_backoff():
+    """A source that rarely pays (a 1-node draft accepted now and then): one accepted look after a
+    skip must not hold the gate open through the failing looks after it, nor shorten the next wait;
+    looks that pay over a whole trial do."""
+
+    def look(gate: DraftGate, gain: float) -> None:
+        assert gate.should_draft()
+        gate.record(True, gain, seconds=0.010, plain_seconds=0.010)
+
+    gate = DraftGate(judging=True)
+    for _ in range(4):
+        look(gate, 0.7)
+    assert (gate.skip, gate.wait) == (1, 2)  # the first trial closed it
+    assert not gate.should_draft()
+    look(gate, 1.35)  # accepted: open
+    look(gate, 0.7)
+    assert gate.skip == 0  # the mean of the trial (1.03) still pays
+    look(gate, 0.7)
+    assert (gate.skip, gate.wait) == (2, 4)  # the mean fell below 1: closed, the backoff doubled on
+    while not gate.should_draft():
+        pass
+    for _ in range(4):
+        gate.record(True, 1.3, seconds=0.010, plain_seconds=0.010)
+        assert gate.should_draft()
+    assert gate.wait == 1  # a trial that paid: the next disappointment waits one step again
+
+
 def test_the_gate_judges_drafting_against_a_plain_step_of_the_same_moment():
     """A machine that slows down halfway (its passes take twice as long) must not make drafting that
     pays look as if it did not, nor drafting that does not pay look as if it did."""
