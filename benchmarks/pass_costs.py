@@ -6,7 +6,9 @@ Each pass feeds every row a chain of `width - 1` draft nodes after `--history` c
 one real token and fillers, for the filler rows), through the engine's own pack and pass; the
 fastest of --repeats timings is printed (on a shared machine noise only slows a pass down). What
 it answers: what a batch of drafted rows costs against a batch of single tokens, and what a
-filler slot costs (the engine prices both in its node budget); and a batch step as it comes
+filler slot costs (the engine prices both in its node budget); the most drafts could gain, a
+chain whose every node is accepted (width tokens a row for one pass's cost at that width, against
+one token a row for a plain pass's; the first kind's passes, host work left out); and a batch step as it comes
 (trees of different sizes over rows of different lengths) in the ragged layout, which feeds only
 real tokens (float32 on a CPU), and in the padded one. Where the fused layers run (layer_kernel.c),
 each ragged pass is timed with them and with the torch layers they replace, where the screened
@@ -57,7 +59,8 @@ def main() -> None:
     @torch.inference_mode()
     def fastest(
         rows: int, width: int, nodes: int | list[int], histories: list[int] | None = None, ragged: bool = True
-    ) -> str:
+    ) -> list[float]:
+        """The fastest pass of each kind, seconds."""
         per_row = nodes if isinstance(nodes, list) else [nodes] * rows
         kinds = layer_kinds if ragged else {"": (fused, screened, 0)}  # the padded pass has no fused layers
         timings: dict[str, list[float]] = {kind: [] for kind in kinds}
@@ -77,18 +80,27 @@ def main() -> None:
                 timings[kind].append(time.perf_counter() - started)
         if fused is not None:
             engine.forward.fused, engine.forward.screened_head, fused.code_rows = fused, screened, code_rows
-        return " / ".join(f"{min(times[1:]) * 1e3:.1f}" for times in timings.values())
+        return [min(times[1:]) for times in timings.values()]
+
+    def shown(seconds: list[float]) -> str:
+        return " / ".join(f"{s * 1e3:.1f}" for s in seconds)
 
     layers_text = "; " + " / ".join(layer_kinds) if fused is not None else ""
     print(
         f"engine {engine.name}, {args.device} {args.dtype}, {args.history} cached tokens a row; ms per pass{layers_text}"
     )
-    for width in (1, 2, 4, 8):
-        print(f"1 row x {width} fed: {fastest(1, width, width - 1)}")
-    for width in (1, 2, 4, 8):
-        print(f"{args.rows} rows x {width} fed: {fastest(args.rows, width, width - 1)}")
+    widths = (1, 2, 4, 8)
+    for rows in (1, args.rows):
+        passes = {width: fastest(rows, width, width - 1) for width in widths}
+        for width, seconds in passes.items():
+            print(f"{rows} row{'s' if rows > 1 else ''} x {width} fed: {shown(seconds)}")
+        ceilings = [width * passes[1][0] / passes[width][0] for width in widths[1:]]
+        print(
+            f"{rows} row{'s' if rows > 1 else ''}, every drafted node accepted, {'/'.join(map(str, widths[1:]))} fed: "
+            f"at most {' / '.join(f'{c:.2f}x' for c in ceilings)} the plain pass's tokens/s"
+        )
     for width in (4, 8):
-        print(f"{args.rows} rows x 1 fed + {width - 1} fillers: {fastest(args.rows, width, 0)}")
+        print(f"{args.rows} rows x 1 fed + {width - 1} fillers: {shown(fastest(args.rows, width, 0))}")
     # A drafted batch step as it comes: trees of different sizes, rows at different lengths.
     nodes = [min(7, n) for n in (0, 0, 1, 2, 3, 3, 3, 7) * (args.rows // 8 + 1)][: args.rows]
     histories = [args.history - 50 + 100 * row // max(1, args.rows - 1) for row in range(args.rows)]
@@ -97,7 +109,7 @@ def main() -> None:
         engine.ragged = layout == "ragged"
         print(
             f"{args.rows} rows, trees of {'/'.join(map(str, nodes))} nodes, {histories[0]}..{histories[-1]} cached, "
-            f"{layout} layout: {fastest(args.rows, 8, nodes, histories, ragged=engine.ragged)}"
+            f"{layout} layout: {shown(fastest(args.rows, 8, nodes, histories, ragged=engine.ragged))}"
         )
 
 
