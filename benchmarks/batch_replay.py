@@ -95,6 +95,9 @@ class ReplayEngine(TreeEngine):
     def _prefill(self, cache: StaticKVCache, prompt: list[int], row: int) -> None:
         return None  # priced by the plain batch's measured prefill
 
+    def _judges_drafting(self) -> bool:
+        return False  # the gate judges the wall time of passes, and none runs here
+
     def _pass(self, cache: StaticKVCache, fed: FedBatch) -> None:
         tokens = sum(len(row) for row in fed.fed_tokens)
         self.priced_seconds += float(self.curve.cost(tokens))

@@ -206,8 +206,7 @@ class TreeEngine:
         histories = [list(p) for p in prompts]
         waiting = deque(range(len(prompts)))
         seated: list[int] = []
-        curve = self.budget.curve
-        gate = DraftGate(judging=curve is not None and self.budget.max_nodes > 0)
+        gate = DraftGate(judging=self._judges_drafting())
         while True:
             self._unseat_finished(cache, seated, generations, max_new_tokens)
             if waiting and len(seated) < rows:  # then look again: a sequence may stop at its first token
@@ -216,6 +215,10 @@ class TreeEngine:
             if not seated:
                 return generations
             yield self._step(cache, seated, generations, histories, max_new_tokens, stop_strings, gate)
+
+    def _judges_drafting(self) -> bool:
+        """Whether the draft gate may stop lookups that do not pay: it judges by the cost curve."""
+        return self.budget.curve is not None and self.budget.max_nodes > 0
 
     def _seat(
         self,
