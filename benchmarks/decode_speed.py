@@ -6,12 +6,13 @@ without drafts, side by side, prompt by prompt.
 
 HumanEval prompts (plain code completion) draft from the stdlib store; MT-Bench first turns (chat
 template) from the ShareGPT store. Both stores are the defaults, built if missing. For each prompt
-every configuration runs back to back (plain `generate`, the engine without drafts, with the store,
-with prompt lookup, with both): a round. A prompt's ratio of two configurations is the median over
---runs rounds of their ratio within a round, so it compares runs made seconds apart, and one round
-slowed (or sped up) by the machine does not set it. (Each configuration's fastest run, the earlier
-rule, let one fast moment of the memory in a baseline's run set a prompt at 0.86x: this machine's
-memory speed moves within minutes, not only other work.) Times and tokens/s are medians over rounds.
+every configuration runs back to back (plain `generate`, then the engine without drafts, with the
+store, with prompt lookup, with both, in an order rotated by one each round): a round. A prompt's
+ratio of two configurations is the median over --runs rounds of their ratio within a round, so it
+compares runs made seconds apart, and one round slowed (or sped up) by the machine does not set
+it. (Each configuration's fastest run, the earlier rule, let one fast moment of the memory in a
+baseline's run set a prompt at 0.86x: this machine's memory speed moves within minutes, not only
+other work.) Times and tokens/s are medians over rounds.
 
 Reported per configuration: total tokens/s; median per-prompt speedup over `generate` and over the
 same engine without drafts (and the slowest prompt's); accepted tokens per step (tokens per target
@@ -187,13 +188,17 @@ def timed_rounds(
     target: TargetModel, decoders: dict[str, Decoder], ids: list[int], max_new_tokens: int, runs: int
 ) -> tuple[list[int], list[dict[str, tuple[Generation | None, float]]]]:
     """`generate`'s tokens on one prompt, and `runs` rounds, each running every configuration once
-    (`generate` first: its Generation None) and holding each one's run and its seconds."""
+    (`generate` first: its Generation None) and holding each one's run and its seconds. The engine's
+    configurations take turns in an order rotated by one each round, so none always runs right after
+    `generate` (seconds of other work) or right before another."""
     rounds = []
-    for _ in range(runs):
+    names = list(decoders)
+    for round_index in range(runs):
         tokens, seconds = plain_generate(target, ids, max_new_tokens)
         run: dict[str, tuple[Generation | None, float]] = {"generate": (None, seconds)}
-        for name, decoder in decoders.items():
-            run[name] = timed(lambda d=decoder: d.generate(ids, max_new_tokens), target)
+        turn = round_index % len(names)
+        for name in names[turn:] + names[:turn]:
+            run[name] = timed(lambda d=decoders[name]: d.generate(ids, max_new_tokens), target)
         rounds.append(run)
     return tokens, rounds
 
@@ -345,8 +350,8 @@ def main() -> None:
         f"1-minute load average before the run: {_load()}.",
         "",
         f"Speedups are medians of per-prompt ratios, each the median of its ratios within {args.runs} rounds (every "
-        "configuration once a round, back to back); `no drafts` is the same engine "
-        "verifying nothing. Step ms: lookup / preparation / forward / acceptance / compaction (share outside the "
+        "configuration once a round, back to back, the engine's in an order rotated each round); `no drafts` is "
+        "the same engine verifying nothing. Step ms: lookup / preparation / forward / acceptance / compaction (share outside the "
         "forward). Exactness: outputs identical to the float32 `generate` reference, and the mean first differing "
         "position of the others.",
         "",
