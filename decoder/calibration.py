@@ -42,11 +42,6 @@ TRUST_PRIOR = 4.0  # before any observation, the source is believed as if 4 toke
 # costs a few tenths of a millisecond of host time (against ~16 ms of a CPU pass).
 REFIT_AFTER = 16
 REFIT_SHARE = 1 / 16
-# What earlier sequences taught weighs as at most this many verified nodes when a new one starts:
-# enough to start from, too little to lock a source out of a sequence it suits. (Unbounded, one
-# prompt whose prompt-lookup chains were all rejected left the trust at 0.09, no node was verified
-# again, and the next prompts, where prompt lookup gains 1.4x alone, drafted nothing.)
-CARRIED_NODES = 16
 
 
 class AcceptanceCalibration:
@@ -98,21 +93,6 @@ class AcceptanceCalibration:
                 self._count_pending()
             self._observed, self._unfitted = self._observed + self._unfitted, 0
             self._table = self._fit(compiled)
-
-    def start_sequences(self, compiled: bool = True) -> None:
-        """New sequences start: earlier ones' cells are scaled to weigh CARRIED_NODES verified nodes at
-        most (their rates unchanged), and the table refitted."""
-        if self._pending:
-            self._count_pending()
-        verified = self.verified.sum()
-        if verified <= CARRIED_NODES:
-            return
-        scale = CARRIED_NODES / verified
-        self.verified *= scale
-        self.accepted *= scale
-        self.stated *= scale
-        self._observed, self._unfitted = CARRIED_NODES, 0
-        self._table = self._fit(compiled)
 
     def _count_pending(self) -> None:
         """Fold the pooled observations into the cells (once per refit: a step's own handful of nodes

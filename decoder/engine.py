@@ -207,7 +207,6 @@ class TreeEngine:
         waiting = deque(range(len(prompts)))
         seated: list[int] = []
         gate = DraftGate(judging=self._judges_drafting())
-        self.calibration.start_sequences()
         while True:
             self._unseat_finished(cache, seated, generations, max_new_tokens)
             if waiting and len(seated) < rows:  # then look again: a sequence may stop at its first token
