@@ -98,8 +98,8 @@ static Py_ssize_t lay_out_row(int64_t root, PyObject *tree, Py_ssize_t nodes, in
 /* ragged_rows(roots, trees, counts, starts, width, ids, positions, rows, offsets, sees) -> (fed_tokens,
  * fed_parents): per row b, its root roots[b] and the first counts[b] nodes of trees[b] (objects with
  * int32 `tokens` and `parents`) after starts[b] (int64) cached tokens, laid out in five 8-byte columns
- * of n (every row's 1 + count) items: input ids,
- * positions, row, fed offset, and the fed offsets each token sees as bits (its ancestors and itself);
+ * of n (every row's 1 + count) items: input ids, positions, row, fed offset, and the fed offsets
+ * each token sees as bits (its ancestors and itself);
  * returned, per row, its fed tokens and their fed parents (-1 for the root) as lists. (Five arrays, not
  * one of five rows: a step's host time pays more for five views of one than for five allocations.) */
 static PyObject *ragged_rows(PyObject *self, PyObject *args) {
